@@ -1,0 +1,449 @@
+"""Experiment files: the typed schema, base-file defaults, ``--set`` overrides and the grid of cells.
+
+An experiment YAML names a grid (losses x datasets x embedding sizes x variants x seeds) and the
+training protocol. ``base: FILE`` pulls defaults from another YAML (relative to the experiment file),
+deep-merged under the experiment's own keys. :func:`load_experiment` validates everything on load and
+turns every mistake into a one-line :class:`~harness.errors.UserError` naming the YAML path, the value,
+what was expected and, for names, the close matches. :func:`expand_cells` resolves the grid into
+:class:`CellConfig` objects, each with a stable id derived from its resolved config.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from harness.errors import UserError
+
+DATASETS = ("cub", "cars", "sop", "inshop", "glyphs")
+BACKBONES = ("bninception", "resnet50", "small_cnn")
+METRICS = ("recall", "map_at_r", "r_precision", "nmi")
+
+
+def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """``"; did you mean 'x'?"`` for the close matches of ``value`` among ``choices``, else the choices."""
+    close = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.6)
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return "; expected one of " + ", ".join(repr(c) for c in choices)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LossSpec(_Strict):
+    """One loss of the grid: registry name, optional preset, hyperparameters and a display label."""
+
+    name: str
+    preset: str | None = None
+    hparams: dict[str, float | int | bool | str] = Field(default_factory=dict)
+    label: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _buildable(self) -> LossSpec:
+        import losses
+
+        names = losses.available()
+        if self.name not in names:
+            raise ValueError(f"unknown loss {self.name!r}{did_you_mean(self.name, names)}")
+        try:
+            self.build()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"loss {self.name!r} rejects its settings: {err}") from None
+        return self
+
+    def build(self) -> Any:
+        """Instantiate the loss module this spec describes."""
+        import losses
+
+        kwargs = dict(self.hparams)
+        if self.preset is not None:
+            kwargs["preset"] = self.preset
+        return losses.build(self.name, **kwargs)
+
+    @property
+    def display(self) -> str:
+        """The label shown in tables and plots (the paper's row name by default)."""
+        return self.label or LOSS_LABELS.get(self.name, self.name)
+
+
+LOSS_LABELS = {
+    "binomial": "Binomial",
+    "lifted_star": "LiftedStruct*",
+    "ms_mining": "MS mining",
+    "binlifted": "BinLifted",
+    "ms_weighting": "MS weighting",
+    "binomial_m": "Binomial_m",
+    "lifted_star_m": "LiftedStruct*_m",
+    "ms": "MS",
+    "contrastive": "Contrastive",
+    "triplet": "Triplet",
+    "lifted": "LiftedStruct",
+}
+
+
+class DataConfig(_Strict):
+    """Where the data is and how batches are drawn."""
+
+    root: str | None = None
+    cache_dir: str | None = None
+    image_size: int = Field(224, ge=8)
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+    val_seed: int = 0
+    classes_per_batch: int = Field(16, ge=2)
+    samples_per_class: int = Field(5, ge=1)
+    workers: int = Field(4, ge=0)
+    strict_counts: bool = True
+
+
+class ModelConfig(_Strict):
+    """Backbone and embedding head."""
+
+    backbone: Literal["bninception", "resnet50", "small_cnn"] = "bninception"
+    pretrained: bool = True
+    weights: str | None = None
+    pooling: Literal["max", "avg"] = "max"
+    freeze_bn: bool = True
+    width: int = Field(32, ge=1)
+
+
+class OptimConfig(_Strict):
+    """Optimiser with separate learning rates for backbone and head."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr_backbone: float = Field(3e-5, gt=0)
+    lr_head: float = Field(3e-5, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    momentum: float = Field(0.9, ge=0)
+
+
+class ScheduleConfig(_Strict):
+    """Step schedule: multiply the learning rates by ``gamma`` at each milestone iteration."""
+
+    milestones: list[int] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+
+
+class TrainConfig(_Strict):
+    """The training protocol of one cell."""
+
+    iterations: int = Field(3000, ge=1)
+    eval_every: int = Field(200, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    log_every: int = Field(10, ge=1)
+    select_on: Literal["val", "test"] = "val"
+    select_metric: str = "recall@1"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    deterministic: bool = True
+    keep_weights: bool = False
+    pair_weight_batches: int = Field(1, ge=0)
+
+
+class EvalConfig(_Strict):
+    """What is measured at each evaluation."""
+
+    metrics: list[Literal["recall", "map_at_r", "r_precision", "nmi"]] = Field(
+        default_factory=lambda: ["recall", "map_at_r", "r_precision"]
+    )
+    ks: list[int] | None = None
+    batch_size: int = Field(256, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, ks: list[int] | None) -> list[int] | None:
+        if ks is not None and (not ks or min(ks) < 1):
+            raise ValueError("K values must be a non-empty list of integers >= 1")
+        return ks
+
+
+class Protocol(_Strict):
+    """Every setting of a cell except the grid axes."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvalConfig = Field(default_factory=EvalConfig)
+
+
+class Grid(_Strict):
+    """The axes of an experiment; every combination is one cell."""
+
+    losses: list[LossSpec] = Field(min_length=1)
+    datasets: list[str] = Field(min_length=1)
+    embedding_sizes: list[int] | dict[str, list[int]] = Field(default_factory=lambda: [512])
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if name not in DATASETS:
+                raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}")
+        return names
+
+    @field_validator("embedding_sizes")
+    @classmethod
+    def _positive_sizes(cls, sizes: list[int] | dict[str, list[int]]) -> list[int] | dict[str, list[int]]:
+        for group in sizes.values() if isinstance(sizes, dict) else [sizes]:
+            if not group or min(group) < 1:
+                raise ValueError("embedding sizes must be a non-empty list of integers >= 1")
+        return sizes
+
+    @model_validator(mode="after")
+    def _sizes_per_dataset(self) -> Grid:
+        if isinstance(self.embedding_sizes, dict):
+            for name in self.datasets:
+                if name not in self.embedding_sizes:
+                    raise ValueError(f"embedding_sizes: no sizes for dataset {name!r}; give a list for each dataset")
+        return self
+
+    def sizes_for(self, dataset: str) -> list[int]:
+        """The embedding sizes of one dataset."""
+        sizes = self.embedding_sizes
+        return sizes[dataset] if isinstance(sizes, dict) else sizes
+
+
+class Experiment(Protocol):
+    """A whole experiment file."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    description: str = ""
+    grid: Grid
+    dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    @field_validator("dataset_overrides")
+    @classmethod
+    def _known_override_datasets(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for name in overrides:
+            if name not in DATASETS:
+                raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}")
+        return overrides
+
+
+class CellConfig(Protocol):
+    """One resolved grid cell: the protocol after variant and dataset overrides, plus the axes."""
+
+    experiment: str
+    loss: LossSpec
+    dataset: str
+    embedding_size: int
+    seed: int
+    variant: str = "default"
+
+    @property
+    def cell_id(self) -> str:
+        """Stable id: readable axes plus a hash of the resolved config (where the data lies excluded)."""
+        exclude = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
+        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        preset = f"-{self.loss.preset}" if self.loss.preset else ""
+        variant = "" if self.variant == "default" else f"-{self.variant}"
+        return (
+            f"{self.dataset}-{self.loss.name}{preset}-d{self.embedding_size}{variant}-s{self.seed}-{digest}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after[_buildable()]", "function-before[_from_string()]"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _clean_message(msg: str) -> str:
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix) :]
+    return msg
+
+
+def validation_message(source: str, err: ValidationError) -> str:
+    """One line for the first error of a pydantic ``ValidationError``: path, value, expectation."""
+    first = err.errors()[0]
+    loc = _format_loc(tuple(first["loc"]))
+    msg = _clean_message(first["msg"])
+    if first["type"] == "extra_forbidden":
+        parent, _, key = loc.rpartition(".")
+        return f"{source}: {loc}: unknown field {key!r}" + (f" in {parent}" if parent else "")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) or "unknown" in msg else f" (got {value!r})"
+    return f"{source}: {loc}: {msg}{shown}"
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: experiment file not found; give the path to a YAML file (see experiments/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    return data
+
+
+def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise UserError(f"{path}: base files form a cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise UserError(f"{path}: base: expected a file name, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if not base_path.is_file():
+        raise UserError(f"{path}: base: file {base!r} not found next to the experiment file ({base_path})")
+    return _deep_merge(_with_bases(base_path, (*seen, path)), data)
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as YAML (numbers, booleans, lists), falling back to the plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, *, where: str) -> None:
+    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
+    parts = key.split(".")
+    if not key or any(not p for p in parts):
+        raise UserError(f"{where}: {key!r} is not a dotted field name like 'train.iterations'")
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"{where}: {'.'.join(parts[: i + 1])} is not a section, cannot set {key!r}")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
+    """Apply ``--set key=value`` overrides to a raw experiment mapping."""
+    out = copy.deepcopy(data)
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.iterations=100")
+        set_dotted(out, key.strip(), parse_value(raw), where=f"--set {item}")
+    return out
+
+
+def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experiment:
+    """Read, merge with its base, apply ``--set`` overrides and validate an experiment file."""
+    path = Path(path)
+    data = apply_sets(_with_bases(path), sets)
+    data.setdefault("name", path.stem)
+    try:
+        experiment = Experiment.model_validate(data)
+    except ValidationError as err:
+        raise UserError(validation_message(str(path), err)) from None
+    _expand(experiment, source=str(path))  # validates every variant and dataset override
+    return experiment
+
+
+def _expand(experiment: Experiment, source: str) -> list[CellConfig]:
+    protocol = experiment.model_dump(
+        mode="python", exclude={"name", "description", "grid", "dataset_overrides"}
+    )
+    cells: list[CellConfig] = []
+    grid = experiment.grid
+    for dataset in grid.datasets:
+        for loss in grid.losses:
+            for size in grid.sizes_for(dataset):
+                for variant, overrides in grid.variants.items():
+                    for seed in grid.seeds:
+                        raw: dict[str, Any] = copy.deepcopy(protocol)
+                        raw.update(
+                            experiment=experiment.name,
+                            loss=loss.model_dump(),
+                            dataset=dataset,
+                            embedding_size=size,
+                            seed=seed,
+                            variant=variant,
+                        )
+                        layers = (
+                            (f"dataset_overrides.{dataset}", experiment.dataset_overrides.get(dataset, {})),
+                            (f"grid.variants.{variant}", overrides or {}),
+                        )
+                        for where, layer in layers:
+                            if not isinstance(layer, dict):
+                                raise UserError(f"{source}: {where}: expected a mapping of dotted keys")
+                            for key, value in layer.items():
+                                set_dotted(raw, key, copy.deepcopy(value), where=f"{source}: {where}")
+                        try:
+                            cells.append(CellConfig.model_validate(raw))
+                        except ValidationError as err:
+                            where = f"{source} (cell {dataset}/{loss.name}/d{size}/{variant}/seed {seed})"
+                            raise UserError(validation_message(where, err)) from None
+    return cells
+
+
+def expand_cells(experiment: Experiment) -> list[CellConfig]:
+    """Every cell of the grid, in a fixed order (dataset, loss, size, variant, seed)."""
+    return _expand(experiment, source=experiment.name)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``--shard i/n`` (0-based i) into ``(i, n)``."""
+    try:
+        index_s, count_s = text.split("/")
+        index, count = int(index_s), int(count_s)
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected i/n with integers, e.g. --shard 0/4") from None
+    if count < 1 or not 0 <= index < count:
+        raise UserError(f"--shard {text!r}: need 0 <= i < n, e.g. --shard 0/4 ... --shard 3/4")
+    return index, count
+
+
+def shard_cells(cells: list[CellConfig], index: int, count: int) -> list[CellConfig]:
+    """The deterministic subset of cells shard ``index`` of ``count`` runs: every n-th cell of the grid."""
+    return cells[index::count]
+
+
+def data_root(cfg: CellConfig) -> str | None:
+    """The data root of a cell: the config field, else ``$HARNESS_DATA``."""
+    return cfg.data.root or os.environ.get("HARNESS_DATA")

@@ -1,0 +1,58 @@
+"""Embedding models: a backbone, global pooling, a Linear head and L2 normalisation.
+
+``build_model(backbone, embedding_size, ...)`` returns an :class:`EmbeddingModel` whose ``backbone``
+and ``head`` submodules take separate learning rates. Backbones: ``bninception`` (pretrainedmodels,
+global max pooling as in the official MS code, average pooling as an option), ``resnet50``
+(torchvision) and ``small_cnn`` (for the embedded glyphs benchmark). Pretrained weights come from a
+local file only; a missing file is one line saying where to put it.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from harness.models.backbones import INPUT_CONVENTION, build_backbone
+
+
+class EmbeddingModel(nn.Module):
+    """``backbone -> pooled features -> Linear -> L2 norm``."""
+
+    def __init__(self, backbone: nn.Module, features: int, embedding_size: int, convention: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(features, embedding_size)
+        nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
+        nn.init.zeros_(self.head.bias)
+        self.convention = convention
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.head(self.backbone(images)).float(), dim=1)
+
+
+def build_model(
+    backbone: str,
+    embedding_size: int,
+    *,
+    pretrained: bool = True,
+    weights: str | None = None,
+    pooling: str = "max",
+    in_channels: int = 3,
+    width: int = 32,
+) -> EmbeddingModel:
+    """Build an embedding model; ``weights`` overrides the default local pretrained-weights path."""
+    module, features = build_backbone(
+        backbone, pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels, width=width
+    )
+    return EmbeddingModel(module, features, embedding_size, INPUT_CONVENTION[backbone])
+
+
+def freeze_batchnorm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode (running statistics frozen; affine parameters still train)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+__all__ = ["INPUT_CONVENTION", "EmbeddingModel", "build_model", "freeze_batchnorm_statistics"]

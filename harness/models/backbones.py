@@ -1,0 +1,153 @@
+"""Backbones as feature extractors ``(n, C, H, W) -> (n, features)``, with local pretrained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from harness.errors import DataError, UserError
+
+INPUT_CONVENTION = {"bninception": "bninception", "resnet50": "imagenet", "small_cnn": "grey"}
+
+BNINCEPTION_FILE = "bn_inception-52deb4733.pth"
+RESNET50_FILES = ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
+
+
+def default_bninception_weights() -> Path:
+    """Where the official code (and pretrainedmodels) keep BN-Inception's ImageNet weights."""
+    return Path.home() / ".torch" / "models" / BNINCEPTION_FILE
+
+
+def torch_hub_checkpoints() -> Path:
+    """torch's cache folder for torchvision weights (``$TORCH_HOME/hub/checkpoints``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+class GlobalPool(nn.Module):
+    """Global max or average pooling to a flat vector."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind not in ("max", "avg"):
+            raise UserError(f"model.pooling: {kind!r} is not a pooling; expected 'max' or 'avg'")
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.amax(dim=(2, 3)) if self.kind == "max" else x.mean(dim=(2, 3))).flatten(1)
+
+
+class Features(nn.Module):
+    """A convolutional trunk followed by global pooling."""
+
+    def __init__(self, trunk: nn.Module, pool: GlobalPool) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.trunk(x))
+
+
+class _BNInceptionTrunk(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x)
+
+
+class _ResNetTrunk(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        net.fc = nn.Identity()
+        net.avgpool = nn.Identity()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = self.net
+        x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        return n.layer4(n.layer3(n.layer2(n.layer1(x))))
+
+
+def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> None:
+    """Load a state dict from a local file into ``module`` (classifier keys ignored), or fail in one line."""
+    if not path.is_file():
+        raise DataError(f"{what} pretrained weights not found at {path}; {hint}, or set model.pretrained: false")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is a user-fixable data problem
+        raise DataError(f"{what} weights file {path} is unreadable ({type(err).__name__}); replace it") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    own = module.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable]
+    if missing:
+        raise DataError(
+            f"{what} weights file {path} does not match the model ({len(missing)} tensors missing or "
+            f"of another shape, e.g. {missing[0]!r}); {hint}"
+        )
+    module.load_state_dict(usable, strict=False)
+
+
+def _bninception(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+    import pretrainedmodels
+
+    net = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
+    if pretrained:
+        path = Path(weights).expanduser() if weights else default_bninception_weights()
+        load_state_file(
+            net,
+            path,
+            what="BN-Inception",
+            hint=f"put the pretrainedmodels file {BNINCEPTION_FILE} there or give model.weights",
+        )
+    net.last_linear = nn.Identity()
+    return _BNInceptionTrunk(net), 1024
+
+
+def _resnet50(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+    import torchvision
+
+    net = torchvision.models.resnet50(weights=None)
+    if pretrained:
+        if weights:
+            path = Path(weights).expanduser()
+        else:
+            found = [torch_hub_checkpoints() / f for f in RESNET50_FILES if (torch_hub_checkpoints() / f).is_file()]
+            path = found[0] if found else torch_hub_checkpoints() / RESNET50_FILES[0]
+        load_state_file(
+            net,
+            path,
+            what="ResNet-50",
+            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in {torch_hub_checkpoints()} or give model.weights",
+        )
+    return _ResNetTrunk(net), 2048
+
+
+def build_backbone(
+    name: str, *, pretrained: bool, weights: str | None, pooling: str, in_channels: int, width: int
+) -> tuple[nn.Module, int]:
+    """A feature extractor and its output size."""
+    if name == "small_cnn":
+        from harness.models.small_cnn import SmallCNN
+
+        if pretrained:
+            raise UserError("model.pretrained: small_cnn has no pretrained weights; set model.pretrained: false")
+        cnn = SmallCNN(in_channels=in_channels, width=width)
+        return cnn, cnn.out_features
+    if in_channels != 3:
+        raise UserError(
+            f"model.backbone: {name!r} takes 3-channel images but the dataset has {in_channels}; "
+            "use backbone small_cnn for the greyscale glyphs benchmark"
+        )
+    if name == "bninception":
+        trunk, features = _bninception(pretrained, weights)
+    elif name == "resnet50":
+        trunk, features = _resnet50(pretrained, weights)
+    else:
+        raise UserError(f"model.backbone: unknown backbone {name!r}; expected one of {sorted(INPUT_CONVENTION)}")
+    return Features(trunk, GlobalPool(pooling)), features

@@ -372,17 +372,27 @@ def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experiment:
-    """Read, merge with its base, apply ``--set`` overrides and validate an experiment file."""
+def load_raw(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
+    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied, name defaulted."""
     path = Path(path)
     data = apply_sets(_with_bases(path), sets)
     data.setdefault("name", path.stem)
+    return data
+
+
+def validate_experiment(data: dict[str, Any], source: str) -> Experiment:
+    """Validate a raw experiment mapping (and every cell it expands to); ``source`` names it in errors."""
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as err:
-        raise UserError(validation_message(str(path), err)) from None
-    _expand(experiment, source=str(path))  # validates every variant and dataset override
+        raise UserError(validation_message(source, err)) from None
+    _expand(experiment, source=source)  # validates every variant and dataset override
     return experiment
+
+
+def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experiment:
+    """Read, merge with its base, apply ``--set`` overrides and validate an experiment file."""
+    return validate_experiment(load_raw(path, sets), str(path))
 
 
 def _expand(experiment: Experiment, source: str) -> list[CellConfig]:

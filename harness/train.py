@@ -339,8 +339,14 @@ def train_cell(
     on_eval: EvalCallback | None = None,
     progress: bool = True,
     ctx: DistContext | None = None,
+    evaluate_test: bool = True,
 ) -> CellOutcome:
-    """Train and evaluate one cell, resuming from ``paths.checkpoint`` when it exists."""
+    """Train and evaluate one cell, resuming from ``paths.checkpoint`` when it exists.
+
+    ``on_eval(iteration, metrics)`` is called after each evaluation on the selection split (it may
+    raise, e.g. ``optuna.TrialPruned``, which propagates). ``evaluate_test=False`` never touches the
+    test set (hyperparameter search): the final report then holds validation metrics only.
+    """
     started = time.perf_counter()
     main = ctx is None or ctx.is_main
     device = pick_device(ctx)
@@ -348,6 +354,8 @@ def train_cell(
     seed_everything(cfg.seed, cfg.train.deterministic)
 
     splits = load_splits(cfg)
+    if not evaluate_test and cfg.train.select_on == "test":
+        raise UserError("train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'")
     if cfg.train.select_on == "val" and splits.val is None:
         raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
                         "(or select_on: test, as the official code does)")  # fmt: skip
@@ -474,7 +482,7 @@ def train_cell(
     if status == "finished":
         eval_started = time.perf_counter()
         final_state = _state(model)
-        splits_to_report = ["test"] + (["val"] if splits.val is not None else [])
+        splits_to_report = (["test"] if evaluate_test else []) + (["val"] if splits.val is not None else [])
         metrics["final"] = {s: evaluate_split(model, splits, s, cfg, device, amp, ctx) for s in splits_to_report}
         if best["state"] is not None and best["iteration"] != cfg.train.iterations:
             net.load_state_dict(best["state"])

@@ -249,7 +249,7 @@ class Progress:
 # ------------------------------------------------------------------------------------------ training
 
 
-def _batches(splits: Any, cfg: CellConfig, start: int, ctx: DistContext | None) -> Iterator[Any]:
+def training_batches(splits: Any, cfg: CellConfig, start: int, ctx: DistContext | None) -> Iterator[Any]:
     """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch."""
     from harness.data import MPerClassBatchSampler
 
@@ -288,7 +288,7 @@ def _collect_pair_weights(
     pos, neg = [], []
     net = _unwrap(model)
     net.eval()
-    batches = _batches(splits, cfg, start=cfg.train.iterations, ctx=ctx)
+    batches = training_batches(splits, cfg, start=cfg.train.iterations, ctx=ctx)
     with torch.no_grad():
         for _ in range(cfg.train.pair_weight_batches):
             images, labels = next(batches)
@@ -404,7 +404,7 @@ def train_cell(
 
     every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
     select_split = cfg.train.select_on
-    batches = _batches(splits, cfg, start, ctx)
+    batches = training_batches(splits, cfg, start, ctx)
     window_start, window_images = time.perf_counter(), 0
     status, reason = "finished", None
     try:

@@ -1,0 +1,153 @@
+"""Trainer overhead: images/s of ``harness.train.train_cell`` against a bare hand-written PyTorch loop.
+
+Both train the same model on the same batches (same sampler, same DataLoader settings) with the same
+loss and optimiser, in the same process, alternating repeats so that machine load hits both alike.
+Throughput is measured over the training iterations only (the harness's own per-window log,
+evaluation excluded), after ``--warmup`` iterations. Prints the ratio harness/bare; the target is an
+overhead of at most 5% (ratio >= 0.95).
+
+    python benchmarks/train_speed.py                      # glyphs + small_cnn on CPU
+    python benchmarks/train_speed.py --backbone bninception --dataset synthetic --image-size 224  # GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.config import CellConfig
+from harness.models import freeze_batchnorm_statistics
+from harness.results import CellPaths
+from harness.train import (
+    autocast_dtype,
+    build_model_for,
+    build_optimizer,
+    load_splits,
+    pick_device,
+    seed_everything,
+    train_cell,
+    training_batches,
+)
+
+
+class SyntheticImages(torch.utils.data.Dataset):
+    """Random images with P x M-friendly labels: measures compute, not JPEG decoding."""
+
+    def __init__(self, count: int, classes: int, size: int) -> None:
+        self.labels = np.arange(count, dtype=np.int64) % classes
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        gen = torch.Generator().manual_seed(index)
+        return torch.randn(3, self.size, self.size, generator=gen), int(self.labels[index])
+
+
+def make_cell(args: argparse.Namespace) -> CellConfig:
+    backbone = args.backbone
+    return CellConfig.model_validate({
+        "experiment": "train-speed", "dataset": "glyphs" if args.dataset == "glyphs" else "cub",
+        "loss": {"name": args.loss}, "embedding_size": 64, "seed": 0,
+        "data": {"classes_per_batch": args.batch // 5, "samples_per_class": 5, "workers": args.workers,
+                 "val_fraction": 0.2, "image_size": args.image_size},
+        "model": {"backbone": backbone, "pretrained": False, "freeze_bn": backbone != "small_cnn"},
+        "optim": {"lr_backbone": 1e-3, "lr_head": 1e-3},
+        "train": {"iterations": args.iterations, "eval_every": args.iterations, "log_every": args.window,
+                  "select_on": "val"},
+        "evaluate": {"metrics": ["recall"], "ks": [1]},
+    })  # fmt: skip
+
+
+def bare_loop(cell: CellConfig, splits: object, iterations: int, window: int) -> list[float]:
+    """The reference: sampler -> DataLoader -> forward -> loss -> backward -> step, nothing else."""
+    device = pick_device()
+    amp = autocast_dtype(cell.train.amp, device)
+    seed_everything(cell.seed, cell.train.deterministic)
+    model = build_model_for(cell, int(splits.train[0][0].shape[0])).to(device)
+    loss_fn = cell.loss.build().to(device)
+    optimizer = build_optimizer(cell, model)
+    batches = training_batches(splits, cell, 0, None)
+    rates, images_seen, started = [], 0, time.perf_counter()
+    for iteration in range(1, iterations + 1):
+        images, labels = next(batches)
+        images, labels = images.to(device), labels.to(device)
+        model.train()
+        if cell.model.freeze_bn:
+            freeze_batchnorm_statistics(model)
+        with torch.autocast(device.type, dtype=amp) if amp else torch.autocast(device.type, enabled=False):
+            emb = model(images)
+        loss = loss_fn(emb.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        images_seen += labels.shape[0]
+        if iteration % window == 0:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            rates.append(images_seen / (time.perf_counter() - started))
+            images_seen, started = 0, time.perf_counter()
+    return rates
+
+
+def harness_loop(cell: CellConfig) -> list[float]:
+    """The harness trainer on the same cell; its own log gives images/s per window."""
+    import csv
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = CellPaths(Path(tmp) / "cell")
+        outcome = train_cell(cell, paths, progress=False)
+        assert outcome.status == "finished", outcome.reason
+        with paths.train_log.open() as handle:
+            return [float(row["images_per_s"]) for row in csv.DictReader(handle)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=["glyphs", "synthetic"], default="glyphs")
+    parser.add_argument("--backbone", default="small_cnn")
+    parser.add_argument("--loss", default="ms")
+    parser.add_argument("--batch", type=int, default=80)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--iterations", type=int, default=200)
+    parser.add_argument("--window", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=20, help="iterations left out of the medians")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0)
+    args = parser.parse_args()
+
+    cell = make_cell(args)
+    splits = load_splits(cell) if args.dataset == "glyphs" else None
+    if splits is None:
+        import harness.train as train_module
+        from harness.data import DatasetSplits
+
+        fake = SyntheticImages(4000, 400, args.image_size)
+        splits = DatasetSplits(train=fake, val=SyntheticImages(200, 40, args.image_size), test=None, query=None,
+                               gallery=None, eval_mode="leave_one_out", default_ks=(1,))  # fmt: skip
+        train_module._SPLITS_CACHE.clear()
+        train_module.load_splits = lambda _cfg: splits  # the harness trains on the same synthetic data
+    device = pick_device()
+    skip = args.warmup // args.window
+    bare_rates, harness_rates = [], []
+    for _ in range(args.repeats):
+        bare_rates += bare_loop(cell, splits, args.iterations, args.window)[skip:]
+        harness_rates += harness_loop(cell)[skip:]
+    bare, ours = statistics.median(bare_rates), statistics.median(harness_rates)
+    print(f"device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
+          f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
+          f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats")  # fmt: skip
+    print(f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} iterations)")
+    print(f"harness trainer: {ours:8.1f} images/s (median of {len(harness_rates)} windows)")
+    print(f"ratio harness/bare = {ours / bare:.3f}  (overhead {100 * (1 - ours / bare):+.1f}%; target <= 5%)")
+
+
+if __name__ == "__main__":
+    main()

@@ -30,7 +30,8 @@ METRICS = ("recall", "map_at_r", "r_precision", "nmi")
 
 def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
     """``"; did you mean 'x'?"`` for the close matches of ``value`` among ``choices``, else the choices."""
-    close = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.6)
+    scored = sorted(((difflib.SequenceMatcher(None, value, c).ratio(), c) for c in choices), reverse=True)
+    close = [c for score, c in scored if score >= 0.6 and score >= scored[0][0] - 0.1][:3]
     if close:
         return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
     return "; expected one of " + ", ".join(repr(c) for c in choices)
@@ -109,6 +110,7 @@ class DataConfig(_Strict):
     samples_per_class: int = Field(5, ge=1)
     workers: int = Field(4, ge=0)
     strict_counts: bool = True
+    options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the dataset builder
 
 
 class ModelConfig(_Strict):

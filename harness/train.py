@@ -106,6 +106,7 @@ def load_splits(cfg: CellConfig) -> Any:
             cache_dir=cfg.data.cache_dir,
             strict_counts=cfg.data.strict_counts,
             crop_scale=tuple(cfg.data.crop_scale),
+            **cfg.data.options,
         )
     return _SPLITS_CACHE[key]
 

@@ -1,0 +1,180 @@
+"""Experiment files: every shipped file instantiates; every mistake is one line with path and fix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import (
+    expand_cells,
+    load_experiment,
+    parse_shard,
+    shard_cells,
+)
+from harness.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if p.name != "base.yaml"
+                     and not p.name.startswith("tune"))  # fmt: skip
+
+
+def write(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:
+    base = tmp_path / "base.yaml"
+    if not base.exists():
+        base.write_text((ROOT / "experiments" / "base.yaml").read_text())
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"base": "base.yaml", **data}))
+    return path
+
+
+GRID = {"grid": {"losses": ["ms", "binomial"], "datasets": ["cars"], "embedding_sizes": [64], "seeds": [0, 1]}}
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_every_shipped_experiment_instantiates(path: Path) -> None:
+    from harness.models import build_model
+
+    experiment = load_experiment(path)
+    cells = expand_cells(experiment)
+    assert cells, "an experiment must have at least one cell"
+    assert len({c.cell_id for c in cells}) == len(cells), "cell ids must be unique"
+    for cell in cells:
+        loss = cell.loss.build()
+        assert callable(loss)
+    built = set()
+    for cell in cells:
+        key = (cell.model.backbone, cell.embedding_size)
+        if key in built:
+            continue
+        built.add(key)
+        model = build_model(cell.model.backbone, cell.embedding_size, pretrained=False, pooling=cell.model.pooling,
+                            in_channels=1 if cell.model.backbone == "small_cnn" else 3, width=cell.model.width)  # fmt: skip
+        assert model.head.out_features == cell.embedding_size
+
+
+def test_shipped_ablation_has_every_table2_row() -> None:
+    cells = expand_cells(load_experiment(ROOT / "experiments" / "ablation.yaml"))
+    names = {c.loss.name for c in cells}
+    assert names == {"binomial", "lifted_star", "ms_mining", "binlifted", "ms_weighting", "binomial_m",
+                     "lifted_star_m", "ms"}  # fmt: skip
+    assert {c.dataset for c in cells} == {"cars"} and {c.embedding_size for c in cells} == {64}
+    official = [c for c in cells if c.variant == "official"]
+    assert official and all(c.train.select_on == "test" and c.data.image_size == 227 for c in official)
+
+
+def test_base_defaults_and_overrides(tmp_path: Path) -> None:
+    exp = load_experiment(write(tmp_path, {**GRID, "train": {"iterations": 7}}), sets=["optim.lr_head=0.001"])
+    cells = expand_cells(exp)
+    assert len(cells) == 4
+    assert all(c.train.iterations == 7 for c in cells)
+    assert all(c.optim.lr_head == 0.001 for c in cells)
+    assert all(c.train.eval_every == 200 for c in cells)  # from base.yaml
+    assert exp.name == "exp"
+
+
+def test_set_accepts_yaml_values(tmp_path: Path) -> None:
+    exp = load_experiment(write(tmp_path, GRID), sets=["grid.seeds=[5, 6, 7]", "train.select_on=test"])
+    assert exp.grid.seeds == [5, 6, 7]
+    assert exp.train.select_on == "test"
+
+
+def test_variants_and_dataset_overrides(tmp_path: Path) -> None:
+    data = {**GRID, "grid": {**GRID["grid"], "datasets": ["cars", "sop"],
+                             "variants": {"a": {}, "b": {"train.iterations": 3}}},
+            "dataset_overrides": {"sop": {"data.classes_per_batch": 50}}}  # fmt: skip
+    cells = expand_cells(load_experiment(write(tmp_path, data)))
+    assert len(cells) == 2 * 2 * 2 * 2
+    assert {c.data.classes_per_batch for c in cells if c.dataset == "sop"} == {50}
+    assert {c.data.classes_per_batch for c in cells if c.dataset == "cars"} == {16}
+    assert {c.train.iterations for c in cells if c.variant == "b"} == {3}
+
+
+def test_embedding_sizes_per_dataset(tmp_path: Path) -> None:
+    data = {"grid": {"losses": ["ms"], "datasets": ["cub", "sop"], "embedding_sizes": {"cub": [64], "sop": [64, 128]}}}
+    cells = expand_cells(load_experiment(write(tmp_path, data)))
+    assert sorted((c.dataset, c.embedding_size) for c in cells) == [("cub", 64), ("sop", 64), ("sop", 128)]
+    with pytest.raises(UserError, match="no sizes for dataset 'sop'"):
+        load_experiment(write(tmp_path, {"grid": {**data["grid"], "embedding_sizes": {"cub": [64]}}}, "x.yaml"))
+
+
+def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
+    first = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID)))]
+    again = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID)))]
+    moved = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["data.root=/elsewhere",
+                                                                                       "data.workers=0"]))]  # fmt: skip
+    changed = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["train.iterations=5"]))]
+    assert first == again == moved
+    assert not set(first) & set(changed)
+    assert first[0].startswith("cars-ms-d64-s0-")
+
+
+@pytest.mark.parametrize(
+    ("data", "sets", "expected"),
+    [
+        ({"grid": {**GRID["grid"], "losses": ["ms", "binomial", "ms_weigting"]}}, [],
+         "grid.losses[2]: unknown loss 'ms_weigting'; did you mean 'ms_weighting'?"),
+        (GRID, ["grid.datasets=[carz]"], "grid.datasets: unknown dataset 'carz'; did you mean 'cars'?"),
+        (GRID, ["train.iterationz=5"], "train.iterationz: unknown field 'iterationz' in train"),
+        (GRID, ["train.iterations=-3"], "train.iterations: Input should be greater than or equal to 1 (got -3)"),
+        (GRID, ["train.select_on=tset"], "train.select_on: Input should be 'val' or 'test' (got 'tset')"),
+        (GRID, ["data.val_fraction=1.5"], "data.val_fraction: Input should be less than 1"),
+        (GRID, ["model.backbone=resnet"], "model.backbone: Input should be 'bninception', 'resnet50' or 'small_cnn'"),
+        ({"grid": {**GRID["grid"], "losses": [{"name": "ms", "hparams": {"alpah": 2}}]}}, [],
+         "grid.losses[0]: loss 'ms' rejects its settings"),
+        (GRID, ["train"], "--set 'train': expected key=value"),
+    ],
+)
+def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str], expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_experiment(write(tmp_path, data), sets=sets)
+    message = str(info.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="experiment file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("grid: [unclosed\n")
+    with pytest.raises(UserError, match="not valid YAML"):
+        load_experiment(bad)
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UserError, match="cycle"):
+        load_experiment(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(UserError, match=r"'missing\.yaml' not found"):
+        load_experiment(tmp_path / "c.yaml")
+
+
+def test_shards_partition_the_grid(tmp_path: Path) -> None:
+    cells = expand_cells(load_experiment(write(tmp_path, GRID), sets=["grid.seeds=[0,1,2,3,4]"]))
+    shards = [shard_cells(cells, i, 3) for i in range(3)]
+    ids = [c.cell_id for shard in shards for c in shard]
+    assert sorted(ids) == sorted(c.cell_id for c in cells)
+    assert len(ids) == len(set(ids))
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("3/3", "x/2", "1", "-1/2"):
+        with pytest.raises(UserError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_cli_check_and_errors(tmp_path: Path) -> None:
+    good = write(tmp_path, GRID)
+    ok = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(good)], capture_output=True, text=True,
+                        cwd=ROOT)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert "4 cells" in ok.stdout
+    bad = write(tmp_path, {"grid": {**GRID["grid"], "losses": ["ms_weigting"]}}, "bad.yaml")
+    out = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(bad)], capture_output=True, text=True,
+                         cwd=ROOT)  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "did you mean 'ms_weighting'?" in out.stderr
+    assert "Traceback" not in out.stderr

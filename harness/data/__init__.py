@@ -1,0 +1,111 @@
+"""Datasets for the benchmark: build_splits(name, root, ...) -> DatasetSplits, plus the batch sampler.
+
+Real benchmarks (``cub``, ``cars``, ``sop``, ``inshop``) are read from their official layout under a
+data root (``root`` or ``$HARNESS_DATA``); ``glyphs`` is rendered by :mod:`harness.data.glyphs` into a
+cache folder. See docs/readme/data.md for the layouts, splits and sampling scheme.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from harness.data.cars import CARS
+from harness.data.cub import CUB
+from harness.data.images import ImageDataset
+from harness.data.inshop import INSHOP
+from harness.data.official import DATA_ROOT_ENV, OfficialDataset, build_official_splits
+from harness.data.sampler import MPerClassBatchSampler
+from harness.data.sop import SOP
+from harness.data.splits import DatasetSplits, LabelledDataset, relabel, split_classes
+from harness.data.transforms import CONVENTIONS, build_transform
+from harness.errors import UserError
+
+OFFICIAL: dict[str, OfficialDataset] = {spec.name: spec for spec in (CUB, CARS, SOP, INSHOP)}
+DATASETS: tuple[str, ...] = (*OFFICIAL, "glyphs")
+
+__all__ = [
+    "CONVENTIONS",
+    "DATASETS",
+    "DATA_ROOT_ENV",
+    "DatasetSplits",
+    "ImageDataset",
+    "LabelledDataset",
+    "MPerClassBatchSampler",
+    "build_splits",
+    "build_transform",
+    "relabel",
+    "split_classes",
+    "verify_images",
+]
+
+
+def build_splits(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    image_size: int = 224,
+    convention: str = "bninception",
+    val_fraction: float = 0.0,
+    val_seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+    strict_counts: bool = True,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    resize_size: int | None = None,
+    train_resize: bool = False,
+    **glyph_options: Any,
+) -> DatasetSplits:
+    """Build the train / val / test (or query + gallery) datasets of benchmark ``name``.
+
+    ``root``: the data root holding the dataset's official folder, or the dataset folder itself; None
+    means ``$HARNESS_DATA``. ``strict_counts=False`` accepts image and class counts other than the
+    official ones (subsets, test fixtures). ``val_fraction`` of the training classes (chosen with
+    ``val_seed``) form ``val``; 0 gives ``val=None``. ``crop_scale``, ``resize_size`` and
+    ``train_resize`` shape the transforms (see :func:`harness.data.transforms.build_transform`).
+    ``glyphs`` ignores ``root``, ``strict_counts`` and the crop options; it renders into ``cache_dir``
+    and receives ``image_size``, ``convention`` and ``glyph_options`` (other names are an error for the
+    real datasets).
+    """
+    if name == "glyphs":
+        from harness.data.glyphs import build_glyph_splits
+
+        return build_glyph_splits(
+            cache_dir,
+            val_fraction=val_fraction,
+            val_seed=val_seed,
+            image_size=image_size,
+            convention=convention,
+            **glyph_options,
+        )
+    if name not in OFFICIAL:
+        close = difflib.get_close_matches(str(name).lower(), DATASETS, n=2)
+        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+        raise UserError(f"unknown dataset {name!r}; {hint}expected one of {', '.join(DATASETS)}")
+    if glyph_options:
+        raise UserError(
+            f"unknown data option(s) {', '.join(map(repr, glyph_options))} for dataset {name!r} (config "
+            "data.options); the real datasets take resize_size and train_resize"
+        )
+    options = {"image_size": image_size, "crop_scale": crop_scale, "resize_size": resize_size}
+    return build_official_splits(
+        OFFICIAL[name],
+        root,
+        train_transform=build_transform(convention, train=True, train_resize=train_resize, **options),
+        eval_transform=build_transform(convention, train=False, **options),
+        val_fraction=val_fraction,
+        val_seed=val_seed,
+        strict_counts=strict_counts,
+    )
+
+
+def verify_images(splits: DatasetSplits, *, decode: bool = False) -> None:
+    """Check every image file of ``splits`` exists (``decode=True``: also decode each one, slow).
+
+    :func:`build_splits` already checks existence; ``decode=True`` finds damaged or truncated files up
+    front instead of mid-training. Raises a one-line DataError naming the first bad file.
+    """
+    for dataset in (splits.train, splits.val, splits.test, splits.query, splits.gallery):
+        if isinstance(dataset, ImageDataset):
+            dataset.verify(decode=decode)

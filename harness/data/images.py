@@ -1,0 +1,82 @@
+"""A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from harness.data.transforms import Transform
+from harness.errors import DataError
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """``ds[i] -> (transform(image i), label i)``.
+
+    ``files`` are paths relative to ``root``; ``labels`` are 0..C-1 within the split; ``class_ids`` the
+    dataset's original class id of each image (same order). ``title`` and ``source`` name the dataset
+    and where to get it, for error messages.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        files: Sequence[str],
+        labels: np.ndarray,
+        class_ids: np.ndarray,
+        transform: Transform,
+        *,
+        title: str,
+        source: str,
+    ) -> None:
+        if not len(files) == len(labels) == len(class_ids):
+            raise ValueError("files, labels and class_ids must have the same length")
+        self.root = Path(root)
+        self.files = list(files)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        self.class_ids = np.asarray(class_ids, dtype=np.int64)
+        self.transform = transform
+        self.title = title
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.load(index)
+        return self.transform(image), int(self.labels[index])
+
+    @property
+    def num_classes(self) -> int:
+        return len(np.unique(self.labels))
+
+    def path(self, index: int) -> Path:
+        return self.root / self.files[index]
+
+    def load(self, index: int) -> Image.Image:
+        """Decode image ``index`` as RGB; DataError naming the file if it is missing, unreadable or truncated."""
+        path = self.path(index)
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            reason = " ".join(str(err).split()) or type(err).__name__
+            raise DataError(
+                f"{self.title}: cannot read image {path} ({reason}); the file is missing or damaged: "
+                f"restore it from {self.source}"
+            ) from None
+
+    def verify(self, *, decode: bool = False) -> None:
+        """Check that every image file exists (cheap); with ``decode=True`` also decode each one (slow)."""
+        missing = [name for name in self.files if not (self.root / name).is_file()]
+        if missing:
+            raise DataError(
+                f"{self.title}: {len(missing):,} of {len(self.files):,} image files are missing under "
+                f"{self.root}, first {self.root / missing[0]}; restore them from {self.source}"
+            )
+        if decode:
+            for index in range(len(self.files)):
+                self.load(index)

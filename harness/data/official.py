@@ -1,0 +1,248 @@
+"""Shared machinery for the four official image benchmarks (CUB, Cars, SOP, In-Shop).
+
+A dataset module describes itself with an :class:`OfficialDataset` (folder name, list files, official
+counts, where to get it) and a ``read`` function that turns its list files into :class:`ImageList` per
+split. This module finds the folder under the data root, parses list files, checks the official counts
+and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`.
+Nothing is downloaded: every problem is a one-line :class:`DataError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from harness.data.images import ImageDataset
+from harness.data.splits import DatasetSplits, relabel, split_classes
+from harness.data.transforms import Transform
+from harness.errors import DataError
+
+DATA_ROOT_ENV = "HARNESS_DATA"
+NON_STRICT_HINT = "or pass strict_counts=False (config field data.strict_counts) to accept a subset"
+
+
+@dataclass(frozen=True)
+class ImageList:
+    """Image files (relative to the dataset folder) and their original class ids."""
+
+    files: list[str]
+    class_ids: np.ndarray
+
+    def select(self, index: np.ndarray) -> ImageList:
+        """The images at positions ``index`` (an int index array or a boolean mask)."""
+        index = np.flatnonzero(index) if np.asarray(index).dtype == bool else np.asarray(index)
+        return ImageList([self.files[i] for i in index], self.class_ids[index])
+
+
+@dataclass(frozen=True)
+class OfficialDataset:
+    """What the shared machinery needs to know about one official benchmark."""
+
+    name: str  # registry name, e.g. "cub"
+    title: str  # the dataset's own name, e.g. "CUB-200-2011"
+    folder: str  # folder name under the data root
+    list_files: tuple[str, ...]  # relative to the folder; the first one identifies the folder
+    source: str  # where to get the data
+    eval_mode: str
+    default_ks: tuple[int, ...]
+    images: dict[str, int]  # split -> official image count
+    classes: dict[str, int]  # split, or splits joined by "+", -> official class count
+    read: Callable[[Path], dict[str, ImageList]]
+
+    def error(self, what: str, todo: str = "") -> DataError:
+        """A DataError ``"<title>: <what>; <todo>"``; ``todo`` defaults to where to get the data."""
+        return DataError(f"{self.title}: {what}; {todo or f'get the official copy from {self.source}'}")
+
+    def describe_lists(self, folder: Path) -> str:
+        return " + ".join(str(folder / name) for name in self.list_files)
+
+
+def resolve_data_root(root: str | os.PathLike[str] | None, spec: OfficialDataset) -> Path:
+    """``root``, or ``$HARNESS_DATA`` when it is None; DataError when neither is given or it does not exist."""
+    if root is None or str(root) == "":
+        root = os.environ.get(DATA_ROOT_ENV, "")
+        if not root:
+            raise spec.error(
+                "no data root given",
+                f"set {DATA_ROOT_ENV}=DIR, the config field data.root or --set data.root=DIR, where DIR "
+                f"holds {spec.folder}/ (get it from {spec.source})",
+            )
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise spec.error(
+            f"the data root {path} does not exist or is not a folder",
+            f"point data.root / {DATA_ROOT_ENV} at the folder holding {spec.folder}/",
+        )
+    return path
+
+
+def find_dataset_folder(spec: OfficialDataset, root: str | os.PathLike[str] | None) -> Path:
+    """``<root>/<spec.folder>``, or ``root`` itself when it is the dataset folder (it holds the first list file)."""
+    data_root = resolve_data_root(root, spec)
+    for folder in (data_root / spec.folder, data_root):
+        if (folder / spec.list_files[0]).is_file():
+            return folder
+    raise spec.error(
+        f"not found: expected {data_root / spec.folder / spec.list_files[0]} "
+        f"(or {data_root / spec.list_files[0]} with the root at the dataset folder)",
+        f"get it from {spec.source} and extract it so that {spec.folder}/ lies under {data_root}",
+    )
+
+
+def read_lines(spec: OfficialDataset, path: Path) -> list[str]:
+    """The lines of a list file; DataError if it is missing or not text."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise spec.error(f"missing list file {path}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise spec.error(f"cannot read list file {path} ({type(err).__name__})") from None
+
+
+def parse_table(
+    spec: OfficialDataset,
+    path: Path,
+    lines: Sequence[str],
+    columns: Sequence[str],
+    *,
+    header: bool,
+    first_line: int = 1,
+) -> dict[str, list[str]]:
+    """Whitespace-separated rows -> one list of strings per column; ``header``: the first row names the columns.
+
+    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages.
+    """
+    if header:
+        found = lines[0].split() if lines else []
+        if found != list(columns):
+            raise spec.error(
+                f"{path}:{first_line} has header {' '.join(found)!r}, expected {' '.join(columns)!r}"
+            )
+        lines, first_line = lines[1:], first_line + 1
+    table: dict[str, list[str]] = {name: [] for name in columns}
+    for number, line in enumerate(lines, start=first_line):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != len(columns):
+            raise spec.error(
+                f"{path}:{number} has {len(fields)} fields, expected {len(columns)} ({' '.join(columns)})"
+            )
+        for name, value in zip(columns, fields, strict=True):
+            table[name].append(value)
+    return table
+
+
+def read_table(
+    spec: OfficialDataset, path: Path, columns: Sequence[str], *, header: bool
+) -> dict[str, list[str]]:
+    """:func:`parse_table` over the whole file ``path``."""
+    return parse_table(spec, path, read_lines(spec, path), columns, header=header)
+
+
+def int_column(spec: OfficialDataset, path: Path, name: str, values: Sequence[str]) -> np.ndarray:
+    """Parse a column of integers; DataError naming the first value that is not one."""
+    numbers = []
+    for value in values:
+        try:
+            numbers.append(int(value))
+        except ValueError:
+            raise spec.error(f"{path}: column {name} holds {value!r}, expected integers") from None
+    return np.array(numbers, dtype=np.int64)
+
+
+def split_by_class_range(
+    spec: OfficialDataset, path: Path, images: ImageList, ranges: dict[str, tuple[int, int]]
+) -> dict[str, ImageList]:
+    """Split by original class id: ``ranges`` maps a split to its inclusive class-id range."""
+    covered = np.zeros(len(images.class_ids), dtype=bool)
+    splits = {}
+    for split, (low, high) in ranges.items():
+        in_split = (images.class_ids >= low) & (images.class_ids <= high)
+        splits[split] = images.select(in_split)
+        covered |= in_split
+    if not covered.all():
+        low, high = min(r[0] for r in ranges.values()), max(r[1] for r in ranges.values())
+        raise spec.error(
+            f"{path}: class id {images.class_ids[~covered][0]} is outside the official range {low}-{high}"
+        )
+    return splits
+
+
+def check_splits(
+    spec: OfficialDataset, folder: Path, lists: dict[str, ImageList], *, strict_counts: bool
+) -> None:
+    """Every split non-empty, train classes disjoint from the evaluation classes, official counts if strict."""
+    where = spec.describe_lists(folder)
+    for split, images in lists.items():
+        if not images.files:
+            raise spec.error(f"the {split} split read from {where} is empty")
+    shared = np.intersect1d(lists["train"].class_ids, evaluation_classes(lists))
+    if shared.size:
+        raise spec.error(
+            f"{where}: class {shared[0]} is in both the train and the evaluation splits",
+            f"the splits must be class-disjoint; restore the official list files from {spec.source}",
+        )
+    if not strict_counts:
+        return
+    counts = [(split, len(lists[split].files), expected, "images") for split, expected in spec.images.items()]
+    for group, expected in spec.classes.items():
+        class_ids = np.concatenate([lists[split].class_ids for split in group.split("+")])
+        counts.append((group, len(np.unique(class_ids)), expected, "classes"))
+    for group, found, expected, unit in counts:
+        if found != expected:
+            raise spec.error(
+                f"the {group} split read from {where} has {found:,} {unit}, expected {expected:,} "
+                "(the official count)",
+                f"use the complete copy from {spec.source}, {NON_STRICT_HINT}",
+            )
+
+
+def evaluation_classes(lists: dict[str, ImageList]) -> np.ndarray:
+    """The sorted class ids of every split but train (test, or query and gallery together)."""
+    return np.unique(
+        np.concatenate([images.class_ids for split, images in lists.items() if split != "train"])
+    )
+
+
+def build_official_splits(
+    spec: OfficialDataset,
+    root: str | os.PathLike[str] | None,
+    *,
+    train_transform: Transform,
+    eval_transform: Transform,
+    val_fraction: float,
+    val_seed: int,
+    strict_counts: bool,
+) -> DatasetSplits:
+    """Read, check and assemble one official benchmark (labels 0..C-1 per split; query+gallery share one)."""
+    folder = find_dataset_folder(spec, root)
+    lists = spec.read(folder)
+    check_splits(spec, folder, lists, strict_counts=strict_counts)
+
+    def dataset(images: ImageList, transform: Transform, classes: np.ndarray | None = None) -> ImageDataset:
+        return ImageDataset(
+            folder,
+            images.files,
+            relabel(images.class_ids, classes),
+            images.class_ids,
+            transform,
+            title=spec.title,
+            source=spec.source,
+        )
+
+    train_idx, val_idx = split_classes(lists["train"].class_ids, val_fraction, val_seed)
+    datasets = {"train": dataset(lists["train"].select(train_idx), train_transform)}
+    if val_idx.size:
+        datasets["val"] = dataset(lists["train"].select(val_idx), eval_transform)
+    shared_classes = evaluation_classes(lists)
+    for split, images in lists.items():
+        if split != "train":
+            datasets[split] = dataset(images, eval_transform, shared_classes)
+    for built in datasets.values():
+        built.verify()
+    return DatasetSplits(**datasets, eval_mode=spec.eval_mode, default_ks=spec.default_ks)

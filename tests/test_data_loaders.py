@@ -1,0 +1,384 @@
+"""The four official loaders on tiny fixture trees in each official format, and every error path."""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+
+from harness.data import DATA_ROOT_ENV, MPerClassBatchSampler, build_splits, verify_images
+from harness.errors import DataError, UserError
+
+IMAGE_SIZE = 32
+PER_CLASS = 3
+
+
+def write_jpeg(path: Path, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, "JPEG")
+
+
+def write_images(
+    folder: Path, class_ids: list[int], name: Callable[[int, int], str]
+) -> list[tuple[str, int]]:
+    """PER_CLASS images per class at ``folder / name(class_id, k)``; returns (relative path, class id) rows."""
+    rows = []
+    for class_id in class_ids:
+        for k in range(PER_CLASS):
+            relative = name(class_id, k)
+            write_jpeg(folder / relative, seed=len(rows))
+            rows.append((relative, class_id))
+    return rows
+
+
+def write_lines(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def make_cub(root: Path) -> Path:
+    folder = root / "CUB_200_2011"
+    rows = write_images(
+        folder / "images", [1, 2, 3, 100, 101, 150, 200], lambda c, k: f"{c:03d}.Bird_{c}/Bird_{c}_{k}.jpg"
+    )
+    write_lines(folder / "images.txt", [f"{i} {path}" for i, (path, _) in enumerate(rows, start=1)])
+    write_lines(folder / "image_class_labels.txt", [f"{i} {c}" for i, (_, c) in enumerate(rows, start=1)])
+    write_lines(folder / "train_test_split.txt", [f"{i} {i % 2}" for i in range(1, len(rows) + 1)])
+    return folder
+
+
+def make_cars(root: Path) -> Path:
+    folder = root / "cars196"
+    rows = write_images(folder, [1, 2, 50, 98, 99, 150, 196], lambda c, k: f"car_ims/{c:03d}{k:03d}.jpg")
+    fields = ["relative_im_path", "bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "test"]
+    annotations = np.zeros((1, len(rows)), dtype=[(name, "O") for name in fields])
+    for i, (path, class_id) in enumerate(rows):
+        annotations[0, i] = (path, 1, 2, 20, 18, class_id, i % 2)
+    scipy.io.savemat(
+        folder / "cars_annos.mat",
+        {"annotations": annotations, "class_names": np.array(["a", "b"], dtype=object)},
+    )
+    return folder
+
+
+def sop_lines(rows: list[tuple[str, int]], first_id: int = 1) -> list[str]:
+    return ["image_id class_id super_class_id path"] + [
+        f"{i} {c} {1 + c % 2} {path}" for i, (path, c) in enumerate(rows, start=first_id)
+    ]
+
+
+def make_sop(root: Path) -> Path:
+    folder = root / "Stanford_Online_Products"
+    name = lambda c, k: f"bicycle_final/{c}_{k}.JPG"  # noqa: E731
+    train = write_images(folder, [1, 2, 3, 4], name)
+    test = write_images(folder, [11319, 11320, 22634], name)
+    write_lines(folder / "Ebay_train.txt", sop_lines(train))
+    write_lines(folder / "Ebay_test.txt", sop_lines(test, first_id=len(train) + 1))
+    return folder
+
+
+def make_inshop(root: Path) -> Path:
+    folder = root / "InShop"
+    rows = write_images(
+        folder, [1, 2, 3, 4, 7, 8, 9], lambda c, k: f"img/WOMEN/Dresses/id_{c:08d}/{k:02d}_1_front.jpg"
+    )
+    status = [
+        "train" if c <= 4 else ("query" if k == 0 else "gallery")
+        for (_, c), k in zip(rows, [0, 1, 2] * 7, strict=True)
+    ]
+    lines = [str(len(rows)), "image_name item_id evaluation_status"]
+    lines += [f"{path}  id_{c:08d}  {s}" for (path, c), s in zip(rows, status, strict=True)]
+    write_lines(folder / "Eval" / "list_eval_partition.txt", lines)
+    return folder
+
+
+TREES = {"cub": make_cub, "cars": make_cars, "sop": make_sop, "inshop": make_inshop}
+# split -> (images, original class ids) of the trees above
+EXPECTED = {
+    "cub": {"train": [1, 2, 3, 100], "test": [101, 150, 200]},
+    "cars": {"train": [1, 2, 50, 98], "test": [99, 150, 196]},
+    "sop": {"train": [1, 2, 3, 4], "test": [11319, 11320, 22634]},
+    "inshop": {"train": [1, 2, 3, 4], "query": [7, 8, 9], "gallery": [7, 8, 9]},
+}
+OFFICIAL_TRAIN_IMAGES = {"cub": "5,864", "cars": "8,054", "sop": "59,551", "inshop": "25,882"}
+
+
+def build(name: str, root: Path | None, **options) -> object:
+    return build_splits(name, root, image_size=IMAGE_SIZE, strict_counts=False, **options)
+
+
+def assert_one_line(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert "\n" not in message and message
+    return message
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_reads_the_official_layout(name: str, tmp_path: Path) -> None:
+    TREES[name](tmp_path)
+    splits = build(name, tmp_path)
+    for split, classes in EXPECTED[name].items():
+        dataset = getattr(splits, split)
+        per_class = 1 if split == "query" else 2 if split == "gallery" else PER_CLASS
+        assert len(dataset) == len(classes) * per_class
+        assert sorted(set(dataset.class_ids.tolist())) == classes
+        assert dataset.labels.dtype == np.int64
+        image, label = dataset[0]
+        assert isinstance(image, torch.Tensor) and image.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+        assert isinstance(label, int) and label == dataset.labels[0]
+    assert splits.val is None
+    if name == "inshop":
+        assert splits.eval_mode == "query_gallery" and splits.test is None
+        assert splits.default_ks == (1, 10, 20, 30, 40, 50)
+    else:
+        assert splits.eval_mode == "leave_one_out" and splits.query is None and splits.gallery is None
+        assert splits.default_ks == ((1, 10, 100, 1000) if name == "sop" else (1, 2, 4, 8, 16, 32))
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_labels_are_0_to_c_minus_1_and_keep_the_class_ids(name: str, tmp_path: Path) -> None:
+    TREES[name](tmp_path)
+    splits = build(name, tmp_path)
+    for split in EXPECTED[name]:
+        dataset = getattr(splits, split)
+        ranks = np.searchsorted(np.unique(dataset.class_ids), dataset.class_ids)
+        if split in ("query", "gallery"):  # one label space over query + gallery
+            ranks = np.searchsorted(
+                np.unique(np.concatenate([splits.query.class_ids, splits.gallery.class_ids])),
+                dataset.class_ids,
+            )
+        assert np.array_equal(dataset.labels, ranks)
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_validation_split_is_class_disjoint_and_uses_the_eval_transform(name: str, tmp_path: Path) -> None:
+    TREES[name](tmp_path)
+    splits = build(name, tmp_path, val_fraction=0.5, val_seed=1)
+    train, val = set(splits.train.class_ids.tolist()), set(splits.val.class_ids.tolist())
+    evaluated = (
+        set(splits.test.class_ids.tolist())
+        if splits.test is not None
+        else set(splits.query.class_ids.tolist())
+    )
+    assert len(train) == len(val) == 2
+    assert train | val == set(EXPECTED[name]["train"])
+    assert not train & val and not val & evaluated and not train & evaluated
+    assert sorted(set(splits.val.labels.tolist())) == [0, 1]
+    assert torch.equal(splits.val[0][0], splits.val[0][0]), "val uses the deterministic evaluation transform"
+    again = build(name, tmp_path, val_fraction=0.5, val_seed=1)
+    assert np.array_equal(again.val.class_ids, splits.val.class_ids)
+
+
+def test_root_may_be_harness_data_or_the_dataset_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = make_cub(tmp_path)
+    direct = build("cub", folder)
+    monkeypatch.setenv(DATA_ROOT_ENV, str(tmp_path))
+    from_env = build("cub", None)
+    assert direct.train.files == from_env.train.files and direct.train.root == from_env.train.root == folder
+
+
+@pytest.mark.parametrize("convention", ["imagenet", "grey"])
+def test_convention_and_image_size_reach_the_datasets(convention: str, tmp_path: Path) -> None:
+    make_cub(tmp_path)
+    splits = build_splits("cub", tmp_path, image_size=16, convention=convention, strict_counts=False)
+    channels = 1 if convention == "grey" else 3
+    assert splits.train[0][0].shape == splits.test[0][0].shape == (channels, 16, 16)
+
+
+def test_train_split_feeds_the_sampler_through_a_dataloader(tmp_path: Path) -> None:
+    make_cub(tmp_path)
+    train = build("cub", tmp_path).train
+    loader = torch.utils.data.DataLoader(
+        train, batch_sampler=MPerClassBatchSampler(train.labels, 2, 2, seed=0)
+    )
+    images, labels = next(iter(loader))
+    assert images.shape == (4, 3, IMAGE_SIZE, IMAGE_SIZE)
+    assert len(set(labels.tolist())) == 2
+
+
+@pytest.mark.parametrize("name", TREES)
+def test_strict_counts_name_the_official_count(name: str, tmp_path: Path) -> None:
+    TREES[name](tmp_path)
+    with pytest.raises(DataError) as err:
+        build_splits(name, tmp_path)
+    message = assert_one_line(err)
+    assert f"expected {OFFICIAL_TRAIN_IMAGES[name]}" in message and "has 12 images" in message
+    assert "strict_counts=False" in message
+
+
+def test_missing_root_and_missing_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(DataError, match="does not exist") as err:
+        build("cub", tmp_path / "nowhere")
+    assert_one_line(err)
+    monkeypatch.delenv(DATA_ROOT_ENV, raising=False)
+    with pytest.raises(DataError, match=f"no data root given; set {DATA_ROOT_ENV}=DIR") as err:
+        build("sop", None)
+    assert_one_line(err)
+    with pytest.raises(
+        DataError, match=r"not found: expected .*Stanford_Online_Products/Ebay_train.txt"
+    ) as err:
+        build("sop", tmp_path)
+    assert "cvgl.stanford.edu" in assert_one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        (
+            "cub",
+            lambda f: (f / "image_class_labels.txt").unlink(),
+            r"missing list file .*image_class_labels.txt",
+        ),
+        (
+            "cub",
+            lambda f: write_lines(f / "images.txt", ["1 a.jpg extra"]),
+            r"images.txt:1 has 3 fields, expected 2",
+        ),
+        (
+            "cub",
+            lambda f: write_lines(f / "image_class_labels.txt", ["1 bird"]),
+            "column class_id holds 'bird'",
+        ),
+        ("cub", lambda f: write_lines(f / "image_class_labels.txt", ["999 1"]), "names image id 999"),
+        (
+            "cub",
+            lambda f: write_lines(f / "image_class_labels.txt", ["1 201"]),
+            "class id 201 is outside .* 1-200",
+        ),
+        (
+            "cars",
+            lambda f: (f / "cars_annos.mat").write_bytes(b"not a mat file"),
+            "cannot read .*cars_annos.mat",
+        ),
+        ("cars", lambda f: scipy.io.savemat(f / "cars_annos.mat", {"x": 1}), "no `annotations` struct array"),
+        (
+            "sop",
+            lambda f: write_lines(f / "Ebay_test.txt", ["id class path"]),
+            "header 'id class path', expected",
+        ),
+        ("sop", lambda f: (f / "Ebay_test.txt").write_bytes(b"\xff\xfe\x00"), "cannot read list file"),
+        (
+            "sop",
+            lambda f: write_lines(f / "Ebay_test.txt", sop_lines([("bicycle_final/1_0.JPG", 1)])),
+            "class 1 is in both the train and the evaluation splits",
+        ),
+        (
+            "sop",
+            lambda f: write_lines(f / "Ebay_test.txt", sop_lines([])),
+            "the test split read from .* is empty",
+        ),
+        ("inshop", lambda f: truncate_lines(f / "Eval" / "list_eval_partition.txt", 5), "declares '21' rows"),
+        (
+            "inshop",
+            lambda f: replace_in(f / "Eval" / "list_eval_partition.txt", "gallery", "galery"),
+            "evaluation_status 'galery'",
+        ),
+        (
+            "inshop",
+            lambda f: replace_in(f / "Eval" / "list_eval_partition.txt", "id_00000001", "item1"),
+            "item_id 'item1'",
+        ),
+    ],
+)
+def test_bad_list_files_raise_one_line_data_errors(
+    name: str, damage: Callable, message: str, tmp_path: Path
+) -> None:
+    damage(TREES[name](tmp_path))
+    with pytest.raises(DataError, match=message) as err:
+        build(name, tmp_path)
+    assert_one_line(err)
+
+
+def truncate_lines(path: Path, keep: int) -> None:
+    write_lines(path, path.read_text().splitlines()[:keep])
+
+
+def replace_in(path: Path, old: str, new: str) -> None:
+    path.write_text(path.read_text().replace(old, new))
+
+
+def test_missing_image_fails_at_build_time(tmp_path: Path) -> None:
+    folder = make_cars(tmp_path)
+    (folder / "car_ims" / "150001.jpg").unlink()
+    with pytest.raises(
+        DataError, match=r"Cars-196: 1 of 9 image files are missing .*car_ims/150001.jpg"
+    ) as err:
+        build("cars", tmp_path)
+    assert_one_line(err)
+
+
+def test_truncated_image_fails_when_loaded_naming_the_file(tmp_path: Path) -> None:
+    folder = make_cub(tmp_path)
+    victim = folder / "images" / "101.Bird_101" / "Bird_101_0.jpg"
+    victim.write_bytes(victim.read_bytes()[:200])
+    splits = build("cub", tmp_path)  # existence is checked at build time, decoding is not
+    verify_images(splits)
+    index = splits.test.files.index("images/101.Bird_101/Bird_101_0.jpg")
+    with pytest.raises(DataError, match=r"CUB-200-2011: cannot read image .*Bird_101_0.jpg") as err:
+        splits.test[index]
+    assert_one_line(err)
+    with pytest.raises(DataError, match=r"Bird_101_0\.jpg"):
+        verify_images(splits, decode=True)
+    victim.write_bytes(b"")
+    with pytest.raises(DataError, match=r"Bird_101_0\.jpg"):
+        splits.test[index]
+
+
+def test_unknown_dataset_name_suggests_close_matches(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"unknown dataset 'CUB200'; did you mean 'cub'") as err:
+        build("CUB200", tmp_path)
+    assert "inshop" in assert_one_line(err)
+    with pytest.raises(UserError, match="expected one of cub, cars, sop, inshop, glyphs"):
+        build("mnist", tmp_path)
+
+
+def test_bad_convention_fails_before_reading_data(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="unknown input convention 'rgb'"):
+        build_splits("cub", tmp_path, convention="rgb")
+
+
+def test_glyphs_dispatches_to_the_glyph_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    fake = types.ModuleType("harness.data.glyphs")
+    fake.build_glyph_splits = lambda cache_dir, **kwargs: calls.append((cache_dir, kwargs)) or "splits"
+    monkeypatch.setitem(sys.modules, "harness.data.glyphs", fake)
+    splits = build_splits(
+        "glyphs", None, cache_dir=tmp_path, image_size=32, convention="grey", val_fraction=0.2, val_seed=4,
+        strict_counts=True, crop_scale=(0.5, 1.0), num_classes=40,
+    )  # fmt: skip
+    assert splits == "splits"
+    options = {"val_fraction": 0.2, "val_seed": 4, "image_size": 32, "convention": "grey", "num_classes": 40}
+    assert calls == [(tmp_path, options)]
+
+
+def test_options_meant_for_glyphs_are_refused_by_real_datasets(tmp_path: Path) -> None:
+    make_cub(tmp_path)
+    with pytest.raises(UserError, match=r"unknown data option.*'num_classes' for dataset 'cub'"):
+        build("cub", tmp_path, num_classes=40)
+
+
+def test_strict_counts_accept_exact_counts_and_check_class_counts(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from harness.data.cub import CUB
+    from harness.data.official import build_official_splits
+    from harness.data.transforms import build_transform
+
+    make_cub(tmp_path)
+    transform = build_transform("imagenet", IMAGE_SIZE, train=False)
+    options = {"train_transform": transform, "eval_transform": transform, "val_fraction": 0.0, "val_seed": 0}
+    exact = replace(CUB, images={"train": 12, "test": 9}, classes={"train": 4, "test": 3})
+    assert len(build_official_splits(exact, tmp_path, strict_counts=True, **options).test) == 9
+    wrong_classes = replace(exact, classes={"train": 4, "test": 5})
+    with pytest.raises(DataError, match=r"the test split read from .* has 3 classes, expected 5"):
+        build_official_splits(wrong_classes, tmp_path, strict_counts=True, **options)

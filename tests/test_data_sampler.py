@@ -1,0 +1,151 @@
+"""MPerClassBatchSampler: P x M structure, reproducibility, coverage, cheap resume, small classes, errors."""
+
+from __future__ import annotations
+
+from collections import Counter
+from itertools import islice
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from harness.data import MPerClassBatchSampler
+from harness.errors import UserError
+
+
+def take(sampler: MPerClassBatchSampler, n: int) -> list[list[int]]:
+    return list(islice(iter(sampler), n))
+
+
+def labels_with_sizes(sizes: list[int], first_label: int = 0) -> np.ndarray:
+    """Labels of a shuffled training set whose class i has sizes[i] images (labels need not be 0..C-1)."""
+    labels = np.repeat(np.arange(first_label, first_label + len(sizes)), sizes)
+    return np.random.default_rng(123).permutation(labels)
+
+
+def assert_p_by_m(batch: list[int], labels: np.ndarray, p: int, m: int) -> None:
+    assert len(batch) == p * m
+    assert all(isinstance(index, int) for index in batch)
+    per_class = Counter(labels[batch].tolist())
+    assert len(per_class) == p, "a batch must hold P distinct classes"
+    assert set(per_class.values()) == {m}, "each class must contribute exactly M images"
+    for start in range(0, p * m, m):  # the M images of one class are contiguous
+        assert len(set(labels[batch[start : start + m]].tolist())) == 1
+
+
+def test_batches_are_p_classes_by_m_images() -> None:
+    labels = labels_with_sizes([7, 12, 5, 9, 30, 6, 11, 8], first_label=100)
+    sampler = MPerClassBatchSampler(labels, classes_per_batch=4, samples_per_class=3, seed=0)
+    for batch in take(sampler, 3 * sampler.batches_per_epoch):
+        assert_p_by_m(batch, labels, 4, 3)
+        for start in range(0, 12, 3):  # classes with >= M images never repeat an image within a batch
+            assert len(set(batch[start : start + 3])) == 3
+
+
+def test_same_seed_same_batches_other_seed_other_batches() -> None:
+    labels = labels_with_sizes([10] * 12)
+    first = take(MPerClassBatchSampler(labels, 4, 5, seed=7), 20)
+    assert first == take(MPerClassBatchSampler(labels, 4, 5, seed=7), 20)
+    assert first != take(MPerClassBatchSampler(labels, 4, 5, seed=8), 20)
+    sampler = MPerClassBatchSampler(labels, 4, 5, seed=7)
+    assert take(sampler, 20) == take(sampler, 20), "each iter() restarts at `start`"
+
+
+def test_one_epoch_shows_every_image_and_draws_classes_by_size() -> None:
+    sizes = [3, 5, 6, 10, 11, 25, 4, 9, 14, 2]
+    labels = labels_with_sizes(sizes)
+    m = 5
+    sampler = MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=m, seed=1)
+    expected_draws = [-(-n // m) for n in sizes]
+    assert sampler.batches_per_epoch == -(-sum(expected_draws) // 3)
+    epoch = take(sampler, sampler.batches_per_epoch)
+    seen = Counter(index for batch in epoch for index in batch)
+    assert set(seen) == set(range(len(labels))), "every training image appears in the first epoch"
+    draws = Counter(labels[batch[start]] for batch in epoch for start in range(0, len(batch), m))
+    for cls, n_draws in enumerate(expected_draws):  # proportional to size; at most one extra draw to fill
+        assert n_draws <= draws[cls] <= n_draws + 1
+
+
+def test_usage_is_even_over_many_epochs() -> None:
+    labels = labels_with_sizes([8, 13, 21, 5, 10, 17])
+    sampler = MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=4, seed=2)
+    epochs = 20
+    seen = Counter(i for batch in take(sampler, epochs * sampler.batches_per_epoch) for i in batch)
+    counts = np.array([seen[i] for i in range(len(labels))])
+    assert counts.min() >= epochs - 1
+    assert counts.max() <= 2 * epochs
+
+
+@pytest.mark.parametrize(("epochs", "offset"), [(0, 0), (0, 1), (1, -1), (1, 0), (1, 1), (3, 2)])
+def test_start_k_equals_dropping_k_batches(epochs: int, offset: int) -> None:
+    labels = labels_with_sizes([4, 9, 6, 13, 3, 7, 5, 11])
+    reference = MPerClassBatchSampler(labels, 3, 4, seed=5)
+    start = epochs * reference.batches_per_epoch + offset  # around epoch boundaries
+    expected = list(islice(iter(reference), start, start + 12))
+    assert take(MPerClassBatchSampler(labels, 3, 4, seed=5, start=start), 12) == expected
+
+
+def test_classes_smaller_than_m_repeat_their_images() -> None:
+    labels = labels_with_sizes([1, 3, 6, 8, 2])
+    sampler = MPerClassBatchSampler(labels, classes_per_batch=2, samples_per_class=5, seed=0)
+    for batch in take(sampler, 2 * sampler.batches_per_epoch):
+        assert_p_by_m(batch, labels, 2, 5)
+        for start in range(0, 10, 5):
+            group = batch[start : start + 5]
+            size = int((labels == labels[group[0]]).sum())
+            assert len(set(group)) == min(size, 5), "cycle through all images of a small class"
+
+
+def test_a_dominant_class_is_capped_at_one_draw_per_batch() -> None:
+    labels = labels_with_sizes([200, 3, 4])
+    sampler = MPerClassBatchSampler(labels, classes_per_batch=3, samples_per_class=2, seed=0)
+    for batch in take(sampler, 30):
+        assert_p_by_m(batch, labels, 3, 2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=2, max_size=25),
+    p=st.integers(2, 8),
+    m=st.integers(2, 6),
+    seed=st.integers(0, 2**31),
+)
+def test_structure_holds_for_any_class_sizes(sizes: list[int], p: int, m: int, seed: int) -> None:
+    p = min(p, len(sizes))
+    labels = labels_with_sizes(sizes)
+    sampler = MPerClassBatchSampler(labels, p, m, seed=seed)
+    for batch in take(sampler, 2 * sampler.batches_per_epoch + 1):
+        assert_p_by_m(batch, labels, p, m)
+
+
+def test_works_as_a_dataloader_batch_sampler() -> None:
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    labels = labels_with_sizes([4, 4, 4])
+    dataset = TensorDataset(torch.arange(len(labels)), torch.as_tensor(labels))
+    loader = DataLoader(dataset, batch_sampler=MPerClassBatchSampler(labels, 2, 2, seed=0))
+    indices, batch_labels = next(iter(loader))
+    assert indices.shape == (4,)
+    assert torch.equal(batch_labels, torch.as_tensor(labels[indices.numpy()]))
+
+
+@pytest.mark.parametrize(
+    ("labels", "p", "m", "start", "message"),
+    [
+        (np.array([0, 0, 1, 1]), 3, 2, 0, "only 2 classes"),
+        (np.array([0, 0, 0]), 2, 2, 0, "only 1 classes"),
+        (np.array([0, 0, 1, 1]), 1, 2, 0, "at least 2 classes"),
+        (np.array([0, 0, 1, 1]), 2, 1, 0, "2 images per class"),
+        (np.array([[0, 1]]), 2, 2, 0, "1-d integer array"),
+        (np.array([0.5, 1.5]), 2, 2, 0, "1-d integer array"),
+        (np.array([0, 0, 1, 1]), 2, 2, -1, ">= 0"),
+    ],
+)
+def test_bad_arguments_raise_one_line_user_errors(
+    labels: np.ndarray, p: int, m: int, start: int, message: str
+) -> None:
+    with pytest.raises(UserError, match=message) as err:
+        MPerClassBatchSampler(labels, p, m, seed=0, start=start)
+    assert "\n" not in str(err.value)

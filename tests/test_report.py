@@ -1,0 +1,324 @@
+"""harness.report end to end on synthetic results directories in the on-disk format of docs/ARCHITECTURE.md."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness import report
+from harness.errors import UserError, cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = {"binomial": "Binomial", "ms_mining": "MS mining", "ms": "MS", "triplet": "Triplet"}
+COLUMNS = ["experiment", "cell_id", "loss", "loss_label", "preset", "dataset", "embedding_size", "seed",
+           "variant", "status", "select_on", "weights", "split", "metric", "value"]  # fmt: skip
+# our R@1 (fraction) per loss: Binomial below the paper's 71.9, MS mining above its 67.0, MS at its 77.3
+BASE_R1 = {"binomial": 0.650, "ms_mining": 0.700, "ms": 0.773, "triplet": 0.600}
+SEED_JITTER = (-0.004, 0.0, 0.004)
+
+
+@dataclass
+class Spec:
+    """A synthetic experiment: the grid, and which cell files to write."""
+
+    name: str = "synthetic"
+    losses: tuple[str, ...] = ("binomial", "ms_mining", "ms")
+    datasets: tuple[str, ...] = ("cars",)
+    sizes: tuple[int, ...] = (64,)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    ks: tuple[int, ...] = (1, 2, 4, 8)
+    select_on: str = "val"
+    cell_files: bool = True
+    failed: set[tuple[str, str, int, int]] = field(default_factory=set)
+    """(loss, dataset, size, seed) cells that failed."""
+
+
+def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
+    value = BASE_R1[loss] + 0.04 * math.log2(k) + (0.03 if size > 64 else 0.0) + SEED_JITTER[seed % 3]
+    return round(min(value + (0.005 if weights == "selected" else 0.0), 1.0), 6)
+
+
+def build_results(root: Path, spec: Spec) -> Path:
+    """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs, cells.csv."""
+    exp_dir = root / spec.name
+    rows = []
+    for dataset in spec.datasets:
+        for size in spec.sizes:
+            for loss in spec.losses:
+                for seed in spec.seeds:
+                    cell_id = f"{dataset}-{loss}-d{size}-s{seed}-0000abcd"
+                    failed = (loss, dataset, size, seed) in spec.failed
+                    base = {"experiment": spec.name, "cell_id": cell_id, "loss": loss, "loss_label": LABELS[loss],
+                            "preset": "paper" if loss == "ms" else "", "dataset": dataset, "embedding_size": size,
+                            "seed": seed, "variant": "default", "status": "failed" if failed else "finished",
+                            "select_on": spec.select_on}  # fmt: skip
+                    metrics = {} if failed else _metrics(loss, size, seed, spec.ks)
+                    _write_cell(exp_dir / "cells" / cell_id, spec, base, metrics, loss)
+                    if failed:
+                        rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
+                    for weights, splits in metrics.items():
+                        for split, values in splits.items():
+                            rows += [{**base, "weights": weights, "split": split, "metric": m, "value": v}
+                                     for m, v in values.items()]  # fmt: skip
+    with (exp_dir / "cells.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return exp_dir
+
+
+def _metrics(loss: str, size: int, seed: int, ks: tuple[int, ...]) -> dict[str, dict[str, dict[str, float]]]:
+    out = {}
+    for weights in ("final", "selected"):
+        test = {f"recall@{k}": _recall(loss, size, seed, k, weights) for k in ks}
+        test |= {"map_at_r": round(test["recall@1"] / 3, 6), "nmi": 0.6 + 0.01 * seed}
+        out[weights] = {"test": test, "val": {m: round(v * 0.98, 6) for m, v in test.items()}}
+    return out
+
+
+def _write_cell(folder: Path, spec: Spec, base: dict, metrics: dict, loss: str) -> None:
+    folder.mkdir(parents=True)
+    status = base["status"]
+    reason = "non-finite loss at iteration 40" if status == "failed" else None
+    (folder / "config.json").write_text(json.dumps({"cell_id": base["cell_id"], "loss": {"name": loss}}))
+    (folder / "status.json").write_text(json.dumps({"status": status, "reason": reason}))
+    (folder / "final.json").write_text(json.dumps({
+        "cell_id": base["cell_id"], "status": status, "reason": reason, "select_on": spec.select_on,
+        "select_metric": "recall@1", "selected_iteration": 80, "iterations": 100, "metrics": metrics,
+        "timings": {"train_seconds": 1.0},
+    }))  # fmt: skip
+    if status != "finished" or not spec.cell_files:
+        return
+    seed = base["seed"]
+    iterations = np.arange(10, 101, 10)
+    pd.DataFrame({
+        "iteration": iterations, "loss": 2.0 / np.sqrt(iterations) + 0.01 * seed,
+        "pos_pairs": 40 + iterations // 10, "neg_pairs": 600 - 3 * iterations,
+        "pos_weight_mean": 0.1, "neg_weight_mean": 0.05, "lr": 1e-5, "images_per_s": 500.0,
+    }).to_csv(folder / "train_log.csv", index=False)  # fmt: skip
+    evals = [{"iteration": int(it), "split": spec.select_on, "metric": m, "value": v * it / 100}
+             for it in iterations[1::2] for m, v in metrics["final"]["val"].items()]  # fmt: skip
+    pd.DataFrame(evals).to_csv(folder / "evals.csv", index=False)
+    rng = np.random.default_rng(seed)
+    if loss == "ms_mining":  # equal weights: a constant distribution must still draw
+        pos, neg = np.full(50, 0.02), np.full(300, 0.0033)
+    else:
+        pos, neg = rng.lognormal(-3.0, 1.0, 50), rng.lognormal(-5.0, 1.5, 300)
+    np.savez(folder / "pair_weights.npz", pos=pos.astype(np.float32), neg=neg.astype(np.float32))
+
+
+def _figure_links(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
+
+
+def _assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, path
+
+
+def _assert_svg(path: Path) -> None:
+    root = ET.parse(path).getroot()
+    assert root.tag.endswith("svg") and len(list(root.iter())) > 50, path
+
+
+# ------------------------------------------------------------------ the full report: every figure kind
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> tuple[Path, str]:
+    """cars at 64 and 512, three losses, three seeds, one failed cell, all cell files."""
+    spec = Spec(sizes=(64, 512), failed={("ms", "cars", 512, 2)})
+    exp_dir = build_results(tmp_path_factory.mktemp("results"), spec)
+    path = report.write_report(exp_dir)
+    return exp_dir, path.read_text()
+
+
+def test_full_report_writes_every_figure(full):
+    exp_dir, text = full
+    assert (exp_dir / "report.md").is_file()
+    stems = {p.stem for p in (exp_dir / "figures").glob("*.png")}
+    assert stems == {
+        "ablation_cars_d64", "ablation_cars_d512", "recall_at_k_cars_d64", "recall_at_k_cars_d512",
+        "embedding_size_cars", "training_cars_d64", "training_cars_d512", "pair_weights_cars_d64",
+        "pair_weights_cars_d512",
+    }  # fmt: skip
+    for stem in stems:
+        _assert_png(exp_dir / "figures" / f"{stem}.png")
+        _assert_svg(exp_dir / "figures" / f"{stem}.svg")
+    links = _figure_links(text)
+    assert sorted(Path(link).stem for link in links) == sorted(stems)
+    assert "skipped" not in text
+
+
+def test_full_report_tables_and_verdicts(full):
+    _, text = full
+    for needed in ("## Results against the paper", "validation-selected weights", "final weights (last iteration)",
+                   "## Other metrics", "map_at_r", "## Between losses", "Friedman over 3 losses and 3 seeds",
+                   "Kendall tau", "## Appendix: checkpoint selection per cell", "`val` (18 cells)"):  # fmt: skip
+        assert needed in text, needed
+    # ours in percent next to the paper: MS at d=64 is 77.3 +- 0.4 over seeds (final weights) -> reproduced
+    final = text.split("### final weights")[1]
+    ms_row = next(line for line in final.splitlines() if line.startswith("| d=64 | MS | 1 |"))
+    assert "| 3 | 77.30 [" in ms_row and "77.3 (T2, 3)" in ms_row and ms_row.endswith("| reproduced |")
+    binomial = next(line for line in final.splitlines() if line.startswith("| d=64 | Binomial | 1 |"))
+    assert "71.9 (T2)" in binomial and binomial.endswith("| below |")
+    mining = next(line for line in final.splitlines() if line.startswith("| d=64 | MS mining | 1 |"))
+    assert mining.endswith("| above |")
+    # the failed cell: listed with its reason, and MS at 512 has two seeds left
+    assert "non-finite loss at iteration 40" in text and "failed: 1" in text
+    assert re.search(r"\| d=512 \| MS \| 1 \| 2 \| ", final)
+    # MS^512 on Cars is compared with Table 3 (84.1)
+    assert "84.1 (T3)" in final
+    # the paper's other methods, marked as not implemented here
+    assert "not implemented here" in text and "ABE" in text and "HTL" in text
+
+
+def test_full_report_ranking_agrees_with_table2(full):
+    _, text = full
+    # our R@1 order: MS > MS mining > Binomial; Table 2: MS > Binomial > MS mining -> tau = 1/3
+    section = text.split("### Cars-196, d=64, validation-selected")[1]
+    rank_line = next(line for line in section.splitlines() if line.startswith("| 1 | 3 |"))
+    assert "| 0.333 |" in rank_line
+
+
+# ------------------------------------------------------------------ skipped figures, single seed, glyphs
+
+
+@pytest.fixture(scope="module")
+def sparse(tmp_path_factory) -> tuple[Path, str]:
+    """glyphs and cars at one size, one seed, no cell files, K=1 only."""
+    spec = Spec(name="sparse", datasets=("glyphs", "cars"), seeds=(0,), ks=(1,), cell_files=False,
+                losses=("binomial", "ms_mining", "ms", "triplet"), select_on="test")  # fmt: skip
+    exp_dir = build_results(tmp_path_factory.mktemp("results"), spec)
+    return exp_dir, report.write_report(exp_dir).read_text()
+
+
+def test_sparse_report_skips_figures_with_reasons(sparse):
+    exp_dir, text = sparse
+    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {"ablation_cars_d64", "ablation_glyphs_d64"}
+    for reason in ("no embedding-size sweep in this experiment (size 64 only)", "fewer than two K values measured",
+                   "no readable train_log.csv or evals.csv", "no pair_weights.npz"):  # fmt: skip
+        assert reason in text, reason
+    assert "missing or unreadable in 8 finished cell(s)" in text
+
+
+def test_sparse_report_single_seed_and_glyphs(sparse):
+    _, text = sparse
+    assert "no test (1 seed)" in text
+    glyphs = text.split("**glyphs (synthetic, no paper numbers)**")[1].split("**Cars-196**")[0]
+    assert "no paper value" in glyphs and "reproduced" not in glyphs
+    # the glyphs ablation is still ranked against Table 2 by loss (Triplet is not in Table 2)
+    section = text.split("### glyphs (synthetic, no paper numbers), d=64, test-selected")[1].split("###")[0]
+    assert "Kendall tau" in section and re.search(r"\| 1 \| 3 \| 0\.333 \|", section)
+    assert "no test: 1 complete block(s)" in section  # Friedman with one seed
+    # test-set selection is flagged as optimistic
+    assert "test-selected weights" in text and "optimistic" in text
+
+
+def test_rerun_gives_the_same_report_and_figures(sparse):
+    exp_dir, text = sparse
+    svg = (exp_dir / "figures" / "ablation_cars_d64.svg").read_bytes()
+    assert report.write_report(exp_dir).read_text() == text
+    assert (exp_dir / "figures" / "ablation_cars_d64.svg").read_bytes() == svg
+
+
+def test_all_failed_cells_still_give_a_report(tmp_path):
+    spec = Spec(losses=("ms",), seeds=(0,), failed={("ms", "cars", 64, 0)})
+    text = report.write_report(build_results(tmp_path, spec)).read_text()
+    assert "No cell has finished with results" in text and "non-finite loss" in text
+
+
+# ------------------------------------------------------------------------------- pieces and bad input
+
+
+def test_row_labels_disambiguate_presets():
+    table = pd.DataFrame({"loss_label": ["MS", "MS", "Binomial"], "loss": ["ms", "ms", "binomial"],
+                          "preset": ["paper", "official", ""]})  # fmt: skip
+    assert report._row_labels(table).tolist() == ["MS [paper]", "MS [official]", "Binomial"]
+    assert report._row_order(["Triplet", "MS [paper]", "Binomial", "MS mining"]) == [
+        "Binomial", "MS mining", "MS [paper]", "Triplet"]
+
+
+def test_paper_reference_merges_tables_2_and_3():
+    reference = report.paper_reference(report.load_paper_tables())
+    ms = reference[(reference.loss == "ms") & (reference.dataset == "cars") & (reference.embedding_size == 64)]
+    assert ms.set_index("k").loc[1, "tables"] == "2, 3" and ms.set_index("k").loc[16, "tables"] == "3"
+    assert ms.set_index("k").loc[1, "recall"] == 77.3
+    assert not reference.duplicated(["dataset", "loss", "embedding_size", "k"]).any()
+
+
+def test_read_cells_converts_to_percent_once(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), cell_files=False))
+    cells = report.read_cells(exp_dir)
+    r1 = cells[(cells.metric == "recall@1") & (cells.weights == "final") & (cells.split == "test")]
+    assert r1["value"].tolist() == [pytest.approx(76.9)]
+
+
+def _cells_csv(tmp_path: Path, text: str) -> Path:
+    exp_dir = tmp_path / "exp"
+    exp_dir.mkdir()
+    (exp_dir / "cells.csv").write_text(text)
+    return exp_dir
+
+
+HEADER = ",".join(COLUMNS)
+GOOD_ROW = "e,c1,ms,MS,,cars,64,0,default,finished,val,final,test,recall@1,0.77"
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "nope", "no such directory"),
+        (lambda p: (p / "file.txt").write_text("x") and p / "file.txt", "not a directory"),
+        (lambda p: p, "no cells.csv here"),
+        (lambda p: _cells_csv(p, ""), "the file is empty"),
+        (lambda p: _cells_csv(p, HEADER + "\n"), "the table has no rows"),
+        (lambda p: _cells_csv(p, "experiment,cell_id\ne,c1\n"), "missing column(s) loss, loss_label"),
+        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "77.0") + "\n"), "not a fraction in [0, 1]"),
+        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace(",64,", ",big,") + "\n"), "'embedding_size' has 'big'"),
+        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "n/a") + "\n"), "expected a number"),
+    ],
+)
+def test_bad_input_is_one_line_user_error(tmp_path, make, message):
+    with pytest.raises(UserError) as info:
+        report.write_report(make(tmp_path))
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_explicit_paper_dir_must_exist(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=False))
+    with pytest.raises(UserError, match="no such directory"):
+        report.write_report(exp_dir, paper_dir=tmp_path / "missing")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    text = report.write_report(exp_dir, paper_dir=empty).read_text()
+    assert "The paper's tables were not found" in text and "no paper value" in text
+
+
+def test_cli_main_in_process(tmp_path, capsys):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=False))
+    with pytest.raises(SystemExit) as ok:
+        cli_main(report.main, [str(exp_dir)])
+    assert ok.value.code == 0 and capsys.readouterr().out.strip() == str(exp_dir / "report.md")
+    with pytest.raises(SystemExit) as bad:
+        cli_main(report.main, [str(tmp_path / "nope")])
+    err = capsys.readouterr().err
+    assert bad.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_cli_module_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "harness.report", str(tmp_path)], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -334,6 +334,17 @@ def test_truncated_image_fails_when_loaded_naming_the_file(tmp_path: Path) -> No
         splits.test[index]
 
 
+def test_unreadable_image_in_a_dataloader_worker_stays_one_line(tmp_path: Path) -> None:
+    folder = make_cub(tmp_path)
+    for image in (folder / "images").rglob("*.jpg"):
+        image.write_bytes(b"not a jpeg")
+    train = build("cub", tmp_path).train
+    loader = torch.utils.data.DataLoader(train, batch_size=2, num_workers=1)
+    with pytest.raises(DataError, match=r"^CUB-200-2011: cannot read image .*\.jpg") as err:
+        next(iter(loader))
+    assert "Traceback" not in assert_one_line(err)
+
+
 def test_unknown_dataset_name_suggests_close_matches(tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"unknown dataset 'CUB200'; did you mean 'cub'") as err:
         build("CUB200", tmp_path)

@@ -104,7 +104,7 @@ def test_a_dominant_class_is_capped_at_one_draw_per_batch() -> None:
         assert_p_by_m(batch, labels, 3, 2)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 40), min_size=2, max_size=25),
     p=st.integers(2, 8),
@@ -140,7 +140,7 @@ def test_works_as_a_dataloader_batch_sampler() -> None:
         (np.array([0, 0, 1, 1]), 2, 1, 0, "2 images per class"),
         (np.array([[0, 1]]), 2, 2, 0, "1-d integer array"),
         (np.array([0.5, 1.5]), 2, 2, 0, "1-d integer array"),
-        (np.array([0, 0, 1, 1]), 2, 2, -1, ">= 0"),
+        (np.array([0, 0, 1, 1]), 2, 2, -1, "start -1: both must be integers >= 0"),
     ],
 )
 def test_bad_arguments_raise_one_line_user_errors(
@@ -149,3 +149,8 @@ def test_bad_arguments_raise_one_line_user_errors(
     with pytest.raises(UserError, match=message) as err:
         MPerClassBatchSampler(labels, p, m, seed=0, start=start)
     assert "\n" not in str(err.value)
+
+
+def test_negative_seed_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="seed -3"):
+        MPerClassBatchSampler(np.array([0, 0, 1, 1]), 2, 2, seed=-3)

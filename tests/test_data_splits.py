@@ -55,6 +55,11 @@ def test_bad_fractions_raise_user_errors(n_classes: int, fraction: float, messag
         split_classes(labels_for(n_classes), fraction, seed=0)
 
 
+def test_negative_seed_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="val_seed is -1"):
+        split_classes(labels_for(10), 0.2, seed=-1)
+
+
 def test_relabel_maps_onto_0_to_c_minus_1_in_class_order() -> None:
     assert relabel(np.array([101, 7, 7, 55])).tolist() == [2, 0, 0, 1]
     shared = np.array([3, 9, 12])

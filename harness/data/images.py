@@ -13,6 +13,20 @@ from harness.data.transforms import Transform
 from harness.errors import DataError
 
 
+class ImageReadError(DataError):
+    """An image file cannot be decoded. Stays one line when a DataLoader worker re-raises it.
+
+    torch re-raises a worker's exception as ``type(err)(text)`` where the text holds the worker's whole
+    traceback; this keeps only the original message (the traceback's last line).
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if "Original Traceback" in message and marker in message:
+            message = message.rsplit(marker, 1)[1]
+        super().__init__(message)
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """``ds[i] -> (transform(image i), label i)``.
 
@@ -49,10 +63,6 @@ class ImageDataset(torch.utils.data.Dataset):
         image = self.load(index)
         return self.transform(image), int(self.labels[index])
 
-    @property
-    def num_classes(self) -> int:
-        return len(np.unique(self.labels))
-
     def path(self, index: int) -> Path:
         return self.root / self.files[index]
 
@@ -64,7 +74,7 @@ class ImageDataset(torch.utils.data.Dataset):
                 return image.convert("RGB")
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
-            raise DataError(
+            raise ImageReadError(
                 f"{self.title}: cannot read image {path} ({reason}); the file is missing or damaged: "
                 f"restore it from {self.source}"
             ) from None

@@ -66,8 +66,8 @@ class MPerClassBatchSampler:
                 f"classes_per_batch is {classes_per_batch} but the training set has only {len(classes)} "
                 f"classes; use classes_per_batch <= {len(classes)}"
             )
-        if start < 0:
-            raise UserError(f"sampler start is {start}; expected a batch number >= 0")
+        if start < 0 or seed < 0:
+            raise UserError(f"sampler seed {seed} and start {start}: both must be integers >= 0")
         self.classes_per_batch = int(classes_per_batch)
         self.samples_per_class = int(samples_per_class)
         self.seed = int(seed)

@@ -86,6 +86,8 @@ def split_classes(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
     labels = np.asarray(labels)
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"val_fraction is {fraction}; expected a fraction of the training classes in [0, 1)")
+    if seed < 0:
+        raise UserError(f"val_seed is {seed}; expected an integer >= 0")
     all_idx = np.arange(len(labels), dtype=np.int64)
     if fraction == 0.0:
         return all_idx, np.empty(0, dtype=np.int64)

@@ -18,7 +18,16 @@ class UserError(Exception):
     """A mistake the user can fix; its message is one line saying what, where and what to do."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
+
+
+def one_line(message: object) -> str:
+    """The message on one line; a DataLoader worker's re-raised traceback shrinks to its original message."""
+    text = str(message)
+    if "Original Traceback" in text:  # torch re-raises worker errors with the worker's traceback as message
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        text = last.split(": ", 1)[1] if ": " in last and not last.startswith(" ") else last
+    return " ".join(text.split())
 
 
 class DataError(UserError):
@@ -27,7 +36,7 @@ class DataError(UserError):
 
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit with :data:`EXIT_USER_ERROR`."""
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR)
 
 

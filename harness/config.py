@@ -107,7 +107,7 @@ class DataConfig(_Strict):
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_seed: int = 0
     classes_per_batch: int = Field(16, ge=2)
-    samples_per_class: int = Field(5, ge=1)
+    samples_per_class: int = Field(5, ge=2)
     workers: int = Field(4, ge=0)
     strict_counts: bool = True
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the dataset builder

@@ -1,0 +1,77 @@
+"""The loss registry: a decorator that registers typed factory functions, and ``build``/``available``.
+
+Each registered factory is a function ``name(**hparams) -> GPWLoss`` with a one-line docstring; its
+registration records the paper's row label, equation and the similarities it uses (Table 1).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from harness.errors import UserError
+from losses.gpw import GPWLoss
+
+Factory = TypeVar("Factory", bound=Callable[..., GPWLoss])
+
+
+class LossConfigError(UserError, ValueError):
+    """An unknown loss name or a bad hyperparameter (a ValueError and a one-line UserError)."""
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """What the registry knows about one loss."""
+
+    name: str
+    label: str
+    equation: str
+    similarities: str
+    summary: str
+    factory: Callable[..., GPWLoss]
+
+
+_REGISTRY: dict[str, LossInfo] = {}
+
+
+def register_loss(*, label: str, equation: str, similarities: str) -> Callable[[Factory], Factory]:
+    """Register a factory under its function name, with the paper's label, equation and similarities."""
+
+    def decorate(factory: Factory) -> Factory:
+        name = factory.__name__
+        if name in _REGISTRY:
+            raise RuntimeError(f"loss {name!r} is registered twice")
+        summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
+        _REGISTRY[name] = LossInfo(name, label, equation, similarities, summary, factory)
+        return factory
+
+    return decorate
+
+
+def available() -> list[str]:
+    """The registered loss names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def info(name: str) -> LossInfo:
+    """The registry entry of ``name``; unknown names raise :class:`LossConfigError`."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(str(name), _REGISTRY, n=3, cutoff=0.5)
+        hint = f"close matches: {', '.join(close)}" if close else "no close match"
+        raise LossConfigError(f"unknown loss {name!r} ({hint}); available: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def build(name: str, **hparams: Any) -> GPWLoss:
+    """Build the loss ``name`` with keyword hyperparameters (see each factory for the accepted ones)."""
+    entry = info(name)
+    accepted = list(inspect.signature(entry.factory).parameters)
+    unknown = sorted(set(hparams) - set(accepted))
+    if unknown:
+        raise LossConfigError(
+            f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
+        )
+    return entry.factory(**hparams)

@@ -34,9 +34,11 @@ _MAX_WEIGHTS = 4000  # pair weights: at most this many drawn per (loss, pair kin
 
 
 def label_palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """One colour per label, in the given order (tab10, then tab20 for more than 10 labels)."""
-    colours = sns.color_palette("tab10" if len(labels) <= 10 else "tab20", n_colors=max(len(labels), 1))
-    return {label: tuple(colours[i]) for i, label in enumerate(labels)}
+    """One colour per label, in the given order: tab10 without its grey (grey and black mark line
+    styles in the legends), then tab20 for more than 9 labels."""
+    tab10 = sns.color_palette("tab10", 10)
+    colours = [c for i, c in enumerate(tab10) if i != 7] if len(labels) <= 9 else sns.color_palette("tab20", 20)
+    return {label: tuple(colours[i % len(colours)]) for i, label in enumerate(labels)}
 
 
 @contextmanager
@@ -130,72 +132,71 @@ def recall_curves(
     the K of ``summary`` are on the axis).
     """
     ks = sorted({int(k) for k in summary["k"]})
-    with _style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.2), squeeze=False, sharey=True)
-        for ax, (panel, panel_title) in zip(axes[0], panels, strict=True):
-            ours = summary[summary[panel_column] == panel]
-            theirs = paper[paper[panel_column] == panel]
-            for row in order:
-                mine = ours[ours["row"] == row].sort_values("k")
-                if len(mine):
-                    ax.plot(mine["k"], mine["mean"], marker="o", markersize=4, color=palette[row])
-                    _band(ax, mine["k"].to_numpy(float), mine["ci_low"].to_numpy(float),
-                          mine["ci_high"].to_numpy(float), palette[row])  # fmt: skip
-                ref = theirs[theirs["row"] == row].sort_values("k")
-                if len(ref):
-                    ax.plot(ref["k"], ref["recall"], linestyle="--", marker="s", markersize=5,
-                            markerfacecolor="white", color=palette[row])  # fmt: skip
-            _log_ticks(ax, ks, base=10 if max(ks) > 64 else 2)
-            ax.set_xlabel("K (log scale)")
-            ax.set_title(panel_title)
-        axes[0][0].set_ylabel("Recall@K on the test set (%)")
-        shown = [r for r in order if (summary["row"] == r).any() or (paper["row"] == r).any()]
-        handles = [Line2D([], [], color=palette[r], linewidth=2) for r in shown]
-        labels = list(shown)
-        handles += [Line2D([], [], color="grey", marker="o", markersize=4),
-                    Line2D([], [], color="grey", linestyle="--", marker="s", markerfacecolor="white")]  # fmt: skip
-        labels += ["ours (band: 95% CI)", "paper"]
-        _legend_outside(axes[0][-1], handles, labels)
-        fig.suptitle(title)
-        return _save(fig, stem)
+    return _ours_vs_paper(
+        summary, paper, x="k", ticks=ks, base=10 if max(ks) > 64 else 2, xlabel="K (log scale)",
+        ylabel="Recall@K on the test set (%)", ours_label="ours (band: 95% CI)",
+        paper_style={"linestyle": "--", "marker": "s", "markersize": 5, "markerfacecolor": "white"},
+        panels=panels, panel_column=panel_column, order=order, palette=palette, title=title, note="", stem=stem,
+    )  # fmt: skip
 
 
 def embedding_size_curves(
     summary: pd.DataFrame, paper: pd.DataFrame, *, panels: Sequence[tuple[object, str]], panel_column: str,
     order: Sequence[str], palette: Palette, title: str, note: str, stem: Path,
 ) -> list[Path]:
-    """Recall@1 against embedding size: ours as lines with 95% CI error bars, the paper's points as markers.
+    """Recall@1 against embedding size: ours with 95% CI error bars, the paper's points as hollow diamonds.
 
     ``summary``: ``row, embedding_size, mean, ci_low, ci_high`` and ``panel_column``; ``paper``:
-    ``row, embedding_size, recall, source`` (one point per row and size). ``note`` goes under the title.
+    ``row, embedding_size, recall`` (the same points in every panel). ``note`` goes under the figure.
     """
     sizes = sorted({int(s) for s in summary["embedding_size"]} | {int(s) for s in paper["embedding_size"]})
+    return _ours_vs_paper(
+        summary, paper, x="embedding_size", ticks=sizes, base=2, xlabel="embedding size (dimensions, log scale)",
+        ylabel="Recall@1 on the test set (%)", ours_label="ours (95% CI)",
+        paper_style={"linestyle": "none", "marker": "D", "markersize": 8, "markerfacecolor": "white",
+                     "markeredgewidth": 1.6},
+        panels=panels, panel_column=panel_column, order=order, palette=palette, title=title, note=note, stem=stem,
+    )  # fmt: skip
+
+
+def _ours_vs_paper(
+    summary: pd.DataFrame, paper: pd.DataFrame, *, x: str, ticks: Sequence[int], base: int, xlabel: str,
+    ylabel: str, ours_label: str, paper_style: dict, panels: Sequence[tuple[object, str]], panel_column: str,
+    order: Sequence[str], palette: Palette, title: str, note: str, stem: Path,
+) -> list[Path]:
+    """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper."""
     with _style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True)
         for ax, (panel, panel_title) in zip(axes[0], panels, strict=True):
             ours = summary[summary[panel_column] == panel]
+            theirs = paper[paper[panel_column] == panel] if panel_column in paper else paper
             for row in order:
-                mine = ours[ours["row"] == row].sort_values("embedding_size")
-                if len(mine):
-                    err = np.vstack([mine["mean"] - mine["ci_low"], mine["ci_high"] - mine["mean"]])
-                    ax.errorbar(mine["embedding_size"], mine["mean"], yerr=np.nan_to_num(err), marker="o",
-                                markersize=4, capsize=3, color=palette[row])  # fmt: skip
-            for row in order:
-                ref = paper[paper["row"] == row]
-                if len(ref):
-                    ax.plot(ref["embedding_size"], ref["recall"], linestyle="none", marker="D", markersize=8,
-                            markerfacecolor="white", markeredgewidth=1.6, color=palette[row])  # fmt: skip
-            _log_ticks(ax, sizes, base=2)
-            ax.set_xlabel("embedding size (dimensions, log scale)")
+                mine = ours[ours["row"] == row].sort_values(x)
+                xs, mean = mine[x].to_numpy(float), mine["mean"].to_numpy(float)
+                low, high = mine["ci_low"].to_numpy(float), mine["ci_high"].to_numpy(float)
+                if x == "k":
+                    ax.plot(xs, mean, marker="o", markersize=4, color=palette[row])
+                    _band(ax, xs, low, high, palette[row])
+                elif len(mine):
+                    err = np.nan_to_num(np.vstack([mean - low, high - mean]))
+                    ax.errorbar(xs, mean, yerr=err, marker="o", markersize=4, capsize=3, color=palette[row])
+                ref = theirs[theirs["row"] == row].sort_values(x)
+                ax.plot(ref[x], ref["recall"], color=palette[row], **paper_style)
+            _log_ticks(ax, ticks, base=base)
+            ax.set_xlabel(xlabel)
             ax.set_title(panel_title)
-        axes[0][0].set_ylabel("Recall@1 on the test set (%)")
+        axes[0][0].set_ylabel(ylabel)
         shown = [r for r in order if (summary["row"] == r).any() or (paper["row"] == r).any()]
         handles = [Line2D([], [], color=palette[r], linewidth=2) for r in shown]
-        handles += [Line2D([], [], color="grey", marker="o", markersize=4),
-                    Line2D([], [], color="grey", marker="D", linestyle="none", markerfacecolor="white")]  # fmt: skip
-        _legend_outside(axes[0][-1], handles, [*shown, "ours (95% CI)", "paper (Tables 2-5)"])
+        handles.append(Line2D([], [], color="black", marker="o", markersize=4))
+        labels = [*shown, ours_label]
+        if len(paper):
+            handles.append(Line2D([], [], color="black", **paper_style))
+            labels.append("paper")
+        _legend_outside(axes[0][-1], handles, labels)
         fig.suptitle(title)
-        fig.text(0.01, -0.02, note, ha="left", va="top", fontsize="small", wrap=True)
+        if note:
+            fig.text(0.01, -0.02, note, ha="left", va="top", fontsize="small", wrap=True)
         return _save(fig, stem)
 
 

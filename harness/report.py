@@ -554,11 +554,13 @@ def _figures(ctx: _Context, comparison: pd.DataFrame) -> list[_Figure | _Skipped
     reference = _reference_by_row(ctx)
     if test.empty:
         return [_Skipped("all figures", "no finished cell has test-set results")]
-    for (dataset, size, variant), block in test.groupby(list(FIGURE_FAMILY), sort=True):
+    families = list(test.groupby(list(FIGURE_FAMILY), sort=True))
+    for (dataset, size, variant), block in families:
         name = _family_name(ctx, dataset, size, variant)
         out.append(_ablation_figure(ctx, block, reference, name, figures_dir / _slug("ablation", dataset, f"d{size}",
                                                                                         _variant_slug(variant))))  # fmt: skip
-        out.append(_recall_figure(ctx, recall, reference, palette, (dataset, size, variant), name, figures_dir))
+    for key, _ in families:
+        out.append(_recall_figure(ctx, recall, reference, palette, key, _family_name(ctx, *key), figures_dir))
     out += _size_figures(ctx, recall, reference, palette, figures_dir)
     out += _cell_file_figures(ctx, palette, figures_dir)
     return out
@@ -595,13 +597,14 @@ def _ablation_figure(ctx: _Context, block: pd.DataFrame, reference: pd.DataFrame
     dataset, size = block["dataset"].iloc[0], block["embedding_size"].iloc[0]
     paper = _select(reference, dataset=dataset, embedding_size=size, k=1)
     paper = paper[paper["row"].isin(present)][["row", "recall"]]
+    paper = paper.assign(_rank=paper["row"].map(present.index)).sort_values("_rank").drop(columns="_rank")
     weights = {w: ctx.weights_titles[w].split(" (")[0] for w in WEIGHTS_ORDER if (r1["weights"] == w).any()}
     files = plots.ablation_bars(
         r1[["row", "weights", "value"]], paper, order=present, weights_labels=weights,
         title=f"{title} (mean over seeds, 95% t CI)", ylabel="Recall@1 on the test set (%)", stem=stem,
     )  # fmt: skip
     caption = ("Paper values (black markers): " + ", ".join(f"{_esc(r)} {v:.1f}" for r, v in zip(paper['row'], paper['recall'], strict=True))
-               if len(paper) else "No paper values for this dataset and size.")  # fmt: skip
+               + "." if len(paper) else "No paper values for this dataset and size.")  # fmt: skip
     return _Figure(title, files, caption + " The y axis does not start at 0.")
 
 

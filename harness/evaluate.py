@@ -1,0 +1,670 @@
+"""Retrieval metrics: pure functions on embeddings and labels (Recall@K, MAP@R, R-Precision, NMI).
+
+Similarity is the inner product (cosine for the L2-normalised embeddings the models produce),
+computed in float32 (float64 when an input is float64). Two modes:
+
+* leave-one-out (``gallery is None``: CUB, Cars, SOP): every item queries all *other* items; the
+  query itself is excluded by index, not by value (an exact duplicate of it is a reference).
+* query -> gallery (In-Shop): every query ranks the whole gallery; nothing is excluded.
+
+Ranking and tie rule (pessimistic): references are ranked by decreasing similarity, and a
+reference of another class with the same similarity as a same-class one is ranked *ahead* of it.
+So a query whose R same-class references have similarities s_1 >= ... >= s_R places its i-th
+same-class reference at position p_i = i + w_i, w_i = number of other-class references with
+similarity >= s_i.
+
+* Recall@K: the fraction of queries with a same-class reference among their K nearest, i.e.
+  p_1 <= K (the paper's definition). K above the number of references is clipped to it.
+* R-Precision: (number of i with p_i <= R) / R.
+* MAP@R: (1/R) * sum over i with p_i <= R of i / p_i (precision at each correct position of the
+  first R, averaged over R).
+* NMI: k-means (k = number of classes, k-means++ init, fixed seed, restarts) on the embeddings,
+  then normalised mutual information between clusters and labels with the arithmetic mean of the
+  two entropies as normaliser (scikit-learn's default).
+
+Queries without a same-class reference (a singleton class in leave-one-out, a class missing from
+the gallery): for Recall@K they count as misses (the paper's protocol keeps every test image;
+``exclude_singletons=True`` drops them as pytorch-metric-learning does); for MAP@R and
+R-Precision R = 0 and they are always excluded from the mean. A mean over no query is ``nan``.
+
+How it is computed, exactly and in bounded memory: the similarities of same-class pairs are
+computed first, pair by pair. Items are sorted by label and the similarity matrix is built in
+blocks (in leave-one-out only the upper triangle: each block serves its rows and its columns);
+same-class entries are masked out of each block, so a block holds only other-class
+similarities. Per query, one comparison counts the other-class references at or above its best
+same-class similarity (Recall@K for every K from that one count); for MAP@R a query also keeps
+its top R-1 other-class similarities, fed only by the few entries above a running threshold.
+No n x n matrix and no per-row sort; memory is a few blocks plus O(n * R_max).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+
+__all__ = ["METRICS", "evaluate", "map_at_r", "nmi", "normalized_mutual_info", "r_precision", "recall_at_k"]
+
+METRICS = ("recall", "map_at_r", "r_precision", "nmi")
+DEFAULT_BLOCK_SIZE = 4096
+# Largest number of elements of one per-query state table (same-class similarities, top other-class
+# similarities); past it, queries are processed in chunks (without the symmetric saving).
+STATE_BUDGET = 1 << 25
+# Same-class similarities computed at once (bounds that step's memory).
+_PAIR_ELEMENTS = 1 << 21
+# A block's entries above the thresholds are gathered one by one when at most 1/_SPARSE_RATIO of
+# the rows concerned; otherwise those rows go through a top-k.
+_SPARSE_RATIO = 32
+
+ArrayLike = torch.Tensor | np.ndarray
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _embeddings(values: ArrayLike | Sequence[Sequence[float]], name: str) -> torch.Tensor:
+    """A 2-D floating tensor with finite values, or a UserError saying what is wrong."""
+    tensor = torch.as_tensor(values).detach()
+    if tensor.ndim != 2:
+        raise UserError(f"{name} must be a 2-D array (items x dimensions); got shape {tuple(tensor.shape)}")
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise UserError(
+            f"{name} is empty (shape {tuple(tensor.shape)}): evaluation needs at least one embedding"
+        )
+    if tensor.dtype != torch.float64:
+        tensor = tensor.float()
+    bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
+    if bad:
+        raise UserError(
+            f"{name} has {bad} row(s) with NaN or infinite values: the model output diverged; "
+            "check the training loss and learning rate"
+        )
+    if not math.isfinite(float(tensor.square().sum(dim=1).max())):
+        raise UserError(
+            f"{name} has norms too large to compute inner products in {tensor.dtype}: L2-normalise them"
+        )
+    return tensor
+
+
+def _labels(values: ArrayLike | Sequence[int], count: int, name: str, device: torch.device) -> torch.Tensor:
+    """A 1-D int64 tensor of ``count`` labels, or a UserError."""
+    tensor = torch.as_tensor(values)
+    if tensor.ndim != 1 or tensor.shape[0] != count:
+        raise UserError(
+            f"{name} must be a 1-D array with one label per embedding ({count}); got shape {tuple(tensor.shape)}"
+        )
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
+        raise UserError(f"{name} must hold integer class ids; got dtype {tensor.dtype}")
+    return tensor.to(device=device, dtype=torch.int64)
+
+
+def _ks(ks: Iterable[int]) -> list[int]:
+    try:
+        values = list(ks)
+    except TypeError:
+        raise UserError(f"ks must be a list of integers >= 1 (e.g. [1, 2, 4, 8]); got {ks!r}") from None
+    if not values or any(isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1 for k in values):
+        raise UserError(f"ks must be a non-empty list of integers >= 1 (e.g. [1, 2, 4, 8]); got {values!r}")
+    return [int(k) for k in values]
+
+
+@dataclass(frozen=True)
+class _Sets:
+    """Queries and references sorted by label, with each class's index range on both sides."""
+
+    queries: torch.Tensor
+    references: torch.Tensor
+    leave_one_out: bool
+    query_class: torch.Tensor  # (n_queries,) class index of each sorted query
+    reference_start: torch.Tensor  # per class: first sorted reference index
+    reference_count: torch.Tensor  # per class: number of references
+    ranges: tuple[
+        list[int], ...
+    ]  # the same as lists: query class, reference class, query start/end, reference start/end
+
+
+def _prepare(
+    embeddings: ArrayLike, labels: ArrayLike, gallery: ArrayLike | None, gallery_labels: ArrayLike | None
+) -> _Sets:
+    queries = _embeddings(embeddings, "embeddings")
+    query_labels = _labels(labels, queries.shape[0], "labels", queries.device)
+    if (gallery is None) != (gallery_labels is None):
+        raise UserError(
+            "gallery and gallery_labels must be given together (query -> gallery mode) or both left out"
+        )
+    if gallery is None:
+        references, reference_labels = queries, query_labels
+    else:
+        references = _embeddings(gallery, "gallery").to(queries.device)
+        reference_labels = _labels(gallery_labels, references.shape[0], "gallery_labels", queries.device)
+        if references.shape[1] != queries.shape[1]:
+            raise UserError(
+                f"gallery has {references.shape[1]} dimensions but embeddings have {queries.shape[1]}: "
+                "embed both with the same model"
+            )
+    dtype = torch.float64 if torch.float64 in (queries.dtype, references.dtype) else torch.float32
+    classes = torch.unique(torch.cat([query_labels, reference_labels]))
+    query_class, query_order = torch.sort(torch.searchsorted(classes, query_labels), stable=True)
+    reference_class, reference_order = torch.sort(torch.searchsorted(classes, reference_labels), stable=True)
+    query_count = torch.bincount(query_class, minlength=len(classes))
+    reference_count = torch.bincount(reference_class, minlength=len(classes))
+    query_end = torch.cumsum(query_count, 0)
+    reference_end = torch.cumsum(reference_count, 0)
+    sorted_queries = queries.to(dtype)[query_order].contiguous()
+    return _Sets(
+        queries=sorted_queries,
+        references=sorted_queries if gallery is None else references.to(dtype)[reference_order].contiguous(),
+        leave_one_out=gallery is None,
+        query_class=query_class,
+        reference_start=reference_end - reference_count,
+        reference_count=reference_count,
+        ranges=tuple(
+            t.tolist()
+            for t in (
+                query_class,
+                reference_class,
+                query_end - query_count,
+                query_end,
+                reference_end - reference_count,
+                reference_end,
+            )
+        ),
+    )
+
+
+# ------------------------------------------------------------------------------- same-class pairs
+
+
+def _same_class_similarities(sets: _Sets, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For sorted queries ``first:stop``: their same-class similarities, sorted decreasing and
+    padded with -inf (queries x R_max), and R, the number of same-class references of each.
+
+    Each class's queries times its references, classes of equal sizes batched together."""
+    dtype, device = sets.queries.dtype, sets.queries.device
+    query_class, _, query_start, query_end, reference_start, reference_end = sets.ranges
+    relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
+    r_max = int(relevant.max())
+    table = torch.full((stop - first, r_max), -math.inf, dtype=dtype, device=device)
+    pieces: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (queries, references) -> starts
+    for cls in range(query_class[first], query_class[stop - 1] + 1):
+        q0, q1 = max(query_start[cls], first), min(query_end[cls], stop)
+        width = reference_end[cls] - reference_start[cls]
+        step = max(1, _PAIR_ELEMENTS // max(1, width))  # a huge class is cut into row pieces
+        for start in range(q0, q1 if width > int(sets.leave_one_out) else q0, step):
+            pieces.setdefault((min(step, q1 - start), width), []).append((start, reference_start[cls]))
+    dims = sets.queries.shape[1]
+    for (rows, width), starts in pieces.items():
+        per_batch = max(1, _PAIR_ELEMENTS // (rows * width + (rows + width) * dims))
+        for batch in torch.tensor(starts, device=device).split(per_batch):
+            query_index = batch[:, :1] + torch.arange(rows, device=device)
+            reference_index = batch[:, 1:] + torch.arange(width, device=device)
+            products = torch.bmm(sets.queries[query_index], sets.references[reference_index].transpose(1, 2))
+            if sets.leave_one_out:  # the query itself, by index
+                products.masked_fill_(reference_index[:, None, :] == query_index[:, :, None], -math.inf)
+            values = torch.sort(products, dim=2, descending=True).values[..., :r_max]
+            table[(query_index - first).reshape(-1), : values.shape[2]] = values.reshape(-1, values.shape[2])
+    return table, relevant
+
+
+# ------------------------------------------------------------------------------------ query state
+
+
+class _Workspace:
+    """Buffers reused by every block (fresh large allocations cost page faults on each use)."""
+
+    def __init__(self, rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.product = torch.empty(rows * cols, dtype=dtype, device=device)
+        self.flags = torch.empty(rows * cols, dtype=dtype, device=device)
+        self.picked = torch.empty(rows * cols, dtype=dtype, device=device)
+
+    @staticmethod
+    def view(buffer: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+        return buffer[: rows * cols].view(rows, cols)
+
+
+class _QueryState:
+    """Per-query counters updated block by block; see the module docstring for the algorithm.
+
+    ``wrong_ahead`` counts, per query, the other-class references with similarity >= its best
+    same-class similarity (so its first correct position is ``wrong_ahead + 1``). With
+    ``track_top`` a query whose first correct position is still <= R keeps its R-1 largest
+    other-class similarities at or above its R-th same-class similarity (all MAP@R needs).
+    """
+
+    def __init__(self, same: torch.Tensor, relevant: torch.Tensor, track_top: bool) -> None:
+        inf = torch.tensor(math.inf, dtype=same.dtype, device=same.device)
+        self.same = same
+        self.relevant = relevant
+        has_same = relevant > 0
+        self.best = torch.where(has_same, same[:, 0] if same.shape[1] else inf, inf)
+        self.wrong_ahead = torch.zeros_like(relevant)
+        self.slots = (relevant - 1).clamp(min=0)
+        self.top_width = int(self.slots.max()) if track_top and len(relevant) else 0
+        self.top = torch.full(
+            (len(relevant), self.top_width), -math.inf, dtype=same.dtype, device=same.device
+        )
+        if self.top_width:
+            lowest = same.gather(1, (relevant - 1).clamp(min=0)[:, None]).squeeze(1)
+            self.lowest = torch.where(has_same, lowest, inf)
+
+    def _thresholds(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query: the similarity from which entries matter now, and whether it is tracked."""
+        best = self.best[rows]
+        if not self.top_width:
+            return best, torch.zeros_like(best, dtype=torch.bool)
+        slots = self.slots[rows]
+        tracked = (slots > 0) & (self.wrong_ahead[rows] <= slots)
+        kth = self.top[rows].gather(1, (slots - 1).clamp(min=0)[:, None]).squeeze(1)
+        entry = torch.minimum(torch.maximum(self.lowest[rows], kth), best)
+        return torch.where(tracked, entry, best), tracked
+
+    def consume(self, block: torch.Tensor, first: int, along_columns: bool, work: _Workspace) -> None:
+        """Update queries ``first:...`` from a block of other-class similarities (same-class masked to
+        -inf) whose rows, or columns when ``along_columns``, are those queries."""
+        count = block.shape[1] if along_columns else block.shape[0]
+        rows = slice(first, first + count)
+        threshold, tracked = self._thresholds(rows)
+        flags = work.view(work.flags, *block.shape)
+        if along_columns:
+            torch.ge(block, threshold[None, :], out=flags)
+            above = torch.mv(flags.T, flags.new_ones(block.shape[0]))
+        else:
+            torch.ge(block, threshold[:, None], out=flags)
+            above = torch.mv(flags, flags.new_ones(block.shape[1]))
+        above = above.to(torch.int64)
+        hit = tracked & (above > 0)
+        self.wrong_ahead[rows] += torch.where(hit, 0, above)
+        local = hit.nonzero().squeeze(1)
+        if not len(local):
+            return
+        dim = 1 if along_columns else 0
+        length = block.shape[1 - dim]
+        if int(above[local].sum()) * _SPARSE_RATIO <= len(local) * length:
+            self._take_sparse(block, flags, local, first, dim, work)
+        else:
+            self._take_dense(block, local, first, threshold[local], dim, work)
+
+    def _take_sparse(
+        self,
+        block: torch.Tensor,
+        flags: torch.Tensor,
+        local: torch.Tensor,
+        first: int,
+        dim: int,
+        work: _Workspace,
+    ) -> None:
+        """Few entries at or above the thresholds: gather them one by one."""
+        shape = (len(local), block.shape[1]) if dim == 0 else (block.shape[0], len(local))
+        picked = torch.index_select(flags, dim, local, out=work.view(work.picked, *shape))
+        where = picked.nonzero()
+        owner, other = (where[:, 0], where[:, 1]) if dim == 0 else (where[:, 1], where[:, 0])
+        queries = local + first
+        values = block[local[owner], other] if dim == 0 else block[other, local[owner]]
+        at_best = (values >= self.best[queries][owner]).to(torch.int64)
+        self.wrong_ahead[queries] += torch.zeros_like(local).index_add_(0, owner, at_best)
+        width = self.top_width
+        owners = torch.cat([torch.arange(len(local), device=local.device).repeat_interleave(width), owner])
+        merged = torch.cat([self.top[queries].reshape(-1), values])
+        order = torch.argsort(merged, descending=True, stable=True)
+        order = order[torch.argsort(owners[order], stable=True)]
+        owners, merged = owners[order], merged[order]
+        sizes = torch.bincount(owners, minlength=len(local))
+        rank = torch.arange(len(owners), device=local.device) - (torch.cumsum(sizes, 0) - sizes)[owners]
+        keep = rank < width
+        top = torch.full((len(local), width), -math.inf, dtype=merged.dtype, device=merged.device)
+        top[owners[keep], rank[keep]] = merged[keep]
+        self.top[queries] = top
+
+    def _take_dense(
+        self,
+        block: torch.Tensor,
+        local: torch.Tensor,
+        first: int,
+        threshold: torch.Tensor,
+        dim: int,
+        work: _Workspace,
+    ) -> None:
+        """Many entries above the thresholds (a query's first blocks): top-k of whole rows."""
+        queries = local + first
+        picked = work.view(work.picked, len(local), block.shape[1 - dim])
+        if dim == 0:
+            torch.index_select(block, 0, local, out=picked)
+        else:
+            picked.copy_(block.index_select(1, local).T)
+        flags = torch.ge(picked, self.best[queries][:, None], out=work.view(work.flags, *picked.shape))
+        self.wrong_ahead[queries] += torch.mv(flags, flags.new_ones(picked.shape[1])).to(torch.int64)
+        width = min(int(self.slots[queries].max()), picked.shape[1])
+        candidates = torch.topk(picked, width, dim=1).values
+        candidates.masked_fill_(candidates < threshold[:, None], -math.inf)
+        merged = torch.cat([self.top[queries], candidates], dim=1)
+        self.top[queries] = torch.topk(merged, self.top_width, dim=1).values
+
+    def average_precision_and_r_precision(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per query AP@R and R-Precision (float64; nan where R = 0)."""
+        relevant = self.relevant[:, None]
+        r_max = self.same.shape[1]
+        if self.top_width:
+            top = self.top.masked_fill(
+                torch.arange(self.top_width, device=self.top.device) >= self.slots[:, None], -math.inf
+            )
+            below = torch.searchsorted(top.flip(1).contiguous(), self.same.contiguous())
+            wrong = torch.maximum(self.top_width - below, self.wrong_ahead[:, None])
+        else:
+            wrong = self.wrong_ahead[:, None].expand(-1, r_max)
+        position_among_correct = torch.arange(1, r_max + 1, device=self.same.device)[None, :]
+        position = position_among_correct + wrong
+        counted = (position_among_correct <= relevant) & (position <= relevant)
+        precision = torch.where(counted, position_among_correct / position.to(torch.float64), 0.0)
+        denominator = self.relevant.to(torch.float64)
+        denominator[self.relevant == 0] = math.nan
+        return precision.sum(dim=1) / denominator, counted.sum(dim=1) / denominator
+
+
+# ------------------------------------------------------------------------------------ block sweep
+
+
+def _bounds(total: int, size: int) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into near-equal consecutive pieces of at most ``size``."""
+    pieces = max(1, -(-total // size))
+    edges = [round(i * total / pieces) for i in range(pieces + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _mask_same_class(block: torch.Tensor, sets: _Sets, rows: tuple[int, int], cols: tuple[int, int]) -> None:
+    """Set the same-class entries (the query itself included) of a block to -inf."""
+    query_class, reference_class, query_start, query_end, reference_start, reference_end = sets.ranges
+    first = max(query_class[rows[0]], reference_class[cols[0]])
+    last = min(query_class[rows[1] - 1], reference_class[cols[1] - 1])
+    for cls in range(first, last + 1):
+        r0, r1 = max(query_start[cls], rows[0]), min(query_end[cls], rows[1])
+        c0, c1 = max(reference_start[cls], cols[0]), min(reference_end[cls], cols[1])
+        if r0 < r1 and c0 < c1:
+            block[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]] = -math.inf
+
+
+def _block_pairs(
+    sets: _Sets, first: int, stop: int, size: int
+) -> Iterator[tuple[tuple[int, int], tuple[int, int], bool]]:
+    """(rows, columns, columns-are-queries-too) for the blocks covering queries ``first:stop``."""
+    if sets.leave_one_out and (first, stop) == (0, sets.queries.shape[0]):
+        pieces = _bounds(stop, size)
+        for i, rows in enumerate(pieces):
+            for cols in pieces[i:]:
+                yield rows, cols, cols != rows
+        return
+    for rows in _bounds(stop - first, size):
+        for cols in _bounds(sets.references.shape[0], size):
+            yield (rows[0] + first, rows[1] + first), cols, False
+
+
+def _query_chunks(sets: _Sets) -> list[tuple[int, int]]:
+    """Consecutive sorted-query ranges whose state tables fit :data:`STATE_BUDGET`."""
+    per_query = sets.reference_count[sets.query_class].tolist()
+    chunks, first, widest = [], 0, 0
+    for index, width in enumerate(per_query):
+        widest = max(widest, width)
+        if index > first and (index + 1 - first) * widest > STATE_BUDGET:
+            chunks.append((first, index))
+            first, widest = index, width
+    chunks.append((first, len(per_query)))
+    return chunks
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    """Per query (in label-sorted order): other-class references ahead of the first correct one,
+    R, and AP@R / R-Precision when asked for."""
+
+    wrong_ahead: torch.Tensor
+    relevant: torch.Tensor
+    average_precision: torch.Tensor | None
+    r_precision: torch.Tensor | None
+
+
+def _rank(sets: _Sets, track_top: bool, block_size: int | None) -> _Ranking:
+    size = DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
+    if size < 1:
+        raise UserError(f"block_size must be >= 1; got {block_size}")
+    # counts are summed in float32: exact below 2**24; no block larger than the sets
+    size = min(size, 1 << 24, max(sets.queries.shape[0], sets.references.shape[0]))
+    parts: list[tuple[torch.Tensor, ...]] = []
+    dtype, device = sets.queries.dtype, sets.queries.device
+    work = _Workspace(size, size, dtype, device)
+    for first, stop in _query_chunks(sets):
+        same, relevant = _same_class_similarities(sets, first, stop)
+        state = _QueryState(same, relevant, track_top)
+        for rows, cols, columns_too in _block_pairs(sets, first, stop, size):
+            block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
+            torch.mm(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]].T, out=block)
+            _mask_same_class(block, sets, rows, cols)
+            state.consume(block, rows[0] - first, False, work)
+            if columns_too:
+                state.consume(block, cols[0] - first, True, work)
+        extra = state.average_precision_and_r_precision() if track_top else (None, None)
+        parts.append((state.wrong_ahead, relevant, *extra))
+    return _Ranking(
+        wrong_ahead=torch.cat([p[0] for p in parts]),
+        relevant=torch.cat([p[1] for p in parts]),
+        average_precision=torch.cat([p[2] for p in parts]) if track_top else None,
+        r_precision=torch.cat([p[3] for p in parts]) if track_top else None,
+    )
+
+
+# ------------------------------------------------------------------------------------ public API
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.to(torch.float64).mean()) if len(values) else math.nan
+
+
+def _recalls(ranking: _Ranking, ks: list[int], exclude_singletons: bool) -> dict[int, float]:
+    has_same = ranking.relevant > 0
+    counted = ranking.wrong_ahead[has_same] if exclude_singletons else ranking.wrong_ahead
+    found = has_same[has_same] if exclude_singletons else has_same
+    return {k: _mean(found & (counted < k)) for k in ks}
+
+
+def _valid_mean(values: torch.Tensor | None) -> float:
+    assert values is not None
+    return _mean(values[~torch.isnan(values)])
+
+
+def recall_at_k(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    ks: Iterable[int],
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    *,
+    exclude_singletons: bool = False,
+    block_size: int | None = None,
+) -> dict[int, float]:
+    """Recall@K for each K in ``ks``: the fraction of queries with a same-class reference among
+    their K nearest (pessimistic ties; K clipped to the number of references).
+
+    Leave-one-out over ``embeddings`` when ``gallery`` is None, else queries -> gallery. Queries
+    without any same-class reference count as misses, or are left out with ``exclude_singletons``
+    (then ``nan`` if none is left). ``block_size`` bounds memory (blocks of ``block_size**2``).
+    """
+    ks = _ks(ks)
+    sets = _prepare(embeddings, labels, gallery, gallery_labels)
+    return _recalls(_rank(sets, False, block_size), ks, exclude_singletons)
+
+
+def map_at_r(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    *,
+    block_size: int | None = None,
+) -> float:
+    """MAP@R: mean over queries with R >= 1 same-class references of (1/R) * sum of precision@i
+    over the positions i <= R holding a same-class reference. ``nan`` when no query has R >= 1."""
+    sets = _prepare(embeddings, labels, gallery, gallery_labels)
+    return _valid_mean(_rank(sets, True, block_size).average_precision)
+
+
+def r_precision(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    *,
+    block_size: int | None = None,
+) -> float:
+    """R-Precision: mean over queries with R >= 1 of (same-class references among the first R) / R.
+    ``nan`` when no query has R >= 1."""
+    sets = _prepare(embeddings, labels, gallery, gallery_labels)
+    return _valid_mean(_rank(sets, True, block_size).r_precision)
+
+
+def evaluate(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    *,
+    ks: Iterable[int],
+    metrics: Iterable[str] = ("recall", "map_at_r", "r_precision"),
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    exclude_singletons: bool = False,
+    block_size: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The requested metrics from one pass over the blocks: keys ``recall@K`` (one per K),
+    ``map_at_r``, ``r_precision``, ``nmi``; values are fractions in [0, 1] (``nan`` if undefined).
+
+    ``metrics`` is a subset of :data:`METRICS`. NMI clusters the query embeddings (``embeddings``)
+    with k-means seeded by ``seed``. Other arguments as in :func:`recall_at_k`.
+    """
+    wanted = list(metrics)
+    unknown = sorted(set(wanted) - set(METRICS))
+    if unknown or not wanted:
+        raise UserError(f"unknown or no metrics {unknown or wanted}: choose from {', '.join(METRICS)}")
+    ks = _ks(ks) if "recall" in wanted else []
+    sets = _prepare(embeddings, labels, gallery, gallery_labels)
+    results: dict[str, float] = {}
+    if {"recall", "map_at_r", "r_precision"} & set(wanted):
+        ranking = _rank(sets, "map_at_r" in wanted or "r_precision" in wanted, block_size)
+        if "recall" in wanted:
+            results.update(
+                {f"recall@{k}": value for k, value in _recalls(ranking, ks, exclude_singletons).items()}
+            )
+        if "map_at_r" in wanted:
+            results["map_at_r"] = _valid_mean(ranking.average_precision)
+        if "r_precision" in wanted:
+            results["r_precision"] = _valid_mean(ranking.r_precision)
+    if "nmi" in wanted:
+        results["nmi"] = nmi(embeddings, labels, seed=seed)
+    return results
+
+
+# ------------------------------------------------------------------------------------------- NMI
+
+
+def _squared_distances(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances, points x centres (clamped at 0)."""
+    cross = points @ centres.T
+    return (points.square().sum(1)[:, None] - 2 * cross + centres.square().sum(1)[None, :]).clamp_(min=0)
+
+
+def _kmeans_plus_plus(points: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """k-means++ seeding: each next centre drawn with probability proportional to D^2."""
+    n = points.shape[0]
+    first = int(torch.randint(n, (1,), generator=generator, device=generator.device))
+    chosen = [first]
+    nearest = _squared_distances(points, points[first : first + 1]).squeeze(1)
+    for _ in range(1, k):
+        weights = nearest if float(nearest.sum()) > 0 else torch.ones_like(nearest)
+        index = int(torch.multinomial(weights, 1, generator=generator))
+        chosen.append(index)
+        nearest = torch.minimum(nearest, _squared_distances(points, points[index : index + 1]).squeeze(1))
+    return points[chosen].clone()
+
+
+def _assign(points: torch.Tensor, centres: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Nearest centre of each point (in blocks of rows) and the total squared distance."""
+    step = max(1, (1 << 24) // max(1, centres.shape[0]))
+    labels, inertia = [], 0.0
+    for start in range(0, points.shape[0], step):
+        distances = _squared_distances(points[start : start + step], centres)
+        best, index = distances.min(dim=1)
+        labels.append(index)
+        inertia += float(best.sum())
+    return torch.cat(labels), inertia
+
+
+def _kmeans(points: torch.Tensor, k: int, seed: int, restarts: int, max_iter: int) -> torch.Tensor:
+    """Lloyd's k-means; the restart with the lowest inertia wins. An empty cluster keeps its centre."""
+    generator = torch.Generator(device=points.device).manual_seed(seed)
+    best_labels, best_inertia = None, math.inf
+    for _ in range(restarts):
+        centres = _kmeans_plus_plus(points, k, generator)
+        previous = None
+        for _ in range(max_iter):
+            assignment, inertia = _assign(points, centres)
+            if previous is not None and torch.equal(assignment, previous):
+                break
+            previous = assignment
+            sums = torch.zeros_like(centres).index_add_(0, assignment, points)
+            sizes = torch.bincount(assignment, minlength=k)
+            filled = sizes > 0
+            centres[filled] = sums[filled] / sizes[filled, None].to(points.dtype)
+        assignment, inertia = _assign(points, centres)
+        if inertia < best_inertia:
+            best_labels, best_inertia = assignment, inertia
+    assert best_labels is not None
+    return best_labels
+
+
+def _entropy(counts: torch.Tensor, total: int) -> float:
+    p = counts.to(torch.float64) / total
+    return float(-(p * torch.log(p)).sum())
+
+
+def normalized_mutual_info(labels: ArrayLike, clusters: ArrayLike) -> float:
+    """NMI between two labellings of the same items: I(U; V) / ((H(U) + H(V)) / 2), from the
+    (sparse) contingency table; 1.0 when both put everything in one group (scikit-learn's rule)."""
+    a = torch.as_tensor(labels).reshape(-1)
+    b = torch.as_tensor(clusters).reshape(-1).to(a.device)
+    if len(a) != len(b) or len(a) == 0:
+        raise UserError(f"NMI needs two non-empty labellings of equal length; got {len(a)} and {len(b)}")
+    _, a_index, a_counts = torch.unique(a, return_inverse=True, return_counts=True)
+    _, b_index, b_counts = torch.unique(b, return_inverse=True, return_counts=True)
+    if len(a_counts) == len(b_counts) == 1:
+        return 1.0
+    n = len(a)
+    _, cell_index, cell_counts = torch.unique(
+        a_index * len(b_counts) + b_index, return_inverse=True, return_counts=True
+    )
+    joint = torch.zeros(len(cell_counts), dtype=torch.int64, device=a.device)
+    first_a = joint.clone().scatter_(0, cell_index, a_index)
+    first_b = joint.scatter_(0, cell_index, b_index)
+    n_ij = cell_counts.to(torch.float64)
+    expected = a_counts[first_a].to(torch.float64) * b_counts[first_b].to(torch.float64)
+    mutual = float((n_ij / n * torch.log(n * n_ij / expected)).sum())
+    if mutual <= 0:
+        return 0.0
+    normaliser = (_entropy(a_counts, n) + _entropy(b_counts, n)) / 2
+    return min(1.0, max(0.0, mutual / normaliser))
+
+
+def nmi(
+    embeddings: ArrayLike, labels: ArrayLike, seed: int = 0, *, restarts: int = 3, max_iter: int = 100
+) -> float:
+    """NMI between the labels and a k-means clustering of the embeddings into as many clusters as
+    classes (k-means++ seeding from ``seed``, ``restarts`` runs, the lowest inertia kept, at most
+    ``max_iter`` Lloyd steps each, stopping when no assignment changes). Reproducible for a given
+    seed and device. Cost O(n * k * d) per step: minutes at SOP size."""
+    points = _embeddings(embeddings, "embeddings")
+    classes = _labels(labels, points.shape[0], "labels", points.device)
+    k = len(torch.unique(classes))
+    if restarts < 1 or max_iter < 1:
+        raise UserError(f"nmi needs restarts >= 1 and max_iter >= 1; got {restarts} and {max_iter}")
+    return normalized_mutual_info(classes, _kmeans(points, k, seed, restarts, max_iter))

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from harness.stats import t_interval
 
@@ -201,14 +201,15 @@ def _ours_vs_paper(
 
 
 def _binned(log: pd.DataFrame, column: str) -> pd.DataFrame:
-    """Mean of ``column`` per (row, seed, iteration bin); at most :data:`_MAX_BINS` bins over the run."""
+    """Mean of ``column`` per (row, seed, iteration), iterations averaged in bins when there are more
+    than :data:`_MAX_BINS` of them (x = the bin's centre)."""
     data = log.dropna(subset=[column])
     if data.empty:
         return data
-    last = float(data["iteration"].max())
-    width = max(1.0, math.ceil(last / _MAX_BINS))
-    centre = (np.floor((data["iteration"] - 1) / width) + 0.5) * width
-    out = data.assign(iteration=centre).groupby(["row", "seed", "iteration"], as_index=False)[column].mean()
+    width = math.ceil(float(data["iteration"].max()) / _MAX_BINS)
+    if width > 1:
+        data = data.assign(iteration=(np.floor((data["iteration"] - 1) / width) + 0.5) * width)
+    out = data.groupby(["row", "seed", "iteration"], as_index=False)[column].mean()
     return out.rename(columns={column: "y"})
 
 
@@ -220,10 +221,11 @@ def training_curves(
 
     ``train_log``: ``row, seed, iteration, loss, pos_pairs, neg_pairs``; ``evals``: ``row, seed,
     iteration, value`` (R@1 in percent on the split named by ``eval_label``). Lines: mean over seeds,
-    band: +-1 standard deviation over seeds.
+    band: +-1 standard deviation over seeds. Loss and pair counts go to a log axis when they span more
+    than a factor of 20 (losses of different scales on one panel).
     """
     panels = [
-        (train_log, "loss", "training loss", False),
+        (train_log, "loss", "training loss", True),
         (evals.rename(columns={"value": "r1"}), "r1", f"Recall@1 on {eval_label} (%)", False),
         (train_log, "pos_pairs", "mined positive pairs per batch", True),
         (train_log, "neg_pairs", "mined negative pairs per batch", True),
@@ -239,7 +241,9 @@ def training_curves(
                 sns.lineplot(binned, x="iteration", y="y", hue="row", hue_order=present, palette=palette,
                              errorbar="sd", legend=False, ax=ax)  # fmt: skip
                 if log_y and (binned["y"] > 0).all() and binned["y"].max() > 20 * binned["y"].min():
-                    ax.set_yscale("log")
+                    ax.set_yscale("log")  # losses (or pair counts) of very different sizes
+                    ylabel += " (log scale)"
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlabel("iteration")
             ax.set_ylabel(ylabel)
         present = [r for r in order if (train_log["row"] == r).any() or (evals["row"] == r).any()]

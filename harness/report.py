@@ -229,21 +229,25 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
             log["iteration"], log["loss"] = log["iteration"].astype(float), log["loss"].astype(float)
             logs.append(log.assign(**tags))
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
-            problems.setdefault("train_log.csv", []).append(f"{cell_id} ({type(err).__name__})")
+            problems.setdefault("train_log.csv", []).append(_problem(cell_id, err))
         try:
             ev = pd.read_csv(folder / "evals.csv")
             ev = ev[ev["metric"] == "recall@1"]
             evals.append(ev.assign(value=to_percent(ev["value"].astype(float)), **tags))
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
-            problems.setdefault("evals.csv", []).append(f"{cell_id} ({type(err).__name__})")
+            problems.setdefault("evals.csv", []).append(_problem(cell_id, err))
         try:
             with np.load(folder / "pair_weights.npz", allow_pickle=False) as npz:
                 for key, kind in (("pos", "positive"), ("neg", "negative")):
                     weights.append(pd.DataFrame({"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind,
                                                  **tags}))  # fmt: skip
         except (OSError, KeyError, ValueError) as err:
-            problems.setdefault("pair_weights.npz", []).append(f"{cell_id} ({type(err).__name__})")
+            problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
     return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, problems)
+
+
+def _problem(cell_id: object, err: Exception) -> str:
+    return f"{cell_id} ({'missing' if isinstance(err, FileNotFoundError) else type(err).__name__})"
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -329,7 +333,9 @@ def _selection_words(cells: pd.DataFrame, finals: dict[str, dict]) -> tuple[dict
     elif splits == ["test"]:
         selected = f"test-selected weights (best {metric} on test: optimistic)"
     else:
-        selected = "selected weights (selection split differs per cell: see the appendix)"
+        by_variant = cells.drop_duplicates("cell_id").groupby("variant")["select_on"].agg(lambda s: "/".join(sorted(set(s))))
+        selected = (f"selected weights (best {metric} on the split each variant selects on: "
+                    + "; ".join(f"{_esc(v)} on {s}" for v, s in by_variant.items()) + ")")  # fmt: skip
     lines = [
         f"- Checkpoint selection (`select_on`): {', '.join(f'`{s}` ({(per_cell == s).sum()} cells)' for s in splits)}.",
         f"- **selected** weights: the checkpoint with the best {metric} on "
@@ -369,8 +375,9 @@ def _runs_section(ctx: _Context) -> str:
         lines += ["", "Failed cells (not in the statistics):", "",
                   _table(["cell", "loss", "dataset", "size", "seed", "reason"], rows)]  # fmt: skip
     for name, where in ctx.files.problems.items():
+        more = f" and {len(where) - 6} more" if len(where) > 6 else ""
         lines.append(f"- `{name}` missing or unreadable in {len(where)} finished cell(s), left out of the figures: "
-                     + ", ".join(_esc(w) for w in where))  # fmt: skip
+                     + ", ".join(_esc(w) for w in where[:6]) + more)  # fmt: skip
     return "\n".join(lines)
 
 
@@ -663,7 +670,7 @@ def _cell_file_figures(ctx: _Context, palette, figures_dir: Path) -> list[_Figur
         log, ev, wt = (_select(f, **tag) if len(f) else f for f in (logs, evals, weights))
         title = f"Training curves: {name}"
         if len(log) == 0 and len(ev) == 0:
-            out.append(_Skipped(title, "no readable train_log.csv or evals.csv in the finished cells"))
+            out.append(_Skipped(title, "no readable `train_log.csv` or `evals.csv` in the finished cells"))
         else:
             split = sorted(set(ev["split"])) if len(ev) else ["val"]
             label = {"val": "the validation split", "test": "the test split"}.get("/".join(split), "/".join(split))
@@ -676,7 +683,7 @@ def _cell_file_figures(ctx: _Context, palette, figures_dir: Path) -> list[_Figur
                                              "seeds, bands: ±1 SD; iterations averaged in bins."))  # fmt: skip
         title = f"Pair weights at the end of training: {name}"
         if len(wt) == 0 or not (wt["weight"] > 0).any():
-            out.append(_Skipped(title, "no pair_weights.npz with non-zero weights in the finished cells"))
+            out.append(_Skipped(title, "no `pair_weights.npz` with non-zero weights in the finished cells"))
         else:
             files = plots.pair_weight_distributions(
                 wt, order=_row_order(wt["row"]), title=title,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import re
@@ -39,9 +40,12 @@ class Spec:
     seeds: tuple[int, ...] = (0, 1, 2)
     ks: tuple[int, ...] = (1, 2, 4, 8)
     select_on: str = "val"
-    cell_files: bool = True
+    cell_files: tuple[int, ...] | None = None
+    """Embedding sizes whose cells get train_log.csv, evals.csv and pair_weights.npz (None: all)."""
     failed: set[tuple[str, str, int, int]] = field(default_factory=set)
     """(loss, dataset, size, seed) cells that failed."""
+    variants: tuple[str, ...] = ("default",)
+    """Variant names; a variant named ``official`` selects on test, as the shipped ablation does."""
 
 
 def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
@@ -53,24 +57,21 @@ def build_results(root: Path, spec: Spec) -> Path:
     """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs, cells.csv."""
     exp_dir = root / spec.name
     rows = []
-    for dataset in spec.datasets:
-        for size in spec.sizes:
-            for loss in spec.losses:
-                for seed in spec.seeds:
-                    cell_id = f"{dataset}-{loss}-d{size}-s{seed}-0000abcd"
-                    failed = (loss, dataset, size, seed) in spec.failed
-                    base = {"experiment": spec.name, "cell_id": cell_id, "loss": loss, "loss_label": LABELS[loss],
-                            "preset": "paper" if loss == "ms" else "", "dataset": dataset, "embedding_size": size,
-                            "seed": seed, "variant": "default", "status": "failed" if failed else "finished",
-                            "select_on": spec.select_on}  # fmt: skip
-                    metrics = {} if failed else _metrics(loss, size, seed, spec.ks)
-                    _write_cell(exp_dir / "cells" / cell_id, spec, base, metrics, loss)
-                    if failed:
-                        rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
-                    for weights, splits in metrics.items():
-                        for split, values in splits.items():
-                            rows += [{**base, "weights": weights, "split": split, "metric": m, "value": v}
-                                     for m, v in values.items()]  # fmt: skip
+    grid = itertools.product(spec.datasets, spec.sizes, spec.losses, spec.variants, spec.seeds)
+    for dataset, size, loss, variant, seed in grid:
+        cell_id = f"{dataset}-{loss}-d{size}{'' if variant == 'default' else '-' + variant}-s{seed}-0000abcd"
+        failed = (loss, dataset, size, seed) in spec.failed
+        base = {"experiment": spec.name, "cell_id": cell_id, "loss": loss, "loss_label": LABELS[loss],
+                "preset": "paper" if loss == "ms" else "", "dataset": dataset, "embedding_size": size,
+                "seed": seed, "variant": variant, "status": "failed" if failed else "finished",
+                "select_on": "test" if variant == "official" else spec.select_on}  # fmt: skip
+        metrics = {} if failed else _metrics(loss, size, seed, spec.ks)
+        _write_cell(exp_dir / "cells" / cell_id, spec, base, metrics, loss)
+        if failed:
+            rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
+        for weights, splits in metrics.items():
+            for split, values in splits.items():
+                rows += [{**base, "weights": weights, "split": split, "metric": m, "value": v} for m, v in values.items()]
     with (exp_dir / "cells.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -94,11 +95,11 @@ def _write_cell(folder: Path, spec: Spec, base: dict, metrics: dict, loss: str) 
     (folder / "config.json").write_text(json.dumps({"cell_id": base["cell_id"], "loss": {"name": loss}}))
     (folder / "status.json").write_text(json.dumps({"status": status, "reason": reason}))
     (folder / "final.json").write_text(json.dumps({
-        "cell_id": base["cell_id"], "status": status, "reason": reason, "select_on": spec.select_on,
+        "cell_id": base["cell_id"], "status": status, "reason": reason, "select_on": base["select_on"],
         "select_metric": "recall@1", "selected_iteration": 80, "iterations": 100, "metrics": metrics,
         "timings": {"train_seconds": 1.0},
     }))  # fmt: skip
-    if status != "finished" or not spec.cell_files:
+    if status != "finished" or (spec.cell_files is not None and base["embedding_size"] not in spec.cell_files):
         return
     seed = base["seed"]
     iterations = np.arange(10, 101, 10)
@@ -107,7 +108,7 @@ def _write_cell(folder: Path, spec: Spec, base: dict, metrics: dict, loss: str) 
         "pos_pairs": 40 + iterations // 10, "neg_pairs": 600 - 3 * iterations,
         "pos_weight_mean": 0.1, "neg_weight_mean": 0.05, "lr": 1e-5, "images_per_s": 500.0,
     }).to_csv(folder / "train_log.csv", index=False)  # fmt: skip
-    evals = [{"iteration": int(it), "split": spec.select_on, "metric": m, "value": v * it / 100}
+    evals = [{"iteration": int(it), "split": base["select_on"], "metric": m, "value": v * it / 100}
              for it in iterations[1::2] for m, v in metrics["final"]["val"].items()]  # fmt: skip
     pd.DataFrame(evals).to_csv(folder / "evals.csv", index=False)
     rng = np.random.default_rng(seed)
@@ -137,8 +138,8 @@ def _assert_svg(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def full(tmp_path_factory) -> tuple[Path, str]:
-    """cars at 64 and 512, three losses, three seeds, one failed cell, all cell files."""
-    spec = Spec(sizes=(64, 512), failed={("ms", "cars", 512, 2)})
+    """cars at 64 and 512, three losses, three seeds, one failed cell, cell files at 64 only."""
+    spec = Spec(sizes=(64, 512), failed={("ms", "cars", 512, 2)}, cell_files=(64,))
     exp_dir = build_results(tmp_path_factory.mktemp("results"), spec)
     path = report.write_report(exp_dir)
     return exp_dir, path.read_text()
@@ -150,15 +151,18 @@ def test_full_report_writes_every_figure(full):
     stems = {p.stem for p in (exp_dir / "figures").glob("*.png")}
     assert stems == {
         "ablation_cars_d64", "ablation_cars_d512", "recall_at_k_cars_d64", "recall_at_k_cars_d512",
-        "embedding_size_cars", "training_cars_d64", "training_cars_d512", "pair_weights_cars_d64",
-        "pair_weights_cars_d512",
+        "embedding_size_cars", "training_cars_d64", "pair_weights_cars_d64",
     }  # fmt: skip
     for stem in stems:
         _assert_png(exp_dir / "figures" / f"{stem}.png")
         _assert_svg(exp_dir / "figures" / f"{stem}.svg")
     links = _figure_links(text)
     assert sorted(Path(link).stem for link in links) == sorted(stems)
-    assert "skipped" not in text
+    # the 512 cells stored no logs: those two figures are skipped, each with its reason
+    assert "*Training curves: Cars-196, embedding 512*: skipped: no readable `train_log.csv`" in text
+    assert "*Pair weights at the end of training: Cars-196, embedding 512*: skipped: no `pair_weights.npz`" in text
+    assert "`evals.csv` missing or unreadable in 8 finished cell(s)" in text and "(missing) and 2 more" in text
+    assert text.count("skipped:") == 2
 
 
 def test_full_report_tables_and_verdicts(full):
@@ -198,7 +202,7 @@ def test_full_report_ranking_agrees_with_table2(full):
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory) -> tuple[Path, str]:
     """glyphs and cars at one size, one seed, no cell files, K=1 only."""
-    spec = Spec(name="sparse", datasets=("glyphs", "cars"), seeds=(0,), ks=(1,), cell_files=False,
+    spec = Spec(name="sparse", datasets=("glyphs", "cars"), seeds=(0,), ks=(1,), cell_files=(),
                 losses=("binomial", "ms_mining", "ms", "triplet"), select_on="test")  # fmt: skip
     exp_dir = build_results(tmp_path_factory.mktemp("results"), spec)
     return exp_dir, report.write_report(exp_dir).read_text()
@@ -208,7 +212,7 @@ def test_sparse_report_skips_figures_with_reasons(sparse):
     exp_dir, text = sparse
     assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {"ablation_cars_d64", "ablation_glyphs_d64"}
     for reason in ("no embedding-size sweep in this experiment (size 64 only)", "fewer than two K values measured",
-                   "no readable train_log.csv or evals.csv", "no pair_weights.npz"):  # fmt: skip
+                   "no readable `train_log.csv` or `evals.csv`", "no `pair_weights.npz`"):  # fmt: skip
         assert reason in text, reason
     assert "missing or unreadable in 8 finished cell(s)" in text
 
@@ -231,6 +235,33 @@ def test_rerun_gives_the_same_report_and_figures(sparse):
     svg = (exp_dir / "figures" / "ablation_cars_d64.svg").read_bytes()
     assert report.write_report(exp_dir).read_text() == text
     assert (exp_dir / "figures" / "ablation_cars_d64.svg").read_bytes() == svg
+
+
+def test_variants_with_their_own_selection(tmp_path):
+    spec = Spec(losses=("ms",), ks=(1,), cell_files=(), variants=("paper", "official"))
+    text = report.write_report(build_results(tmp_path, spec)).read_text()
+    assert "`test` (3 cells), `val` (3 cells)" in text and "optimistic" in text
+    assert "### selected weights (best recall@1 on the split each variant selects on: official on test; paper on val)" in text
+    final = text.split("### final weights")[1]
+    assert "| d=64, variant official | MS | 1 | 3 |" in final and "| d=64, variant paper | MS | 1 | 3 |" in final
+    assert "- variants: official, paper" in text or "- variants: paper, official" in text
+
+
+def test_unreadable_cell_files_are_listed_not_fatal(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0, 1), ks=(1,)))
+    cells = report.read_cells(exp_dir)
+    broken = exp_dir / "cells" / "cars-ms-d64-s1-0000abcd"
+    (broken / "pair_weights.npz").write_bytes(b"not a zip file")
+    (broken / "train_log.csv").write_text("step,value\n1,2\n")
+    (broken / "evals.csv").unlink()
+    files = report.read_cell_files(exp_dir, cells)
+    assert files.problems == {
+        "train_log.csv": ["cars-ms-d64-s1-0000abcd (KeyError)"],
+        "evals.csv": ["cars-ms-d64-s1-0000abcd (missing)"],
+        "pair_weights.npz": ["cars-ms-d64-s1-0000abcd (ValueError)"],
+    }
+    assert set(files.train_log["seed"]) == {0} and set(files.weights["kind"]) == {"positive", "negative"}
+    assert files.evals["value"].between(0, 100).all() and files.finals["cars-ms-d64-s1-0000abcd"]["status"] == "finished"
 
 
 def test_all_failed_cells_still_give_a_report(tmp_path):
@@ -259,7 +290,7 @@ def test_paper_reference_merges_tables_2_and_3():
 
 
 def test_read_cells_converts_to_percent_once(tmp_path):
-    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), cell_files=False))
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), cell_files=()))
     cells = report.read_cells(exp_dir)
     r1 = cells[(cells.metric == "recall@1") & (cells.weights == "final") & (cells.split == "test")]
     assert r1["value"].tolist() == [pytest.approx(76.9)]
@@ -297,7 +328,7 @@ def test_bad_input_is_one_line_user_error(tmp_path, make, message):
 
 
 def test_explicit_paper_dir_must_exist(tmp_path):
-    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=False))
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=()))
     with pytest.raises(UserError, match="no such directory"):
         report.write_report(exp_dir, paper_dir=tmp_path / "missing")
     empty = tmp_path / "empty"
@@ -307,7 +338,7 @@ def test_explicit_paper_dir_must_exist(tmp_path):
 
 
 def test_cli_main_in_process(tmp_path, capsys):
-    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=False))
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=()))
     with pytest.raises(SystemExit) as ok:
         cli_main(report.main, [str(exp_dir)])
     assert ok.value.code == 0 and capsys.readouterr().out.strip() == str(exp_dir / "report.md")

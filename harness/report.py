@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,11 +75,12 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: the file is empty; expected a CSV header and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: cannot be read as CSV ({first}); rewrite it (harness.results.write_cells_table)") from None
+        raise UserError(f"{path}: cannot be read as CSV ({first}); expected a comma-separated table with a header line") from None
 
 
 def _numbers(table: pd.DataFrame, column: str, path: Path, *, integer: bool, allow_empty: bool) -> pd.Series:
-    text = table[column].str.strip()
+    """``column`` as numbers; '' and 'nan' are missing (allowed only with ``allow_empty``); else UserError."""
+    text = table[column].str.strip().replace({"nan": "", "NaN": ""})
     values = pd.to_numeric(text.where(text != ""), errors="coerce")
     bad = values.isna() & (text != "") | (values.isna() & (text == "") & (not allow_empty))
     if integer:
@@ -237,11 +239,11 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
             problems.setdefault("evals.csv", []).append(_problem(cell_id, err))
         try:
-            with np.load(folder / "pair_weights.npz", allow_pickle=False) as npz:
+            with (folder / "pair_weights.npz").open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 for key, kind in (("pos", "positive"), ("neg", "negative")):
                     weights.append(pd.DataFrame({"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind,
                                                  **tags}))  # fmt: skip
-        except (OSError, KeyError, ValueError) as err:
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
     return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, problems)
 

@@ -6,6 +6,7 @@ import csv
 import itertools
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -352,6 +353,6 @@ def test_cli_main_in_process(tmp_path, capsys):
 
 def test_cli_module_exits_2_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "harness.report", str(tmp_path)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120, env={"PYTHONPATH": str(ROOT), "PATH": ""})  # fmt: skip
+                            cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr

@@ -70,7 +70,7 @@ def bare_loop(cell: CellConfig, splits: object, iterations: int, window: int) ->
     """The reference: sampler -> DataLoader -> forward -> loss -> backward -> step, nothing else."""
     device = pick_device()
     amp = autocast_dtype(cell.train.amp, device)
-    seed_everything(cell.seed, cell.train.deterministic)
+    seed_everything(cell.seed, cell.train.deterministic, device)
     model = build_model_for(cell, int(splits.train[0][0].shape[0])).to(device)
     loss_fn = cell.loss.build().to(device)
     optimizer = build_optimizer(cell, model)

@@ -154,6 +154,7 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     deterministic: bool = True
     keep_weights: bool = False
+    threads: int | None = Field(None, ge=1)  # CPU threads for torch (null: torch's default)
     pair_weight_batches: int = Field(1, ge=0)
 
 

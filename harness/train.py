@@ -72,13 +72,13 @@ def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     return torch.float16 if setting == "fp16" else torch.bfloat16
 
 
-def seed_everything(seed: int, deterministic: bool) -> None:
-    """Seed Python, NumPy and torch; ask torch for deterministic kernels."""
+def seed_everything(seed: int, deterministic: bool, device: torch.device) -> None:
+    """Seed Python, NumPy and torch; on GPU, ask for deterministic kernels (CPU kernels here already are)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
-    if torch.backends.cudnn.is_available():
+    if device.type == "cuda":  # the switch imports torch's compiler stack (seconds); the CPU does not need it
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
         torch.backends.cudnn.benchmark = not deterministic
 
 
@@ -352,7 +352,9 @@ def train_cell(
     main = ctx is None or ctx.is_main
     device = pick_device(ctx)
     amp = autocast_dtype(cfg.train.amp, device)
-    seed_everything(cfg.seed, cfg.train.deterministic)
+    seed_everything(cfg.seed, cfg.train.deterministic, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
 
     splits = load_splits(cfg)
     if not evaluate_test and cfg.train.select_on == "test":
@@ -394,6 +396,8 @@ def train_cell(
                                          "resumed_from": start or None})  # fmt: skip
 
     if ctx is not None:
+        if not cfg.model.freeze_bn and device.type == "cuda":  # batch statistics over the whole P x M batch
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
         )

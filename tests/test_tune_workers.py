@@ -1,0 +1,131 @@
+"""Several worker processes on one storage, with the real trainer on tiny glyphs: every trial recorded once.
+
+The default-storage test (SQLite under the results folder) runs in the default suite; the journal-file
+variant is slow; the PostgreSQL variant runs when ``HARNESS_TEST_POSTGRES_URL`` names a reachable
+server (``.ci/run`` starts one) and skips with the reason otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from harness.config import load_experiment
+from harness.tune import HeartbeatConfig, counted_trials, main, open_storage
+
+ROOT = Path(__file__).resolve().parent.parent
+TUNE_GLYPHS = ROOT / "experiments" / "tune-glyphs.yaml"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def tiny(tmp_path: Path, name: str) -> list[str]:
+    """``--set`` overrides that shrink tune-glyphs.yaml to a few seconds per trial."""
+    sets = {
+        "study.name": name,
+        "data.cache_dir": str(tmp_path / "glyph-cache"),
+        "data.options": "{num_classes: 16, instances_per_class: 8}",
+        "data.val_fraction": 0.25,
+        "data.classes_per_batch": 4,
+        "data.samples_per_class": 4,
+        "model.width": 4,
+        "grid.embedding_sizes": "[8]",
+        "train.iterations": 4,
+        "train.eval_every": 2,
+        "evaluate.ks": "[1]",
+        "study.pruner.min_resource": 2,
+        "study.pruner.max_resource": 4,
+        "study.sampler.n_startup_trials": 2,
+        "study.best_set": "{}",
+    }
+    return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+
+
+def run_workers(tmp_path: Path, name: str, trials: int, *storage: str) -> int:
+    argv = [
+        str(TUNE_GLYPHS),
+        "--results",
+        str(tmp_path / "results"),
+        "--workers",
+        "2",
+        "--trials",
+        str(trials),
+    ]
+    return main([*argv, "--quiet", *storage, *tiny(tmp_path, name)])
+
+
+def check_each_trial_once(trials: list[Any], total: int, study_dir: Path) -> None:
+    counted = counted_trials(trials)
+    assert len(counted) == total, [(t.number, t.state, t.user_attrs) for t in trials]
+    assert len({t.number for t in trials}) == len(trials), "trial numbers must be unique"
+    assert all(t.state in FINISHED for t in trials)
+    folders = [t.user_attrs["folder"] for t in counted]
+    assert len(set(folders)) == total, "each counted trial trains in its own folder"
+    for folder in folders:
+        assert (study_dir / folder / "status.json").is_file()
+    surplus = [t for t in trials if t.user_attrs.get("surplus")]
+    assert all(t.state == TrialState.FAIL for t in surplus)
+
+
+def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(tmp_path: Path) -> None:
+    name = "two-workers"
+    assert run_workers(tmp_path, name, 3) == 0
+    study_dir = tmp_path / "results" / name
+    storage = open_storage(f"sqlite:///{(study_dir / 'study.db').resolve()}", HeartbeatConfig())
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    check_each_trial_once(trials, 3, study_dir)
+    assert any(t.state == TrialState.COMPLETE for t in trials), [t.user_attrs for t in trials]
+    experiment = load_experiment(study_dir / "best.yaml")
+    assert experiment.grid.seeds == [0, 1, 2] and experiment.grid.datasets == ["glyphs"]
+    assert "(3 in all)" in (study_dir / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_two_workers_on_a_journal_file_record_each_trial_once_and_a_rerun_tops_up(tmp_path: Path) -> None:
+    name = "journal-workers"
+    journal = f"journal:{tmp_path / 'study.journal'}"
+    storage = open_storage(journal, HeartbeatConfig())
+    assert run_workers(tmp_path, name, 3, "--storage", journal) == 0
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    check_each_trial_once(trials, 3, tmp_path / "results" / name)
+    assert run_workers(tmp_path, name, 4, "--storage", journal) == 0  # one trial left for two workers
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+    check_each_trial_once(trials, 4, tmp_path / "results" / name)
+
+
+def postgres_url() -> str:
+    url = os.environ.get("HARNESS_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip(
+            "HARNESS_TEST_POSTGRES_URL is not set (.ci/run starts PostgreSQL on loopback and sets it)"
+        )
+    try:
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 5})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        pytest.skip(f"PostgreSQL at HARNESS_TEST_POSTGRES_URL is not reachable: {first}")
+    return url
+
+
+def test_two_workers_on_postgresql_record_each_trial_once(tmp_path: Path) -> None:
+    url = postgres_url()
+    name = f"pg-workers-{uuid.uuid4().hex[:8]}"  # the database outlives the test: a fresh study each time
+    try:
+        assert run_workers(tmp_path, name, 4, "--storage", url) == 0
+        storage = open_storage(url, HeartbeatConfig())
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        check_each_trial_once(trials, 4, tmp_path / "results" / name)
+    finally:
+        with contextlib.suppress(Exception):
+            optuna.delete_study(study_name=name, storage=url)

@@ -55,7 +55,6 @@ from harness.results import CellPaths, atomic_write_json, atomic_write_text, now
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
-FIGURES = ("importance", "history", "slice", "intermediate", "timeline")
 EXIT_FAILED_WORKER = 1
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
 
@@ -397,6 +396,23 @@ def _retry_callback(max_retry: int) -> dict[str, Any]:
     return {"failed_trial_callback": callback}
 
 
+def with_installed_driver(url: str) -> str:
+    """``postgresql://`` (or ``postgres://``) with the PostgreSQL driver that is installed.
+
+    SQLAlchemy 2.1 reads a bare ``postgresql://`` as psycopg 3; the harness's test extra installs
+    psycopg2, so the bare scheme gets whichever of the two is importable (psycopg first).
+    """
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("postgresql", "postgres"):
+        return url
+    for driver in ("psycopg", "psycopg2"):
+        if importlib.util.find_spec(driver) is not None:
+            return f"postgresql+{driver}://{rest}"
+    return f"postgresql://{rest}"
+
+
 def open_storage(url: str, heartbeat: HeartbeatConfig) -> Any:
     """An Optuna storage: ``journal:FILE`` is a journal file, anything else an SQLAlchemy URL.
 
@@ -419,7 +435,7 @@ def open_storage(url: str, heartbeat: HeartbeatConfig) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
+                with_installed_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
                 grace_period=heartbeat.grace_period, **_retry_callback(heartbeat.max_retry),
             )  # fmt: skip
     except Exception as err:

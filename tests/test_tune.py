@@ -186,11 +186,11 @@ def test_successive_halving_prunes_and_marks_the_trial_folder(tmp_path: Path, fa
     pruner = {"name": "successive_halving", "min_resource": EVAL_EVERY, "reduction_factor": 2,
               "min_early_stopping_rate": 0}  # fmt: skip
     results = tmp_path / "results"
-    assert run(tune_file(tmp_path, pruner=pruner, trials=8), results) == 0
+    assert run(tune_file(tmp_path, pruner=pruner, trials=6), results) == 0
     trials = trials_of(results)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
-    assert pruned, "successive halving should stop some of 8 trials"
-    assert len(trials) == 8
+    assert pruned, "successive halving should stop some of 6 trials"
+    assert len(trials) == 6
     for t in pruned:
         assert max(t.intermediate_values) < ITERATIONS
         status = json.loads((results / "tiny" / "trials" / str(t.number) / "status.json").read_text())

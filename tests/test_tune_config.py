@@ -11,7 +11,15 @@ import yaml
 
 from harness.config import load_raw
 from harness.errors import UserError, cli_main
-from harness.tune import HeartbeatConfig, load_tune, main, open_storage, shown_url, validate_tune
+from harness.tune import (
+    HeartbeatConfig,
+    load_tune,
+    main,
+    open_storage,
+    shown_url,
+    validate_tune,
+    with_installed_driver,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE_FILES = sorted((ROOT / "experiments").glob("tune-*.yaml"))
@@ -131,5 +139,11 @@ def test_storage_urls_are_checked_and_passwords_never_shown(tmp_path: Path) -> N
         shown_url("postgresql://harness:secret@127.0.0.1:5432/x")
         == "postgresql://harness:***@127.0.0.1:5432/x"
     )
+    assert with_installed_driver("postgresql://h/db") in (
+        "postgresql+psycopg://h/db",
+        "postgresql+psycopg2://h/db",
+    )
+    assert with_installed_driver("postgresql+psycopg://h/db") == "postgresql+psycopg://h/db"
+    assert with_installed_driver("sqlite:///x.db") == "sqlite:///x.db"
     storage = open_storage(f"journal:{tmp_path / 'sub' / 'j.log'}", HeartbeatConfig())
     assert type(storage).__name__ == "JournalStorage" and (tmp_path / "sub").is_dir()

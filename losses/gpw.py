@@ -11,7 +11,7 @@ autocast, where S is computed from the upcast embeddings; the gradient returns i
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +28,18 @@ def loss_dtype(embeddings: Tensor) -> torch.dtype:
     return torch.float64 if embeddings.dtype == torch.float64 else torch.float32
 
 
+def stats_from_sums(
+    pos_pairs: float, neg_pairs: float, pos_total: float, neg_total: float
+) -> dict[str, float]:
+    """last_stats from the selected-pair counts and the sums of their weights (mean 0 when none)."""
+    return {
+        "pos_pairs": pos_pairs,
+        "neg_pairs": neg_pairs,
+        "pos_weight_mean": pos_total / pos_pairs if pos_pairs else 0.0,
+        "neg_weight_mean": neg_total / neg_pairs if neg_pairs else 0.0,
+    }
+
+
 def weight_stats(out: Weighted) -> dict[str, float]:
     """Selected-pair counts and mean weights of one weighting output, with one device-to-host transfer."""
     sums = torch.stack(
@@ -38,13 +50,28 @@ def weight_stats(out: Weighted) -> dict[str, float]:
             out.w_neg.sum(),
         ]
     ).tolist()
-    pos_pairs, neg_pairs, pos_total, neg_total = sums
-    return {
-        "pos_pairs": pos_pairs,
-        "neg_pairs": neg_pairs,
-        "pos_weight_mean": pos_total / pos_pairs if pos_pairs else 0.0,
-        "neg_weight_mean": neg_total / neg_pairs if neg_pairs else 0.0,
-    }
+    return stats_from_sums(*sums)
+
+
+class Fused(NamedTuple):
+    """A fused forward: the scalar loss, dL/dS (m, m), and the last_stats it implies."""
+
+    loss: Tensor
+    grad_sim: Tensor
+    stats: dict[str, float]
+
+
+class Kernel(Protocol):
+    """A fused forward for one loss: (S, labels) -> loss, dL/dS and stats, equal to miner + weighting."""
+
+    def __call__(self, sim: Tensor, labels: Tensor) -> Fused: ...
+
+
+def generic_forward(loss: GPWLoss, sim: Tensor, labels: Tensor) -> Fused:
+    """Miner, then weighting, on dense masks; dL/dS = w_neg - w_pos (built in place)."""
+    out = loss.weigh(sim, labels)
+    stats = weight_stats(out)
+    return Fused(out.loss, out.w_neg.sub_(out.w_pos), stats)
 
 
 class _PairWeightedSimilarity(torch.autograd.Function):
@@ -53,11 +80,10 @@ class _PairWeightedSimilarity(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, embeddings: Tensor, labels: Tensor, loss: GPWLoss) -> Tensor:
         sim = embeddings @ embeddings.T
-        out = loss.weigh(sim, labels)
-        loss._record(out)
-        grad_sim = out.w_neg.sub_(out.w_pos)
-        ctx.save_for_backward(embeddings, grad_sim)
-        return out.loss
+        fused = loss.kernel(sim, labels) if loss.kernel is not None else generic_forward(loss, sim, labels)
+        loss.last_stats = fused.stats
+        ctx.save_for_backward(embeddings, fused.grad_sim)
+        return fused.loss
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -70,15 +96,26 @@ class _PairWeightedSimilarity(torch.autograd.Function):
 class GPWLoss(nn.Module):
     """A pair-based loss: ``miner`` selects pairs of S, ``weighting`` weights them (GPW, Eq. 3).
 
+    ``kernel``, when given, is a fused forward computing the same loss, dL/dS and stats faster (used by
+    ``forward``; ``weigh`` and ``pair_weights`` always take the generic, autograd-checked path).
+
     Call as ``loss(embeddings, labels)`` with L2-normalised embeddings (m, d) and integer labels (m,);
     returns a scalar. ``last_stats`` describes the last call; ``pair_weights`` gives (w_pos, w_neg).
     """
 
-    def __init__(self, name: str, miner: Miner, weighting: Weighting, hparams: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        miner: Miner,
+        weighting: Weighting,
+        hparams: dict[str, Any],
+        kernel: Kernel | None = None,
+    ) -> None:
         super().__init__()
         self.name = name
         self.miner = miner
         self.weighting = weighting
+        self.kernel = kernel
         self.hparams = dict(hparams)
         self.last_stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
 
@@ -100,9 +137,6 @@ class GPWLoss(nn.Module):
             emb = embeddings.to(loss_dtype(embeddings))
             out = self.weigh(emb @ emb.T, labels)
         return out.w_pos, out.w_neg
-
-    def _record(self, out: Weighted) -> None:
-        self.last_stats = weight_stats(out)
 
     @staticmethod
     def _check_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from losses.gpw import GPWLoss
+from losses.fused import FusedMultiSimilarity
+from losses.gpw import GPWLoss, Kernel
 from losses.miners import AllPairs, ContrastiveMiner, Miner, MultiSimilarityMiner
 from losses.registry import LossConfigError, register_loss
 from losses.weightings import (
@@ -63,18 +64,35 @@ def resolve_hparams(
     return values
 
 
-def _ms_miner(values: Mapping[str, float], skip_incomplete_anchors: bool) -> MultiSimilarityMiner:
+def _loss(
+    name: str,
+    preset: str,
+    values: dict[str, float],
+    miner: Miner,
+    weighting: Weighting,
+    kernel: Kernel | None = None,
+    **flags: bool,
+) -> GPWLoss:
+    return GPWLoss(name, miner, weighting, {"preset": preset, **values, **flags}, kernel=kernel)
+
+
+def _ms_mined(
+    name: str,
+    preset: str,
+    values: dict[str, float],
+    weighting: Weighting,
+    skip_incomplete_anchors: bool,
+    kernel: Kernel | None = None,
+) -> GPWLoss:
+    """``weighting`` on the pairs the MS miner (Eq. 11-12, margin ``values["eps"]``) selects."""
     if not isinstance(skip_incomplete_anchors, bool):
         raise LossConfigError(
-            f"skip_incomplete_anchors must be true or false, got {skip_incomplete_anchors!r}"
+            f"loss {name!r}: skip_incomplete_anchors must be true or false, got {skip_incomplete_anchors!r}"
         )
-    return MultiSimilarityMiner(values["eps"], skip_incomplete_anchors=skip_incomplete_anchors)
-
-
-def _loss(
-    name: str, preset: str, values: dict[str, float], miner: Miner, weighting: Weighting, **flags: bool
-) -> GPWLoss:
-    return GPWLoss(name, miner, weighting, {"preset": preset, **values, **flags})
+    miner = MultiSimilarityMiner(values["eps"], skip_incomplete_anchors=skip_incomplete_anchors)
+    return _loss(
+        name, preset, values, miner, weighting, kernel, skip_incomplete_anchors=skip_incomplete_anchors
+    )
 
 
 @register_loss(label="MS", equation="Eq. 15 (mining Eq. 11-12, weights Eq. 13-14)", similarities="SNP")
@@ -90,8 +108,8 @@ def ms(
     """Multi-Similarity loss, Eq. 15: MS mining (Eq. 11-12) then MS weighting (Eq. 13-14)."""
     hp = resolve_hparams("ms", preset, {"alpha": alpha, "beta": beta, "lam": lam, "eps": eps})
     weighting = MultiSimilarityWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    miner = _ms_miner(hp, skip_incomplete_anchors)
-    return _loss("ms", preset, hp, miner, weighting, skip_incomplete_anchors=skip_incomplete_anchors)
+    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], hp["eps"], skip_incomplete_anchors)
+    return _ms_mined("ms", preset, hp, weighting, skip_incomplete_anchors, kernel)
 
 
 @register_loss(label="MS mining", equation="Eq. 11-12, equal weights", similarities="P")
@@ -100,10 +118,7 @@ def ms_mining(
 ) -> GPWLoss:
     """MS mining alone (Eq. 11-12): every mined pair gets the same weight 1/m."""
     hp = resolve_hparams("ms_mining", preset, {"eps": eps})
-    miner = _ms_miner(hp, skip_incomplete_anchors)
-    return _loss(
-        "ms_mining", preset, hp, miner, EqualWeighting(-1.0), skip_incomplete_anchors=skip_incomplete_anchors
-    )
+    return _ms_mined("ms_mining", preset, hp, EqualWeighting(-1.0), skip_incomplete_anchors)
 
 
 @register_loss(label="MS weighting", equation="Eq. 15 over all pairs (weights Eq. 13-14)", similarities="SN")
@@ -112,9 +127,9 @@ def ms_weighting(
 ) -> GPWLoss:
     """MS weighting alone: Eq. 15 (weights Eq. 13-14) over all pairs of the batch, no mining."""
     hp = resolve_hparams("ms_weighting", preset, {"alpha": alpha, "beta": beta, "lam": lam})
-    return _loss(
-        "ms_weighting", preset, hp, AllPairs(), MultiSimilarityWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    )
+    weighting = MultiSimilarityWeighting(hp["alpha"], hp["beta"], hp["lam"])
+    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], eps=None, skip_incomplete_anchors=False)
+    return _loss("ms_weighting", preset, hp, AllPairs(), weighting, kernel)
 
 
 @register_loss(label="Binomial", equation="Eq. 9 (weights Eq. 10)", similarities="S")
@@ -139,8 +154,7 @@ def binomial_m(
     """Binomial deviance, Eq. 9 (weights Eq. 10), over the pairs selected by MS mining (Eq. 11-12)."""
     hp = resolve_hparams("binomial_m", preset, {"alpha": alpha, "beta": beta, "lam": lam, "eps": eps})
     weighting = BinomialWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    miner = _ms_miner(hp, skip_incomplete_anchors)
-    return _loss("binomial_m", preset, hp, miner, weighting, skip_incomplete_anchors=skip_incomplete_anchors)
+    return _ms_mined("binomial_m", preset, hp, weighting, skip_incomplete_anchors)
 
 
 @register_loss(label="LiftedStruct*", equation="Eq. 16 (weights Eq. 7-8)", similarities="N")
@@ -162,10 +176,7 @@ def lifted_star_m(
     """LiftedStruct*, Eq. 16, over the pairs selected by MS mining (Eq. 11-12)."""
     hp = resolve_hparams("lifted_star_m", preset, {"alpha": alpha, "beta": beta, "eps": eps})
     weighting = LiftedStarWeighting(hp["alpha"], hp["beta"])
-    miner = _ms_miner(hp, skip_incomplete_anchors)
-    return _loss(
-        "lifted_star_m", preset, hp, miner, weighting, skip_incomplete_anchors=skip_incomplete_anchors
-    )
+    return _ms_mined("lifted_star_m", preset, hp, weighting, skip_incomplete_anchors)
 
 
 @register_loss(

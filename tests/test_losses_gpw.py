@@ -14,7 +14,7 @@ from losses.reference import reference_weights
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_autograd_gradient_wrt_similarity_is_the_closed_form_weights(name: str, data: st.DataObject) -> None:
     batch, hp = data.draw(batches()), data.draw(hparams(name))
@@ -27,7 +27,7 @@ def test_autograd_gradient_wrt_similarity_is_the_closed_form_weights(name: str, 
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_pair_weights_are_the_papers_weight_equations(name: str, data: st.DataObject) -> None:
     batch, hp = data.draw(batches()), data.draw(hparams(name))
@@ -39,7 +39,7 @@ def test_pair_weights_are_the_papers_weight_equations(name: str, data: st.DataOb
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_pair_weights_contract_and_last_stats(name: str, data: st.DataObject) -> None:
     batch, hp = data.draw(batches()), data.draw(hparams(name))

@@ -47,7 +47,7 @@ def pair_counts(labels: Tensor) -> tuple[int, int]:
     return int(same.sum()) - labels.numel(), int((~same).sum())
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(batch=batches(), hp=hparams("ms"))
 def test_ms_equals_pml_loss_and_miner(batch: Batch, hp: dict) -> None:
     hp["skip_incomplete_anchors"] = False
@@ -74,7 +74,7 @@ def test_ms_pml_and_reference_agree_at_paper_scale_float32(preset: str) -> None:
     assert value.item() == pytest.approx(ref_value.item(), rel=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(batch=batches(), lam=st.floats(-0.5, 0.9))
 def test_contrastive_equals_pml_with_sum_reducer(batch: Batch, lam: float) -> None:
     assume(max(pair_counts(batch.labels)) > 1)  # PML returns 0 when it has at most one pair of each kind
@@ -88,7 +88,7 @@ def test_contrastive_equals_pml_with_sum_reducer(batch: Batch, lam: float) -> No
     torch.testing.assert_close(grad, pml_grad, rtol=1e-9, atol=1e-12)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(batch=batches(), lam=st.floats(0.0, 0.5))
 def test_triplet_equals_pml_all_triplets_with_sum_reducer(batch: Batch, lam: float) -> None:
     value, grad = raw_value_and_grad(losses.build("triplet", lam=lam), batch)

@@ -26,7 +26,7 @@ def assert_matches_reference(name: str, batch: Batch, hp: dict[str, Any], tol: f
 
 
 @pytest.mark.parametrize("name", NAMES)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_float64_equals_reference(name: str, data: st.DataObject) -> None:
     assert_matches_reference(name, data.draw(batches()), data.draw(hparams(name)), tol=1e-6)

@@ -49,4 +49,7 @@ def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        raise SystemExit(0) from None
     raise SystemExit(code or 0)

@@ -602,7 +602,7 @@ class Objective:
                 running = (sum(values) + metrics[setup.metric]) / (len(values) + 1)
                 if offset + iteration not in reported:
                     trial.report(running, offset + iteration)
-                if trial.should_prune():
+                if offset + iteration < setup.steps and trial.should_prune():  # never once all is trained
                     reason = f"pruned at iteration {iteration}: val {setup.metric} {running:.4f}"
                     _mark_pruned(paths, reason)
                     raise optuna.TrialPruned(reason)

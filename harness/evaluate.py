@@ -11,7 +11,9 @@ Ranking and tie rule (pessimistic): references are ranked by decreasing similari
 reference of another class with the same similarity as a same-class one is ranked *ahead* of it.
 So a query whose R same-class references have similarities s_1 >= ... >= s_R places its i-th
 same-class reference at position p_i = i + w_i, w_i = number of other-class references with
-similarity >= s_i.
+similarity >= s_i. The metrics are exact for the similarities as computed (each pair's inner
+product computed once); another BLAS (faiss) may round the last bit differently and so order
+near-ties (differences ~1e-7) differently.
 
 * Recall@K: the fraction of queries with a same-class reference among their K nearest, i.e.
   p_1 <= K (the paper's definition). K above the number of references is clipped to it.
@@ -27,21 +29,27 @@ the gallery): for Recall@K they count as misses (the paper's protocol keeps ever
 ``exclude_singletons=True`` drops them as pytorch-metric-learning does); for MAP@R and
 R-Precision R = 0 and they are always excluded from the mean. A mean over no query is ``nan``.
 
-How it is computed, exactly and in bounded memory: the similarities of same-class pairs are
-computed first, pair by pair. Items are sorted by label and the similarity matrix is built in
-blocks (in leave-one-out only the upper triangle: each block serves its rows and its columns);
-same-class entries are masked out of each block, so a block holds only other-class
-similarities. Per query, one comparison counts the other-class references at or above its best
-same-class similarity (Recall@K for every K from that one count); for MAP@R a query also keeps
-its top R-1 other-class similarities, fed only by the few entries above a running threshold.
-No n x n matrix and no per-row sort; memory is a few blocks plus O(n * R_max).
+How it is computed, exactly and in bounded memory: items are sorted by label and the
+similarity matrix is built block by block (``block_size`` x ``block_size``, 4096 by default), never
+whole; in leave-one-out only the upper triangle (each block serves its rows and its columns).
+Blocks are cut at class boundaries, so the block of a query's class-mates (the diagonal block in
+leave-one-out) comes first and gives its same-class similarities (classes larger than half a
+block have theirs computed on their own). Same-class entries are then masked out of every block.
+Per query, one comparison per block counts the other-class references at or above its best
+same-class similarity: Recall@K for every K from that one count. For MAP@R a query whose first
+same-class reference is still within its first R also keeps its R-1 largest other-class
+similarities at or above its R-th same-class one, fed only by the entries above a running
+threshold. No n x n matrix and no sort of a row; memory is three blocks, a sorted copy of the
+embeddings and O(n * R_max). On the CPU the block products go through numpy's BLAS (OpenBLAS,
+faster than torch's MKL on AMD processors).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +57,16 @@ import torch
 
 from harness.errors import UserError
 
-__all__ = ["METRICS", "evaluate", "map_at_r", "nmi", "normalized_mutual_info", "r_precision", "recall_at_k"]
+__all__ = [
+    "METRICS",
+    "evaluate",
+    "first_correct_rank",
+    "map_at_r",
+    "nmi",
+    "normalized_mutual_info",
+    "r_precision",
+    "recall_at_k",
+]
 
 METRICS = ("recall", "map_at_r", "r_precision", "nmi")
 DEFAULT_BLOCK_SIZE = 4096
@@ -57,9 +74,9 @@ DEFAULT_BLOCK_SIZE = 4096
 # similarities); past it, queries are processed in chunks (without the symmetric saving).
 STATE_BUDGET = 1 << 25
 # Same-class similarities computed at once (bounds that step's memory).
-_PAIR_ELEMENTS = 1 << 21
-# A block's entries above the thresholds are gathered one by one when at most 1/_SPARSE_RATIO of
-# the rows concerned; otherwise those rows go through a top-k.
+_PAIR_ELEMENTS = 1 << 23
+# A block's entries above the thresholds are listed one by one when at most 1/_SPARSE_RATIO of the
+# block; otherwise the rows of the tracked queries concerned go through a top-k.
 _SPARSE_RATIO = 32
 
 ArrayLike = torch.Tensor | np.ndarray
@@ -79,13 +96,15 @@ def _embeddings(values: ArrayLike | Sequence[Sequence[float]], name: str) -> tor
         )
     if tensor.dtype != torch.float64:
         tensor = tensor.float()
-    bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
-    if bad:
-        raise UserError(
-            f"{name} has {bad} row(s) with NaN or infinite values: the model output diverged; "
-            "check the training loss and learning rate"
-        )
-    if not math.isfinite(float(tensor.square().sum(dim=1).max())):
+    norms = torch.linalg.vector_norm(tensor, dim=1)
+    if not bool(torch.isfinite(norms).all()):
+        bad = int((~torch.isfinite(tensor)).any(dim=1).sum())
+        if bad:
+            raise UserError(
+                f"{name} has {bad} row(s) with NaN or infinite values: the model output diverged; "
+                "check the training loss and learning rate"
+            )
+    if not float(norms.max()) ** 2 < torch.finfo(tensor.dtype).max:
         raise UserError(
             f"{name} has norms too large to compute inner products in {tensor.dtype}: L2-normalise them"
         )
@@ -121,6 +140,7 @@ class _Sets:
     queries: torch.Tensor
     references: torch.Tensor
     leave_one_out: bool
+    query_order: torch.Tensor  # input index of each sorted query
     query_class: torch.Tensor  # (n_queries,) class index of each sorted query
     reference_start: torch.Tensor  # per class: first sorted reference index
     reference_count: torch.Tensor  # per class: number of references
@@ -149,26 +169,36 @@ def _prepare(
                 "embed both with the same model"
             )
     dtype = torch.float64 if torch.float64 in (queries.dtype, references.dtype) else torch.float32
-    classes = torch.unique(torch.cat([query_labels, reference_labels]))
-    query_class, query_order = torch.sort(torch.searchsorted(classes, query_labels), stable=True)
-    reference_class, reference_order = torch.sort(torch.searchsorted(classes, reference_labels), stable=True)
-    query_count = torch.bincount(query_class, minlength=len(classes))
-    reference_count = torch.bincount(reference_class, minlength=len(classes))
-    query_end = torch.cumsum(query_count, 0)
-    reference_end = torch.cumsum(reference_count, 0)
-    sorted_queries = queries.to(dtype)[query_order].contiguous()
+    # label bookkeeping in numpy: small single-threaded work (torch's threads only add latency here)
+    query_np, reference_np = query_labels.cpu().numpy(), reference_labels.cpu().numpy()
+    classes = np.unique(np.concatenate([query_np, reference_np]))
+    query_class, reference_class = np.searchsorted(classes, query_np), np.searchsorted(classes, reference_np)
+    query_order = np.argsort(query_class, kind="stable")
+    reference_order = np.argsort(reference_class, kind="stable")
+    query_count = np.bincount(query_class, minlength=len(classes))
+    reference_count = np.bincount(reference_class, minlength=len(classes))
+    query_end, reference_end = np.cumsum(query_count), np.cumsum(reference_count)
+    device = queries.device
+
+    def tensor(values: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(values).to(device=device, dtype=torch.int64)
+
+    sorted_queries = queries.to(dtype)[tensor(query_order)].contiguous()
     return _Sets(
         queries=sorted_queries,
-        references=sorted_queries if gallery is None else references.to(dtype)[reference_order].contiguous(),
+        references=sorted_queries
+        if gallery is None
+        else references.to(dtype)[tensor(reference_order)].contiguous(),
         leave_one_out=gallery is None,
-        query_class=query_class,
-        reference_start=reference_end - reference_count,
-        reference_count=reference_count,
+        query_order=tensor(query_order),
+        query_class=tensor(query_class[query_order]),
+        reference_start=tensor(reference_end - reference_count),
+        reference_count=tensor(reference_count),
         ranges=tuple(
-            t.tolist()
-            for t in (
-                query_class,
-                reference_class,
+            values.tolist()
+            for values in (
+                query_class[query_order],
+                reference_class[reference_order],
                 query_end - query_count,
                 query_end,
                 reference_end - reference_count,
@@ -181,38 +211,63 @@ def _prepare(
 # ------------------------------------------------------------------------------- same-class pairs
 
 
-def _same_class_similarities(sets: _Sets, first: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For sorted queries ``first:stop``: their same-class similarities, sorted decreasing and
-    padded with -inf (queries x R_max), and R, the number of same-class references of each.
+def _same_class_from_block(
+    sets: _Sets, block: torch.Tensor, rows: tuple[int, int], home: tuple[int, int]
+) -> torch.Tensor:
+    """Same-class similarities of sorted queries ``rows``, read from their block against ``home``
+    (references holding all their class-mates): sorted decreasing, padded with -inf."""
+    device = block.device
+    query_class = sets.query_class[rows[0] : rows[1]]
+    counts = sets.reference_count[query_class]
+    slot = torch.arange(int(counts.max()), device=device)
+    columns = (sets.reference_start[query_class] - home[0])[:, None] + slot
+    invalid = slot >= counts[:, None]
+    if sets.leave_one_out:  # the query itself, by index
+        invalid |= columns == torch.arange(rows[0] - home[0], rows[1] - home[0], device=device)[:, None]
+    values = block.gather(1, columns.clamp_(max=block.shape[1] - 1)).masked_fill_(invalid, -math.inf)
+    return torch.sort(values, dim=1, descending=True).values
 
-    Each class's queries times its references, classes of equal sizes batched together."""
-    dtype, device = sets.queries.dtype, sets.queries.device
+
+def _same_class_by_class(sets: _Sets, first: int, stop: int, table: torch.Tensor) -> None:
+    """Same-class similarities of sorted queries ``first:stop`` into ``table`` (sorted decreasing),
+    when no block holds all their class-mates: each class's queries times its references, classes
+    of equal sizes in one batch, a huge class in pieces of rows."""
+    device, dims = sets.queries.device, sets.queries.shape[1]
     query_class, _, query_start, query_end, reference_start, reference_end = sets.ranges
-    relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
-    r_max = int(relevant.max())
-    table = torch.full((stop - first, r_max), -math.inf, dtype=dtype, device=device)
     pieces: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (queries, references) -> starts
     for cls in range(query_class[first], query_class[stop - 1] + 1):
         q0, q1 = max(query_start[cls], first), min(query_end[cls], stop)
         width = reference_end[cls] - reference_start[cls]
-        step = max(1, _PAIR_ELEMENTS // max(1, width))  # a huge class is cut into row pieces
+        step = max(1, _PAIR_ELEMENTS // (width + dims))
         for start in range(q0, q1 if width > int(sets.leave_one_out) else q0, step):
             pieces.setdefault((min(step, q1 - start), width), []).append((start, reference_start[cls]))
-    dims = sets.queries.shape[1]
     for (rows, width), starts in pieces.items():
         per_batch = max(1, _PAIR_ELEMENTS // (rows * width + (rows + width) * dims))
         for batch in torch.tensor(starts, device=device).split(per_batch):
             query_index = batch[:, :1] + torch.arange(rows, device=device)
             reference_index = batch[:, 1:] + torch.arange(width, device=device)
-            products = torch.bmm(sets.queries[query_index], sets.references[reference_index].transpose(1, 2))
+            if len(batch) == 1:  # one class (maybe huge): views, no copies
+                queries = sets.queries[query_index[0, 0] : query_index[0, -1] + 1][None]
+                references = sets.references[reference_index[0, 0] : reference_index[0, -1] + 1][None]
+            else:
+                queries = sets.queries[query_index]
+                same_rows = sets.leave_one_out and rows == width and bool((batch[:, 0] == batch[:, 1]).all())
+                references = queries if same_rows else sets.references[reference_index]
+            products = torch.bmm(queries, references.transpose(1, 2))
             if sets.leave_one_out:  # the query itself, by index
                 products.masked_fill_(reference_index[:, None, :] == query_index[:, :, None], -math.inf)
-            values = torch.sort(products, dim=2, descending=True).values[..., :r_max]
+            values = torch.sort(products, dim=2, descending=True).values[..., : table.shape[1]]
             table[(query_index - first).reshape(-1), : values.shape[2]] = values.reshape(-1, values.shape[2])
-    return table, relevant
 
 
 # ------------------------------------------------------------------------------------ query state
+
+
+def _stable_order(values: torch.Tensor) -> torch.Tensor:
+    """Stable argsort; numpy's on the CPU (torch's threaded sort is slow on small CPU tensors)."""
+    if values.device.type != "cpu":
+        return torch.argsort(values, stable=True)
+    return torch.from_numpy(np.argsort(values.numpy(), kind="stable"))
 
 
 class _Workspace:
@@ -237,21 +292,33 @@ class _QueryState:
     other-class similarities at or above its R-th same-class similarity (all MAP@R needs).
     """
 
-    def __init__(self, same: torch.Tensor, relevant: torch.Tensor, track_top: bool) -> None:
-        inf = torch.tensor(math.inf, dtype=same.dtype, device=same.device)
-        self.same = same
+    def __init__(self, relevant: torch.Tensor, track_top: bool, dtype: torch.dtype) -> None:
+        device = relevant.device
         self.relevant = relevant
-        has_same = relevant > 0
-        self.best = torch.where(has_same, same[:, 0] if same.shape[1] else inf, inf)
+        self.same = torch.full((len(relevant), int(relevant.max())), -math.inf, dtype=dtype, device=device)
+        self.best = torch.full((len(relevant),), math.inf, dtype=dtype, device=device)
+        self.lowest = self.best.clone()
         self.wrong_ahead = torch.zeros_like(relevant)
         self.slots = (relevant - 1).clamp(min=0)
-        self.top_width = int(self.slots.max()) if track_top and len(relevant) else 0
-        self.top = torch.full(
-            (len(relevant), self.top_width), -math.inf, dtype=same.dtype, device=same.device
-        )
-        if self.top_width:
-            lowest = same.gather(1, (relevant - 1).clamp(min=0)[:, None]).squeeze(1)
-            self.lowest = torch.where(has_same, lowest, inf)
+        self.top_width = int(self.slots.max()) if track_top else 0
+        self.top = torch.full((len(relevant), self.top_width), -math.inf, dtype=dtype, device=device)
+
+    def set_same(self, rows: slice, values: torch.Tensor) -> None:
+        """Same-class similarities of queries ``rows``, sorted decreasing (extra columns ignored)."""
+        width = min(values.shape[1], self.same.shape[1])
+        self.same[rows, :width] = values[:, :width]
+        self.refresh(rows)
+
+    def refresh(self, rows: slice) -> None:
+        """Take in the same-class similarities written into ``self.same[rows]``."""
+        relevant = self.relevant[rows]
+        if not self.same.shape[1]:
+            return
+        has_same = relevant > 0
+        same = self.same[rows]
+        self.best[rows] = torch.where(has_same, same[:, 0], math.inf)
+        lowest = same.gather(1, (relevant - 1).clamp(min=0)[:, None]).squeeze(1)
+        self.lowest[rows] = torch.where(has_same, lowest, math.inf)
 
     def _thresholds(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query: the similarity from which entries matter now, and whether it is tracked."""
@@ -270,6 +337,12 @@ class _QueryState:
         count = block.shape[1] if along_columns else block.shape[0]
         rows = slice(first, first + count)
         threshold, tracked = self._thresholds(rows)
+        dim = 1 if along_columns else 0
+        if self.top_width and 2 * int((tracked & (self.top[rows, 0] == -math.inf)).sum()) >= count:
+            # most of these queries see their first entries: they all need a top-k, skip the count
+            local = tracked.nonzero().squeeze(1)
+            self._take_dense(block, local, first, threshold[local], dim, work, count_all=True)
+            return
         flags = work.view(work.flags, *block.shape)
         if along_columns:
             torch.ge(block, threshold[None, :], out=flags)
@@ -283,43 +356,36 @@ class _QueryState:
         local = hit.nonzero().squeeze(1)
         if not len(local):
             return
-        dim = 1 if along_columns else 0
-        length = block.shape[1 - dim]
-        if int(above[local].sum()) * _SPARSE_RATIO <= len(local) * length:
-            self._take_sparse(block, flags, local, first, dim, work)
+        if int(above.sum()) * _SPARSE_RATIO <= flags.numel():
+            self._take_sparse(block, flags, hit, first, dim)
         else:
             self._take_dense(block, local, first, threshold[local], dim, work)
 
     def _take_sparse(
-        self,
-        block: torch.Tensor,
-        flags: torch.Tensor,
-        local: torch.Tensor,
-        first: int,
-        dim: int,
-        work: _Workspace,
+        self, block: torch.Tensor, flags: torch.Tensor, hit: torch.Tensor, first: int, dim: int
     ) -> None:
-        """Few entries at or above the thresholds: gather them one by one."""
-        shape = (len(local), block.shape[1]) if dim == 0 else (block.shape[0], len(local))
-        picked = torch.index_select(flags, dim, local, out=work.view(work.picked, *shape))
-        where = picked.nonzero()
-        owner, other = (where[:, 0], where[:, 1]) if dim == 0 else (where[:, 1], where[:, 0])
+        """Few entries at or above the thresholds in the whole block: list them all, keep those of
+        tracked queries, then a top-k over each query's few."""
+        where = flags.nonzero()  # row-major: grouped by row
+        owner = where[:, dim]
+        kept = hit[owner]
+        where, owner = where[kept], owner[kept]
+        values = block[where[:, 0], where[:, 1]]
+        if dim == 1:  # group by column
+            order = _stable_order(owner)
+            owner, values = owner[order], values[order]
+        local, group, sizes = torch.unique_consecutive(owner, return_inverse=True, return_counts=True)
         queries = local + first
-        values = block[local[owner], other] if dim == 0 else block[other, local[owner]]
-        at_best = (values >= self.best[queries][owner]).to(torch.int64)
-        self.wrong_ahead[queries] += torch.zeros_like(local).index_add_(0, owner, at_best)
+        at_best = (values >= self.best[queries][group]).to(torch.int64)
+        self.wrong_ahead[queries] += torch.zeros_like(local).index_add_(0, group, at_best)
+        position = torch.arange(len(group), device=group.device) - (torch.cumsum(sizes, 0) - sizes)[group]
         width = self.top_width
-        owners = torch.cat([torch.arange(len(local), device=local.device).repeat_interleave(width), owner])
-        merged = torch.cat([self.top[queries].reshape(-1), values])
-        order = torch.argsort(merged, descending=True, stable=True)
-        order = order[torch.argsort(owners[order], stable=True)]
-        owners, merged = owners[order], merged[order]
-        sizes = torch.bincount(owners, minlength=len(local))
-        rank = torch.arange(len(owners), device=local.device) - (torch.cumsum(sizes, 0) - sizes)[owners]
-        keep = rank < width
-        top = torch.full((len(local), width), -math.inf, dtype=merged.dtype, device=merged.device)
-        top[owners[keep], rank[keep]] = merged[keep]
-        self.top[queries] = top
+        merged = torch.full(
+            (len(local), width + int(sizes.max())), -math.inf, dtype=values.dtype, device=values.device
+        )
+        merged[:, :width] = self.top[queries]
+        merged[group, width + position] = values
+        self.top[queries] = torch.topk(merged, width, dim=1).values
 
     def _take_dense(
         self,
@@ -329,18 +395,32 @@ class _QueryState:
         threshold: torch.Tensor,
         dim: int,
         work: _Workspace,
+        count_all: bool = False,
     ) -> None:
-        """Many entries above the thresholds (a query's first blocks): top-k of whole rows."""
+        """Many entries above the thresholds (a query's first blocks): top-k of whole rows. With
+        ``count_all`` also counts, for every query of the block, the entries at or above its best."""
         queries = local + first
-        picked = work.view(work.picked, len(local), block.shape[1 - dim])
-        if dim == 0:
-            torch.index_select(block, 0, local, out=picked)
+        count, length = block.shape[dim], block.shape[1 - dim]
+        every = count_all or 2 * len(local) >= count  # work on all rows, keep those of ``local``
+        if every:
+            picked = block if dim == 0 else work.view(work.picked, count, length).copy_(block.T)
+            picked_best = self.best[first : first + count]
         else:
-            picked.copy_(block.index_select(1, local).T)
-        flags = torch.ge(picked, self.best[queries][:, None], out=work.view(work.flags, *picked.shape))
-        self.wrong_ahead[queries] += torch.mv(flags, flags.new_ones(picked.shape[1])).to(torch.int64)
-        width = min(int(self.slots[queries].max()), picked.shape[1])
+            picked = work.view(work.picked, len(local), length)
+            if dim == 0:
+                torch.index_select(block, 0, local, out=picked)
+            else:
+                picked.copy_(block.index_select(1, local).T)
+            picked_best = self.best[queries]
+        flags = torch.ge(picked, picked_best[:, None], out=work.view(work.flags, *picked.shape))
+        at_best = torch.mv(flags, flags.new_ones(length)).to(torch.int64)
+        if count_all:
+            self.wrong_ahead[first : first + count] += at_best
+        else:
+            self.wrong_ahead[queries] += at_best[local] if every else at_best
+        width = min(int(self.slots[queries].max()), length)
         candidates = torch.topk(picked, width, dim=1).values
+        candidates = candidates[local] if every else candidates
         candidates.masked_fill_(candidates < threshold[:, None], -math.inf)
         merged = torch.cat([self.top[queries], candidates], dim=1)
         self.top[queries] = torch.topk(merged, self.top_width, dim=1).values
@@ -388,19 +468,86 @@ def _mask_same_class(block: torch.Tensor, sets: _Sets, rows: tuple[int, int], co
             block[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]] = -math.inf
 
 
-def _block_pairs(
-    sets: _Sets, first: int, stop: int, size: int
-) -> Iterator[tuple[tuple[int, int], tuple[int, int], bool]]:
-    """(rows, columns, columns-are-queries-too) for the blocks covering queries ``first:stop``."""
-    if sets.leave_one_out and (first, stop) == (0, sets.queries.shape[0]):
-        pieces = _bounds(stop, size)
-        for i, rows in enumerate(pieces):
-            for cols in pieces[i:]:
-                yield rows, cols, cols != rows
+def _row_blocks(sets: _Sets, first: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Blocks of sorted queries ``first:stop`` of at most ``size``, cut at class boundaries unless a
+    class is longer than half a block."""
+    ends = sets.ranges[3]  # per class: end of its sorted queries
+    points = [first, *ends[bisect.bisect_right(ends, first) : bisect.bisect_left(ends, stop)], stop]
+    longest = max(b - a for a, b in itertools.pairwise(points))
+    if 2 * longest > size:
+        return [(first + a, first + b) for a, b in _bounds(stop - first, size)]
+    pieces = -(-(stop - first) // (size - longest))
+    edges = [first]
+    for piece in range(1, pieces):  # the class boundary at or before each even cut
+        edge = points[bisect.bisect_right(points, first + (piece * (stop - first)) // pieces) - 1]
+        if edge > edges[-1]:
+            edges.append(edge)
+    return list(itertools.pairwise([*edges, stop]))
+
+
+def _home(sets: _Sets, rows: tuple[int, int]) -> tuple[int, int]:
+    """The references of the classes of sorted queries ``rows`` (with any class between them)."""
+    query_class, reference_start, reference_end = sets.ranges[0], sets.ranges[4], sets.ranges[5]
+    return reference_start[query_class[rows[0]]], reference_end[query_class[rows[1] - 1]]
+
+
+def _sweep(sets: _Sets, state: _QueryState, first: int, size: int, work: _Workspace) -> None:
+    """Every block of queries x references, each query's class-mates first: the blocks that hold
+    them give its same-class similarities (or they are computed on their own, for huge classes)."""
+    stop = first + len(state.relevant)
+
+    def product(rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
+        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block)
+        return block
+
+    def consume(block: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], columns_too: bool) -> None:
+        _mask_same_class(block, sets, rows, cols)
+        state.consume(block, rows[0] - first, False, work)
+        if columns_too:
+            state.consume(block, cols[0] - first, True, work)
+
+    row_blocks = _row_blocks(sets, first, stop, size)
+    homes = [_home(sets, rows) for rows in row_blocks]
+    if sets.leave_one_out and (first, stop) == (0, sets.queries.shape[0]):  # symmetric: upper triangle
+        if homes != row_blocks:  # a huge class: same-class similarities on their own
+            _same_class_by_class(sets, first, stop, state.same)
+            state.refresh(slice(None))
+        for rows in row_blocks:  # diagonal blocks first: they hold all class-mates
+            block = product(rows, rows)
+            if homes == row_blocks:
+                state.set_same(slice(rows[0], rows[1]), _same_class_from_block(sets, block, rows, rows))
+            consume(block, rows, rows, False)
+        for i, rows in enumerate(row_blocks):
+            for cols in row_blocks[i + 1 :]:
+                consume(product(rows, cols), rows, cols, True)
         return
-    for rows in _bounds(stop - first, size):
-        for cols in _bounds(sets.references.shape[0], size):
-            yield (rows[0] + first, rows[1] + first), cols, False
+    references = sets.references.shape[0]
+    for rows, home in zip(row_blocks, homes, strict=True):
+        local = slice(rows[0] - first, rows[1] - first)
+        if home[1] == home[0]:  # no class-mate anywhere
+            others = _bounds(references, size)
+        elif home[1] - home[0] <= size:
+            block = product(rows, home)
+            state.set_same(local, _same_class_from_block(sets, block, rows, home))
+            consume(block, rows, home, False)
+            others = [(a, b) for a, b in _bounds(home[0], size) if b > a]
+            others += [(home[1] + a, home[1] + b) for a, b in _bounds(references - home[1], size) if b > a]
+        else:
+            _same_class_by_class(sets, rows[0], rows[1], state.same[local])
+            state.refresh(local)
+            others = _bounds(references, size)
+        for cols in others:
+            consume(product(rows, cols), rows, cols, False)
+
+
+def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = queries @ references.T``; on the CPU through numpy's BLAS (OpenBLAS, faster than
+    torch's MKL on AMD processors)."""
+    if out.device.type == "cpu":
+        np.matmul(queries.numpy(), references.numpy().T, out=out.numpy())
+    else:
+        torch.mm(queries, references.T, out=out)
 
 
 def _query_chunks(sets: _Sets) -> list[tuple[int, int]]:
@@ -433,19 +580,12 @@ def _rank(sets: _Sets, track_top: bool, block_size: int | None) -> _Ranking:
         raise UserError(f"block_size must be >= 1; got {block_size}")
     # counts are summed in float32: exact below 2**24; no block larger than the sets
     size = min(size, 1 << 24, max(sets.queries.shape[0], sets.references.shape[0]))
-    parts: list[tuple[torch.Tensor, ...]] = []
-    dtype, device = sets.queries.dtype, sets.queries.device
-    work = _Workspace(size, size, dtype, device)
+    work = _Workspace(size, size, sets.queries.dtype, sets.queries.device)
+    parts = []
     for first, stop in _query_chunks(sets):
-        same, relevant = _same_class_similarities(sets, first, stop)
-        state = _QueryState(same, relevant, track_top)
-        for rows, cols, columns_too in _block_pairs(sets, first, stop, size):
-            block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
-            torch.mm(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]].T, out=block)
-            _mask_same_class(block, sets, rows, cols)
-            state.consume(block, rows[0] - first, False, work)
-            if columns_too:
-                state.consume(block, cols[0] - first, True, work)
+        relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
+        state = _QueryState(relevant, track_top, sets.queries.dtype)
+        _sweep(sets, state, first, size, work)
         extra = state.average_precision_and_r_precision() if track_top else (None, None)
         parts.append((state.wrong_ahead, relevant, *extra))
     return _Ranking(
@@ -473,6 +613,22 @@ def _recalls(ranking: _Ranking, ks: list[int], exclude_singletons: bool) -> dict
 def _valid_mean(values: torch.Tensor | None) -> float:
     assert values is not None
     return _mean(values[~torch.isnan(values)])
+
+
+def first_correct_rank(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    gallery: ArrayLike | None = None,
+    gallery_labels: ArrayLike | None = None,
+    *,
+    block_size: int | None = None,
+) -> torch.Tensor:
+    """Per query, in input order: the 1-based position of its first same-class reference under
+    the tie rule (int64; 0 for a query without one). Recall@K is the mean of ``1 <= rank <= K``."""
+    sets = _prepare(embeddings, labels, gallery, gallery_labels)
+    ranking = _rank(sets, False, block_size)
+    rank = torch.where(ranking.relevant > 0, ranking.wrong_ahead + 1, 0)
+    return torch.empty_like(rank).index_copy_(0, sets.query_order, rank).cpu()
 
 
 def recall_at_k(

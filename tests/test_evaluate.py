@@ -91,13 +91,23 @@ def small_problems(draw):
     exclude=st.booleans(),
     budget=st.sampled_from([1, 7, ev.STATE_BUDGET]),
     sparse_ratio=st.sampled_from([1, 32, 10**9]),
+    pair_elements=st.sampled_from([1, ev._PAIR_ELEMENTS]),
 )
-def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, sparse_ratio):
+def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, sparse_ratio, pair_elements):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ev, "STATE_BUDGET", budget)  # queries in chunks of a few (no symmetric saving)
         patch.setattr(ev, "_SPARSE_RATIO", sparse_ratio)
+        patch.setattr(ev, "_PAIR_ELEMENTS", pair_elements)  # 1: every class cut into single rows
         got = ev.evaluate(**problem, ks=KS, block_size=block_size, exclude_singletons=exclude)
-    assert_same(got, brute_force(**problem, exclude_singletons=exclude))
+        ranks = ev.first_correct_rank(**problem, block_size=block_size).numpy()
+    want = brute_force(**problem, exclude_singletons=exclude)
+    assert_same(got, want)
+    counted = ranks > 0 if exclude else np.ones(len(ranks), bool)
+    for k in KS:  # per-query ranks give the same recalls, queries in input order
+        hits = ((ranks >= 1) & (ranks <= k))[counted]
+        assert (float(hits.mean()) if len(hits) else math.nan) == pytest.approx(
+            want[f"recall@{k}"], nan_ok=True
+        )
 
 
 @pytest.fixture(scope="module", params=["leave_one_out", "query_gallery", "chunked"])
@@ -128,6 +138,33 @@ def test_matches_brute_force_on_clustered_data(clustered_problem, sparse_ratio, 
         assert got == ev.evaluate(**problem, ks=(1, 3, 10, 100))  # one block or many: the same
 
 
+@pytest.mark.parametrize("leave_one_out", [True, False])
+def test_blocks_stay_within_block_size_and_follow_classes(leave_one_out, monkeypatch):
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 40, 300)
+    problem = {"embeddings": clustered(rng, labels, 8, 1.0), "labels": labels}
+    if not leave_one_out:
+        problem["gallery_labels"] = rng.integers(0, 40, 250)
+        problem["gallery"] = clustered(rng, problem["gallery_labels"], 8, 1.0)
+    shapes = []
+    product = ev._product
+    monkeypatch.setattr(ev, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
+    got = ev.evaluate(**problem, ks=[1, 10], block_size=64)
+    assert max(max(shape) for shape in shapes) <= 64
+    # leave-one-out: the upper triangle, diagonal blocks whole; query -> gallery: each pair once
+    assert sum(a * b for a, b in shapes) <= (300 * 300 / 2 + 300 * 64 / 2 if leave_one_out else 300 * 250)
+    assert_same(got, brute_force(**problem, ks=[1, 10]))
+    sets = ev._prepare(problem["embeddings"], labels, None, None)
+    blocks = ev._row_blocks(sets, 0, 300, 64)
+    assert (
+        [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]]
+        and blocks[0][0] == 0
+        and blocks[-1][1] == 300
+    )
+    starts = set(sets.ranges[2])
+    assert all(b[0] in starts and b[1] - b[0] <= 64 for b in blocks)  # cut at class boundaries
+
+
 def test_public_functions_agree_with_evaluate():
     rng = np.random.default_rng(3)
     labels = rng.integers(0, 12, 150)
@@ -154,6 +191,10 @@ def test_tie_with_other_class_counts_as_ranked_ahead():
     assert recall == {1: 0.0, 2: 1.0}
     assert ev.map_at_r(embeddings, labels) == 0.0  # R = 1, the class-mate is at position 2
     assert ev.r_precision(embeddings, labels) == 0.0
+    assert ev.first_correct_rank(embeddings, labels).tolist() == [2, 2, 0, 0]
+    order = [3, 0, 2, 1]  # per-query ranks follow the input order
+    shuffled = ev.first_correct_rank([embeddings[i] for i in order], [labels[i] for i in order])
+    assert shuffled.tolist() == [0, 2, 0, 2]
 
 
 def test_query_excluded_by_index_not_by_value():

@@ -232,15 +232,16 @@ def glyph_classes(num_classes: int = 400, min_fonts: int = 16, class_seed: int =
     """
     pool, merged = merge_lookalikes(_candidate_pool(min_fonts))
     drawn: dict[str, tuple[int, ...]] = {}
-    for i in np.random.default_rng(class_seed).permutation(len(pool)):
+    draw_order = np.random.default_rng(class_seed).permutation(len(pool)) if num_classes <= len(pool) else []
+    for i in draw_order:
         faces = faces_with_glyph(pool[i])
         if len(faces) >= min_fonts:
             drawn[pool[i]] = faces
         if len(drawn) == num_classes:
             break
-    else:
+    if len(drawn) < num_classes:
         raise UserError(
-            f"glyphs: num_classes is {num_classes} but only {len(drawn)} distinct characters have >= "
+            f"glyphs: num_classes is {num_classes} but at most {len(pool)} distinct characters have >= "
             f"{min_fonts} fonts; lower num_classes or min_fonts"
         )
     order = list(drawn)

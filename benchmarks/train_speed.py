@@ -115,13 +115,18 @@ def main() -> None:
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--loss", default="ms")
     parser.add_argument("--batch", type=int, default=80)
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--image-size", type=int, default=None, help="default: 32 for glyphs, 224 otherwise")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--window", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=20, help="iterations left out of the medians")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.image_size is None:
+        args.image_size = 32 if args.dataset == "glyphs" else 224
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     cell = make_cell(args)
     splits = load_splits(cell) if args.dataset == "glyphs" else None
@@ -141,7 +146,7 @@ def main() -> None:
         bare_rates += bare_loop(cell, splits, args.iterations, args.window)[skip:]
         harness_rates += harness_loop(cell)[skip:]
     bare, ours = statistics.median(bare_rates), statistics.median(harness_rates)
-    print(f"device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
+    print(f"date {time.strftime('%Y-%m-%d')}; device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
           f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
           f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats")  # fmt: skip
     print(f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} iterations)")

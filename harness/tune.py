@@ -116,11 +116,12 @@ class _Kinded(_Strict):
         if kind not in cls.SETTINGS:
             raise ValueError(f"unknown {cls.WHAT} {kind!r}{did_you_mean(kind, tuple(cls.SETTINGS))}")
         own = cls.SETTINGS[kind]
-        foreign = sorted({key for keys in cls.SETTINGS.values() for key in keys} - set(own) & set(value))
+        given = {key for key, setting in value.items() if setting is not None}  # null: not set
+        foreign = sorted({key for keys in cls.SETTINGS.values() for key in keys} - set(own) & given)
         if foreign:
             takes = f"; it takes {', '.join(own)}" if own else ""
             raise ValueError(f"{cls.WHAT} {kind!r} takes no {', '.join(foreign)}{takes}")
-        missing = [key for key in own if key in cls.REQUIRED and key not in value]
+        missing = [key for key in own if key in cls.REQUIRED and key not in given]
         if missing:
             raise ValueError(f"{cls.WHAT} {kind!r} needs {', '.join(missing)} written out "
                              f"(it takes {', '.join(own)})")  # fmt: skip

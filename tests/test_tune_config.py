@@ -147,3 +147,10 @@ def test_storage_urls_are_checked_and_passwords_never_shown(tmp_path: Path) -> N
     assert with_installed_driver("sqlite:///x.db") == "sqlite:///x.db"
     storage = open_storage(f"journal:{tmp_path / 'sub' / 'j.log'}", HeartbeatConfig())
     assert type(storage).__name__ == "JournalStorage" and (tmp_path / "sub").is_dir()
+
+
+def test_null_settings_count_as_unset_so_set_can_switch_the_pruner_off() -> None:
+    raw = mutate("study.pruner", {"name": "none", "min_resource": None, "max_resource": None})
+    assert validate_tune(raw, "tune.yaml").study.pruner.resolved() == {"name": "none"}
+    with pytest.raises(UserError, match=r"pruner 'hyperband' needs max_resource written out"):
+        validate_tune(mutate("study.pruner.max_resource", None), "tune.yaml")

@@ -56,6 +56,7 @@ from harness.results import CellPaths, atomic_write_json, atomic_write_text, now
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
 EXIT_FAILED_WORKER = 1
+STORAGE_ENV = "HARNESS_TUNE_STORAGE"  # how a worker process learns its parent's storage URL
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -853,9 +854,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker_command(args: argparse.Namespace, storage_url: str, total: int, worker: int) -> list[str]:
-    command = [sys.executable, "-m", "harness.tune", args.file, "--storage", storage_url, "--trials", str(total),
-               "--results", args.results, "--worker", str(worker)]  # fmt: skip
+def _worker_command(args: argparse.Namespace, total: int, worker: int) -> list[str]:
+    """The worker's command line; the storage URL travels in the environment (no password in ``ps``)."""
+    command = [sys.executable, "-m", "harness.tune", args.file, "--trials", str(total), "--results", args.results,
+               "--worker", str(worker)]  # fmt: skip
     for item in args.sets:
         command += ["--set", item]
     return command + (["--quiet"] if args.quiet else [])
@@ -863,12 +865,10 @@ def _worker_command(args: argparse.Namespace, storage_url: str, total: int, work
 
 def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int) -> list[int]:
     """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes."""
-    env = dict(os.environ)
+    env = {**os.environ, STORAGE_ENV: storage_url}
     if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
-    processes = [
-        subprocess.Popen(_worker_command(args, storage_url, total, k), env=env) for k in range(args.workers)
-    ]
+    processes = [subprocess.Popen(_worker_command(args, total, k), env=env) for k in range(args.workers)]
     try:
         return [p.wait() for p in processes]
     except KeyboardInterrupt:
@@ -902,7 +902,8 @@ def main(argv: list[str] | None = None) -> int:
     total = args.trials or setup.study.trials
     study_dir = Path(args.results) / setup.name
     study_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = args.storage or default_storage(study_dir)
+    from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
+    storage_url = args.storage or from_parent or default_storage(study_dir)
     storage = open_storage(storage_url, setup.study.heartbeat)
     with _optuna_logging(args.quiet):
         if args.worker is not None:

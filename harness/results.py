@@ -30,6 +30,10 @@ CELLS_TABLE_COLUMNS = (
 )  # fmt: skip
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def now() -> str:
     """The current UTC time, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
@@ -40,6 +44,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are shared like any file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

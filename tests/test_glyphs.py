@@ -271,3 +271,12 @@ def test_default_benchmark_counts(tmp_path) -> None:
     assert len(splits.test) == 200 * 64 and len(set(splits.test.labels.tolist())) == 200
     assert len(set(splits.train.labels.tolist())) == 160 and len(set(splits.val.labels.tolist())) == 40
     assert len(splits.train) + len(splits.val) == 200 * 64
+
+
+def test_unknown_glyph_option_is_one_line_with_close_match(tmp_path) -> None:
+    from harness.data import build_splits
+    from harness.errors import UserError
+
+    with pytest.raises(UserError, match=r"unknown data option 'num_clases' .* did you mean 'num_classes'\?"):
+        build_splits("glyphs", None, image_size=32, convention="grey", val_fraction=0.2, cache_dir=tmp_path,
+                     num_clases=40)

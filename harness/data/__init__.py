@@ -69,8 +69,19 @@ def build_splits(
     real datasets).
     """
     if name == "glyphs":
+        import inspect
+
         from harness.data.glyphs import build_glyph_splits
 
+        accepted = [p for p in inspect.signature(build_glyph_splits).parameters if p not in (
+            "cache_dir", "val_fraction", "val_seed", "image_size", "convention")]  # fmt: skip
+        unknown = [key for key in glyph_options if key not in accepted]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise UserError(f"unknown data option {key!r} for dataset 'glyphs' (config data.options); {hint}"
+                            f"expected one of {', '.join(accepted)}")  # fmt: skip
         return build_glyph_splits(
             cache_dir,
             val_fraction=val_fraction,

@@ -69,8 +69,13 @@ def _lifted_star_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, fl
 
 
 def _ms_mining_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> Tensor:
-    """MS mining alone, one anchor: every mined pair weighted 1, sum_P (1 - S) + sum_N (1 + S)."""
-    return (1 - row[pos]).sum() + (1 + row[neg]).sum()
+    """MS mining alone, one anchor: equal weights within each mined set, mean_P (1 - S) + mean_N (1 + S)."""
+    return _mean_or_zero(1 - row[pos]) + _mean_or_zero(1 + row[neg])
+
+
+def _mean_or_zero(values: Tensor) -> Tensor:
+    """The mean; 0 for an empty tensor."""
+    return values.mean() if values.numel() else values.new_zeros(())
 
 
 def _contrastive_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> Tensor:
@@ -143,8 +148,9 @@ def _lifted_weights(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, floa
 
 
 def _equal_weights(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> tuple[Tensor, Tensor]:
-    """Weight 1 on every selected pair (MS mining alone)."""
-    return row.new_ones(pos.numel()), row.new_ones(neg.numel())
+    """MS mining alone: weight 1/|P_i| on every mined positive, 1/|N_i| on every mined negative."""
+    n_pos, n_neg = pos.numel(), neg.numel()
+    return row.new_full((n_pos,), 1.0 / max(n_pos, 1)), row.new_full((n_neg,), 1.0 / max(n_neg, 1))
 
 
 def _contrastive_weights(

@@ -118,7 +118,7 @@ def ms_mining(
 ) -> GPWLoss:
     """MS mining alone (Eq. 11-12): every mined pair gets the same weight 1/m."""
     hp = resolve_hparams("ms_mining", preset, {"eps": eps})
-    return _ms_mined("ms_mining", preset, hp, EqualWeighting(-1.0), skip_incomplete_anchors)
+    return _ms_mined("ms_mining", preset, hp, EqualWeighting(-1.0, per_anchor_mean=True), skip_incomplete_anchors)
 
 
 @register_loss(label="MS weighting", equation="Eq. 15 over all pairs (weights Eq. 13-14)", similarities="SN")

@@ -71,7 +71,7 @@ def embeddings_for(
             (classes, dims), dtype=np.float32
         )
         centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-        values = centres[labels] + 0.055 * rng.standard_normal((len(labels), dims), dtype=np.float32)
+        values = centres[labels] + 0.085 * rng.standard_normal((len(labels), dims), dtype=np.float32)
     return values / np.linalg.norm(values, axis=1, keepdims=True)
 
 

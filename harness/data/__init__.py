@@ -46,8 +46,8 @@ def build_splits(
     name: str,
     root: str | os.PathLike[str] | None = None,
     *,
-    image_size: int = 224,
-    convention: str = "bninception",
+    image_size: int | None = None,
+    convention: str | None = None,
     val_fraction: float = 0.0,
     val_seed: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
@@ -68,14 +68,20 @@ def build_splits(
     and receives ``image_size``, ``convention`` and ``glyph_options`` (other names are an error for the
     real datasets).
     """
+    if image_size is None:  # each benchmark's own default: 32 px greyscale glyphs, 224 px BN-Inception input
+        image_size = 32 if name == "glyphs" else 224
+    if convention is None:
+        convention = "grey" if name == "glyphs" else "bninception"
     if name == "glyphs":
         import inspect
 
         from harness.data.glyphs import build_glyph_splits
 
-        accepted = [p for p in inspect.signature(build_glyph_splits).parameters if p not in (
+        parameters = inspect.signature(build_glyph_splits).parameters
+        accepted = [p for p in parameters if p not in (
             "cache_dir", "val_fraction", "val_seed", "image_size", "convention")]  # fmt: skip
-        unknown = [key for key in glyph_options if key not in accepted]
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
         if unknown:
             key = unknown[0]
             close = difflib.get_close_matches(key, accepted, n=1)

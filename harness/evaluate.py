@@ -227,16 +227,15 @@ def _class_order(
     classes: int,
     groups: int,
 ) -> np.ndarray:
-    """New position of each class: classes grouped by k-means on their mean embeddings, so that a
+    """New position of each class: classes grouped by k-means on one member of each, so that a
     query's nearest other-class references tend to share its blocks (fewer updates of its top R-1)."""
-    sums = torch.zeros(classes, queries.shape[1], dtype=torch.float64, device=queries.device)
-    sums.index_add_(0, torch.from_numpy(query_class).to(queries.device), queries.double())
-    if references is not queries:
-        sums.index_add_(0, torch.from_numpy(reference_class).to(queries.device), references.double())
-    means = torch.nn.functional.normalize(sums, dim=1).float()
-    group = _kmeans(means, groups, seed=0, restarts=1, max_iter=10).cpu().numpy()
+    members = torch.empty(classes, queries.shape[1], dtype=torch.float32, device=queries.device)
+    for embeddings, of_class in ((references, reference_class), (queries, query_class)):
+        present, first = np.unique(of_class, return_index=True)
+        members[torch.from_numpy(present)] = embeddings[torch.from_numpy(first)].float()
+    group = _kmeans(torch.nn.functional.normalize(members, dim=1), groups, seed=0, restarts=1, max_iter=10)
     position = np.empty(classes, dtype=np.int64)
-    position[np.argsort(group, kind="stable")] = np.arange(classes)
+    position[np.argsort(group.cpu().numpy(), kind="stable")] = np.arange(classes)
     return position
 
 

@@ -1,0 +1,79 @@
+"""Embedding models: shapes, L2 norm, pooling, frozen BN statistics, local pretrained weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness.errors import DataError, UserError
+from harness.models import build_model, freeze_batchnorm_statistics
+
+
+@pytest.mark.parametrize("pooling", ["max", "avg"])
+def test_bninception_embeds_to_unit_vectors(pooling: str) -> None:
+    model = build_model("bninception", 64, pretrained=False, pooling=pooling).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 96, 96))
+    assert out.shape == (2, 64)
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert model.convention == "bninception"
+    assert sum(p.numel() for p in model.head.parameters()) == 1024 * 64 + 64
+
+
+def test_resnet50_and_small_cnn() -> None:
+    resnet = build_model("resnet50", 32, pretrained=False).eval()
+    with torch.no_grad():
+        assert resnet(torch.randn(1, 3, 64, 64)).shape == (1, 32)
+    assert resnet.head.in_features == 2048 and resnet.convention == "imagenet"
+    cnn = build_model("small_cnn", 16, pretrained=False, in_channels=1, width=8)
+    assert cnn(torch.randn(4, 1, 32, 32)).shape == (4, 16) and cnn.convention == "grey"
+
+
+def test_missing_weights_file_is_one_line_saying_where(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        build_model("bninception", 64, pretrained=True, weights=str(tmp_path / "bn_inception.pth"))
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "bn_inception.pth") in message
+    assert "model.pretrained: false" in message
+    with pytest.raises(DataError, match="ResNet-50 pretrained weights not found"):
+        build_model("resnet50", 64, pretrained=True, weights=str(tmp_path / "r50.pth"))
+
+
+def test_local_weights_load_and_a_wrong_file_is_refused(tmp_path: Path) -> None:
+    import pretrainedmodels
+
+    source = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
+    path = tmp_path / "bn_inception-52deb4733.pth"
+    torch.save(source.state_dict(), path)
+    model = build_model("bninception", 8, pretrained=True, weights=str(path))
+    loaded = model.backbone.trunk.net.state_dict()
+    key = "conv1_7x7_s2.weight"
+    assert torch.equal(loaded[key], source.state_dict()[key])
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"something": torch.zeros(3)}, wrong)
+    with pytest.raises(DataError, match="does not match the model"):
+        build_model("bninception", 8, pretrained=True, weights=str(wrong))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match="unreadable"):
+        build_model("bninception", 8, pretrained=True, weights=str(garbage))
+
+
+def test_frozen_batchnorm_keeps_running_statistics() -> None:
+    model = build_model("small_cnn", 8, pretrained=False, in_channels=1, width=4)
+    model.train()
+    freeze_batchnorm_statistics(model)
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    model(torch.randn(8, 1, 32, 32) + 3.0).sum().backward()
+    assert torch.equal(bn.running_mean, before)
+    assert bn.weight.grad is not None, "affine parameters still train"
+
+
+def test_greyscale_input_needs_small_cnn() -> None:
+    with pytest.raises(UserError, match="use backbone small_cnn"):
+        build_model("bninception", 8, pretrained=False, in_channels=1)
+    with pytest.raises(UserError, match="no pretrained weights"):
+        build_model("small_cnn", 8, pretrained=True, in_channels=1)

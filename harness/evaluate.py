@@ -12,8 +12,8 @@ reference of another class with the same similarity as a same-class one is ranke
 So a query whose R same-class references have similarities s_1 >= ... >= s_R places its i-th
 same-class reference at position p_i = i + w_i, w_i = number of other-class references with
 similarity >= s_i. The metrics are exact for the similarities as computed (each pair's inner
-product computed once); another BLAS (faiss) may round the last bit differently and so order
-near-ties (differences ~1e-7) differently.
+product, one value per query and reference); another BLAS (faiss) may round the last bit
+differently and so order near-ties (differences ~1e-7) differently.
 
 * Recall@K: the fraction of queries with a same-class reference among their K nearest, i.e.
   p_1 <= K (the paper's definition). K above the number of references is clipped to it.
@@ -29,8 +29,9 @@ the gallery): for Recall@K they count as misses (the paper's protocol keeps ever
 ``exclude_singletons=True`` drops them as pytorch-metric-learning does); for MAP@R and
 R-Precision R = 0 and they are always excluded from the mean. A mean over no query is ``nan``.
 
-How it is computed, exactly and in bounded memory: items are sorted by label and the
-similarity matrix is built block by block (``block_size`` x ``block_size``, 4096 by default), never
+How it is computed, exactly and in bounded memory: items are sorted by class (for MAP@R classes are
+first grouped by a small k-means, so that similar classes share blocks) and the similarity matrix
+is built block by block (``block_size`` x ``block_size``, 4096 by default), never
 whole; in leave-one-out only the upper triangle (each block serves its rows and its columns).
 Blocks are cut at class boundaries, so the block of a query's class-mates (the diagonal block in
 leave-one-out) comes first and gives its same-class similarities (classes larger than half a

@@ -1,9 +1,9 @@
 """Speed of the ``ms`` loss (forward + backward) against PML, the per-anchor reference and the matmul floor.
 
 For each batch size m (d = 512, P x 5 batches, float32) it prints the median time of one forward +
-backward pass of ``losses.build("ms")``, of pytorch-metric-learning's ``MultiSimilarityLoss`` on
-``MultiSimilarityMiner`` pairs, and of the per-anchor reference (``losses.reference``), all measured in
-the same run, together with the three matrix products no implementation can avoid (S = E E^T and the
+backward pass of ``losses.build("ms")`` (its fused forward, and its generic miner + weighting path),
+of pytorch-metric-learning's ``MultiSimilarityLoss`` on ``MultiSimilarityMiner`` pairs, and of the
+per-anchor reference (``losses.reference``), all measured in the same run, together with the three matrix products no implementation can avoid (S = E E^T and the
 two m x m by m x d products of the backward). Ratios: PML / ms, reference / ms, ms / matmuls.
 The implementations are timed round-robin, so a change of load on a shared machine hits all alike;
 the last column, the ratio of the fastest runs, is the least sensitive to other processes.
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     ours = losses.build("ms")
+    generic = losses.build("ms")
+    generic.kernel = None  # the miner + weighting path, without the fused forward
     pml = pml_ms(ours.hparams)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
@@ -114,16 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         f"threads {torch.get_num_threads()}, load {load:.2f}, d={args.dim}, float32, ms preset paper"
     )
     print(
-        "| m | ms (ms) | PML (ms) | reference (ms) | 3 matmuls (ms) | PML / ms | reference / ms | ms / matmuls "
-        "| min ms / min matmuls |"
+        "| m | ms (ms) | ms, generic path (ms) | PML (ms) | reference (ms) | 3 matmuls (ms) | PML / ms "
+        "| reference / ms | ms / matmuls | min ms / min matmuls |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     gen = torch.Generator().manual_seed(0)
     for m in args.sizes:
         emb = F.normalize(torch.randn(m, args.dim, generator=gen), dim=1).to(device)
         labels = (torch.arange(m) // args.per_class).to(device)
         steps = {
             "ms": loss_step(ours, emb, labels),
+            "generic": loss_step(generic, emb, labels),
             "pml": loss_step(pml, emb, labels),
             "matmuls": matmul_step(emb),
         }
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         ref = timings["reference"][0] if "reference" in timings else None
         print(
-            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * pml_med:.2f} | {f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
+            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * timings['generic'][0]:.2f} | {1e3 * pml_med:.2f} | {f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
             f"{1e3 * mm_med:.2f} | {pml_med / ours_med:.1f}x | {f'{ref / ours_med:.0f}x' if ref else '-'} | "
             f"{ours_med / mm_med:.2f}x | {ours_min / mm_min:.2f}x |",
             flush=True,

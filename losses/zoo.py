@@ -116,9 +116,11 @@ def ms(
 def ms_mining(
     *, preset: str = "paper", eps: float | None = None, skip_incomplete_anchors: bool = False
 ) -> GPWLoss:
-    """MS mining alone (Eq. 11-12): every mined pair gets the same weight 1/m."""
+    """MS mining alone (Eq. 11-12): equal weights within each mined set, 1/(m P_i) and 1/(m N_i)."""
     hp = resolve_hparams("ms_mining", preset, {"eps": eps})
-    return _ms_mined("ms_mining", preset, hp, EqualWeighting(-1.0, per_anchor_mean=True), skip_incomplete_anchors)
+    return _ms_mined(
+        "ms_mining", preset, hp, EqualWeighting(-1.0, per_anchor_mean=True), skip_incomplete_anchors
+    )
 
 
 @register_loss(label="MS weighting", equation="Eq. 15 over all pairs (weights Eq. 13-14)", similarities="SN")

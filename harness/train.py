@@ -25,6 +25,7 @@ from torch import nn
 from harness.config import CellConfig, data_root
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
+from harness.models import freeze_batchnorm_statistics
 from harness.results import (
     CellPaths,
     atomic_save_npz,
@@ -420,8 +421,6 @@ def train_cell(
                 images = images.contiguous(memory_format=torch.channels_last)
             model.train()
             if cfg.model.freeze_bn:
-                from harness.models import freeze_batchnorm_statistics
-
                 freeze_batchnorm_statistics(model)
             with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
                 emb = model(images)
@@ -452,6 +451,7 @@ def train_cell(
                 bar.update(iteration, {})
 
             if iteration % cfg.train.eval_every == 0 or iteration == cfg.train.iterations:
+                eval_started = time.perf_counter()
                 values = evaluate_split(model, splits, select_split, cfg, device, amp, ctx)
                 evals.extend({"iteration": iteration, "split": select_split, "metric": k, "value": v}
                              for k, v in values.items())  # fmt: skip
@@ -465,7 +465,7 @@ def train_cell(
                             f"(best {best['value']:.4f} at {best['iteration']})")  # fmt: skip
                 if on_eval is not None:
                     on_eval(iteration, values)
-                window_start = time.perf_counter()
+                window_start += time.perf_counter() - eval_started  # images/s counts training time only
 
             if main and (iteration % every_ckpt == 0) and iteration < cfg.train.iterations:
                 atomic_torch_save(paths.checkpoint, {

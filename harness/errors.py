@@ -34,6 +34,10 @@ class DataError(UserError):
     """A dataset (or pretrained weights) file is missing, unreadable or does not match the official layout."""
 
 
+class DamagedFileError(UserError):
+    """A file the harness wrote earlier (JSON results, caches) cannot be read back; the message says what to do."""
+
+
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit with :data:`EXIT_USER_ERROR`."""
     print(f"error: {one_line(message)}", file=sys.stderr)

@@ -1,22 +1,16 @@
-"""Results on disk: atomic writes, one folder per grid cell, and the tidy table of all cells.
+"""Results on disk: one folder per grid cell, its environment record, and the tidy table of all cells.
 
 Layout (see docs/ARCHITECTURE.md): ``<results>/<experiment>/cells/<cell_id>/`` holds ``config.json``,
 ``env.json``, ``status.json``, ``train_log.csv``, ``evals.csv``, ``final.json``, ``pair_weights.npz``
-and, while the cell runs, ``checkpoint.pt``. Every file is written to a temporary name in the same
-folder and renamed into place, so a crash (even ``kill -9``) never leaves a half-written file.
+and, while the cell runs, ``checkpoint.pt``. Every file is written atomically (:mod:`harness.files`),
+so a crash (even ``kill -9``) never leaves a half-written file.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import os
 import platform
 import socket
 import subprocess
-import tempfile
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,83 +18,28 @@ from typing import Any
 
 import torch
 
+# atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports: train,
+# tune, run and the glyphs cache still import them from here; new code imports them from harness.files.
+from harness.files import (  # noqa: F401
+    atomic_save_npz,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_if_exists,
+)
+
 CELLS_TABLE_COLUMNS = (
     "experiment", "cell_id", "loss", "loss_label", "preset", "dataset", "embedding_size", "seed",
     "variant", "status", "select_on", "weights", "split", "metric", "value",
 )  # fmt: skip
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+RETRAIN_CELL = "delete its cell folder and re-run the experiment to retrain that cell"
 
 
 def now() -> str:
     """The current UTC time, ISO 8601."""
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are shared like any file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write a text file."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-
-
-def atomic_write_csv(path: Path, rows: Iterable[Mapping[str, Any]], columns: Iterable[str]) -> None:
-    """Atomically write rows (mappings) as CSV with the given column order."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
-
-
-def atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` through a temporary file and rename."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def atomic_save_npz(path: Path, arrays: Mapping[str, Any]) -> None:
-    """``numpy.savez_compressed`` through a temporary file and rename."""
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file, or None when it does not exist."""
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dicts of strings; empty when the file does not exist."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
@@ -189,7 +128,7 @@ class CellPaths:
     def status_value(self) -> str | None:
         """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never started)."""
         for path in (self.final, self.status):
-            data = read_json(path)
+            data = read_json_if_exists(path, remedy=RETRAIN_CELL)
             if data is not None:
                 return data.get("status")
         return None
@@ -211,10 +150,10 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
     cells_dir = exp_dir / "cells"
     for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
         paths = CellPaths(folder)
-        config = read_json(paths.config)
+        config = read_json_if_exists(paths.config, remedy=RETRAIN_CELL)
         if config is None:
             continue
-        final = read_json(paths.final) or {}
+        final = read_json_if_exists(paths.final, remedy=RETRAIN_CELL) or {}
         status = final.get("status") or paths.status_value() or "pending"
         base = {
             "experiment": config["experiment"],

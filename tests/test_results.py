@@ -1,14 +1,19 @@
-"""Results files: atomic writes."""
+"""Results files: atomic writes, JSON reading with one-line errors, the cells table."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
 
-def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path) -> None:
-    import os
-    import stat
+import pytest
 
-    from harness.results import atomic_write_json, read_json
+from harness.errors import DamagedFileError, UserError
+from harness.files import atomic_write_bytes, atomic_write_json, read_json, read_json_if_exists
+from harness.results import CellPaths, tidy_rows
 
+
+def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path: Path) -> None:
     target = tmp_path / "sub" / "final.json"
     atomic_write_json(target, {"status": "finished"})
     assert read_json(target) == {"status": "finished"}
@@ -16,3 +21,69 @@ def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path) -> Non
     os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
     assert [p.name for p in target.parent.iterdir()] == ["final.json"]
+
+
+def test_read_json_passes_a_missing_file_through(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "absent.json")
+    assert read_json_if_exists(tmp_path / "absent.json") is None
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (b'{"status": "fin', "not valid JSON"),
+        (b'{"a": "\xff\xfe"}', "not UTF-8 text"),
+        (b"", "not valid JSON"),
+    ],
+)
+def test_a_damaged_json_file_is_one_line_naming_it_and_the_remedy(
+    tmp_path: Path, content: bytes, problem: str
+) -> None:
+    path = tmp_path / "final.json"
+    atomic_write_bytes(path, content)
+    for reader in (read_json, read_json_if_exists):
+        with pytest.raises(DamagedFileError) as caught:
+            reader(path, remedy="delete it and re-run to retrain that cell")
+        message = str(caught.value)
+        assert isinstance(caught.value, UserError)
+        assert "\n" not in message
+        assert message.startswith(f"{path}: damaged file, {problem}")
+        assert message.endswith("; delete it and re-run to retrain that cell")
+
+
+def _cell(exp_dir: Path, name: str, config: dict, final: dict | None) -> CellPaths:
+    paths = CellPaths(exp_dir / "cells" / name)
+    atomic_write_json(paths.config, config)
+    if final is not None:
+        atomic_write_json(paths.final, final)
+    return paths
+
+
+CONFIG = {
+    "experiment": "x", "loss": {"name": "lifted_star", "preset": None}, "dataset": "glyphs",
+    "embedding_size": 8, "seed": 0, "variant": "default", "train": {"select_on": "val"},
+}  # fmt: skip
+
+
+def test_tidy_rows_label_losses_from_the_registry_and_spread_metrics(tmp_path: Path) -> None:
+    final = {"status": "finished", "metrics": {"final": {"test": {"recall@1": 0.5, "map_at_r": 0.25}}}}
+    _cell(tmp_path, "a", CONFIG, final)
+    _cell(tmp_path, "b", {**CONFIG, "loss": {"name": "ms", "preset": "official", "label": "mine"}}, None)
+    rows = tidy_rows(tmp_path)
+    finished = [r for r in rows if r["cell_id"] == "a"]
+    assert [(r["loss_label"], r["metric"], r["value"]) for r in finished] == [
+        ("LiftedStruct*", "map_at_r", 0.25),
+        ("LiftedStruct*", "recall@1", 0.5),
+    ]
+    (pending,) = [r for r in rows if r["cell_id"] == "b"]
+    assert (pending["loss_label"], pending["preset"], pending["status"], pending["value"]) == (
+        "mine", "official", "pending", "",
+    )  # fmt: skip
+
+
+def test_a_damaged_cell_file_names_the_cell_and_how_to_retrain_it(tmp_path: Path) -> None:
+    paths = _cell(tmp_path, "a", CONFIG, None)
+    atomic_write_bytes(paths.final, b"{not json")
+    with pytest.raises(DamagedFileError, match=r"final\.json: damaged file, .*retrain that cell"):
+        tidy_rows(tmp_path)

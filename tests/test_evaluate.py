@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from harness import evaluate as ev
 from harness.errors import UserError
+from harness.evaluate import inputs, ranking, state
 
 KS = (1, 2, 4, 8, 1000)
 
@@ -89,15 +90,15 @@ def small_problems(draw):
     problem=small_problems(),
     block_size=st.integers(1, 12),
     exclude=st.booleans(),
-    budget=st.sampled_from([1, 7, ev.STATE_BUDGET]),
+    budget=st.sampled_from([1, 7, ranking.STATE_BUDGET]),
     sparse_ratio=st.sampled_from([1, 32, 10**9]),
-    pair_elements=st.sampled_from([1, ev._PAIR_ELEMENTS]),
+    pair_elements=st.sampled_from([1, ranking._PAIR_ELEMENTS]),
 )
 def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, sparse_ratio, pair_elements):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ev, "STATE_BUDGET", budget)  # queries in chunks of a few (no symmetric saving)
-        patch.setattr(ev, "_SPARSE_RATIO", sparse_ratio)
-        patch.setattr(ev, "_PAIR_ELEMENTS", pair_elements)  # 1: every class cut into single rows
+        patch.setattr(ranking, "STATE_BUDGET", budget)  # queries in chunks of a few (no symmetric saving)
+        patch.setattr(state, "_SPARSE_RATIO", sparse_ratio)
+        patch.setattr(ranking, "_PAIR_ELEMENTS", pair_elements)  # 1: every class cut into single rows
         got = ev.evaluate(**problem, ks=KS, block_size=block_size, exclude_singletons=exclude)
         ranks = ev.first_correct_rank(**problem, block_size=block_size).numpy()
     want = brute_force(**problem, exclude_singletons=exclude)
@@ -129,9 +130,9 @@ def clustered_problem(request):
 @pytest.mark.parametrize("sparse_ratio", [1, 32, 10**9])  # gather one by one / default / always top-k
 def test_matches_brute_force_on_clustered_data(clustered_problem, sparse_ratio, monkeypatch):
     mode, problems = clustered_problem
-    monkeypatch.setattr(ev, "_SPARSE_RATIO", sparse_ratio)
+    monkeypatch.setattr(state, "_SPARSE_RATIO", sparse_ratio)
     if mode == "chunked":  # queries in several chunks, no symmetric saving
-        monkeypatch.setattr(ev, "STATE_BUDGET", 500)
+        monkeypatch.setattr(ranking, "STATE_BUDGET", 500)
     for problem, want in problems:
         got = ev.evaluate(**problem, ks=(1, 3, 10, 100), block_size=50)
         assert_same(got, want)
@@ -147,15 +148,15 @@ def test_blocks_stay_within_block_size_and_follow_classes(leave_one_out, monkeyp
         problem["gallery_labels"] = rng.integers(0, 40, 250)
         problem["gallery"] = clustered(rng, problem["gallery_labels"], 8, 1.0)
     shapes = []
-    product = ev._product
-    monkeypatch.setattr(ev, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
+    product = ranking._product
+    monkeypatch.setattr(ranking, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
     got = ev.evaluate(**problem, ks=[1, 10], block_size=64)
     assert max(max(shape) for shape in shapes) <= 64
     # leave-one-out: the upper triangle, diagonal blocks whole; query -> gallery: each pair once
     assert sum(a * b for a, b in shapes) <= (300 * 300 / 2 + 300 * 64 / 2 if leave_one_out else 300 * 250)
     assert_same(got, brute_force(**problem, ks=[1, 10]))
-    sets = ev._prepare(problem["embeddings"], labels, None, None)
-    blocks = ev._row_blocks(sets, 0, 300, 64)
+    sets = inputs.sort_by_class(problem["embeddings"], labels, None, None)
+    blocks = ranking._row_blocks(sets, 0, 300, 64)
     assert (
         [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]]
         and blocks[0][0] == 0

@@ -1,0 +1,250 @@
+"""Ranking engine: the block sweep over queries x references that feeds the per-query state.
+
+How it is computed, exactly and in bounded memory: items are sorted by class (for MAP@R classes are
+first grouped by a small k-means, so that similar classes share blocks) and the similarity matrix
+is built block by block (``block_size`` x ``block_size``, 4096 by default), never
+whole; in leave-one-out only the upper triangle (each block serves its rows and its columns).
+Blocks are cut at class boundaries, so the block of a query's class-mates (the diagonal block in
+leave-one-out) comes first and gives its same-class similarities (classes larger than half a
+block have theirs computed on their own). Same-class entries are then masked out of every block.
+Per query, one comparison per block counts the other-class references at or above its best
+same-class similarity: Recall@K for every K from that one count. For MAP@R a query whose first
+same-class reference is still within its first R also keeps its R-1 largest other-class
+similarities at or above its R-th same-class one, fed only by the entries above a running
+threshold. No n x n matrix and no sort of a row; memory is three blocks, a sorted copy of the
+embeddings and O(n * R_max). On the CPU the block products go through numpy's BLAS (OpenBLAS,
+faster than torch's MKL on AMD processors).
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from harness.errors import UserError
+from harness.evaluate.inputs import ArrayLike, SortedSets, sort_by_class
+from harness.evaluate.state import QueryState, Workspace
+
+DEFAULT_BLOCK_SIZE = 4096
+# Largest number of elements of one per-query state table (same-class similarities, top other-class
+# similarities); past it, queries are processed in chunks (without the symmetric saving).
+STATE_BUDGET = 1 << 25
+# Same-class similarities computed at once (bounds that step's memory).
+_PAIR_ELEMENTS = 1 << 23
+
+
+def _same_class_from_block(
+    sets: SortedSets, block: torch.Tensor, rows: tuple[int, int], home: tuple[int, int]
+) -> torch.Tensor:
+    """Same-class similarities of sorted queries ``rows``, read from their block against ``home``
+    (references holding all their class-mates): sorted decreasing, padded with -inf."""
+    device = block.device
+    query_class = sets.query_class[rows[0] : rows[1]]
+    counts = sets.reference_count[query_class]
+    slot = torch.arange(int(counts.max()), device=device)
+    columns = (sets.reference_start[query_class] - home[0])[:, None] + slot
+    invalid = slot >= counts[:, None]
+    if sets.leave_one_out:  # the query itself, by index
+        invalid |= columns == torch.arange(rows[0] - home[0], rows[1] - home[0], device=device)[:, None]
+    values = block.gather(1, columns.clamp_(max=block.shape[1] - 1)).masked_fill_(invalid, -math.inf)
+    return torch.sort(values, dim=1, descending=True).values
+
+
+def _same_class_by_class(sets: SortedSets, first: int, stop: int, table: torch.Tensor) -> None:
+    """Same-class similarities of sorted queries ``first:stop`` into ``table`` (sorted decreasing),
+    when no block holds all their class-mates: each class's queries times its references, classes
+    of equal sizes in one batch, a huge class in pieces of rows."""
+    device, dims = sets.queries.device, sets.queries.shape[1]
+    query_class, _, query_start, query_end, reference_start, reference_end = sets.ranges
+    pieces: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (queries, references) -> starts
+    for cls in range(query_class[first], query_class[stop - 1] + 1):
+        q0, q1 = max(query_start[cls], first), min(query_end[cls], stop)
+        width = reference_end[cls] - reference_start[cls]
+        step = max(1, _PAIR_ELEMENTS // (width + dims))
+        for start in range(q0, q1 if width > int(sets.leave_one_out) else q0, step):
+            pieces.setdefault((min(step, q1 - start), width), []).append((start, reference_start[cls]))
+    for (rows, width), starts in pieces.items():
+        per_batch = max(1, _PAIR_ELEMENTS // (rows * width + (rows + width) * dims))
+        for batch in torch.tensor(starts, device=device).split(per_batch):
+            query_index = batch[:, :1] + torch.arange(rows, device=device)
+            reference_index = batch[:, 1:] + torch.arange(width, device=device)
+            if len(batch) == 1:  # one class (maybe huge): views, no copies
+                queries = sets.queries[query_index[0, 0] : query_index[0, -1] + 1][None]
+                references = sets.references[reference_index[0, 0] : reference_index[0, -1] + 1][None]
+            else:
+                queries = sets.queries[query_index]
+                same_rows = sets.leave_one_out and rows == width and bool((batch[:, 0] == batch[:, 1]).all())
+                references = queries if same_rows else sets.references[reference_index]
+            products = torch.bmm(queries, references.transpose(1, 2))
+            if sets.leave_one_out:  # the query itself, by index
+                products.masked_fill_(reference_index[:, None, :] == query_index[:, :, None], -math.inf)
+            values = torch.sort(products, dim=2, descending=True).values[..., : table.shape[1]]
+            table[(query_index - first).reshape(-1), : values.shape[2]] = values.reshape(-1, values.shape[2])
+
+
+def _bounds(total: int, size: int) -> list[tuple[int, int]]:
+    """Split ``range(total)`` into near-equal consecutive pieces of at most ``size``."""
+    pieces = max(1, -(-total // size))
+    edges = [round(i * total / pieces) for i in range(pieces + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _mask_same_class(
+    block: torch.Tensor, sets: SortedSets, rows: tuple[int, int], cols: tuple[int, int]
+) -> None:
+    """Set the same-class entries (the query itself included) of a block to -inf."""
+    query_class, reference_class, query_start, query_end, reference_start, reference_end = sets.ranges
+    first = max(query_class[rows[0]], reference_class[cols[0]])
+    last = min(query_class[rows[1] - 1], reference_class[cols[1] - 1])
+    for cls in range(first, last + 1):
+        r0, r1 = max(query_start[cls], rows[0]), min(query_end[cls], rows[1])
+        c0, c1 = max(reference_start[cls], cols[0]), min(reference_end[cls], cols[1])
+        if r0 < r1 and c0 < c1:
+            block[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]] = -math.inf
+
+
+def _row_blocks(sets: SortedSets, first: int, stop: int, size: int) -> list[tuple[int, int]]:
+    """Blocks of sorted queries ``first:stop`` of at most ``size``, cut at class boundaries unless a
+    class is longer than half a block."""
+    ends = sets.ranges[3]  # per class: end of its sorted queries
+    points = [first, *ends[bisect.bisect_right(ends, first) : bisect.bisect_left(ends, stop)], stop]
+    longest = max(b - a for a, b in itertools.pairwise(points))
+    if 2 * longest > size:
+        return [(first + a, first + b) for a, b in _bounds(stop - first, size)]
+    pieces = -(-(stop - first) // (size - longest))
+    edges = [first]
+    for piece in range(1, pieces):  # the class boundary at or before each even cut
+        edge = points[bisect.bisect_right(points, first + (piece * (stop - first)) // pieces) - 1]
+        if edge > edges[-1]:
+            edges.append(edge)
+    return list(itertools.pairwise([*edges, stop]))
+
+
+def _home(sets: SortedSets, rows: tuple[int, int]) -> tuple[int, int]:
+    """The references of the classes of sorted queries ``rows`` (with any class between them)."""
+    query_class, reference_start, reference_end = sets.ranges[0], sets.ranges[4], sets.ranges[5]
+    return reference_start[query_class[rows[0]]], reference_end[query_class[rows[1] - 1]]
+
+
+def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Workspace) -> None:
+    """Every block of queries x references, each query's class-mates first: the blocks that hold
+    them give its same-class similarities (or they are computed on their own, for huge classes)."""
+    stop = first + len(state.relevant)
+
+    def product(rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+        block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
+        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block)
+        return block
+
+    def consume(block: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], columns_too: bool) -> None:
+        _mask_same_class(block, sets, rows, cols)
+        state.consume(block, rows[0] - first, False, work)
+        if columns_too:
+            state.consume(block, cols[0] - first, True, work)
+
+    row_blocks = _row_blocks(sets, first, stop, size)
+    homes = [_home(sets, rows) for rows in row_blocks]
+    if sets.leave_one_out and (first, stop) == (0, sets.queries.shape[0]):  # symmetric: upper triangle
+        if homes != row_blocks:  # a huge class: same-class similarities on their own
+            _same_class_by_class(sets, first, stop, state.same)
+            state.refresh(slice(None))
+        for rows in row_blocks:  # diagonal blocks first: they hold all class-mates
+            block = product(rows, rows)
+            if homes == row_blocks:
+                state.set_same(slice(rows[0], rows[1]), _same_class_from_block(sets, block, rows, rows))
+            consume(block, rows, rows, False)
+        for i, rows in enumerate(row_blocks):
+            for cols in row_blocks[i + 1 :]:
+                consume(product(rows, cols), rows, cols, True)
+        return
+    references = sets.references.shape[0]
+    for rows, home in zip(row_blocks, homes, strict=True):
+        local = slice(rows[0] - first, rows[1] - first)
+        if home[1] == home[0]:  # no class-mate anywhere
+            others = _bounds(references, size)
+        elif home[1] - home[0] <= size:
+            block = product(rows, home)
+            state.set_same(local, _same_class_from_block(sets, block, rows, home))
+            consume(block, rows, home, False)
+            others = [(a, b) for a, b in _bounds(home[0], size) if b > a]
+            others += [(home[1] + a, home[1] + b) for a, b in _bounds(references - home[1], size) if b > a]
+        else:
+            _same_class_by_class(sets, rows[0], rows[1], state.same[local])
+            state.refresh(local)
+            others = _bounds(references, size)
+        for cols in others:
+            consume(product(rows, cols), rows, cols, False)
+
+
+def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor) -> None:
+    """``out = queries @ references.T``; on the CPU through numpy's BLAS (OpenBLAS, faster than
+    torch's MKL on AMD processors)."""
+    if out.device.type == "cpu":
+        np.matmul(queries.numpy(), references.numpy().T, out=out.numpy())
+    else:
+        torch.mm(queries, references.T, out=out)
+
+
+def _query_chunks(sets: SortedSets) -> list[tuple[int, int]]:
+    """Consecutive sorted-query ranges whose state tables fit :data:`STATE_BUDGET`."""
+    per_query = sets.reference_count[sets.query_class].tolist()
+    chunks, first, widest = [], 0, 0
+    for index, width in enumerate(per_query):
+        widest = max(widest, width)
+        if index > first and (index + 1 - first) * widest > STATE_BUDGET:
+            chunks.append((first, index))
+            first, widest = index, width
+    chunks.append((first, len(per_query)))
+    return chunks
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """Per query (in label-sorted order): other-class references ahead of the first correct one,
+    R, and AP@R / R-Precision when asked for."""
+
+    wrong_ahead: torch.Tensor
+    relevant: torch.Tensor
+    average_precision: torch.Tensor | None
+    r_precision: torch.Tensor | None
+
+
+def rank_queries(
+    embeddings: ArrayLike,
+    labels: ArrayLike,
+    gallery: ArrayLike | None,
+    gallery_labels: ArrayLike | None,
+    track_top: bool,
+    block_size: int | None,
+) -> tuple[SortedSets, Ranking]:
+    """Validate, sort and rank: the shared work of every public function."""
+    size = DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
+    if size < 1:
+        raise UserError(f"block_size must be >= 1; got {block_size}")
+    size = min(size, 1 << 24)  # counts are summed in float32: exact below 2**24
+    sets = sort_by_class(embeddings, labels, gallery, gallery_labels, size if track_top else None)
+    return sets, _rank_chunks(
+        sets, track_top, min(size, max(sets.queries.shape[0], sets.references.shape[0]))
+    )
+
+
+def _rank_chunks(sets: SortedSets, track_top: bool, size: int) -> Ranking:
+    work = Workspace(size, size, sets.queries.dtype, sets.queries.device)
+    parts = []
+    for first, stop in _query_chunks(sets):
+        relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
+        state = QueryState(relevant, track_top, sets.queries.dtype)
+        _sweep(sets, state, first, size, work)
+        extra = state.average_precision_and_r_precision() if track_top else (None, None)
+        parts.append((state.wrong_ahead, relevant, *extra))
+    return Ranking(
+        wrong_ahead=torch.cat([p[0] for p in parts]),
+        relevant=torch.cat([p[1] for p in parts]),
+        average_precision=torch.cat([p[2] for p in parts]) if track_top else None,
+        r_precision=torch.cat([p[3] for p in parts]) if track_top else None,
+    )

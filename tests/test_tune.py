@@ -14,7 +14,6 @@ import yaml
 from optuna.trial import TrialState
 
 from harness import train
-from harness import tune as tune_module
 from harness.config import load_experiment
 from harness.results import CellPaths, atomic_write_json
 from harness.train import CellOutcome
@@ -30,10 +29,11 @@ from harness.tune import (
     study_counts,
     worker_seed,
 )
+from harness.tune import outputs as tune_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS, EVAL_EVERY = 40, 10
-WRITE_FIGURES = tune_module.write_figures
+WRITE_FIGURES = tune_outputs.write_figures
 
 STUDY: dict[str, Any] = {
     "trials": 4,
@@ -103,7 +103,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTrainer:
     trainer = FakeTrainer()
     monkeypatch.setattr(train, "train_cell", trainer)
     monkeypatch.setattr(train, "load_splits", lambda cfg: None)
-    monkeypatch.setattr(tune_module, "write_figures", lambda *args, **kwargs: [])  # slow; one test draws them
+    monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])  # slow; one test draws them
     return trainer
 
 
@@ -120,7 +120,7 @@ def run(path: Path, results: Path, *extra: str) -> int:
 def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written(
     tmp_path: Path, fake: FakeTrainer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tune_module, "write_figures", WRITE_FIGURES)
+    monkeypatch.setattr(tune_outputs, "write_figures", WRITE_FIGURES)
     fake.fail_folders = ("1",)
     results = tmp_path / "results"
     assert run(tune_file(tmp_path, best_set={"train.iterations": 4 * ITERATIONS}), results) == 0

@@ -17,9 +17,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from harness import tune
 from harness.config import load_experiment
 from harness.tune import HeartbeatConfig, counted_trials, main, open_storage, with_installed_driver
+from harness.tune import outputs as tune_outputs
 
 ROOT = Path(__file__).resolve().parent.parent
 TUNE_GLYPHS = ROOT / "experiments" / "tune-glyphs.yaml"
@@ -51,7 +51,7 @@ def tiny(tmp_path: Path, name: str) -> list[str]:
 @pytest.fixture(autouse=True)
 def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """The parent draws no figures here (test_tune.py checks them): the workers are what is tested."""
-    monkeypatch.setattr(tune, "write_figures", lambda *args, **kwargs: [])
+    monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])
 
 
 def run_workers(tmp_path: Path, name: str, trials: int, *storage: str) -> int:

@@ -1,0 +1,150 @@
+"""``python -m harness.tune``: the command line, the worker processes and the parent's run of a study."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import UserError
+from harness.results import atomic_write_text
+from harness.tune.outputs import write_outputs
+from harness.tune.schema import TuneSetup, load_tune
+from harness.tune.storage import default_storage, open_storage, open_study, shown_url
+from harness.tune.trials import run_worker, study_counts, study_is_full
+
+# Optuna is imported inside functions: validating a tune file should not pay for it.
+
+EXIT_FAILED_WORKER = 1
+STORAGE_ENV = "HARNESS_TUNE_STORAGE"  # how a worker process learns its parent's storage URL
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.tune", description="Optuna study over one cell's loss hyperparameters."
+    )
+    parser.add_argument("file", help="tune file: an experiment YAML with a study: section")
+    parser.add_argument("--storage", default=None, metavar="URL",
+                        help="Optuna storage: an SQLAlchemy URL (postgresql://..., sqlite:///...) or journal:FILE "
+                             "(default: sqlite:///<results>/<study>/study.db)")  # fmt: skip
+    parser.add_argument(
+        "--workers", type=int, default=1, metavar="N", help="processes sharing the study (default 1)"
+    )
+    parser.add_argument("--trials", type=int, default=None, metavar="N",
+                        help="total trials the study should hold (default: study.trials of the file)")  # fmt: skip
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field, e.g. --set train.iterations=100 (repeatable)")  # fmt: skip
+    parser.add_argument("--results", default="results", help="results root folder (default: results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def _worker_command(args: argparse.Namespace, total: int, worker: int) -> list[str]:
+    """The worker's command line; the storage URL travels in the environment (no password in ``ps``)."""
+    command = [sys.executable, "-m", "harness.tune", args.file, "--trials", str(total), "--results", args.results,
+               "--worker", str(worker)]  # fmt: skip
+    for item in args.sets:
+        command += ["--set", item]
+    return command + (["--quiet"] if args.quiet else [])
+
+
+def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int) -> list[int]:
+    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes."""
+    env = {**os.environ, STORAGE_ENV: storage_url}
+    if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    processes = [subprocess.Popen(_worker_command(args, total, k), env=env) for k in range(args.workers)]
+    try:
+        return [p.wait() for p in processes]
+    except KeyboardInterrupt:
+        for p in processes:
+            p.terminate()
+        for p in processes:
+            p.wait()
+        raise
+
+
+@contextlib.contextmanager
+def _optuna_logging(quiet: bool) -> Iterator[None]:
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m harness.tune``."""
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers}: expected a positive number of processes")
+    if args.trials is not None and args.trials < 1:
+        raise UserError(f"--trials {args.trials}: expected the total number of trials, at least 1")
+    setup = load_tune(args.file, args.sets)
+    total = args.trials or setup.study.trials
+    study_dir = Path(args.results) / setup.name
+    study_dir.mkdir(parents=True, exist_ok=True)
+    from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
+    storage_url = args.storage or from_parent or default_storage(study_dir)
+    storage = open_storage(storage_url, setup.study.heartbeat)
+    with _optuna_logging(args.quiet):
+        if args.worker is not None:
+            run_worker(setup, storage, study_dir, total, worker=args.worker, progress=not args.quiet)
+            return 0
+        return _run_study(args, setup, storage, storage_url, study_dir, total)
+
+
+def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage_url: str, study_dir: Path,
+               total: int) -> int:  # fmt: skip
+    """The parent: check the data, prepare the study, run the workers, write the outputs."""
+    import optuna
+
+    from harness.train import load_splits
+
+    started = time.perf_counter()
+    load_splits(setup.template)  # a missing dataset stops here with one line, before any trial
+    study = open_study(setup, storage, setup.study.sampler.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    resolved = {**setup.experiment.model_dump(mode="json"), "study": setup.study.resolved()}
+    atomic_write_text(study_dir / "tune.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    counts = study_counts(study)
+    log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
+    log(f"study {setup.name} on {shown_url(storage_url)}: {counts['total']} of {total} trials there; "
+        f"{args.workers} worker(s)")  # fmt: skip
+    codes = [0]
+    if study_is_full(study, total):
+        log(f"study {setup.name} already holds {total} trials; raise --trials to run more")
+    elif args.workers == 1:
+        run_worker(setup, storage, study_dir, total, worker=0, progress=not args.quiet)
+    else:
+        codes = _spawn_workers(args, storage_url, total)
+    study = optuna.load_study(study_name=setup.name, storage=storage)
+    outputs = write_outputs(
+        setup, study, study_dir, storage_url=storage_url, seconds=time.perf_counter() - started
+    )
+    counts = study_counts(study)
+    print(f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+          f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
+          + (f"; best: {outputs['best']}" if outputs["best"] else ""), file=sys.stderr)  # fmt: skip
+    bad = [(k, c) for k, c in enumerate(codes) if c != 0]
+    for worker, code in bad:
+        print(f"worker {worker} exited with code {code}", file=sys.stderr)
+    if not bad:
+        return 0
+    return 2 if any(code == 2 for _, code in bad) else EXIT_FAILED_WORKER

@@ -1,0 +1,176 @@
+"""What a study leaves behind: best.yaml, summary.md and the figures."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.config import validate_experiment
+from harness.results import atomic_write_text
+from harness.tune.schema import TuneSetup, best_experiment
+from harness.tune.storage import shown_url
+from harness.tune.trials import retried_numbers, study_counts
+
+STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
+
+
+def write_best(setup: TuneSetup, study: Any, study_dir: Path) -> Path | None:
+    """``best.yaml`` from the best complete trial (None when no trial completed)."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        return None
+    path = study_dir / "best.yaml"
+    doc = best_experiment(setup, dict(best.params))
+    validate_experiment(json.loads(json.dumps(doc)), str(path))
+    header = (f"# Written by harness.tune: study {setup.name}, trial {best.number}, val {setup.metric} "
+              f"{best.value:.4f}.\n# Re-run over seeds {setup.study.best_seeds} on the test set:\n"
+              f"#   python -m harness.run {path}\n")  # fmt: skip
+    atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def importances(setup: TuneSetup, study: Any) -> dict[str, float] | None:
+    """Hyperparameter importances with the configured evaluator (None with fewer than 2 complete trials)."""
+    import optuna
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.importance.get_param_importances(study, evaluator=setup.study.importance.build())
+
+
+def _readable_log_ticks(ax: Any) -> None:
+    """Plain numbers on a log x axis: 1-2-5 ticks over a wide range, about 4 ticks over a narrow one."""
+    from matplotlib import ticker
+
+    if ax.get_xscale() != "log":
+        return
+    low, high = sorted(ax.get_xlim())
+    wide = low > 0 and high / low >= 10
+    ax.xaxis.set_major_locator(
+        ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)) if wide else ticker.MaxNLocator(4)
+    )
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+
+
+def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]:
+    """Importance, optimisation history, slice, intermediate values and timeline as PNG (Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as oplt
+
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    target = f"val {setup.metric}"
+    plots = {
+        "history": lambda: oplt.plot_optimization_history(study, target_name=target),
+        "slice": lambda: oplt.plot_slice(study, target_name=target),
+        "intermediate": lambda: oplt.plot_intermediate_values(study),
+        "timeline": lambda: oplt.plot_timeline(study),
+    }
+    if len(complete) >= 2:
+        evaluator = setup.study.importance.build()
+        plots = {"importance": lambda: oplt.plot_param_importances(study, evaluator=evaluator, target_name=target),
+                 **plots}  # fmt: skip
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, plot in plots.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            axes = plot()
+        every = list(axes.flat) if hasattr(axes, "flat") else [axes]
+        for ax in every:
+            _readable_log_ticks(ax)
+        figure = every[0].figure
+        if name == "importance":
+            evaluator_name = type(setup.study.importance.build()).__name__
+            every[0].set_title(f"Hyperparameter importances ({evaluator_name})", loc="left")
+        figure.set_size_inches(max(figure.get_size_inches()[0], 7.0), max(figure.get_size_inches()[1], 4.5))
+        path = figures_dir / f"{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(figure)
+        written.append(path)
+    return written
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
+
+
+def write_summary(
+    setup: TuneSetup, study: Any, study_dir: Path, *, storage_url: str, figures: list[Path], seconds: float
+) -> Path:
+    """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
+    counts = study_counts(study)
+    names = list(setup.study.space)
+    lines = [f"# Study {setup.name}", ""]
+    lines += [
+        f"- Tune file: `{setup.source}`; storage: `{shown_url(storage_url)}`",
+        f"- Objective: validation {setup.metric} (maximised; the test set is never looked at), loss "
+        f"`{setup.template.loss.name}` on `{setup.template.dataset}`, embedding {setup.template.embedding_size}, "
+        f"{setup.template.train.iterations} iterations per seed, seeds {setup.seeds}",
+        f"- Sampler: TPE (multivariate={setup.study.sampler.multivariate}, constant_liar="
+        f"{setup.study.sampler.constant_liar}, n_startup_trials={setup.study.sampler.n_startup_trials}, "
+        f"seed={setup.study.sampler.seed} per worker and run); pruner: {setup.study.pruner.name}",
+        "- Trials: "
+        + ", ".join(f"{counts.get(s, 0)} {word}" for s, word in STATE_WORDS)
+        + "".join(f", {counts[s]} {s}" for s in ("running", "waiting") if counts.get(s))
+        + f" ({counts['total']} in all)",
+        f"- Wall time of this run: {seconds:.0f} s; trial time summed over the study: "
+        f"{sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0):.0f} s",
+    ]
+    try:
+        best = study.best_trial
+    except ValueError:
+        best = None
+    lines.append("")
+    if best is None:
+        lines.append("No trial completed yet, so there is no best trial and no best.yaml.")
+    else:
+        params = ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())
+        lines += [f"**Best**: trial {best.number}, val {setup.metric} = {best.value:.4f}; {params}.", "",
+                  f"Re-run it over seeds {setup.study.best_seeds} on the test set: "
+                  f"`python -m harness.run {study_dir / 'best.yaml'}`"]  # fmt: skip
+    lines += ["", f"## Importance ({setup.study.importance.describe()})", ""]
+    values = importances(setup, study)
+    if values is None:
+        lines.append("Needs at least 2 complete trials.")
+    else:
+        lines += ["| hyperparameter | importance |", "|---|---|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in values.items()]
+    lines += ["", "## Trials", "", "| trial | state | value | " + " | ".join(names) + " | last step | seconds | note |",
+              "|" + "---|" * (len(names) + 6)]  # fmt: skip
+    retried = retried_numbers(study.trials)
+    for t in study.trials:
+        note = ("surplus (not counted)" if t.user_attrs.get("surplus") else
+                "stale, retried" if t.number in retried else t.user_attrs.get("fail_reason", ""))  # fmt: skip
+        cells = [str(t.number), t.state.name.lower(), _fmt(t.value), *(_fmt(t.params.get(n)) for n in names),
+                 _fmt(t.last_step), _fmt(t.duration.total_seconds() if t.duration else None), note]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    if figures:
+        lines += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]
+    path = study_dir / "summary.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def write_outputs(
+    setup: TuneSetup, study: Any, study_dir: Path, *, storage_url: str, seconds: float
+) -> dict[str, Any]:
+    """best.yaml, the figures and summary.md; returns what was written."""
+    best = write_best(setup, study, study_dir)
+    figures = write_figures(setup, study, study_dir / "figures")
+    summary = write_summary(
+        setup, study, study_dir, storage_url=storage_url, figures=figures, seconds=seconds
+    )
+    return {"best": best, "figures": figures, "summary": summary}

@@ -1,0 +1,154 @@
+"""Trials: counting the study's places, training one trial seed by seed, and a worker's loop."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import warnings
+from pathlib import Path
+from typing import Any
+
+from harness.config import CellConfig
+from harness.errors import UserError
+from harness.results import CellPaths, atomic_write_json, now
+from harness.tune.schema import TuneSetup
+from harness.tune.storage import open_study, worker_seed
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training crashed; Optuna records it as FAIL and the study goes on."""
+
+
+class SurplusTrial(RuntimeError):
+    """A trial created after the study already held its total (a race between workers); it is not counted."""
+
+
+def retried_numbers(trials: list[Any]) -> set[int]:
+    """The numbers of the stale trials that a later trial retried (Optuna's ``retry_history``)."""
+    return {number for t in trials for number in t.system_attrs.get("retry_history", [])}
+
+
+def counted_trials(trials: list[Any]) -> list[Any]:
+    """The trials that take one of the study's places: not surplus, not a stale trial that was retried."""
+    retried = retried_numbers(trials)
+    return [t for t in trials if not t.user_attrs.get("surplus") and t.number not in retried]
+
+
+def study_counts(study: Any) -> dict[str, int]:
+    """Counted trials by state (lower-case names), plus ``total``."""
+    counts: dict[str, int] = {}
+    for t in counted_trials(study.get_trials(deepcopy=False)):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    counts["total"] = sum(counts.values())
+    return counts
+
+
+def study_is_full(study: Any, total: int) -> bool:
+    """True when the study holds ``total`` counted trials (running ones included) and none is queued."""
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    return len(trials) >= total and not any(t.state.name == "WAITING" for t in trials)
+
+
+def trial_cell(template: CellConfig, params: dict[str, float], seed: int, experiment: str) -> CellConfig:
+    """The template cell with the trial's hyperparameters and seed."""
+    raw = template.model_dump(mode="python")
+    raw["loss"]["hparams"] = {**raw["loss"]["hparams"], **params}
+    raw.update(seed=seed, experiment=experiment)
+    return CellConfig.model_validate(raw)
+
+
+def _mark_pruned(paths: CellPaths, reason: str) -> None:
+    atomic_write_json(paths.status, {"status": "pruned", "reason": reason, "finished": now()})
+    paths.checkpoint.unlink(missing_ok=True)
+
+
+class Objective:
+    """Trains one trial: each seed in turn, reporting the running mean of the validation metric."""
+
+    def __init__(self, setup: TuneSetup, study_dir: Path, total: int, progress: bool) -> None:
+        self.setup = setup
+        self.study_dir = study_dir
+        self.total = total
+        self.progress = progress
+        self.surplus = False
+
+    def _place(self, trial: Any) -> tuple[int, int, set[int]]:
+        """How many counted trials precede this one, the trial number whose folder it uses (a retry
+        resumes the stale trial's folder) and the steps it already holds (inherited by a retry)."""
+        trials = trial.study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        before = sum(1 for t in counted_trials(trials) if t.number < trial.number)
+        origin = me.system_attrs.get("failed_trial")
+        return before, trial.number if origin is None else int(origin), set(me.intermediate_values)
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        from harness import train
+
+        before, folder_number, reported = self._place(trial)
+        if before >= self.total:
+            trial.set_user_attr("surplus", True)
+            self.surplus = True
+            raise SurplusTrial(f"the study already holds {self.total} trials")
+        setup = self.setup
+        params = {
+            name: trial.suggest_float(name, r.low, r.high, log=r.log) for name, r in setup.study.space.items()
+        }
+        folder = self.study_dir / "trials" / str(folder_number)
+        trial.set_user_attr("folder", str(folder.relative_to(self.study_dir)))
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        values: list[float] = []
+        for index, seed in enumerate(setup.seeds):
+            cell = trial_cell(setup.template, params, seed, setup.name)
+            paths = CellPaths(folder if len(setup.seeds) == 1 else folder / f"s{seed}")
+            if index == 0:
+                trial.set_user_attr("cell_id", cell.cell_id)
+            offset = index * setup.template.train.iterations
+
+            def on_eval(
+                iteration: int, metrics: dict[str, float], offset: int = offset, paths: CellPaths = paths
+            ) -> None:
+                running = (sum(values) + metrics[setup.metric]) / (len(values) + 1)
+                if offset + iteration not in reported:
+                    trial.report(running, offset + iteration)
+                if offset + iteration < setup.steps and trial.should_prune():  # never once all is trained
+                    reason = f"pruned at iteration {iteration}: val {setup.metric} {running:.4f}"
+                    _mark_pruned(paths, reason)
+                    raise optuna.TrialPruned(reason)
+
+            try:
+                outcome = train.train_cell(
+                    cell, paths, on_eval=on_eval, evaluate_test=False, progress=self.progress
+                )
+            except (optuna.TrialPruned, UserError, KeyboardInterrupt):
+                raise
+            except Exception as err:  # a crash ends this trial, not the study
+                trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+                raise TrialFailed(f"{type(err).__name__}: {err}") from err
+            if outcome.status != "finished":  # non-finite loss: Optuna records a NaN value as FAIL
+                trial.set_user_attr("fail_reason", outcome.reason or outcome.status)
+                return math.nan
+            values.append(float(outcome.metrics["selected"]["val"][setup.metric]))
+        return sum(values) / len(values)
+
+
+def run_worker(
+    setup: TuneSetup, storage: Any, study_dir: Path, total: int, *, worker: int, progress: bool
+) -> None:
+    """Run trials on the shared study until it holds ``total`` counted trials."""
+    import optuna
+
+    probe = optuna.load_study(study_name=setup.name, storage=storage)
+    trials_before = len(probe.get_trials(deepcopy=False))
+    study = open_study(
+        setup, storage, worker_seed(setup.study.sampler.seed, worker, trials_before, socket.gethostname())
+    )
+    objective = Objective(setup, study_dir, total, progress)
+    while not study_is_full(study, total):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=True)
+        if objective.surplus:
+            return

@@ -11,7 +11,6 @@ what was expected and, for names, the close matches. :func:`expand_cells` resolv
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import json
 import os
@@ -21,20 +20,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 DATASETS = ("cub", "cars", "sop", "inshop", "glyphs")
 BACKBONES = ("bninception", "resnet50", "small_cnn")
 METRICS = ("recall", "map_at_r", "r_precision", "nmi")
-
-
-def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
-    """``"; did you mean 'x'?"`` for the close matches of ``value`` among ``choices``, else the choices."""
-    scored = sorted(((difflib.SequenceMatcher(None, value, c).ratio(), c) for c in choices), reverse=True)
-    close = [c for score, c in scored if score >= 0.6 and score >= scored[0][0] - 0.1][:3]
-    if close:
-        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "; expected one of " + ", ".join(repr(c) for c in choices)
 
 
 class _Strict(BaseModel):

@@ -7,8 +7,9 @@ prints ``error: <message>`` on one line to stderr and exits with :data:`EXIT_USE
 
 from __future__ import annotations
 
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 EXIT_USER_ERROR = 2
@@ -36,6 +37,16 @@ class DataError(UserError):
 
 class DamagedFileError(UserError):
     """A file the harness wrote earlier (JSON results, caches) cannot be read back; the message says what to do."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the close matches of ``value`` among ``choices``, else the choices."""
+    options = list(choices)
+    scored = sorted(((difflib.SequenceMatcher(None, value, c).ratio(), c) for c in options), reverse=True)
+    close = [c for score, c in scored if score >= 0.6 and score >= scored[0][0] - 0.1][:3]
+    if close:
+        return "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return "; expected one of " + ", ".join(repr(c) for c in options)
 
 
 def fail(message: str) -> NoReturn:

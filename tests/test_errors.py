@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.errors import DataError, UserError, cli_main
+from harness.errors import DataError, UserError, cli_main, did_you_mean
 
 
 class _Broken(torch.utils.data.Dataset):
@@ -32,3 +32,11 @@ def test_cli_main_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: train.iterations: must be >= 1 (got -3)\n"
 
+
+
+def test_did_you_mean_names_the_close_matches_else_every_choice() -> None:
+    names = ("cub", "cars", "sop", "inshop", "glyphs")
+    assert did_you_mean("glyph", names) == "; did you mean 'glyphs'?"
+    losses = iter(["lifted", "lifted_star", "lifted_star_m", "ms"])
+    assert did_you_mean("lifted_sta", losses) == "; did you mean 'lifted_star' or 'lifted_star_m'?"
+    assert did_you_mean("imagenet", names) == "; expected one of 'cub', 'cars', 'sop', 'inshop', 'glyphs'"

@@ -246,14 +246,33 @@ def test_missing_root_and_missing_dataset(tmp_path: Path, monkeypatch: pytest.Mo
         ),
         (
             "cub",
-            lambda f: write_lines(f / "image_class_labels.txt", ["1 bird"]),
-            "column class_id holds 'bird'",
+            lambda f: replace_line(f / "image_class_labels.txt", 2, "2 bird"),
+            r"image_class_labels.txt:2: column class_id holds 'bird', expected an integer",
         ),
-        ("cub", lambda f: write_lines(f / "image_class_labels.txt", ["999 1"]), "names image id 999"),
         (
             "cub",
-            lambda f: write_lines(f / "image_class_labels.txt", ["1 201"]),
+            lambda f: replace_line(f / "image_class_labels.txt", 4, "999 1"),
+            r"image_class_labels.txt:4 labels image id 999, which .*images.txt does not list",
+        ),
+        (
+            "cub",
+            lambda f: replace_line(f / "image_class_labels.txt", 1, "1 201"),
             "class id 201 is outside .* 1-200",
+        ),
+        (  # a repeated id would give one image the label of another
+            "cub",
+            lambda f: replace_line(f / "images.txt", 5, "2 101.Bird_101/Bird_101_0.jpg"),
+            r"images.txt:5: image_id 2 repeats line 2; an id must name one image; remove the duplicate",
+        ),
+        (
+            "cub",
+            lambda f: replace_line(f / "image_class_labels.txt", 6, "3 1"),
+            r"image_class_labels.txt:6: image_id 3 repeats line 3",
+        ),
+        (
+            "sop",
+            lambda f: replace_line(f / "Ebay_train.txt", 4, "1 3 2 bicycle_final/3_0.JPG"),
+            r"Ebay_train.txt:4: image_id 1 repeats line 2",
         ),
         (
             "cars",
@@ -297,6 +316,13 @@ def test_bad_list_files_raise_one_line_data_errors(
     with pytest.raises(DataError, match=message) as err:
         build(name, tmp_path)
     assert_one_line(err)
+
+
+def replace_line(path: Path, number: int, text: str) -> None:
+    """Replace line ``number`` (1-based) of ``path`` by ``text``."""
+    lines = path.read_text().splitlines()
+    lines[number - 1] = text
+    write_lines(path, lines)
 
 
 def truncate_lines(path: Path, keep: int) -> None:
@@ -393,3 +419,77 @@ def test_strict_counts_accept_exact_counts_and_check_class_counts(tmp_path: Path
     wrong_classes = replace(exact, classes={"train": 4, "test": 5})
     with pytest.raises(DataError, match=r"the test split read from .* has 3 classes, expected 5"):
         build_official_splits(wrong_classes, tmp_path, strict_counts=True, **options)
+
+
+@pytest.mark.parametrize("short", ["image_class_labels.txt", "images.txt"])
+def test_cub_refuses_ids_missing_from_either_list_even_without_strict_counts(
+    short: str, tmp_path: Path
+) -> None:
+    folder = make_cub(tmp_path)
+    truncate_lines(folder / short, 18)  # 21 images: the last 3 lose their label (or their path)
+    expected = (
+        r"images.txt:19 lists image id 19, which .*image_class_labels.txt does not label \(18 labels for 21"
+        if short == "image_class_labels.txt"
+        else r"image_class_labels.txt:19 labels image id 19, which .*images.txt does not list"
+    )
+    with pytest.raises(DataError, match=expected) as err:
+        build("cub", tmp_path)  # strict_counts=False
+    assert_one_line(err)
+
+
+def write_cars_classes(folder: Path, classes: list[object]) -> None:
+    """Rewrite cars_annos.mat with the ``class`` field of annotation i set to ``classes[i]``."""
+    annotations = scipy.io.loadmat(folder / "cars_annos.mat")["annotations"]
+    for i, value in enumerate(classes):
+        annotations[0, i]["class"] = np.array([[value]])
+    scipy.io.savemat(folder / "cars_annos.mat", {"annotations": annotations})
+
+
+@pytest.mark.parametrize("bad", [1.7, 98.5, float("nan")])
+def test_cars_refuses_a_class_that_is_not_an_integer(bad: float, tmp_path: Path) -> None:
+    folder = make_cars(tmp_path)
+    write_cars_classes(folder, [1, 1, bad])
+    with pytest.raises(
+        DataError, match=r"cars_annos.mat: annotation 3 has class .*, expected an integer"
+    ) as err:
+        build("cars", tmp_path)
+    assert_one_line(err)
+
+
+def test_cars_accepts_integral_floats_as_matlab_stores_them(tmp_path: Path) -> None:
+    folder = make_cars(tmp_path)
+    write_cars_classes(folder, [1.0, 1.0, 1.0])
+    assert sorted(set(build("cars", tmp_path).train.class_ids.tolist())) == [1, 2, 50, 98]
+
+
+def swap_first_cub_image(tmp_path: Path, save: Callable[[Path], None]) -> tuple[object, int]:
+    """A CUB tree whose first image is the file ``save(path)`` writes; returns (train split, its index)."""
+    folder = make_cub(tmp_path)
+    replace_line(folder / "images.txt", 1, "1 001.Bird_1/Bird_1_0.png")
+    save(folder / "images" / "001.Bird_1" / "Bird_1_0.png")
+    train = build("cub", tmp_path).train
+    return train, train.files.index("images/001.Bird_1/Bird_1_0.png")
+
+
+def test_16_bit_greyscale_png_is_scaled_to_8_bits_not_clipped_to_white(tmp_path: Path) -> None:
+    ramp = (np.arange(20 * 24, dtype=np.uint32).reshape(20, 24) * 136).astype(np.uint16)  # 0 .. 65144
+    train, index = swap_first_cub_image(tmp_path, lambda path: Image.fromarray(ramp).save(path))
+    with Image.open(train.path(index)) as raw:
+        assert raw.mode in ("I;16", "I"), "the fixture must really be a 16-bit greyscale PNG"
+    rgb = np.asarray(train.load(index))
+    assert rgb.shape == (20, 24, 3) and rgb.dtype == np.uint8
+    expected = np.round(ramp / 257.0).astype(np.uint8)
+    assert np.array_equal(rgb[..., 0], expected) and np.array_equal(rgb[..., 2], expected)
+    assert rgb.min() == 0 and rgb.max() == 253 and 120 < rgb.mean() < 135  # a ramp, not pure white
+    image, _ = train[index]
+    assert image.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+
+
+def test_32_bit_float_image_is_refused_naming_the_file(tmp_path: Path) -> None:
+    pixels = np.linspace(0, 1, 20 * 24, dtype=np.float32).reshape(20, 24)
+    train, index = swap_first_cub_image(tmp_path, lambda path: Image.fromarray(pixels).save(path, "TIFF"))
+    with pytest.raises(
+        DataError, match=r"image .*Bird_1_0.png has F pixels .* convert it to an 8-bit"
+    ) as err:
+        train[index]
+    assert_one_line(err)

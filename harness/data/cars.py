@@ -30,11 +30,23 @@ def read_cars(folder: Path) -> dict[str, ImageList]:
     if missing:
         raise CARS.error(f"{path} has no `annotations` struct array with field {missing[0]!r}")
     files = [str(name) for name in annotations["relative_im_path"]]
-    try:
-        class_ids = np.asarray(annotations["class"]).astype(np.int64)
-    except (TypeError, ValueError):
-        raise CARS.error(f"{path}: `annotations.class` holds values that are not integers") from None
+    class_ids = np.array(
+        [class_number(path, value, index) for index, value in enumerate(annotations["class"], start=1)],
+        dtype=np.int64,
+    )
     return split_by_class_range(CARS, path, ImageList(files, class_ids), CLASS_RANGES)
+
+
+def class_number(path: Path, value: object, index: int) -> int:
+    """The ``class`` of annotation ``index`` (1-based) as an int; DataError for a non-integer such as 1.7."""
+    number = np.asarray(value)
+    real = number.ndim == 0 and np.issubdtype(number.dtype, np.number) and not np.iscomplexobj(number)
+    if real and (np.issubdtype(number.dtype, np.integer) or float(number).is_integer()):
+        return int(number)
+    raise CARS.error(
+        f"{path}: annotation {index} has class {number.tolist()!r}, expected an integer class id (1-196)",
+        f"restore the official cars_annos.mat from {CARS.source}",
+    )
 
 
 CARS = OfficialDataset(

@@ -15,27 +15,38 @@ from harness.data.official import (
     int_column,
     read_table,
     split_by_class_range,
+    unique_int_column,
 )
 
 CLASS_RANGES = {"train": (1, 100), "test": (101, 200)}
 
 
 def read_cub(folder: Path) -> dict[str, ImageList]:
-    """Join ``images.txt`` and ``image_class_labels.txt`` on the image id and split by class id."""
+    """Join ``images.txt`` and ``image_class_labels.txt`` on the image id and split by class id.
+
+    Both files must list the same image ids, each once: a repeated id, an image without a label and a
+    label without an image are DataErrors naming the file and line (never a silently dropped image).
+    """
     images_file, labels_file = (folder / name for name in CUB.list_files)
     images = read_table(CUB, images_file, ("image_id", "path"), header=False)
     labels = read_table(CUB, labels_file, ("image_id", "class_id"), header=False)
-    path_of = dict(
-        zip(
-            int_column(CUB, images_file, "image_id", images["image_id"]).tolist(), images["path"], strict=True
-        )
-    )
-    label_ids = int_column(CUB, labels_file, "image_id", labels["image_id"]).tolist()
-    unknown = [image_id for image_id in label_ids if image_id not in path_of]
-    if unknown:
-        raise CUB.error(f"{labels_file} names image id {unknown[0]}, which {images_file} does not list")
+    image_ids = unique_int_column(CUB, images, "image_id").tolist()
+    label_ids = unique_int_column(CUB, labels, "image_id").tolist()
+    path_of = dict(zip(image_ids, images["path"], strict=True))
+    for row, image_id in enumerate(label_ids):
+        if image_id not in path_of:
+            raise CUB.error(
+                f"{labels.where(row)} labels image id {image_id}, which {images_file} does not list"
+            )
+    labelled = set(label_ids)
+    for row, image_id in enumerate(image_ids):
+        if image_id not in labelled:
+            raise CUB.error(
+                f"{images.where(row)} lists image id {image_id}, which {labels_file} does not label "
+                f"({len(label_ids):,} labels for {len(image_ids):,} images: a short or damaged label file)"
+            )
     files = [f"images/{path_of[image_id]}" for image_id in label_ids]
-    class_ids = int_column(CUB, labels_file, "class_id", labels["class_id"])
+    class_ids = int_column(CUB, labels, "class_id")
     return split_by_class_range(CUB, labels_file, ImageList(files, class_ids), CLASS_RANGES)
 
 

@@ -12,6 +12,9 @@ from PIL import Image
 from harness.data.transforms import Transform
 from harness.errors import DataError
 
+# PIL modes of 16-bit greyscale pixels (native, little- and big-endian).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
 
 class ImageReadError(DataError):
     """An image file cannot be decoded. Stays one line when a DataLoader worker re-raises it.
@@ -71,13 +74,29 @@ class ImageDataset(torch.utils.data.Dataset):
         path = self.path(index)
         try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                return self._to_rgb(image, path)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
             reason = " ".join(str(err).split()) or type(err).__name__
             raise ImageReadError(
                 f"{self.title}: cannot read image {path} ({reason}); the file is missing or damaged: "
                 f"restore it from {self.source}"
             ) from None
+
+    def _to_rgb(self, image: Image.Image, path: Path) -> Image.Image:
+        """``image`` as 8-bit RGB; 16-bit greyscale is scaled (65535 -> 255), other deep modes are refused.
+
+        PIL's own ``convert("RGB")`` clips 16-bit values at 255, turning such an image almost pure white.
+        """
+        if image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG"):
+            pixels = np.asarray(image).astype(np.int64)
+            if pixels.size == 0 or 0 <= pixels.min() <= pixels.max() <= 65535:  # else refused below
+                return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
+        if image.mode in ("I", "F") or image.mode.startswith("I;"):
+            raise ImageReadError(
+                f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), which cannot be "
+                "read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file"
+            )
+        return image.convert("RGB")
 
     def verify(self, *, decode: bool = False) -> None:
         """Check that every image file exists (cheap); with ``decode=True`` also decode each one (slow)."""

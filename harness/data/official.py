@@ -103,6 +103,25 @@ def read_lines(spec: OfficialDataset, path: Path) -> list[str]:
         raise spec.error(f"cannot read list file {path} ({type(err).__name__})") from None
 
 
+@dataclass(frozen=True)
+class Table:
+    """The rows of a list file: one list of strings per column, and the file line number of each row."""
+
+    path: Path
+    columns: dict[str, list[str]]
+    line_numbers: list[int]
+
+    def __getitem__(self, column: str) -> list[str]:
+        return self.columns[column]
+
+    def __len__(self) -> int:
+        return len(self.line_numbers)
+
+    def where(self, row: int) -> str:
+        """``<path>:<line>`` of row ``row``, for error messages."""
+        return f"{self.path}:{self.line_numbers[row]}"
+
+
 def parse_table(
     spec: OfficialDataset,
     path: Path,
@@ -111,10 +130,10 @@ def parse_table(
     *,
     header: bool,
     first_line: int = 1,
-) -> dict[str, list[str]]:
-    """Whitespace-separated rows -> one list of strings per column; ``header``: the first row names the columns.
+) -> Table:
+    """Whitespace-separated rows -> a :class:`Table`; ``header``: the first row names the columns.
 
-    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages.
+    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages. Blank lines are skipped.
     """
     if header:
         found = lines[0].split() if lines else []
@@ -123,7 +142,7 @@ def parse_table(
                 f"{path}:{first_line} has header {' '.join(found)!r}, expected {' '.join(columns)!r}"
             )
         lines, first_line = lines[1:], first_line + 1
-    table: dict[str, list[str]] = {name: [] for name in columns}
+    table = Table(path, {name: [] for name in columns}, [])
     for number, line in enumerate(lines, start=first_line):
         fields = line.split()
         if not fields:
@@ -133,26 +152,43 @@ def parse_table(
                 f"{path}:{number} has {len(fields)} fields, expected {len(columns)} ({' '.join(columns)})"
             )
         for name, value in zip(columns, fields, strict=True):
-            table[name].append(value)
+            table.columns[name].append(value)
+        table.line_numbers.append(number)
     return table
 
 
-def read_table(
-    spec: OfficialDataset, path: Path, columns: Sequence[str], *, header: bool
-) -> dict[str, list[str]]:
+def read_table(spec: OfficialDataset, path: Path, columns: Sequence[str], *, header: bool) -> Table:
     """:func:`parse_table` over the whole file ``path``."""
     return parse_table(spec, path, read_lines(spec, path), columns, header=header)
 
 
-def int_column(spec: OfficialDataset, path: Path, name: str, values: Sequence[str]) -> np.ndarray:
-    """Parse a column of integers; DataError naming the first value that is not one."""
+def int_column(spec: OfficialDataset, table: Table, name: str) -> np.ndarray:
+    """Column ``name`` of ``table`` as integers; DataError naming the file and line of the first non-integer."""
     numbers = []
-    for value in values:
+    for row, value in enumerate(table[name]):
         try:
             numbers.append(int(value))
         except ValueError:
-            raise spec.error(f"{path}: column {name} holds {value!r}, expected integers") from None
+            raise spec.error(
+                f"{table.where(row)}: column {name} holds {value!r}, expected an integer",
+                f"restore the official file from {spec.source}",
+            ) from None
     return np.array(numbers, dtype=np.int64)
+
+
+def unique_int_column(spec: OfficialDataset, table: Table, name: str) -> np.ndarray:
+    """:func:`int_column`, refusing a value that repeats (DataError naming both lines)."""
+    values = int_column(spec, table, name)
+    first_row: dict[int, int] = {}
+    for row, value in enumerate(values.tolist()):
+        if value in first_row:
+            raise spec.error(
+                f"{table.where(row)}: {name} {value} repeats line {table.line_numbers[first_row[value]]}; "
+                "an id must name one image",
+                f"remove the duplicate or restore the official file from {spec.source}",
+            )
+        first_row[value] = row
+    return values
 
 
 def split_by_class_range(

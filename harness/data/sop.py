@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.data.official import ImageList, OfficialDataset, int_column, read_table
+from harness.data.official import ImageList, OfficialDataset, int_column, read_table, unique_int_column
 
 COLUMNS = ("image_id", "class_id", "super_class_id", "path")
 
@@ -20,7 +20,8 @@ def read_sop(folder: Path) -> dict[str, ImageList]:
     for split, name in zip(("train", "test"), SOP.list_files, strict=True):
         path = folder / name
         table = read_table(SOP, path, COLUMNS, header=True)
-        splits[split] = ImageList(table["path"], int_column(SOP, path, "class_id", table["class_id"]))
+        unique_int_column(SOP, table, "image_id")
+        splits[split] = ImageList(table["path"], int_column(SOP, table, "class_id"))
     return splits
 
 

@@ -15,7 +15,8 @@ from optuna.trial import TrialState
 
 from harness import train
 from harness.config import load_experiment
-from harness.results import CellPaths, atomic_write_json
+from harness.files import atomic_write_json
+from harness.results import CellPaths
 from harness.train import CellOutcome
 from harness.tune import (
     HeartbeatConfig,

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from harness.errors import UserError
-from harness.results import atomic_write_text
+from harness.files import atomic_write_text
 from harness.tune.outputs import write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url

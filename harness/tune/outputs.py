@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from harness.config import validate_experiment
-from harness.results import atomic_write_text
+from harness.files import atomic_write_text
 from harness.tune.schema import TuneSetup, best_experiment
 from harness.tune.storage import shown_url
 from harness.tune.trials import retried_numbers, study_counts

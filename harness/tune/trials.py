@@ -11,7 +11,8 @@ from typing import Any
 
 from harness.config import CellConfig
 from harness.errors import UserError
-from harness.results import CellPaths, atomic_write_json, now
+from harness.files import atomic_write_json
+from harness.results import CellPaths, now
 from harness.tune.schema import TuneSetup
 from harness.tune.storage import open_study, worker_seed
 

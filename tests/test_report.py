@@ -20,13 +20,13 @@ import pytest
 
 from harness import report
 from harness.errors import UserError, cli_main
+from harness.results import CELLS_TABLE_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("error")  # no warning may leak out of the report or its plots
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"binomial": "Binomial", "ms_mining": "MS mining", "ms": "MS", "triplet": "Triplet"}
-COLUMNS = ["experiment", "cell_id", "loss", "loss_label", "preset", "dataset", "embedding_size", "seed",
-           "variant", "status", "select_on", "weights", "split", "metric", "value"]  # fmt: skip
+COLUMNS = list(CELLS_TABLE_COLUMNS)
 # our R@1 (fraction) per loss: Binomial below the paper's 71.9, MS mining above its 67.0, MS at its 77.3
 BASE_R1 = {"binomial": 0.650, "ms_mining": 0.700, "ms": 0.773, "triplet": 0.600}
 SEED_JITTER = (-0.004, 0.0, 0.004)
@@ -257,8 +257,10 @@ def test_unreadable_cell_files_are_listed_not_fatal(tmp_path):
     (broken / "pair_weights.npz").write_bytes(b"PK\x03\x04 truncated zip")
     (broken / "train_log.csv").write_text("step,value\n1,2\n")
     (broken / "evals.csv").unlink()
+    (broken / "final.json").write_text('{"status": "fini')  # damaged: the report falls back to status.json
     files = report.read_cell_files(exp_dir, cells)
     assert files.problems == {
+        "final.json": ["cars-ms-d64-s1-0000abcd (DamagedFileError)"],
         "train_log.csv": ["cars-ms-d64-s1-0000abcd (KeyError)"],
         "evals.csv": ["cars-ms-d64-s1-0000abcd (missing)"],
         "pair_weights.npz": ["cars-ms-d64-s1-0000abcd (BadZipFile)"],
@@ -279,9 +281,25 @@ def test_all_failed_cells_still_give_a_report(tmp_path):
 def test_row_labels_disambiguate_presets():
     table = pd.DataFrame({"loss_label": ["MS", "MS", "Binomial"], "loss": ["ms", "ms", "binomial"],
                           "preset": ["paper", "official", ""]})  # fmt: skip
-    assert report._row_labels(table).tolist() == ["MS [paper]", "MS [official]", "Binomial"]
-    assert report._row_order(["Triplet", "MS [paper]", "Binomial", "MS mining"]) == [
-        "Binomial", "MS mining", "MS [paper]", "Triplet"]
+    assert report.row_labels(table).tolist() == ["MS [paper]", "MS [official]", "Binomial"]
+
+
+def test_row_order_follows_the_rows_of_table2():
+    table2 = report.table_loss_order(report.load_paper_tables())
+    assert table2 == ["binomial", "lifted_star", "ms_mining", "binlifted", "ms_weighting", "binomial_m",
+                      "lifted_star_m", "ms"]  # fmt: skip
+    rows = pd.DataFrame({"row": ["Triplet", "MS [paper]", "MS [official]", "Binomial", "My mining"],
+                         "loss": ["triplet", "ms", "ms", "binomial", "ms_mining"]})  # fmt: skip
+    # by the loss's Table 2 row (not its label), presets of one loss alphabetically, others last
+    assert report.row_order(rows, table2) == ["Binomial", "My mining", "MS [official]", "MS [paper]", "Triplet"]
+    assert report.row_order(rows, []) == ["Binomial", "MS [official]", "MS [paper]", "My mining", "Triplet"]
+
+
+def test_empty_loss_label_comes_from_the_loss_registry(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms_mining",), seeds=(0,), cell_files=()))
+    text = (exp_dir / "cells.csv").read_text().replace(",MS mining,", ",,")
+    (exp_dir / "cells.csv").write_text(text)
+    assert set(report.read_cells(exp_dir)["row"]) == {"MS mining"}
 
 
 def test_paper_reference_merges_tables_2_and_3():

@@ -21,19 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.builders import build_model, build_optimizer, load_splits
 from harness.config import CellConfig
 from harness.models import freeze_batchnorm_statistics
 from harness.results import CellPaths
-from harness.train import (
-    autocast_dtype,
-    build_model_for,
-    build_optimizer,
-    load_splits,
-    pick_device,
-    seed_everything,
-    train_cell,
-    training_batches,
-)
+from harness.train import autocast_dtype, pick_device, seed_everything, train_cell, training_batches
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -71,7 +63,7 @@ def bare_loop(cell: CellConfig, splits: object, iterations: int, window: int) ->
     device = pick_device()
     amp = autocast_dtype(cell.train.amp, device)
     seed_everything(cell.seed, cell.train.deterministic, device)
-    model = build_model_for(cell, int(splits.train[0][0].shape[0])).to(device)
+    model = build_model(cell, int(splits.train[0][0].shape[0])).to(device)
     loss_fn = cell.loss.build().to(device)
     optimizer = build_optimizer(cell, model)
     batches = training_batches(splits, cell, 0, None)

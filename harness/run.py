@@ -76,7 +76,8 @@ def run_cells(
     ctx: DistContext | None = None,
 ) -> tuple[list[str], list[str], list[tuple[str, str]]]:
     """Train every cell not yet finished; returns (finished, skipped, failed with reasons)."""
-    from harness.train import load_splits, train_cell
+    from harness.builders import load_splits
+    from harness.train import train_cell
 
     main = ctx is None or ctx.is_main
     todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != "finished"]

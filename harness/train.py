@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.config import CellConfig, data_root
+from harness.builders import build_model, build_optimizer, build_schedule, load_splits
+from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
 from harness.models import freeze_batchnorm_statistics
@@ -81,64 +82,6 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
     if device.type == "cuda":  # the switch imports torch's compiler stack (seconds); the CPU does not need it
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
         torch.backends.cudnn.benchmark = not deterministic
-
-
-# ----------------------------------------------------------------------------------------- building
-
-
-_SPLITS_CACHE: dict[str, Any] = {}
-
-
-def load_splits(cfg: CellConfig) -> Any:
-    """The dataset splits of a cell (cached per dataset and data settings within one process)."""
-    from harness.data import build_splits
-    from harness.models import INPUT_CONVENTION
-
-    convention = INPUT_CONVENTION[cfg.model.backbone]
-    key = repr((cfg.dataset, data_root(cfg), convention, cfg.data.model_dump()))
-    if key not in _SPLITS_CACHE:
-        _SPLITS_CACHE[key] = build_splits(
-            cfg.dataset,
-            data_root(cfg),
-            image_size=cfg.data.image_size,
-            convention=convention,
-            val_fraction=cfg.data.val_fraction,
-            val_seed=cfg.data.val_seed,
-            cache_dir=cfg.data.cache_dir,
-            strict_counts=cfg.data.strict_counts,
-            crop_scale=tuple(cfg.data.crop_scale),
-            **cfg.data.options,
-        )
-    return _SPLITS_CACHE[key]
-
-
-def build_model_for(cfg: CellConfig, in_channels: int) -> nn.Module:
-    """The embedding model a cell trains."""
-    from harness.models import build_model
-
-    return build_model(
-        cfg.model.backbone,
-        cfg.embedding_size,
-        pretrained=cfg.model.pretrained,
-        weights=cfg.model.weights,
-        pooling=cfg.model.pooling,
-        in_channels=in_channels,
-        width=cfg.model.width,
-    )
-
-
-def build_optimizer(cfg: CellConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam (or AdamW / SGD) with separate learning rates for backbone and head."""
-    groups = [
-        {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.optim.lr_backbone},
-        {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.optim.lr_head},
-    ]
-    o = cfg.optim
-    if o.name == "adam":
-        return torch.optim.Adam(groups, weight_decay=o.weight_decay)
-    if o.name == "adamw":
-        return torch.optim.AdamW(groups, weight_decay=o.weight_decay)
-    return torch.optim.SGD(groups, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -364,14 +307,12 @@ def train_cell(
         raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
                         "(or select_on: test, as the official code does)")  # fmt: skip
     in_channels = int(splits.train[0][0].shape[0])
-    model = build_model_for(cfg, in_channels).to(device)
+    model = build_model(cfg, in_channels).to(device)
     if device.type == "cuda" and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = cfg.loss.build().to(device)
     optimizer = build_optimizer(cfg, model)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(
-        optimizer, milestones=list(cfg.schedule.milestones), gamma=cfg.schedule.gamma
-    )
+    scheduler = build_schedule(cfg, optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
     log: list[dict[str, Any]] = []

@@ -1,10 +1,11 @@
 """Embedding models: a backbone, global pooling, a Linear head and L2 normalisation.
 
 ``build_model(backbone, embedding_size, ...)`` returns an :class:`EmbeddingModel` whose ``backbone``
-and ``head`` submodules take separate learning rates. Backbones: ``bninception`` (pretrainedmodels,
-global max pooling as in the official MS code, average pooling as an option), ``resnet50``
-(torchvision) and ``small_cnn`` (for the embedded glyphs benchmark). Pretrained weights come from a
-local file only; a missing file is one line saying where to put it.
+and ``head`` submodules take separate learning rates. Backbones are registered in :data:`BACKBONES`
+by a decorator next to each factory: ``bninception`` (pretrainedmodels, global max pooling as in the
+official MS code, average pooling as an option), ``resnet50`` (torchvision) and ``small_cnn`` (for the
+embedded glyphs benchmark). Pretrained weights come from a local file only; a missing file is one
+line saying where to put it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.models.backbones import INPUT_CONVENTION, build_backbone
+from harness.models import backbones, small_cnn  # noqa: F401  (importing them registers their backbones)
+from harness.models.registry import (
+    BACKBONES,
+    BackboneEntry,
+    BackboneOptions,
+    backbone_entry,
+    register_backbone,
+)
 
 
 class EmbeddingModel(nn.Module):
@@ -42,10 +50,11 @@ def build_model(
     width: int = 32,
 ) -> EmbeddingModel:
     """Build an embedding model; ``weights`` overrides the default local pretrained-weights path."""
-    module, features = build_backbone(
-        backbone, pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels, width=width
-    )
-    return EmbeddingModel(module, features, embedding_size, INPUT_CONVENTION[backbone])
+    entry = backbone_entry(backbone)
+    options = BackboneOptions(pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels,
+                              width=width)  # fmt: skip
+    module, features = entry.factory(options)
+    return EmbeddingModel(module, features, embedding_size, entry.convention)
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
@@ -55,4 +64,13 @@ def freeze_batchnorm_statistics(model: nn.Module) -> None:
             module.eval()
 
 
-__all__ = ["INPUT_CONVENTION", "EmbeddingModel", "build_model", "freeze_batchnorm_statistics"]
+__all__ = [
+    "BACKBONES",
+    "BackboneEntry",
+    "BackboneOptions",
+    "EmbeddingModel",
+    "backbone_entry",
+    "build_model",
+    "freeze_batchnorm_statistics",
+    "register_backbone",
+]

@@ -1,4 +1,4 @@
-"""Backbones as feature extractors ``(n, C, H, W) -> (n, features)``, with local pretrained weights."""
+"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, with local pretrained weights."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import torch
 from torch import nn
 
 from harness.errors import DataError, UserError
-
-INPUT_CONVENTION = {"bninception": "bninception", "resnet50": "imagenet", "small_cnn": "grey"}
+from harness.models.registry import BackboneOptions, register_backbone
 
 BNINCEPTION_FILE = "bn_inception-52deb4733.pth"
 RESNET50_FILES = ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
@@ -93,12 +92,23 @@ def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> N
     module.load_state_dict(usable, strict=False)
 
 
-def _bninception(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+def _rgb_only(name: str, options: BackboneOptions) -> None:
+    if options.in_channels != 3:
+        raise UserError(
+            f"model.backbone: {name!r} takes 3-channel images but the dataset has {options.in_channels}; "
+            "use backbone small_cnn for the greyscale glyphs benchmark"
+        )
+
+
+@register_backbone(convention="bninception")
+def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
+    """BN-Inception (pretrainedmodels), ImageNet weights from a local file, global max or average pooling."""
     import pretrainedmodels
 
+    _rgb_only("bninception", options)
     net = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
-    if pretrained:
-        path = Path(weights).expanduser() if weights else default_bninception_weights()
+    if options.pretrained:
+        path = Path(options.weights).expanduser() if options.weights else default_bninception_weights()
         load_state_file(
             net,
             path,
@@ -106,16 +116,19 @@ def _bninception(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]
             hint=f"put the pretrainedmodels file {BNINCEPTION_FILE} there or give model.weights",
         )
     net.last_linear = nn.Identity()
-    return _BNInceptionTrunk(net), 1024
+    return Features(_BNInceptionTrunk(net), GlobalPool(options.pooling)), 1024
 
 
-def _resnet50(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
+@register_backbone(convention="imagenet")
+def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
+    """ResNet-50 (torchvision), ImageNet weights from torch's cache or a local file, global pooling."""
     import torchvision
 
+    _rgb_only("resnet50", options)
     net = torchvision.models.resnet50(weights=None)
-    if pretrained:
-        if weights:
-            path = Path(weights).expanduser()
+    if options.pretrained:
+        if options.weights:
+            path = Path(options.weights).expanduser()
         else:
             found = [torch_hub_checkpoints() / f for f in RESNET50_FILES if (torch_hub_checkpoints() / f).is_file()]
             path = found[0] if found else torch_hub_checkpoints() / RESNET50_FILES[0]
@@ -125,29 +138,4 @@ def _resnet50(pretrained: bool, weights: str | None) -> tuple[nn.Module, int]:
             what="ResNet-50",
             hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in {torch_hub_checkpoints()} or give model.weights",
         )
-    return _ResNetTrunk(net), 2048
-
-
-def build_backbone(
-    name: str, *, pretrained: bool, weights: str | None, pooling: str, in_channels: int, width: int
-) -> tuple[nn.Module, int]:
-    """A feature extractor and its output size."""
-    if name == "small_cnn":
-        from harness.models.small_cnn import SmallCNN
-
-        if pretrained:
-            raise UserError("model.pretrained: small_cnn has no pretrained weights; set model.pretrained: false")
-        cnn = SmallCNN(in_channels=in_channels, width=width)
-        return cnn, cnn.out_features
-    if in_channels != 3:
-        raise UserError(
-            f"model.backbone: {name!r} takes 3-channel images but the dataset has {in_channels}; "
-            "use backbone small_cnn for the greyscale glyphs benchmark"
-        )
-    if name == "bninception":
-        trunk, features = _bninception(pretrained, weights)
-    elif name == "resnet50":
-        trunk, features = _resnet50(pretrained, weights)
-    else:
-        raise UserError(f"model.backbone: unknown backbone {name!r}; expected one of {sorted(INPUT_CONVENTION)}")
-    return Features(trunk, GlobalPool(pooling)), features
+    return Features(_ResNetTrunk(net), GlobalPool(options.pooling)), 2048

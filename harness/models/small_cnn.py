@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from harness.errors import UserError
+from harness.models.registry import BackboneOptions, register_backbone
 
 # (channels as a multiple of width, stride) of each block
 LAYOUT: tuple[tuple[int, int], ...] = ((1, 2), (2, 2), (2, 1), (4, 2), (4, 1))
@@ -58,3 +59,12 @@ class SmallCNN(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.features(images).mean(dim=(2, 3))
+
+
+@register_backbone(convention="grey")
+def small_cnn(options: BackboneOptions) -> tuple[nn.Module, int]:
+    """A small CNN trained from scratch (no pretrained weights), for the greyscale glyphs benchmark."""
+    if options.pretrained:
+        raise UserError("model.pretrained: small_cnn has no pretrained weights; set model.pretrained: false")
+    cnn = SmallCNN(in_channels=options.in_channels, width=options.width)
+    return cnn, cnn.out_features

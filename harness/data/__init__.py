@@ -2,12 +2,11 @@
 
 Real benchmarks (``cub``, ``cars``, ``sop``, ``inshop``) are read from their official layout under a
 data root (``root`` or ``$HARNESS_DATA``); ``glyphs`` is rendered by :mod:`harness.data.glyphs` into a
-cache folder. See docs/readme/data.md for the layouts, splits and sampling scheme.
+cache folder. See docs/data.md for the layouts, splits, transforms and sampling schemes.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +20,7 @@ from harness.data.sampler import MPerClassBatchSampler
 from harness.data.sop import SOP
 from harness.data.splits import DatasetSplits, LabelledDataset, relabel, split_classes
 from harness.data.transforms import CONVENTIONS, build_transform
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 OFFICIAL: dict[str, OfficialDataset] = {spec.name: spec for spec in (CUB, CARS, SOP, INSHOP)}
 DATASETS: tuple[str, ...] = (*OFFICIAL, "glyphs")
@@ -83,11 +82,10 @@ def build_splits(
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
         if unknown:
-            key = unknown[0]
-            close = difflib.get_close_matches(key, accepted, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            raise UserError(f"unknown data option {key!r} for dataset 'glyphs' (config data.options); {hint}"
-                            f"expected one of {', '.join(accepted)}")  # fmt: skip
+            raise UserError(
+                f"unknown data option {unknown[0]!r} for dataset 'glyphs' (config data.options)"
+                f"{did_you_mean(unknown[0], accepted)}"
+            )
         return build_glyph_splits(
             cache_dir,
             val_fraction=val_fraction,
@@ -97,9 +95,7 @@ def build_splits(
             **glyph_options,
         )
     if name not in OFFICIAL:
-        close = difflib.get_close_matches(str(name).lower(), DATASETS, n=2)
-        hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-        raise UserError(f"unknown dataset {name!r}; {hint}expected one of {', '.join(DATASETS)}")
+        raise UserError(f"unknown dataset {name!r}{did_you_mean(str(name).lower(), DATASETS)}")
     if glyph_options:
         raise UserError(
             f"unknown data option(s) {', '.join(map(repr, glyph_options))} for dataset {name!r} (config "

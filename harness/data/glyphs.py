@@ -40,7 +40,7 @@ from torch.nn import functional as F
 
 from harness.data.splits import DatasetSplits, split_classes
 from harness.errors import UserError
-from harness.results import atomic_write_bytes
+from harness.files import atomic_write_bytes
 
 GENERATOR_VERSION = 1  # bump whenever a change makes the renderings differ
 
@@ -377,7 +377,7 @@ def cache_path(cache_dir: str | os.PathLike[str] | None, params: GlyphParams) ->
 
 
 def _save(path: Path, glyphs: GlyphImages, params: GlyphParams) -> None:
-    """Write the images to ``path`` atomically (a temporary file in the same folder, then a rename)."""
+    """Write the images to ``path`` atomically (uncompressed: the cache is read on every run)."""
     buffer = io.BytesIO()
     np.savez(
         buffer,

@@ -11,14 +11,13 @@ the backbone's convention:
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torchvision.transforms import v2
 
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 Transform = Callable[[object], torch.Tensor]
 
@@ -44,9 +43,7 @@ CONVENTIONS: dict[str, Convention] = {
 def get_convention(name: str) -> Convention:
     """The :class:`Convention` called ``name``; UserError with the known names otherwise."""
     if name not in CONVENTIONS:
-        close = difflib.get_close_matches(str(name), CONVENTIONS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise UserError(f"unknown input convention {name!r}; {hint}expected one of {', '.join(CONVENTIONS)}")
+        raise UserError(f"unknown input convention {name!r}{did_you_mean(str(name), CONVENTIONS)}")
     return CONVENTIONS[name]
 
 

@@ -15,12 +15,15 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from losses import GPWLoss
 
 DATASETS = ("cub", "cars", "sop", "inshop", "glyphs")
 BACKBONES = ("bninception", "resnet50", "small_cnn")
@@ -52,19 +55,30 @@ class LossSpec(_Strict):
         if self.name not in names:
             raise ValueError(f"unknown loss {self.name!r}{did_you_mean(self.name, names)}")
         try:
-            self.build()
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"loss {self.name!r} rejects its settings: {err}") from None
+            self._build_unchecked()
+        except (TypeError, ValueError) as err:  # losses.LossConfigError is a ValueError
+            raise ValueError(self._rejected(err)) from None
         return self
 
-    def build(self) -> Any:
-        """Instantiate the loss module this spec describes."""
+    def _rejected(self, err: Exception) -> str:
+        return f"loss {self.name!r} rejects its settings: {err}"
+
+    def _build_unchecked(self) -> GPWLoss:
         import losses
 
         kwargs = dict(self.hparams)
         if self.preset is not None:
             kwargs["preset"] = self.preset
         return losses.build(self.name, **kwargs)
+
+    def build(self) -> GPWLoss:
+        """Instantiate the loss module this spec describes; a setting the loss rejects is a UserError."""
+        import losses
+
+        try:
+            return self._build_unchecked()
+        except losses.LossConfigError as err:
+            raise UserError(self._rejected(err)) from None
 
     @property
     def display(self) -> str:

@@ -12,14 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from harness.errors import UserError
 from losses.gpw import GPWLoss
 
 Factory = TypeVar("Factory", bound=Callable[..., GPWLoss])
 
 
-class LossConfigError(UserError, ValueError):
-    """An unknown loss name or a bad hyperparameter (a ValueError and a one-line UserError)."""
+class LossConfigError(ValueError):
+    """An unknown loss name, preset or a bad hyperparameter; the message is one line saying what to change."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from harness.config import (
+    LossSpec,
     expand_cells,
     load_experiment,
     parse_shard,
@@ -134,6 +135,13 @@ def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str]
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_a_loss_setting_rejected_when_building_is_a_user_error() -> None:
+    """A spec that skipped validation (model_construct) still fails as one line, not as a ValueError."""
+    spec = LossSpec.model_construct(name="ms", preset="offical", hparams={}, label=None)
+    with pytest.raises(UserError, match=r"^loss 'ms' rejects its settings: .*unknown preset 'offical'"):
+        spec.build()
 
 
 def test_file_errors(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from test_losses_helpers import MINED, NAMES, build_with, make_batch, pk_batch, value_and_grad
+from loss_strategies import MINED, NAMES, build_with, make_batch, pk_batch, value_and_grad
 
 import losses
 from losses.reference import reference_loss

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_losses_helpers import batches, hparams, pk_batch
+from loss_strategies import batches, hparams, pk_batch
 
 import losses
 from losses.fused import positive_columns

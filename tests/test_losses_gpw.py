@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_losses_helpers import NAMES, batches, hparams
+from loss_strategies import NAMES, batches, hparams
 
 import losses
 from losses.reference import reference_weights

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from loss_strategies import Batch, batches, hparams, pk_batch
 from pytorch_metric_learning import distances, miners, reducers
 from pytorch_metric_learning import losses as pml_losses
-from test_losses_helpers import Batch, batches, hparams, pk_batch
 from torch import Tensor
 
 import losses

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_losses_helpers import NAMES, Batch, batches, hparams, pk_batch, value_and_grad
+from loss_strategies import NAMES, Batch, batches, hparams, pk_batch, value_and_grad
 
 import losses
 from losses.reference import reference_loss

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
-from test_losses_helpers import NAMES, make_batch, value_and_grad
+from loss_strategies import NAMES, make_batch, value_and_grad
 
 import losses
-from harness.errors import UserError
 from losses.registry import register_loss
 
 # The paper's row labels (docs/ARCHITECTURE.md, loss_label) and Table 1/2 similarities for negatives.
@@ -58,7 +59,7 @@ def test_registry_entry_has_label_similarities_equation_and_one_line_typed_facto
 def test_unknown_name_raises_value_error_with_close_matches() -> None:
     with pytest.raises(ValueError, match="close matches: ms_weighting") as caught:
         losses.build("ms_weighing")
-    assert isinstance(caught.value, UserError) and "\n" not in str(caught.value)
+    assert isinstance(caught.value, losses.LossConfigError) and "\n" not in str(caught.value)
     with pytest.raises(ValueError, match="no close match"):
         losses.build("arcface")
 
@@ -111,6 +112,21 @@ def test_presets_and_overrides() -> None:
 def test_every_loss_accepts_a_preset(name: str) -> None:
     for preset in ("paper", "official"):
         assert losses.build(name, preset=preset).hparams["preset"] == preset
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_hparams_record_every_factory_parameter_resolved(name: str) -> None:
+    """What a run records as the loss's settings: every parameter of its factory, none left as None."""
+    hparams = losses.build(name).hparams
+    assert list(hparams) == list(inspect.signature(losses.info(name).factory).parameters)
+    assert all(value is not None for value in hparams.values())
+
+
+def test_the_library_imports_nothing_from_the_harness() -> None:
+    code = "import losses, sys; print(sorted(m for m in sys.modules if m.split('.')[0] == 'harness'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    assert issubclass(losses.LossConfigError, ValueError)
 
 
 @pytest.mark.parametrize("name", NAMES)

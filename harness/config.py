@@ -35,7 +35,7 @@ class _Strict(BaseModel):
 
 
 class LossSpec(_Strict):
-    """One loss of the grid: registry name, optional preset, hyperparameters and a display label."""
+    """One loss of the grid: registry name, optional preset, hyperparameters, label (default: the registry's)."""
 
     name: str
     preset: str | None = None
@@ -79,26 +79,6 @@ class LossSpec(_Strict):
             return self._build_unchecked()
         except losses.LossConfigError as err:
             raise UserError(self._rejected(err)) from None
-
-    @property
-    def display(self) -> str:
-        """The label shown in tables and plots (the paper's row name by default)."""
-        return self.label or LOSS_LABELS.get(self.name, self.name)
-
-
-LOSS_LABELS = {
-    "binomial": "Binomial",
-    "lifted_star": "LiftedStruct*",
-    "ms_mining": "MS mining",
-    "binlifted": "BinLifted",
-    "ms_weighting": "MS weighting",
-    "binomial_m": "Binomial_m",
-    "lifted_star_m": "LiftedStruct*_m",
-    "ms": "MS",
-    "contrastive": "Contrastive",
-    "triplet": "Triplet",
-    "lifted": "LiftedStruct",
-}
 
 
 class DataConfig(_Strict):

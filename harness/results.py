@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+import losses
+
 # atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports: train,
 # tune, run and the glyphs cache still import them from here; new code imports them from harness.files.
 from harness.files import (  # noqa: F401
@@ -159,7 +161,7 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
             "experiment": config["experiment"],
             "cell_id": folder.name,
             "loss": config["loss"]["name"],
-            "loss_label": config["loss"].get("label") or _label(config["loss"]["name"]),
+            "loss_label": config["loss"].get("label") or loss_label(config["loss"]["name"]),
             "preset": config["loss"].get("preset") or "",
             "dataset": config["dataset"],
             "embedding_size": config["embedding_size"],
@@ -179,10 +181,9 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _label(name: str) -> str:
-    from harness.config import LOSS_LABELS
-
-    return LOSS_LABELS.get(name, name)
+def loss_label(name: str) -> str:
+    """The paper's row label of a registered loss (``losses.info(name).label``); any other name as it is."""
+    return losses.info(name).label if name in losses.available() else name
 
 
 def write_cells_table(exp_dir: Path) -> Path:

@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import DamagedFileError, UserError
 from harness.files import atomic_write_bytes, atomic_write_json, read_json, read_json_if_exists
-from harness.results import CellPaths, tidy_rows
+from harness.results import CellPaths, loss_label, tidy_rows
 
 
 def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path: Path) -> None:
@@ -80,6 +80,15 @@ def test_tidy_rows_label_losses_from_the_registry_and_spread_metrics(tmp_path: P
     assert (pending["loss_label"], pending["preset"], pending["status"], pending["value"]) == (
         "mine", "official", "pending", "",
     )  # fmt: skip
+
+
+def test_loss_labels_come_from_the_registry() -> None:
+    import losses
+
+    assert [loss_label(name) for name in losses.available()] == [
+        losses.info(name).label for name in losses.available()
+    ]
+    assert loss_label("a_loss_since_removed") == "a_loss_since_removed"
 
 
 def test_a_damaged_cell_file_names_the_cell_and_how_to_retrain_it(tmp_path: Path) -> None:

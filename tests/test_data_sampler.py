@@ -1,4 +1,4 @@
-"""MPerClassBatchSampler: P x M structure, reproducibility, coverage, cheap resume, small classes, errors."""
+"""The batch samplers (proportional, official): P x M structure, reproducibility, coverage, resume, errors."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.data import MPerClassBatchSampler
+from harness.data import SAMPLERS, MPerClassBatchSampler, OfficialBatchSampler, build_batch_sampler
+from harness.data.sampler import ClassBatchSampler
 from harness.errors import UserError
 
 
-def take(sampler: MPerClassBatchSampler, n: int) -> list[list[int]]:
+def take(sampler: ClassBatchSampler, n: int) -> list[list[int]]:
     return list(islice(iter(sampler), n))
 
 
@@ -117,6 +118,12 @@ def test_structure_holds_for_any_class_sizes(sizes: list[int], p: int, m: int, s
     sampler = MPerClassBatchSampler(labels, p, m, seed=seed)
     for batch in take(sampler, 2 * sampler.batches_per_epoch + 1):
         assert_p_by_m(batch, labels, p, m)
+    official = OfficialBatchSampler(labels, p, m, seed=seed)
+    epochs = [official.epoch_classes(epoch) for epoch in range(3)]
+    batches = take(official, sum(map(len, epochs)))
+    assert [labels[batch[::m]].tolist() for batch in batches] == np.concatenate(epochs).tolist()
+    for batch in batches:
+        assert_p_by_m(batch, labels, p, m)
 
 
 def test_works_as_a_dataloader_batch_sampler() -> None:
@@ -143,14 +150,131 @@ def test_works_as_a_dataloader_batch_sampler() -> None:
         (np.array([0, 0, 1, 1]), 2, 2, -1, "start -1: both must be integers >= 0"),
     ],
 )
+@pytest.mark.parametrize("name", SAMPLERS)
 def test_bad_arguments_raise_one_line_user_errors(
-    labels: np.ndarray, p: int, m: int, start: int, message: str
+    labels: np.ndarray, p: int, m: int, start: int, message: str, name: str
 ) -> None:
     with pytest.raises(UserError, match=message) as err:
-        MPerClassBatchSampler(labels, p, m, seed=0, start=start)
+        build_batch_sampler(name, labels, p, m, seed=0, start=start)
     assert "\n" not in str(err.value)
 
 
-def test_negative_seed_is_a_user_error() -> None:
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_negative_seed_is_a_user_error(name: str) -> None:
     with pytest.raises(UserError, match="seed -3"):
-        MPerClassBatchSampler(np.array([0, 0, 1, 1]), 2, 2, seed=-3)
+        build_batch_sampler(name, np.array([0, 0, 1, 1]), 2, 2, seed=-3)
+
+
+def test_build_batch_sampler_by_name() -> None:
+    labels = labels_with_sizes([6, 6, 6])
+    assert type(build_batch_sampler("proportional", labels, 2, 3)) is MPerClassBatchSampler
+    assert type(build_batch_sampler("official", labels, 2, 3)) is OfficialBatchSampler
+    with pytest.raises(
+        UserError, match=r"unknown sampler 'oficial' \(config field data.sampler\); did you mean"
+    ):
+        build_batch_sampler("oficial", labels, 2, 3)
+
+
+# ------------------------------------------------------------------------------ the official sampler
+
+M = 5
+# Like SOP: most classes hold 2-4 images, some 5-12, a few are large.
+SOP_LIKE = [2, 3, 4] * 40 + [5, 6, 7, 9, 12] * 6 + [40, 57, 63]
+
+
+def class_sizes(labels: np.ndarray) -> dict[int, int]:
+    return dict(Counter(labels.tolist()))
+
+
+def epochs_of(sampler: OfficialBatchSampler, count: int) -> list[list[list[int]]]:
+    """The batches of the first ``count`` epochs, grouped by epoch."""
+    lengths = [len(sampler.epoch_classes(epoch)) for epoch in range(count)]
+    batches = take(sampler, sum(lengths))
+    ends = np.cumsum(lengths)
+    return [batches[end - length : end] for end, length in zip(ends, lengths, strict=True)]
+
+
+def test_official_classes_are_drawn_uniformly_not_by_size() -> None:
+    labels = labels_with_sizes(SOP_LIKE)
+    sizes = class_sizes(labels)
+    p, runs = 10, 300
+    classes = len(SOP_LIKE)
+
+    def first_batch_rates(kind: str) -> tuple[float, float]:
+        """How often a large (>= 40 images) and a small (< M) class is in the first batch, per class and run."""
+        counts = Counter()
+        for seed in range(runs):
+            first = next(iter(build_batch_sampler(kind, labels, p, M, seed=seed)))
+            counts.update(set(labels[first].tolist()))
+        large = [c for c, n in sizes.items() if n >= 40]
+        small = [c for c, n in sizes.items() if n < M]
+        return (
+            sum(counts[c] for c in large) / len(large) / runs,
+            sum(counts[c] for c in small) / len(small) / runs,
+        )
+
+    large, small = first_batch_rates("official")
+    uniform = p / classes
+    assert abs(small - uniform) < 0.25 * uniform and abs(large - uniform) < 0.9 * uniform
+    assert large < 3 * uniform, "the official rule does not favour large classes"
+    large_proportional, _ = first_batch_rates("proportional")
+    assert large_proportional > 5 * uniform, "the proportional sampler does (the test tells them apart)"
+
+
+def test_official_epoch_uses_whole_chunks_drops_leftovers_and_pads_small_classes() -> None:
+    labels = labels_with_sizes(SOP_LIKE)
+    sizes = class_sizes(labels)
+    p = 8
+    sampler = OfficialBatchSampler(labels, p, M, seed=3)
+    padded_images: dict[int, set[int]] = {}
+    epoch_sets = []
+    for batches in epochs_of(sampler, 4):
+        shown: dict[int, list[int]] = {}
+        for batch in batches:
+            assert_p_by_m(batch, labels, p, M)
+            for start in range(0, len(batch), M):
+                chunk = batch[start : start + M]
+                shown.setdefault(int(labels[chunk[0]]), []).extend(chunk)
+        classes_with_chunks_left = 0
+        for cls, images in shown.items():
+            chunks = max(sizes[cls] // M, 1)
+            assert len(images) <= chunks * M
+            classes_with_chunks_left += len(images) < chunks * M
+            if sizes[cls] >= M:  # whole chunks of distinct images; n mod M leftovers sit the epoch out
+                assert len(set(images)) == len(images)
+            else:  # one chunk of M drawn with replacement from fewer than M images
+                assert len(images) == M and len(set(images)) < M
+                padded_images.setdefault(cls, set()).update(images)
+        classes_with_chunks_left += len(sizes) - len(shown)
+        assert classes_with_chunks_left < p, "an epoch ends only when fewer than P classes have chunks left"
+        epoch_sets.append({cls: frozenset(images) for cls, images in shown.items() if sizes[cls] == 7})
+    for cls, images in padded_images.items():
+        assert images <= set(np.flatnonzero(labels == cls).tolist())
+    assert any(len(images) == sizes[cls] for cls, images in padded_images.items()), (
+        "padding draws every image"
+    )
+    dropped = {cls: {e[cls] for e in epoch_sets if cls in e} for cls in epoch_sets[0]}
+    assert any(len(variants) > 1 for variants in dropped.values()), "the dropped leftovers change per epoch"
+
+
+def test_official_is_seed_deterministic_and_within_class_order_follows_the_seed() -> None:
+    labels = labels_with_sizes([12] * 6 + [3] * 6)
+    runs = {seed: take(OfficialBatchSampler(labels, 3, M, seed=seed), 40) for seed in range(6)}
+    assert runs[0] == take(OfficialBatchSampler(labels, 3, M, seed=0), 40)
+    assert runs[0] != runs[1]
+
+    def first_chunk_of_class_0(batches: list[list[int]]) -> tuple[int, ...]:
+        for batch in batches:
+            for start in range(0, len(batch), M):
+                if labels[batch[start]] == 0:
+                    return tuple(batch[start : start + M])
+        raise AssertionError("class 0 never drawn")
+
+    assert len({first_chunk_of_class_0(batches) for batches in runs.values()}) > 3
+
+
+@pytest.mark.parametrize("start", [0, 1, 7, 23, 24, 25, 61])
+def test_official_resume_at_any_batch_matches_skipping(start: int) -> None:
+    labels = labels_with_sizes(SOP_LIKE[::3])
+    reference = take(OfficialBatchSampler(labels, 4, M, seed=5), start + 15)
+    assert take(OfficialBatchSampler(labels, 4, M, seed=5, start=start), 15) == reference[start:]

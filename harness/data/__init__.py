@@ -16,7 +16,13 @@ from harness.data.cub import CUB
 from harness.data.images import ImageDataset
 from harness.data.inshop import INSHOP
 from harness.data.official import DATA_ROOT_ENV, OfficialDataset, build_official_splits
-from harness.data.sampler import MPerClassBatchSampler
+from harness.data.sampler import (
+    SAMPLERS,
+    ClassBatchSampler,
+    MPerClassBatchSampler,
+    OfficialBatchSampler,
+    build_batch_sampler,
+)
 from harness.data.sop import SOP
 from harness.data.splits import DatasetSplits, LabelledDataset, relabel, split_classes
 from harness.data.transforms import CONVENTIONS, build_transform
@@ -29,10 +35,14 @@ __all__ = [
     "CONVENTIONS",
     "DATASETS",
     "DATA_ROOT_ENV",
+    "SAMPLERS",
+    "ClassBatchSampler",
     "DatasetSplits",
     "ImageDataset",
     "LabelledDataset",
     "MPerClassBatchSampler",
+    "OfficialBatchSampler",
+    "build_batch_sampler",
     "build_splits",
     "build_transform",
     "relabel",

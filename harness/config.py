@@ -14,6 +14,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,9 +26,18 @@ from harness.errors import UserError, did_you_mean
 if TYPE_CHECKING:
     from losses import GPWLoss
 
-DATASETS = ("cub", "cars", "sop", "inshop", "glyphs")
-BACKBONES = ("bninception", "resnet50", "small_cnn")
-METRICS = ("recall", "map_at_r", "r_precision", "nmi")
+def _check_known(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
+    """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in ``known``."""
+    choices = list(known)
+    for name in names:
+        if name not in choices:
+            raise ValueError(f"unknown {kind} {name!r}{did_you_mean(str(name), choices)}")
+
+
+def _check_datasets(names: Iterable[str]) -> None:
+    from harness.data import DATASETS  # the names are declared there; imported lazily to keep config light
+
+    _check_known("dataset", names, DATASETS)
 
 
 class _Strict(BaseModel):
@@ -94,18 +104,27 @@ class DataConfig(_Strict):
     samples_per_class: int = Field(5, ge=2)
     workers: int = Field(4, ge=0)
     strict_counts: bool = True
+    sampler: Literal["proportional", "official"] = "proportional"  # harness.data.SAMPLERS
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the dataset builder
 
 
 class ModelConfig(_Strict):
     """Backbone and embedding head."""
 
-    backbone: Literal["bninception", "resnet50", "small_cnn"] = "bninception"
+    backbone: str = "bninception"
     pretrained: bool = True
     weights: str | None = None
     pooling: Literal["max", "avg"] = "max"
     freeze_bn: bool = True
     width: int = Field(32, ge=1)
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        from harness.models import BACKBONES
+
+        _check_known("backbone", [name], sorted(BACKBONES))
+        return name
 
 
 class OptimConfig(_Strict):
@@ -145,11 +164,17 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     """What is measured at each evaluation."""
 
-    metrics: list[Literal["recall", "map_at_r", "r_precision", "nmi"]] = Field(
-        default_factory=lambda: ["recall", "map_at_r", "r_precision"]
-    )
+    metrics: list[str] = Field(default_factory=lambda: ["recall", "map_at_r", "r_precision"])
     ks: list[int] | None = None
     batch_size: int = Field(256, ge=1)
+
+    @field_validator("metrics")
+    @classmethod
+    def _known_metrics(cls, names: list[str]) -> list[str]:
+        from harness.evaluate import METRICS
+
+        _check_known("metric", names, METRICS)
+        return names
 
     @field_validator("ks")
     @classmethod
@@ -182,9 +207,7 @@ class Grid(_Strict):
     @field_validator("datasets")
     @classmethod
     def _known_datasets(cls, names: list[str]) -> list[str]:
-        for name in names:
-            if name not in DATASETS:
-                raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}")
+        _check_datasets(names)
         return names
 
     @field_validator("embedding_sizes")
@@ -220,9 +243,7 @@ class Experiment(Protocol):
     @field_validator("dataset_overrides")
     @classmethod
     def _known_override_datasets(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        for name in overrides:
-            if name not in DATASETS:
-                raise ValueError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}")
+        _check_datasets(overrides)
         return overrides
 
 

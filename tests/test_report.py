@@ -20,6 +20,7 @@ import pytest
 
 from harness import report
 from harness.errors import UserError, cli_main
+from harness.report import plots
 from harness.results import CELLS_TABLE_COLUMNS
 
 pytestmark = pytest.mark.filterwarnings("error")  # no warning may leak out of the report or its plots
@@ -49,6 +50,8 @@ class Spec:
     """(loss, dataset, size, seed) cells that failed."""
     variants: tuple[str, ...] = ("default",)
     """Variant names; a variant named ``official`` selects on test, as the shipped ablation does."""
+    selected_is_final: bool = False
+    """Every cell selected its last checkpoint (selected and final results equal), as in the glyphs reference."""
 
 
 def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
@@ -68,7 +71,7 @@ def build_results(root: Path, spec: Spec) -> Path:
                 "preset": "paper" if loss == "ms" else "", "dataset": dataset, "embedding_size": size,
                 "seed": seed, "variant": variant, "status": "failed" if failed else "finished",
                 "select_on": "test" if variant == "official" else spec.select_on}  # fmt: skip
-        metrics = {} if failed else _metrics(loss, size, seed, spec.ks)
+        metrics = {} if failed else _metrics(loss, size, seed, spec.ks, spec.selected_is_final)
         _write_cell(exp_dir / "cells" / cell_id, spec, base, metrics, loss)
         if failed:
             rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
@@ -82,10 +85,12 @@ def build_results(root: Path, spec: Spec) -> Path:
     return exp_dir
 
 
-def _metrics(loss: str, size: int, seed: int, ks: tuple[int, ...]) -> dict[str, dict[str, dict[str, float]]]:
+def _metrics(
+    loss: str, size: int, seed: int, ks: tuple[int, ...], selected_is_final: bool = False
+) -> dict[str, dict[str, dict[str, float]]]:
     out = {}
     for weights in ("final", "selected"):
-        test = {f"recall@{k}": _recall(loss, size, seed, k, weights) for k in ks}
+        test = {f"recall@{k}": _recall(loss, size, seed, k, "final" if selected_is_final else weights) for k in ks}
         test |= {"map_at_r": round(test["recall@1"] / 3, 6), "nmi": 0.6 + 0.01 * seed}
         out[weights] = {"test": test, "val": {m: round(v * 0.98, 6) for m, v in test.items()}}
     return out
@@ -248,6 +253,30 @@ def test_variants_with_their_own_selection(tmp_path):
     final = text.split("### final weights")[1]
     assert "| d=64, variant official | MS | 1 | 3 |" in final and "| d=64, variant paper | MS | 1 | 3 |" in final
     assert "- variants: official, paper" in text or "- variants: paper, official" in text
+
+
+def test_equal_selected_and_final_weights_are_shown_once(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(selected_is_final=True))
+    text = report.write_report(exp_dir).read_text()
+    assert "selected checkpoint gives the same results as the final weights" in text
+    title = "selected = final weights (the selected checkpoint is the last one in every cell)"
+    assert text.count(title) == 3  # against the paper, other metrics, between losses: each once
+    assert "validation-selected weights (best" not in text and "### final weights (last iteration)" not in text
+    ms_row = next(line for line in text.splitlines() if line.startswith("| d=64 | MS | 1 |"))
+    assert "| 3 | 77.30 [" in ms_row and text.count("| d=64 | MS | 1 |") == 1
+    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {
+        "ablation_cars_d64", "recall_at_k_cars_d64", "training_cars_d64", "pair_weights_cars_d64"}
+
+
+def test_intermediate_values_plot_for_a_tuning_study(tmp_path):
+    steps = [150, 300, 450]
+    rows = [{"trial": t, "state": "pruned" if t % 3 == 1 else "complete", "step": s, "value": 0.4 + 0.01 * t + 0.1 * i}
+            for t in range(23) for i, s in enumerate(steps) if not (t % 3 == 1 and i == 2)]  # fmt: skip
+    png, svg = plots.intermediate_values(pd.DataFrame(rows), best_trial=21, ylabel="val recall@1", title="Study x",
+                                         stem=tmp_path / "intermediate")  # fmt: skip
+    _assert_png(png)
+    _assert_svg(svg)
+    assert "best: trial 21" in svg.read_text()  # the legend names the best trial (SVG text, not paths)
 
 
 def test_unreadable_cell_files_are_listed_not_fatal(tmp_path):

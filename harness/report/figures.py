@@ -51,7 +51,7 @@ def _panels(ctx: ReportContext, frame: pd.DataFrame) -> list[tuple[str, str]]:
 def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | Skipped]:
     """Draw every figure of the report into ``<experiment>/figures/`` (or say why one is skipped)."""
     figures_dir = ctx.exp_dir / "figures"
-    palette = plots.label_palette(ctx.order)
+    styles = plots.label_styles(ctx.order)
     test = ctx.finished[ctx.finished["split"] == "test"]
     if test.empty:
         return [Skipped("all figures", "no finished cell has test-set results")]
@@ -63,9 +63,9 @@ def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | 
         stem = figures_dir / _slug("ablation", dataset, f"d{size}", _variant_slug(variant))
         out.append(_ablation_figure(ctx, block, reference, _family_name(ctx, dataset, size, variant), stem))
     for key, _ in families:
-        out.append(_recall_figure(ctx, recall, reference, palette, key, figures_dir))
-    out += _size_figures(ctx, recall, reference, palette, figures_dir)
-    out += _cell_file_figures(ctx, palette, figures_dir)
+        out.append(_recall_figure(ctx, recall, reference, styles, key, figures_dir))
+    out += _size_figures(ctx, recall, reference, styles, figures_dir)
+    out += _cell_file_figures(ctx, styles, figures_dir)
     return out
 
 
@@ -92,16 +92,17 @@ def _ablation_figure(
     paper = select(reference, dataset=dataset, embedding_size=size, k=1)
     paper = paper[paper["row"].isin(present)][["row", "recall"]]
     paper = paper.assign(_rank=paper["row"].map(present.index)).sort_values("_rank").drop(columns="_rank")
-    files = plots.ablation_bars(
+    files = plots.ablation_dots(
         r1[["row", "weights", "value"]], paper, order=present, weights_labels=dict(_panels(ctx, r1)),
-        title=f"{title} (mean over seeds, 95% t CI)", ylabel="Recall@1 on the test set (%)", stem=stem,
+        title=f"{title} (seeds, mean, 95% t CI)", ylabel="Recall@1 on the test set (%)", stem=stem,
     )  # fmt: skip
     caption = ("Paper values (black diamonds): " + ", ".join(f"{esc(r)} {v:.1f}" for r, v in zip(paper['row'], paper['recall'], strict=True))
                + "." if len(paper) else "No paper values for this dataset and size.")  # fmt: skip
-    return Figure(title, files, caption + " The y axis does not start at 0.")
+    return Figure(title, files, caption + " Hollow dots: one seed each; bars: the mean with its 95% t interval (no bars drawn "
+                                  "from an arbitrary floor: the y axis spans the data).")
 
 
-def _recall_figure(ctx, recall, reference, palette, key, figures_dir) -> Figure | Skipped:
+def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure | Skipped:
     dataset, size, variant = key
     title = f"Recall@K: {_family_name(ctx, dataset, size, variant)}"
     ours = select(recall, dataset=dataset, embedding_size=size, variant=variant)
@@ -112,15 +113,16 @@ def _recall_figure(ctx, recall, reference, palette, key, figures_dir) -> Figure 
     panels = _panels(ctx, ours)
     paper_panels = pd.concat([paper.assign(weights=w) for w, _ in panels], ignore_index=True)
     files = plots.recall_curves(
-        ours, paper_panels, panels=panels, panel_column="weights", order=ctx.ordered(ours["row"]), palette=palette,
+        ours, paper_panels, panels=panels, panel_column="weights", order=ctx.ordered(ours["row"]), styles=styles,
         title=title, stem=figures_dir / _slug("recall_at_k", dataset, f"d{size}", _variant_slug(variant)),
     )  # fmt: skip
     caption = (f"Dashed: the paper (Table(s) {_tables_of(paper)})." if len(paper) else
                "No paper values for these losses at this dataset and size.")  # fmt: skip
-    return Figure(title, files, caption)
+    return Figure(title, files, caption + " Each loss has its own marker and is shifted a little along K, so "
+                                          "that equal curves do not hide each other.")
 
 
-def _size_figures(ctx, recall, reference, palette, figures_dir) -> list[Figure | Skipped]:
+def _size_figures(ctx, recall, reference, styles, figures_dir) -> list[Figure | Skipped]:
     out: list[Figure | Skipped] = []
     r1 = recall[recall["k"] == 1]
     for (dataset, variant), block in r1.groupby(["dataset", "variant"], sort=True):
@@ -137,14 +139,14 @@ def _size_figures(ctx, recall, reference, palette, figures_dir) -> list[Figure |
                 "No paper values for these losses on this dataset.")  # fmt: skip
         files = plots.embedding_size_curves(
             block, paper, panels=_panels(ctx, block), panel_column="weights", order=ctx.ordered(block["row"]),
-            palette=palette, title=title, note=note,
+            styles=styles, title=title, note=note,
             stem=figures_dir / _slug("embedding_size", dataset, _variant_slug(variant)),
         )  # fmt: skip
         out.append(Figure(title, files, note))
     return out
 
 
-def _cell_file_figures(ctx: ReportContext, palette, figures_dir: Path) -> list[Figure | Skipped]:
+def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Path) -> list[Figure | Skipped]:
     out: list[Figure | Skipped] = []
     logs, evals, weights = ctx.files.train_log, ctx.files.evals, ctx.files.weights
     for key, _ in ctx.finished.groupby(list(FIGURE_FAMILY), sort=True):
@@ -159,12 +161,14 @@ def _cell_file_figures(ctx: ReportContext, palette, figures_dir: Path) -> list[F
             split = sorted(set(ev["split"])) if len(ev) else ["val"]
             label = {"val": "the validation split", "test": "the test split"}.get("/".join(split), "/".join(split))
             files = plots.training_curves(
-                log, ev, order=ctx.ordered([*log.get("row", []), *ev.get("row", [])]), palette=palette,
+                log, ev, order=ctx.ordered([*log.get("row", []), *ev.get("row", [])]), styles=styles,
                 eval_label=label, title=title,
                 stem=figures_dir / _slug("training", dataset, f"d{size}", _variant_slug(variant)),
             )  # fmt: skip
-            out.append(Figure(title, files, f"Recall@1 measured during training on {label}; lines: mean over "
-                                            "seeds, bands: ±1 SD; iterations averaged in bins."))  # fmt: skip
+            out.append(Figure(title, files, f"Recall@1 measured during training on {label} (x ticks: the "
+                                            "iterations evaluated); lines: mean over seeds, bands: ±1 SD. The "
+                                            "training loss of each loss is divided by its first logged value "
+                                            "(in the legend), so losses of different scales share one axis."))  # fmt: skip
         title = f"Pair weights at the end of training: {name}"
         if len(wt) == 0 or not (wt["weight"] > 0).any():
             out.append(Skipped(title, "no `pair_weights.npz` with non-zero weights in the finished cells"))
@@ -175,7 +179,8 @@ def _cell_file_figures(ctx: ReportContext, palette, figures_dir: Path) -> list[F
             )  # fmt: skip
             out.append(Figure(title, files, "The GPW view: the weight |∂L/∂S| each loss gives the selected "
                                             "positive and negative pairs of a few training batches after the "
-                                            "last iteration (all seeds pooled)."))  # fmt: skip
+                                            "last iteration (all seeds pooled); positive and negative pairs "
+                                            "each on their own log axis."))  # fmt: skip
     return out
 
 

@@ -1,13 +1,14 @@
-"""The report's figures (seaborn on the non-interactive Agg backend), each saved as PNG and SVG.
+"""Drawing the report's (and the tuning summary's) figures with seaborn on the Agg backend, as PNG and SVG.
 
 Every function takes tidy tables already in percent (the report converts), draws one figure,
-writes ``<stem>.png`` and ``<stem>.svg`` and returns both paths. Colours follow one palette per
-report (:func:`label_palette`) so a loss has the same colour in every figure.
+writes ``<stem>.png`` and ``<stem>.svg`` and returns both paths. Colours, markers and line styles
+follow one assignment per report (:func:`label_styles`), so a loss looks the same in every figure.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,20 +26,28 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from harness.stats import t_interval
 
-Palette = Mapping[str, tuple[float, float, float]]
+LineStyle = dict[str, object]
+"""Keyword arguments of ``Axes.plot`` for one label: ``color``, ``marker``, ``linestyle``."""
+Styles = Mapping[str, LineStyle]
 
 PAPER_STYLE = {"color": "black", "marker": "D", "markersize": 7, "linestyle": "none", "zorder": 5}
 _DPI = 130
 _MAX_BINS = 200  # training curves: iterations are averaged into at most this many bins
 _MAX_WEIGHTS = 4000  # pair weights: at most this many drawn per (loss, pair kind)
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
+_DASHES = ("-", "--", "-.", ":")
+_MARKS_PER_LINE = 9  # markers drawn along a line of many points
+_DODGE = 0.05  # recall curves: horizontal offset between losses, in units of one log step of the axis
 
 
-def label_palette(labels: Sequence[str]) -> dict[str, tuple[float, float, float]]:
-    """One colour per label, in the given order: tab10 without its grey (grey and black mark line
-    styles in the legends), then tab20 for more than 9 labels."""
+def label_styles(labels: Sequence[str]) -> dict[str, LineStyle]:
+    """One colour, marker and line style per label, in the given order, so that lines which lie on top of
+    each other stay apart: tab10 without its grey (grey and black mark the legends' style keys), tab20
+    for more than 9 labels; markers and dash patterns cycle at other periods than the colours."""
     tab10 = sns.color_palette("tab10", 10)
     colours = [c for i, c in enumerate(tab10) if i != 7] if len(labels) <= 9 else sns.color_palette("tab20", 20)
-    return {label: tuple(colours[i % len(colours)]) for i, label in enumerate(labels)}
+    return {label: {"color": tuple(colours[i % len(colours)]), "marker": _MARKERS[i % len(_MARKERS)],
+                    "linestyle": _DASHES[i % len(_DASHES)]} for i, label in enumerate(labels)}  # fmt: skip
 
 
 @contextmanager
@@ -72,46 +81,53 @@ def _log_ticks(ax: plt.Axes, values: Sequence[int], base: int = 2) -> None:
     ax.set_xticklabels([str(v) for v in values])
 
 
-def _nice_floor(values: Sequence[float]) -> float:
-    """A round lower y limit a little below the data (bars of close recalls stay comparable)."""
-    finite = [v for v in values if math.isfinite(v)]
-    low = min(finite) if finite else 0.0
-    return max(0.0, 10.0 * math.floor((low - 5.0) / 10.0))
-
-
-def ablation_bars(
+def ablation_dots(
     runs: pd.DataFrame, paper: pd.DataFrame, *, order: Sequence[str], weights_labels: Mapping[str, str],
     title: str, ylabel: str, stem: Path,
 ) -> list[Path]:
-    """Bars of the mean over seeds per loss, one bar per weights, 95% t CI error bars, paper as markers.
+    """Each seed as a small dot, the mean over seeds with its 95% t CI as a larger marker and bar, per loss
+    and kind of weights (dodged side by side), the paper's value as a black diamond.
 
     ``runs``: columns ``row, weights, value`` (one row per seed). ``paper``: columns ``row, recall``
-    (may be empty). ``weights_labels`` maps ``weights`` to its legend text, in drawing order.
+    (may be empty). ``weights_labels`` maps ``weights`` to its legend text, in drawing order. No bars:
+    the y axis spans the data, and a dot plot has no area that would have to start at 0.
     """
+    kinds = list(weights_labels)
+    colours = dict(zip(kinds, sns.color_palette("Dark2", len(kinds)), strict=True))
+    offsets = dict(zip(kinds, np.linspace(-0.14, 0.14, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
     with _style():
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(order) + 2.5), 4.6))
-        sns.barplot(
-            runs, x="row", y="value", hue="weights", order=list(order), hue_order=list(weights_labels),
-            errorbar=t_interval, capsize=0.15, err_kws={"linewidth": 1.2},
-            palette=dict(zip(weights_labels, sns.color_palette("Set2", len(weights_labels)), strict=True)), ax=ax,
-        )  # fmt: skip
+        for i, row in enumerate(order):
+            for kind in kinds:
+                values = runs.loc[(runs["row"] == row) & (runs["weights"] == kind), "value"].to_numpy(float)
+                if not len(values):
+                    continue
+                x = i + offsets[kind]
+                ax.plot(np.full(len(values), x), values, linestyle="none", marker="o", markersize=3.5, alpha=0.55,
+                        markerfacecolor="none", color=colours[kind])  # fmt: skip
+                mean = float(values.mean())
+                low, high = t_interval(values)
+                err = None if math.isnan(low) else [[mean - low], [high - mean]]
+                ax.errorbar([x], [mean], yerr=err, marker="_", markersize=16, markeredgewidth=2.2, capsize=4,
+                            linestyle="none", color=colours[kind], zorder=4)  # fmt: skip
         positions = {row: i for i, row in enumerate(order)}
         for row, value in zip(paper["row"], paper["recall"], strict=True):
-            ax.hlines(value, positions[row] - 0.42, positions[row] + 0.42, color="black", linewidth=1.0, zorder=5)
             ax.plot([positions[row]], [value], **PAPER_STYLE)
-        ax.set_ylim(bottom=_nice_floor([*runs["value"], *paper["recall"]]))
+        ax.set_xticks(range(len(order)))
+        ax.set_xticklabels(list(order), rotation=30, ha="right")
+        ax.set_xlim(-0.6, len(order) - 0.4)
         ax.set_xlabel("loss (paper's ablation row)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.tick_params(axis="x", labelrotation=30)
-        for tick in ax.get_xticklabels():
-            tick.set_horizontalalignment("right")
-        handles, labels = ax.get_legend_handles_labels()
-        labels = [weights_labels.get(label, label) for label in labels]
+        handles = [Line2D([], [], color=colours[k], marker="_", markersize=14, markeredgewidth=2.2, linestyle="none")
+                   for k in kinds]  # fmt: skip
+        labels = [f"{weights_labels[k]}: mean, 95% CI" for k in kinds]
+        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", markersize=4, linestyle="none"))
+        labels.append("one seed")
         if len(paper):
             handles.append(Line2D([], [], **PAPER_STYLE))
             labels.append("paper")
-        _legend_outside(ax, handles, labels, title="weights")
+        _legend_outside(ax, handles, labels)
         return _save(fig, stem)
 
 
@@ -123,11 +139,12 @@ def _band(ax: plt.Axes, x: np.ndarray, low: np.ndarray, high: np.ndarray, colour
 
 def recall_curves(
     summary: pd.DataFrame, paper: pd.DataFrame, *, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], palette: Palette, title: str, stem: Path,
+    order: Sequence[str], styles: Styles, title: str, stem: Path,
 ) -> list[Path]:
     """Recall@K against K, one panel per ``panels`` entry (value of ``panel_column``, panel title).
 
-    ``summary``: ``row, k, mean, ci_low, ci_high`` and ``panel_column``; ours solid with a 95% CI band.
+    ``summary``: ``row, k, mean, ci_low, ci_high`` and ``panel_column``; ours solid with a 95% CI band,
+    each loss with its own marker and shifted a little along K so that equal curves stay visible.
     ``paper``: ``row, k, recall`` and ``panel_column``; dashed with hollow markers, same colour (only
     the K of ``summary`` are on the axis).
     """
@@ -136,13 +153,13 @@ def recall_curves(
         summary, paper, x="k", ticks=ks, base=10 if max(ks) > 64 else 2, xlabel="K (log scale)",
         ylabel="Recall@K on the test set (%)", ours_label="ours (band: 95% CI)",
         paper_style={"linestyle": "--", "marker": "s", "markersize": 5, "markerfacecolor": "white"},
-        panels=panels, panel_column=panel_column, order=order, palette=palette, title=title, note="", stem=stem,
+        panels=panels, panel_column=panel_column, order=order, styles=styles, title=title, note="", stem=stem,
     )  # fmt: skip
 
 
 def embedding_size_curves(
     summary: pd.DataFrame, paper: pd.DataFrame, *, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], palette: Palette, title: str, note: str, stem: Path,
+    order: Sequence[str], styles: Styles, title: str, note: str, stem: Path,
 ) -> list[Path]:
     """Recall@1 against embedding size: ours with 95% CI error bars, the paper's points as hollow diamonds.
 
@@ -155,14 +172,14 @@ def embedding_size_curves(
         ylabel="Recall@1 on the test set (%)", ours_label="ours (95% CI)",
         paper_style={"linestyle": "none", "marker": "D", "markersize": 8, "markerfacecolor": "white",
                      "markeredgewidth": 1.6},
-        panels=panels, panel_column=panel_column, order=order, palette=palette, title=title, note=note, stem=stem,
+        panels=panels, panel_column=panel_column, order=order, styles=styles, title=title, note=note, stem=stem,
     )  # fmt: skip
 
 
 def _ours_vs_paper(
     summary: pd.DataFrame, paper: pd.DataFrame, *, x: str, ticks: Sequence[int], base: int, xlabel: str,
     ylabel: str, ours_label: str, paper_style: dict, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], palette: Palette, title: str, note: str, stem: Path,
+    order: Sequence[str], styles: Styles, title: str, note: str, stem: Path,
 ) -> list[Path]:
     """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper."""
     with _style():
@@ -170,25 +187,27 @@ def _ours_vs_paper(
         for ax, (panel, panel_title) in zip(axes[0], panels, strict=True):
             ours = summary[summary[panel_column] == panel]
             theirs = paper[paper[panel_column] == panel] if panel_column in paper else paper
+            shift = dict(zip(order, base ** (_DODGE * (np.arange(len(order)) - (len(order) - 1) / 2)), strict=True))
             for row in order:
                 mine = ours[ours["row"] == row].sort_values(x)
-                xs, mean = mine[x].to_numpy(float), mine["mean"].to_numpy(float)
+                xs, mean = mine[x].to_numpy(float) * shift[row], mine["mean"].to_numpy(float)
                 low, high = mine["ci_low"].to_numpy(float), mine["ci_high"].to_numpy(float)
+                look = {"color": styles[row]["color"], "marker": styles[row]["marker"], "markersize": 5}
                 if x == "k":
-                    ax.plot(xs, mean, marker="o", markersize=4, color=palette[row])
-                    _band(ax, xs, low, high, palette[row])
+                    ax.plot(xs, mean, **look)
+                    _band(ax, xs, low, high, styles[row]["color"])
                 elif len(mine):
                     err = np.nan_to_num(np.vstack([mean - low, high - mean]))
-                    ax.errorbar(xs, mean, yerr=err, marker="o", markersize=4, capsize=3, color=palette[row])
+                    ax.errorbar(xs, mean, yerr=err, capsize=3, **look)
                 ref = theirs[theirs["row"] == row].sort_values(x)
-                ax.plot(ref[x], ref["recall"], color=palette[row], **paper_style)
+                ax.plot(ref[x], ref["recall"], color=styles[row]["color"], **paper_style)
             _log_ticks(ax, ticks, base=base)
             ax.set_xlabel(xlabel)
             ax.set_title(panel_title)
         axes[0][0].set_ylabel(ylabel)
         shown = [r for r in order if (summary["row"] == r).any() or (paper["row"] == r).any()]
-        handles = [Line2D([], [], color=palette[r], linewidth=2) for r in shown]
-        handles.append(Line2D([], [], color="black", marker="o", markersize=4))
+        handles = [Line2D([], [], color=styles[r]["color"], marker=styles[r]["marker"], linewidth=2) for r in shown]
+        handles.append(Line2D([], [], color="black", linewidth=2))
         labels = [*shown, ours_label]
         if len(paper):
             handles.append(Line2D([], [], color="black", **paper_style))
@@ -207,61 +226,119 @@ def _binned(log: pd.DataFrame, column: str) -> pd.DataFrame:
     if data.empty:
         return data
     width = math.ceil(float(data["iteration"].max()) / _MAX_BINS)
-    if width > 1:
+    if data["iteration"].nunique() > _MAX_BINS and width > 1:
         data = data.assign(iteration=(np.floor((data["iteration"] - 1) / width) + 0.5) * width)
     out = data.groupby(["row", "seed", "iteration"], as_index=False)[column].mean()
     return out.rename(columns={column: "y"})
 
 
+def _iteration_ticks(ax: plt.Axes, iterations: Sequence[float]) -> None:
+    """x ticks exactly at ``iterations`` (the evaluation points) when there are few of them."""
+    distinct = sorted({float(i) for i in iterations})
+    if 0 < len(distinct) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(distinct))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _mean_sd_lines(ax: plt.Axes, binned: pd.DataFrame, rows: Sequence[str], styles: Styles) -> None:
+    """Per row: the mean of ``y`` over seeds against the iteration, with a +-1 SD band."""
+    for i, row in enumerate(rows):
+        per_iteration = binned[binned["row"] == row].groupby("iteration")["y"]
+        mean, sd = per_iteration.mean(), per_iteration.std(ddof=1).fillna(0.0)
+        xs = mean.index.to_numpy(float)
+        step = max(1, len(xs) // _MARKS_PER_LINE)  # markers staggered between rows: equal lines stay told apart
+        ax.plot(xs, mean.to_numpy(), markevery=(i % step, step), markersize=4, linewidth=1.4, **styles[row])
+        _band(ax, xs, (mean - sd).to_numpy(), (mean + sd).to_numpy(), styles[row]["color"])
+
+
+def _name_constant_lines(ax: plt.Axes, binned: pd.DataFrame, rows: Sequence[str]) -> None:
+    """Name, above the panel, the rows whose lines are one same constant (they lie on top of each other)."""
+    constant: dict[float, list[str]] = {}
+    for row in rows:
+        values = binned.loc[binned["row"] == row, "y"].to_numpy(float)
+        if len(values) and np.ptp(values) == 0:
+            constant.setdefault(float(values[0]), []).append(row)
+    notes = [f"at {value:g} throughout: " + ", ".join(together) for value, together in constant.items()
+             if len(together) > 1]  # fmt: skip
+    if notes:
+        ax.set_title(textwrap.fill("; ".join(notes), 70), fontsize="small", loc="left")
+
+
 def training_curves(
-    train_log: pd.DataFrame, evals: pd.DataFrame, *, order: Sequence[str], palette: Palette, eval_label: str,
+    train_log: pd.DataFrame, evals: pd.DataFrame, *, order: Sequence[str], styles: Styles, eval_label: str,
     title: str, stem: Path,
 ) -> list[Path]:
     """Four panels over iterations: training loss, R@1 during training, mined positive and negative pairs.
 
     ``train_log``: ``row, seed, iteration, loss, pos_pairs, neg_pairs``; ``evals``: ``row, seed,
     iteration, value`` (R@1 in percent on the split named by ``eval_label``). Lines: mean over seeds,
-    band: +-1 standard deviation over seeds. Loss and pair counts go to a log axis when they span more
-    than a factor of 20 (losses of different scales on one panel).
+    band: +-1 standard deviation over seeds. The training loss of each loss is divided by its mean
+    first logged value (losses of different scales share one axis; the legend gives that value).
+    Evaluations are marked, with x ticks at the iterations evaluated; pair counts go to a log axis
+    when they span more than a factor of 20, and losses whose count never changes are named on the panel.
     """
+    relative, starts = _relative_loss(train_log)
     panels = [
-        (train_log, "loss", "training loss", True),
-        (evals.rename(columns={"value": "r1"}), "r1", f"Recall@1 on {eval_label} (%)", False),
-        (train_log, "pos_pairs", "mined positive pairs per batch", True),
-        (train_log, "neg_pairs", "mined negative pairs per batch", True),
+        (relative, "loss", "training loss ÷ its first logged value"),
+        (evals.rename(columns={"value": "r1"}), "r1", f"Recall@1 on {eval_label} (%)"),
+        (train_log, "pos_pairs", "mined positive pairs per batch"),
+        (train_log, "neg_pairs", "mined negative pairs per batch"),
     ]
+    last = max([float(d["iteration"].max()) for d, c, _ in panels if c in d and len(d)] or [1.0])
     with _style():
         fig, axes = plt.subplots(2, 2, figsize=(12.0, 7.5))
-        for ax, (data, column, ylabel, log_y) in zip(axes.flat, panels, strict=True):
+        for ax, (data, column, ylabel) in zip(axes.flat, panels, strict=True):
             binned = _binned(data, column) if column in data else pd.DataFrame()
             if binned.empty:
                 ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
             else:
                 present = [r for r in order if (binned["row"] == r).any()]
-                sns.lineplot(binned, x="iteration", y="y", hue="row", hue_order=present, palette=palette,
-                             errorbar="sd", legend=False, ax=ax)  # fmt: skip
-                if log_y and (binned["y"] > 0).all() and binned["y"].max() > 20 * binned["y"].min():
-                    ax.set_yscale("log")  # losses (or pair counts) of very different sizes
-                    ylabel += " (log scale)"
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+                _mean_sd_lines(ax, binned, present, styles)
+                if column.endswith("_pairs"):
+                    if (binned["y"] > 0).all() and binned["y"].max() > 20 * binned["y"].min():
+                        ax.set_yscale("log")  # counts of very different sizes
+                        ylabel += " (log scale)"
+                    _name_constant_lines(ax, binned, present)
+            if column == "r1" and not binned.empty:
+                _iteration_ticks(ax, binned["iteration"])
+            else:
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlim(0, last * 1.02)
             ax.set_xlabel("iteration")
             ax.set_ylabel(ylabel)
         present = [r for r in order if (train_log["row"] == r).any() or (evals["row"] == r).any()]
-        handles = [Line2D([], [], color=palette[r], linewidth=2) for r in present]
-        _legend_outside(axes[0][1], handles, present, title="loss (band: ±1 SD over seeds)")
+        handles = [Line2D([], [], linewidth=1.4, markersize=5, **styles[r]) for r in present]
+        labels = [f"{r} (first loss {starts[r]:.2f})" if r in starts else r for r in present]
+        _legend_outside(axes[0][1], handles, labels, title="loss (band: ±1 SD over seeds)")
         fig.suptitle(title)
         fig.tight_layout()
         return _save(fig, stem)
 
 
+def _relative_loss(train_log: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """The training log with ``loss`` divided by each row's mean loss at its first logged iteration."""
+    if "loss" not in train_log or train_log.empty:
+        return train_log, {}
+    logged = train_log.dropna(subset=["loss"])
+    first = logged[logged["iteration"] == logged.groupby("row")["iteration"].transform("min")]
+    starts = first.groupby("row")["loss"].mean()
+    usable = starts[starts > 0]
+    relative = logged[logged["row"].isin(usable.index)]
+    relative = relative.assign(loss=relative["loss"] / relative["row"].map(usable))
+    return relative, {str(row): float(value) for row, value in usable.items()}
+
+
 def pair_weight_distributions(
     weights: pd.DataFrame, *, order: Sequence[str], title: str, stem: Path, seed: int = 0
 ) -> list[Path]:
-    """Split violins of the pair weights |dL/dS| per loss: positive pairs left, negative pairs right.
+    """Violins of the pair weights |dL/dS| per loss, one panel per kind of pair, each with its own log axis.
 
     ``weights``: ``row, kind ("positive"|"negative"), weight`` (non-positive weights are dropped:
-    log scale). Each tick label says how many pairs of each kind there were; at most
-    :data:`_MAX_WEIGHTS` per (loss, kind) are drawn, a fixed-seed random subset.
+    log scale). Each tick label says how many pairs of that kind there were; at most
+    :data:`_MAX_WEIGHTS` per (loss, kind) are drawn, a fixed-seed random subset. Positive weights
+    cluster in a narrow band and negative ones spread over many decades: one shared axis would flatten
+    the positive ones into a line.
     """
     data = weights[weights["weight"] > 0]
     counts = data.groupby(["row", "kind"]).size()
@@ -272,17 +349,63 @@ def pair_weight_distributions(
         parts.append(group.iloc[np.sort(keep)])
     drawn = pd.concat(parts, ignore_index=True)
     present = [r for r in order if (drawn["row"] == r).any()]
+    kinds = [k for k in ("positive", "negative") if (drawn["kind"] == k).any()]
+    colours = {"positive": "#4C72B0", "negative": "#DD8452"}
     with _style():
-        fig, ax = plt.subplots(figsize=(max(6.0, 1.25 * len(present) + 2.5), 4.8))
-        sns.violinplot(drawn, x="row", y="weight", hue="kind", order=present, hue_order=["positive", "negative"],
-                       split=True, log_scale=True, inner="quart", density_norm="width", cut=0, linewidth=0.8,
-                       palette={"positive": "#4C72B0", "negative": "#DD8452"}, ax=ax)  # fmt: skip
-        ax.set_xticks(range(len(present)))
-        ax.set_xticklabels(
-            [f"{r}\n+{counts.get((r, 'positive'), 0)} / −{counts.get((r, 'negative'), 0)}" for r in present]
-        )
-        ax.set_xlabel("loss (pairs with non-zero weight: + positive / − negative)")
-        ax.set_ylabel("pair weight |∂L/∂S| (log scale)")
+        fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6.0, 1.1 * len(present) + 2.0), 3.4 * len(kinds)),
+                                 squeeze=False)  # fmt: skip
+        for ax, kind in zip(axes[:, 0], kinds, strict=True):
+            sns.violinplot(drawn[drawn["kind"] == kind], x="row", y="weight", order=present, log_scale=True,
+                           inner="quart", density_norm="width", cut=0, linewidth=0.8, color=colours[kind],
+                           ax=ax)  # fmt: skip
+            ax.set_xticks(range(len(present)))
+            ax.set_xticklabels([f"{r}\n{counts.get((r, kind), 0)} pairs" for r in present])
+            ax.set_xlabel("")
+            ax.set_ylabel(f"{kind} pairs: |∂L/∂S|\n(log scale)")
+        axes[-1, 0].set_xlabel("loss (pairs with non-zero weight at the end of training, all seeds)")
+        axes[0, 0].set_title(title)
+        fig.tight_layout()
+        return _save(fig, stem)
+
+
+def intermediate_values(
+    values: pd.DataFrame, *, best_trial: int | None, ylabel: str, title: str, stem: Path
+) -> list[Path]:
+    """The values a tuning study's trials reported at each step, coloured by trial number.
+
+    ``values``: ``trial, state ("complete"|"pruned"|...), step, value``, one row per reported value.
+    Completed trials: lines in a sequential colour map (colour bar: trial number, instead of a legend
+    entry per trial); pruned trials: thin grey lines ending in a cross where they were stopped; the best
+    trial: black. x ticks at the steps reported, when there are few.
+    """
+    trials = sorted(set(values["trial"]))
+    colour_map = plt.get_cmap("viridis")
+    norm = matplotlib.colors.Normalize(vmin=min(trials, default=0), vmax=max(max(trials, default=1), 1))
+    with _style():
+        fig, ax = plt.subplots(figsize=(8.0, 4.6))
+        for trial, curve in values.sort_values("step").groupby("trial"):
+            state, steps, ys = str(curve["state"].iloc[0]), curve["step"].to_numpy(float), curve["value"].to_numpy(float)
+            if trial == best_trial:
+                ax.plot(steps, ys, color="black", linewidth=2.4, marker="o", markersize=4, zorder=5)
+            elif state == "pruned":
+                ax.plot(steps, ys, color="0.6", linewidth=0.9, marker="o", markersize=2.5, zorder=2)
+                ax.plot(steps[-1:], ys[-1:], color="0.35", marker="x", markersize=6, linestyle="none", zorder=3)
+            else:
+                ax.plot(steps, ys, color=colour_map(norm(trial)), linewidth=1.3, marker="o", markersize=3, zorder=4)
+        _iteration_ticks(ax, values["step"])
+        ax.set_xlabel("training iteration (evaluation step)")
+        ax.set_ylabel(ylabel)
         ax.set_title(title)
-        _legend_outside(ax, title="pair")
+        mappable = matplotlib.cm.ScalarMappable(norm=norm, cmap=colour_map)
+        bar = fig.colorbar(mappable, ax=ax, pad=0.02)
+        bar.set_label("trial number (completed trials)")
+        bar.locator = MaxNLocator(integer=True)
+        bar.update_ticks()
+        handles = [Line2D([], [], color=colour_map(0.6), linewidth=1.3),
+                   Line2D([], [], color="0.6", marker="x", markeredgecolor="0.35", linewidth=0.9)]  # fmt: skip
+        labels = ["completed", "pruned (× where stopped)"]
+        if best_trial is not None:
+            handles.append(Line2D([], [], color="black", linewidth=2.4))
+            labels.append(f"best: trial {best_trial}")
+        ax.legend(handles, labels, loc="lower right", fontsize="small")
         return _save(fig, stem)

@@ -12,6 +12,7 @@ from harness.report.figures import figures_section, report_figures
 from harness.report.reading import (
     DATASET_NAMES,
     PAPER_DIR,
+    WEIGHTS_ORDER,
     CellFiles,
     ReportContext,
     load_paper_tables,
@@ -33,7 +34,21 @@ from harness.report.tables import (
 )
 
 
-def _selection_words(cells: pd.DataFrame, finals: dict[str, dict]) -> tuple[dict[str, str], str]:
+def weights_coincide(finished: pd.DataFrame) -> bool:
+    """Whether every finished cell has selected and final results and they are the same in every metric."""
+    if finished.empty:
+        return False
+    wide = finished.pivot_table(index=["cell_id", "split", "metric"], columns="weights", values="value",
+                                aggfunc="first")  # fmt: skip
+    if not set(WEIGHTS_ORDER) <= set(wide.columns):
+        return False
+    pairs = wide[list(WEIGHTS_ORDER)]
+    return bool(pairs.notna().all().all() and (pairs["selected"] == pairs["final"]).all())
+
+
+def _selection_words(
+    cells: pd.DataFrame, finals: dict[str, dict], *, coincide: bool
+) -> tuple[dict[str, str], str]:
     """Titles for the two kinds of weights, and the report's paragraph on checkpoint selection."""
     per_cell = cells.drop_duplicates("cell_id").set_index("cell_id")["select_on"]
     splits = sorted(set(per_cell))
@@ -52,11 +67,15 @@ def _selection_words(cells: pd.DataFrame, finals: dict[str, dict]) -> tuple[dict
         f"- Checkpoint selection (`select_on`): {', '.join(f'`{s}` ({(per_cell == s).sum()} cells)' for s in splits)}.",
         f"- **selected** weights: the checkpoint with the best {metric} on "
         f"{' / '.join(where.get(s, s) for s in splits)} during training; **final** weights: the last iteration.",
-        "- Every result table is on the **test set** and says which weights it shows; both are reported.",
-    ]
+        "- Every result table is on the **test set** and says which weights it shows; "
+        + ("**in every finished cell the selected checkpoint gives the same results as the final weights**, so "
+           "each table and figure is shown once, for both." if coincide else "both are reported."),
+    ]  # fmt: skip
     if "test" in splits:
         lines.append("- Selecting on the test split (as the paper's official code does) makes the *selected* test "
                      "numbers optimistic; the *final* weights are not selected on test data.")  # fmt: skip
+    if coincide:
+        return {"final": "selected = final weights (the selected checkpoint is the last one in every cell)"}, "\n".join(lines)
     return {"selected": selected, "final": "final weights (last iteration)"}, "\n".join(lines)
 
 
@@ -134,7 +153,10 @@ def load_context(experiment_dir: Path, paper_dir: Path | None = None) -> tuple[R
                                         "columns are empty (pass --paper DIR).")  # fmt: skip
     finished = cells[(cells["status"] == "finished") & cells["value"].notna() & (cells["metric"] != "")]
     files: CellFiles = read_cell_files(exp_dir, cells)
-    weights_titles, selection_text = _selection_words(cells, files.finals)
+    coincide = weights_coincide(finished)
+    if coincide:
+        finished = finished[finished["weights"] == "final"]
+    weights_titles, selection_text = _selection_words(cells, files.finals, coincide=coincide)
     ctx = ReportContext(
         exp_dir=exp_dir, cells=cells, finished=finished, reference=paper_reference(paper), paper=paper,
         paper_note=paper_note, files=files, order=row_order(cells, table_loss_order(paper)),

@@ -259,15 +259,37 @@ class CellConfig(Protocol):
 
     @property
     def cell_id(self) -> str:
-        """Stable id: readable axes plus a hash of the resolved config (where the data lies excluded)."""
+        """Stable id: readable axes plus a hash of the resolved config and the resolved loss.
+
+        The hash covers the cell's config as written (where the data lies excluded) and
+        :meth:`resolved_loss`, so changing a preset's numbers gives every cell that uses it a new id
+        (and a new training run). Two specs that resolve to the same values but say it differently
+        (``preset: official`` versus the official numbers as explicit ``hparams``) keep different ids.
+        """
         exclude = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
-        blob = json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True)
-        digest = hashlib.sha256(blob.encode()).hexdigest()[:8]
+        hashed = {**self.model_dump(mode="json", exclude=exclude), "resolved_loss": self.resolved_loss()}
+        digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
         preset = f"-{self.loss.preset}" if self.loss.preset else ""
         variant = "" if self.variant == "default" else f"-{self.variant}"
         return (
             f"{self.dataset}-{self.loss.name}{preset}-d{self.embedding_size}{variant}-s{self.seed}-{digest}"
         )
+
+    def resolved_loss(self) -> dict[str, Any]:
+        """The loss as this cell trains it: ``{"name", "preset", "hparams"}`` with every hyperparameter.
+
+        ``hparams`` holds every parameter of the loss's factory, resolved from the preset (the factory's
+        default preset when the spec names none), the spec's explicit ``hparams`` and the factory's
+        defaults, e.g. ``{"name": "ms", "preset": "official", "hparams": {"alpha": 2.0, "beta": 40.0,
+        "lam": 0.5, "eps": 0.1, "skip_incomplete_anchors": False}}``. config.json and final.json
+        record it under ``resolved_loss``.
+        """
+        hparams = dict(self.loss.build().hparams)
+        return {"name": self.loss.name, "preset": hparams.pop("preset", None), "hparams": hparams}
+
+    def record(self) -> dict[str, Any]:
+        """What a cell's config.json holds: its id, its config and :meth:`resolved_loss`."""
+        return {"cell_id": self.cell_id, **self.model_dump(mode="json"), "resolved_loss": self.resolved_loss()}
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from harness.config import (
+    CellConfig,
     LossSpec,
     expand_cells,
     load_experiment,
@@ -111,6 +112,45 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
     assert first == again == moved
     assert not set(first) & set(changed)
     assert first[0].startswith("cars-ms-d64-s0-")
+
+
+def test_a_cell_records_its_loss_with_every_hyperparameter_resolved(tmp_path: Path) -> None:
+    data = {"grid": {**GRID["grid"], "losses": [{"name": "ms", "preset": "official", "hparams": {"beta": 45}},
+                                                 "contrastive"], "seeds": [0]}}  # fmt: skip
+    ms, contrastive = expand_cells(load_experiment(write(tmp_path, data)))
+    assert ms.resolved_loss() == {
+        "name": "ms", "preset": "official",
+        "hparams": {"alpha": 2.0, "beta": 45.0, "lam": 0.5, "eps": 0.1, "skip_incomplete_anchors": False},
+    }  # fmt: skip
+    assert contrastive.resolved_loss() == {"name": "contrastive", "preset": "paper", "hparams": {"lam": 0.5}}
+    record = ms.record()
+    assert (record["cell_id"], record["resolved_loss"]) == (ms.cell_id, ms.resolved_loss())
+    rest = {k: v for k, v in record.items() if k not in ("cell_id", "resolved_loss")}
+    assert CellConfig.model_validate(rest) == ms
+
+
+def test_cell_id_changes_when_a_preset_value_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from losses import zoo
+
+    data = {"grid": {**GRID["grid"], "losses": ["ms", {"name": "ms", "preset": "official"}, "contrastive"]}}
+    cells = expand_cells(load_experiment(write(tmp_path, data)))
+    before = {c.cell_id: c for c in cells}
+    monkeypatch.setitem(zoo.PRESETS["paper"], "beta", 45.0)
+    after = {c.cell_id: c for c in cells}
+    retrained = {c.loss.name + (c.loss.preset or "") for old_id, c in before.items() if old_id not in after}
+    assert retrained == {"ms"}  # the paper preset's cells; contrastive has no beta, the official preset kept 40
+    assert len(after) == len(before) == 6
+    assert {c.resolved_loss()["hparams"]["beta"] for c in after.values() if c.loss.name == "ms"} == {40.0, 45.0}
+
+
+def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) -> None:
+    """The id hashes the spec as written as well as the resolved values (documented on CellConfig.cell_id)."""
+    official = {"name": "ms", "preset": "official"}
+    spelled_out = {"name": "ms", "preset": "paper", "hparams": {"beta": 40.0, "lam": 0.5}}
+    data = {"grid": {**GRID["grid"], "losses": [official, spelled_out], "seeds": [0]}}
+    first, second = expand_cells(load_experiment(write(tmp_path, data)))
+    assert first.resolved_loss()["hparams"] == second.resolved_loss()["hparams"]
+    assert first.cell_id != second.cell_id
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from harness.files import (  # noqa: F401
     read_json_if_exists,
 )
 
+# The columns of cells.csv, in order: declared here once; the report reads them from here.
 CELLS_TABLE_COLUMNS = (
     "experiment", "cell_id", "loss", "loss_label", "preset", "dataset", "embedding_size", "seed",
     "variant", "status", "select_on", "weights", "split", "metric", "value",

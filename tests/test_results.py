@@ -10,7 +10,7 @@ import pytest
 
 from harness.errors import DamagedFileError, UserError
 from harness.files import atomic_write_bytes, atomic_write_json, read_json, read_json_if_exists
-from harness.results import CellPaths, loss_label, tidy_rows
+from harness.results import CELLS_TABLE_COLUMNS, CellPaths, loss_label, tidy_rows, write_cells_table
 
 
 def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path: Path) -> None:
@@ -80,6 +80,13 @@ def test_tidy_rows_label_losses_from_the_registry_and_spread_metrics(tmp_path: P
     assert (pending["loss_label"], pending["preset"], pending["status"], pending["value"]) == (
         "mine", "official", "pending", "",
     )  # fmt: skip
+
+
+def test_cells_table_has_the_declared_columns_in_order(tmp_path: Path) -> None:
+    _cell(tmp_path, "a", CONFIG, {"status": "failed", "reason": "diverged"})
+    lines = write_cells_table(tmp_path).read_text().splitlines()
+    assert lines[0] == ",".join(CELLS_TABLE_COLUMNS)
+    assert len(lines) == 2 and ",failed," in lines[1]
 
 
 def test_loss_labels_come_from_the_registry() -> None:

@@ -66,59 +66,6 @@ def test_summarize_single_seed():
     assert math.isnan(out.loc[0, "std"]) and math.isnan(out.loc[0, "ci_low"])
 
 
-def test_reference_test_below_by_hand_and_scipy():
-    result = stats.reference_test([1.0, 2.0, 3.0], 5.0)
-    half = T_975_DF2 / math.sqrt(3)
-    assert result.verdict == stats.BELOW
-    assert result.diff == -3.0
-    assert result.diff_ci_low == pytest.approx(-3 - half) and result.diff_ci_high == pytest.approx(-3 + half)
-    assert result.t == pytest.approx(-3 / (1 / math.sqrt(3)))
-    assert result.p == pytest.approx(sps.ttest_1samp([1.0, 2.0, 3.0], 5.0).pvalue)
-    assert result.p < stats.ALPHA
-
-
-def test_reference_test_verdicts():
-    assert stats.reference_test([1.0, 2.0, 3.0], 2.0).verdict == stats.REPRODUCED
-    assert stats.reference_test([1.0, 2.0, 3.0], -1.0).verdict == stats.ABOVE
-    # the reference exactly on the interval bound still counts as inside
-    low, _ = stats.t_interval([1.0, 2.0, 3.0])
-    on_bound = stats.reference_test([1.0, 2.0, 3.0], low)
-    assert on_bound.verdict == stats.REPRODUCED and on_bound.p == pytest.approx(stats.ALPHA)
-
-
-def test_reference_test_edge_cases():
-    single = stats.reference_test([70.0], 71.9)
-    assert single.verdict == stats.NO_TEST and single.n == 1 and single.diff == pytest.approx(-1.9)
-    assert math.isnan(single.p) and math.isnan(single.t) and math.isnan(single.diff_ci_low)
-    equal = stats.reference_test([0.773 * 100, 77.3], 77.3)
-    assert (equal.verdict, equal.t, equal.p, equal.diff_ci_low, equal.diff_ci_high) == (
-        stats.REPRODUCED,
-        0.0,
-        1.0,
-        pytest.approx(0.0),
-        pytest.approx(0.0),
-    )
-    above = stats.reference_test([80.0, 80.0, 80.0], 77.3)
-    assert (above.verdict, above.t, above.p) == (stats.ABOVE, math.inf, 0.0)
-    assert above.diff_ci_low == above.diff_ci_high == pytest.approx(2.7)
-
-
-def test_compare_to_reference_only_groups_with_a_reference():
-    runs = pd.DataFrame(
-        {
-            "loss": ["ms"] * 3 + ["triplet"] * 2,
-            "value": [76.0, 77.0, 78.0, 60.0, 61.0],
-            "paper": [77.3] * 3 + [math.nan] * 2,
-        }
-    )
-    out = stats.compare_to_reference(runs, ["loss"], reference="paper")
-    assert list(out["loss"]) == ["ms"]
-    assert out.loc[0, "paper"] == 77.3 and out.loc[0, "verdict"] == stats.REPRODUCED
-    assert out.loc[0, "diff"] == pytest.approx(-0.3)
-    with pytest.raises(ValueError, match="reference values"):
-        stats.compare_to_reference(runs.assign(paper=[1.0, 2.0, 3.0, 4.0, 5.0]), ["loss"], reference="paper")
-
-
 def test_paired_test_by_hand_and_scipy():
     a, b = [1.0, 2.0, 3.0, 4.0], [0.0, 0.0, 0.0, 0.0]
     result = stats.paired_test(a, b)
@@ -152,49 +99,6 @@ def test_holm_by_hand():
     assert stats.holm([]).size == 0
 
 
-def _ablation(values: dict[str, list[float]], **keys) -> pd.DataFrame:
-    """Tidy runs: one row per (loss_label, seed)."""
-    rows = [
-        {"loss_label": label, "seed": seed, "value": v, **keys}
-        for label, vals in values.items()
-        for seed, v in enumerate(vals)
-    ]
-    return pd.DataFrame(rows)
-
-
-def test_pairwise_comparisons_holm_within_family():
-    runs = pd.concat(
-        [
-            _ablation(
-                {"MS": [80, 81, 82, 83], "Binomial": [70, 72, 71, 73], "MS mining": [60, 60, 61, 59]},
-                dataset="cars",
-            ),
-            _ablation({"MS": [1, 2], "Binomial": [1, 2]}, dataset="glyphs"),
-        ]
-    )
-    out = stats.pairwise_comparisons(runs, ["dataset"], order=["Binomial", "MS mining", "MS"])
-    cars = out[out.dataset == "cars"]
-    assert list(zip(cars.a, cars.b, strict=True)) == [
-        ("Binomial", "MS mining"),
-        ("Binomial", "MS"),
-        ("MS mining", "MS"),
-    ]
-    assert cars.p_t_holm.to_numpy() == pytest.approx(stats.holm(cars.p_t.to_numpy()))
-    assert cars.p_w_holm.to_numpy() == pytest.approx(stats.holm(cars.p_w.to_numpy()))
-    binomial_ms = cars[(cars.a == "Binomial") & (cars.b == "MS")].iloc[0]
-    assert binomial_ms.mean_diff == pytest.approx(71.5 - 81.5)
-    assert binomial_ms.p_t == pytest.approx(sps.ttest_rel([70, 72, 71, 73], [80, 81, 82, 83]).pvalue)
-    glyphs = out[out.dataset == "glyphs"].iloc[0]
-    assert (glyphs.p_t, glyphs.p_t_holm, glyphs.p_w) == (1.0, 1.0, 1.0)
-
-
-def test_pairwise_uses_common_seeds_only():
-    runs = _ablation({"MS": [80, 81, 82], "Binomial": [70, 72]})
-    row = stats.pairwise_comparisons(runs, []).iloc[0]
-    assert (row.a, row.b, row.n) == ("Binomial", "MS", 2)
-    assert row.mean_diff == pytest.approx(-9.5)
-
-
 def test_friedman_by_hand():
     # the same ranking in both blocks: rank sums 2, 4, 6 -> chi2 = 12/(2*3*4) * 56 - 3*2*4 = 4
     wide = pd.DataFrame({"a": [1.0, 2.0], "b": [3.0, 4.0], "c": [5.0, 6.0]})
@@ -216,12 +120,6 @@ def test_friedman_matches_scipy_and_edge_cases():
     assert incomplete.n == 1 and math.isnan(incomplete.statistic) and "block" in incomplete.note
     tied = stats.friedman_test(pd.DataFrame({"a": [1.0, 2.0], "b": [1.0, 2.0], "c": [1.0, 2.0]}))
     assert (tied.statistic, tied.p) == (0.0, 1.0)
-
-
-def test_friedman_by_family():
-    runs = _ablation({"MS": [80, 81], "Binomial": [70, 72], "MS mining": [60, 61]}, dataset="cars")
-    out = stats.friedman_by_family(runs, ["dataset"])
-    assert out.loc[0, "dataset"] == "cars" and out.loc[0, "statistic"] == pytest.approx(4.0)
 
 
 def test_rank_agreement_by_hand_and_scipy():
@@ -537,3 +435,41 @@ def test_friedman_ranking_edge_cases_and_the_diagram_takes_it():
         assert drawn  # the library drew the markers and crossbars from our structures
     finally:
         plt.close(figure)
+
+
+# ------------------------------------------------------------------ a run against a committed reference run
+
+
+def _runs(values: dict[str, list[float]]) -> pd.DataFrame:
+    """Tidy runs: one row per (row, seed)."""
+    return pd.DataFrame([{"row": row, "seed": s, "value": v} for row, vals in values.items() for s, v in enumerate(vals)])
+
+
+def test_reference_agreement_is_welch_with_holm():
+    ours = _runs({"MS": [48.0, 49.5, 47.0, 50.0], "Binomial": [46.0, 46.5, 45.5, 47.0], "only ours": [1.0, 2.0]})
+    reference = _runs({"MS": [48.5, 49.0, 48.0], "Binomial": [40.0, 40.5, 39.5], "only reference": [3.0, 4.0]})
+    out = stats.reference_agreement(ours, reference).set_index("row")
+    assert list(out.index) == ["Binomial", "MS"]  # keys both runs have
+    welch = sps.ttest_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], equal_var=False)
+    interval = welch.confidence_interval(0.95)
+    ms = out.loc["MS"]
+    assert (ms.n, ms.n_reference) == (4, 3) and ms["diff"] == pytest.approx(48.625 - 48.5)
+    assert ms.p == pytest.approx(welch.pvalue) and ms.df == pytest.approx(welch.df)
+    assert (ms.ci_low, ms.ci_high) == pytest.approx((interval.low, interval.high))
+    # by hand: Welch-Satterthwaite degrees of freedom from the two variances
+    v1, v2 = np.var([48.0, 49.5, 47.0, 50.0], ddof=1) / 4, np.var([48.5, 49.0, 48.0], ddof=1) / 3
+    assert ms.df == pytest.approx((v1 + v2) ** 2 / (v1**2 / 3 + v2**2 / 2))
+    assert out.p_holm.to_numpy() == pytest.approx(multipletests(out.p.to_numpy(), method="holm")[1])
+    assert ms.verdict == stats.AGREES and out.loc["Binomial", "verdict"] == stats.DIFFERS
+
+
+def test_reference_agreement_edge_cases():
+    ours = _runs({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0], "c": [5.0]})
+    reference = _runs({"a": [1.0, 1.0], "b": [3.0, 3.0, 3.0], "c": [5.0, 6.0]})
+    out = stats.reference_agreement(ours, reference).set_index("row")
+    assert (out.loc["a", "p"], out.loc["a", "verdict"]) == (1.0, stats.AGREES)  # no spread, equal: exact
+    assert (out.loc["b", "p"], out.loc["b", "t"], out.loc["b", "verdict"]) == (0.0, -math.inf, stats.DIFFERS)
+    assert out.loc["c", "verdict"] == stats.NO_AGREEMENT_TEST and math.isnan(out.loc["c", "p_holm"])
+    assert math.isnan(out.loc["c", "ci_low"]) and out.loc["c", "diff"] == pytest.approx(-0.5)
+    empty = stats.reference_agreement(ours, _runs({"z": [1.0, 2.0]}))
+    assert empty.empty and "verdict" in empty.columns

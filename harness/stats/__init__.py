@@ -8,41 +8,29 @@ zero-width intervals and exact tests, Friedman needs 3 treatments and 2 complete
 
 - :mod:`~harness.stats.summary`: mean, SD, t confidence interval per group;
 - :mod:`~harness.stats.paper`: our seeds against the paper's one run (prediction interval, TOST);
+- :mod:`~harness.stats.agreement`: a run against a committed reference run (Welch per row, Holm);
 - :mod:`~harness.stats.power`: minimum detectable difference and seeds needed (paired t-test);
 - :mod:`~harness.stats.paired`: paired tests, Holm, planned comparisons with intervals and decisions;
 - :mod:`~harness.stats.ranking`: Friedman, average ranks, post-hoc tests, critical difference, Kendall tau.
 """
 
 from harness.stats._common import ALPHA, CONFIDENCE
+from harness.stats.agreement import AGREES, DIFFERS, NO_AGREEMENT_TEST, reference_agreement
 from harness.stats.paired import (
     PairedTest,
     PlannedComparisons,
     bca_interval,
     holm,
     paired_test,
-    pairwise_comparisons,
     planned_comparisons,
     wilcoxon_min_p,
 )
-from harness.stats.paper import (
-    ABOVE,
-    BELOW,
-    CONSISTENT,
-    NO_TEST,
-    NOT_TESTABLE,
-    REPRODUCED,
-    ReferenceTest,
-    compare_to_reference,
-    paper_verdict,
-    prediction_interval,
-    reference_test,
-)
+from harness.stats.paper import ABOVE, BELOW, CONSISTENT, NOT_TESTABLE, paper_verdict, prediction_interval
 from harness.stats.power import detectable_difference, seeds_needed
 from harness.stats.ranking import (
     FriedmanRanking,
     FriedmanTest,
     RankAgreement,
-    friedman_by_family,
     friedman_ranking,
     friedman_test,
     nemenyi_critical_difference,
@@ -52,34 +40,31 @@ from harness.stats.summary import summarize, t_interval
 
 __all__ = [
     "ABOVE",
+    "AGREES",
     "ALPHA",
     "BELOW",
     "CONFIDENCE",
     "CONSISTENT",
+    "DIFFERS",
     "NOT_TESTABLE",
-    "NO_TEST",
-    "REPRODUCED",
+    "NO_AGREEMENT_TEST",
     "FriedmanRanking",
     "FriedmanTest",
     "PairedTest",
     "PlannedComparisons",
     "RankAgreement",
-    "ReferenceTest",
     "bca_interval",
-    "compare_to_reference",
     "detectable_difference",
-    "friedman_by_family",
     "friedman_ranking",
     "friedman_test",
     "holm",
     "nemenyi_critical_difference",
     "paired_test",
-    "pairwise_comparisons",
     "paper_verdict",
     "planned_comparisons",
     "prediction_interval",
     "rank_agreement",
-    "reference_test",
+    "reference_agreement",
     "seeds_needed",
     "summarize",
     "t_interval",

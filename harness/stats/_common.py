@@ -1,9 +1,9 @@
-"""Shared helpers of harness.stats: levels, tolerant equality, and reshaping tidy runs into blocks."""
+"""Shared helpers of harness.stats: levels, tolerant equality, zero-variance-safe t-test."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -59,24 +59,3 @@ def one_sample_t(differences: np.ndarray) -> tuple[float, float]:
         return (math.copysign(math.inf, mean), 0.0)
     result = stats.ttest_1samp(differences, 0.0)
     return (float(result.statistic), float(result.pvalue))
-
-
-def wide(runs: pd.DataFrame, treatment: str, block: str, value: str) -> pd.DataFrame:
-    """Blocks x treatments table of ``value`` (duplicates within a cell are averaged)."""
-    return runs.pivot_table(index=block, columns=treatment, values=value, aggfunc="mean")
-
-
-def families(runs: pd.DataFrame, family: Sequence[str], value: str) -> Iterator[tuple[dict, pd.DataFrame]]:
-    """(key dict, group) for each family; a table with no family columns is one family."""
-    data = runs.dropna(subset=[value])
-    if not family:
-        yield {}, data
-        return
-    for key, group in data.groupby(list(family), sort=True, dropna=False):
-        yield dict(zip(family, key, strict=True)), group
-
-
-def ordered(present: Sequence[str], order: Sequence[str] | None) -> list[str]:
-    """``present`` in the given order first, the rest sorted after it."""
-    order = list(order or [])
-    return [t for t in order if t in present] + sorted(t for t in present if t not in order)

@@ -10,7 +10,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -21,13 +21,10 @@ from harness.stats._common import (
     ALPHA,
     CONFIDENCE,
     as_array,
-    families,
     is_constant,
     nonzero,
     one_sample_t,
-    ordered,
     sample_std,
-    wide,
 )
 from harness.stats.power import detectable_difference
 from harness.stats.summary import t_interval
@@ -93,41 +90,6 @@ def holm(pvalues: Sequence[float] | np.ndarray) -> np.ndarray:
     if present.any():
         adjusted[present] = multipletests(pvals[present], alpha=ALPHA, method="holm")[1]
     return adjusted
-
-
-def pairwise_comparisons(
-    runs: pd.DataFrame,
-    family: Sequence[str],
-    treatment: str = "loss_label",
-    block: str = "seed",
-    value: str = "value",
-    order: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """:func:`paired_test` for every pair of treatments within each family, Holm-corrected per family.
-
-    Superseded by :func:`planned_comparisons` (intervals, power, Wilcoxon only where it can reach
-    significance); kept while ``harness.report`` uses it.
-
-    Pairs use the blocks both treatments have. Columns: ``family``, ``a, b`` (``a`` before ``b`` in
-    ``order``, then alphabetical), the fields of :class:`PairedTest` (``mean_diff = a - b``) and
-    ``p_t_holm, p_w_holm`` (Holm over the pairs of the family, separately for each test).
-    """
-    rows = []
-    for key, group in families(runs, family, value):
-        table = wide(group, treatment, block, value)
-        names = ordered(list(table.columns), order)
-        family_rows = []
-        for a, b in itertools.combinations(names, 2):
-            both = table[[a, b]].dropna()
-            result = paired_test(both[a].to_numpy(), both[b].to_numpy())
-            family_rows.append({**key, "a": a, "b": b, **asdict(result)})
-        for test in ("p_t", "p_w"):
-            adjusted = holm([r[test] for r in family_rows])
-            for row, p_adj in zip(family_rows, adjusted, strict=True):
-                row[f"{test}_holm"] = float(p_adj)
-        rows.extend(family_rows)
-    columns = [*family, "a", "b", *PairedTest.__dataclass_fields__, "p_t_holm", "p_w_holm"]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def bca_interval(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -20,8 +19,7 @@ import pandas as pd
 from scipy import stats
 from statsmodels.stats.weightstats import ttost_ind
 
-from harness.stats._common import ALPHA, as_array, close, is_constant, one_sample_t, sample_std
-from harness.stats.summary import t_interval
+from harness.stats._common import ALPHA, as_array, close, is_constant, sample_std
 
 CONSISTENT = "consistent"
 """Paper verdict: the paper's value lies inside our prediction interval for one run."""
@@ -31,11 +29,6 @@ ABOVE = "above"
 """Verdict: our runs lie above the reference value (the whole interval is above it)."""
 NOT_TESTABLE = "no test"
 """Paper verdict with fewer than 2 seeds: no interval, no test."""
-
-REPRODUCED = "reproduced"
-"""Old verdict of :func:`reference_test`: the reference lies inside our 95% confidence interval of the mean."""
-NO_TEST = "no test (1 seed)"
-"""Old verdict of :func:`reference_test` with a single value."""
 
 
 def prediction_interval(values: np.ndarray, *, alpha: float = ALPHA) -> tuple[np.ndarray, np.ndarray]:
@@ -124,70 +117,3 @@ def paper_verdict(
         p = _equivalence_p(data, float(paper), float(margin))
         result.update(p_equivalence=p, equivalent=bool(p < alpha))
     return result
-
-
-@dataclass(frozen=True)
-class ReferenceTest:
-    """Our values against one reference value (the paper's): a one-sample t-test and a verdict."""
-
-    n: int
-    mean: float
-    reference: float
-    diff: float
-    """``mean - reference``."""
-    diff_ci_low: float
-    diff_ci_high: float
-    t: float
-    p: float
-    verdict: str
-
-
-def reference_test(values: Sequence[float] | np.ndarray | pd.Series, reference: float) -> ReferenceTest:
-    """Two-sided one-sample t-test of ``values`` against ``reference`` with a verdict.
-
-    Superseded by :func:`paper_verdict` (this treats the paper's one run as exact); kept while
-    ``harness.report`` uses it through :func:`compare_to_reference`, to be removed after.
-
-    Verdict: :data:`REPRODUCED` when ``reference`` lies inside the 95% CI (bounds included, which is
-    the same as ``p >= 0.05``), :data:`BELOW` / :data:`ABOVE` when the whole CI lies below / above it,
-    :data:`NO_TEST` for a single value (then ``t``, ``p`` and the CI are NaN). Zero variance: the CI
-    has zero width, ``t = 0, p = 1`` if the mean equals the reference, else ``t = +-inf, p = 0``.
-    """
-    data = as_array(values)
-    mean = float(np.mean(data))
-    diff = mean - reference
-    if data.size < 2:
-        return ReferenceTest(
-            int(data.size), mean, reference, diff, math.nan, math.nan, math.nan, math.nan, NO_TEST
-        )
-    low, high = t_interval(data)
-    t, p = one_sample_t(data - reference)
-    if close(low, reference) or close(high, reference) or low <= reference <= high:
-        verdict = REPRODUCED
-    else:
-        verdict = BELOW if high < reference else ABOVE
-    return ReferenceTest(
-        int(data.size), mean, reference, diff, low - reference, high - reference, t, p, verdict
-    )
-
-
-def compare_to_reference(
-    runs: pd.DataFrame, by: Sequence[str], reference: str, value: str = "value"
-) -> pd.DataFrame:
-    """:func:`reference_test` per group of ``by``, for the groups whose ``reference`` column is set.
-
-    Superseded by :func:`paper_verdict`; kept while ``harness.report`` uses it, to be removed after.
-    ``reference`` must be constant within a group (it is the paper's value for that group).
-    Returns ``by`` plus the fields of :class:`ReferenceTest` (the reference under ``reference``).
-    """
-    rows = []
-    have = runs.dropna(subset=[value, reference])
-    for key, group in have.groupby(list(by), sort=True, dropna=False):
-        refs = group[reference].unique()
-        if len(refs) != 1:
-            raise ValueError(f"group {key} has {len(refs)} different reference values; expected one")
-        result = asdict(reference_test(group[value], float(refs[0])))
-        result[reference] = result.pop("reference")
-        rows.append({**dict(zip(by, key, strict=True)), **result})
-    columns = [*by, *(reference if f == "reference" else f for f in ReferenceTest.__dataclass_fields__)]
-    return pd.DataFrame(rows, columns=columns)

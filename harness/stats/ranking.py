@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -18,7 +17,7 @@ import pandas as pd
 import scikit_posthocs
 from scipy import stats
 
-from harness.stats._common import ALPHA, families, is_constant, wide
+from harness.stats._common import ALPHA, is_constant
 
 
 @dataclass(frozen=True)
@@ -57,21 +56,6 @@ def friedman_test(wide: pd.DataFrame) -> FriedmanTest:
         warnings.simplefilter("ignore")
         result = stats.friedmanchisquare(*(complete[c].to_numpy(dtype=float) for c in complete.columns))
     return FriedmanTest(k, n, float(result.statistic), float(result.pvalue), "")
-
-
-def friedman_by_family(
-    runs: pd.DataFrame,
-    family: Sequence[str],
-    treatment: str = "loss_label",
-    block: str = "seed",
-    value: str = "value",
-) -> pd.DataFrame:
-    """:func:`friedman_test` across all treatments of each family (e.g. the whole ablation)."""
-    rows = [
-        {**key, **asdict(friedman_test(wide(group, treatment, block, value)))}
-        for key, group in families(runs, family, value)
-    ]
-    return pd.DataFrame(rows, columns=[*family, *FriedmanTest.__dataclass_fields__])
 
 
 def nemenyi_critical_difference(k: int, n: int, *, alpha: float = ALPHA) -> float:

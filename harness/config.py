@@ -81,14 +81,26 @@ class LossSpec(_Strict):
             kwargs["preset"] = self.preset
         return losses.build(self.name, **kwargs)
 
-    def build(self) -> GPWLoss:
-        """Instantiate the loss module this spec describes; a setting the loss rejects is a UserError."""
+    def _build_checked(self) -> GPWLoss:
         import losses
 
         try:
             return self._build_unchecked()
         except losses.LossConfigError as err:
             raise UserError(self._rejected(err)) from None
+
+    def build(self) -> GPWLoss:
+        """Instantiate the loss module this spec describes; a setting the loss rejects is a UserError."""
+        return self._build_checked()
+
+    def resolved(self) -> dict[str, Any]:
+        """``{"name", "preset", "hparams"}`` with every parameter of the loss's factory resolved.
+
+        The values come from the preset (the factory's default preset when the spec names none), the
+        spec's explicit ``hparams`` and the factory's own defaults: what the built loss really uses.
+        """
+        hparams = dict(self._build_checked().hparams)
+        return {"name": self.name, "preset": hparams.pop("preset", None), "hparams": hparams}
 
 
 class DataConfig(_Strict):
@@ -104,8 +116,16 @@ class DataConfig(_Strict):
     samples_per_class: int = Field(5, ge=2)
     workers: int = Field(4, ge=0)
     strict_counts: bool = True
-    sampler: Literal["proportional", "official"] = "proportional"  # harness.data.SAMPLERS
+    sampler: str = "proportional"  # a key of harness.data.SAMPLERS
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the dataset builder
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        from harness.data import SAMPLERS
+
+        _check_known("sampler", [name], SAMPLERS)
+        return name
 
 
 class ModelConfig(_Strict):
@@ -276,16 +296,13 @@ class CellConfig(Protocol):
         )
 
     def resolved_loss(self) -> dict[str, Any]:
-        """The loss as this cell trains it: ``{"name", "preset", "hparams"}`` with every hyperparameter.
+        """The loss as this cell trains it (:meth:`LossSpec.resolved`): every hyperparameter, resolved.
 
-        ``hparams`` holds every parameter of the loss's factory, resolved from the preset (the factory's
-        default preset when the spec names none), the spec's explicit ``hparams`` and the factory's
-        defaults, e.g. ``{"name": "ms", "preset": "official", "hparams": {"alpha": 2.0, "beta": 40.0,
+        For example ``{"name": "ms", "preset": "official", "hparams": {"alpha": 2.0, "beta": 40.0,
         "lam": 0.5, "eps": 0.1, "skip_incomplete_anchors": False}}``. config.json and final.json
-        record it under ``resolved_loss``.
+        record it under ``resolved_loss``; the cell id hashes it.
         """
-        hparams = dict(self.loss.build().hparams)
-        return {"name": self.loss.name, "preset": hparams.pop("preset", None), "hparams": hparams}
+        return self.loss.resolved()
 
     def record(self) -> dict[str, Any]:
         """What a cell's config.json holds: its id, its config and :meth:`resolved_loss`."""

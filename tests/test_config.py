@@ -165,6 +165,7 @@ def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) ->
         (GRID, ["data.val_fraction=1.5"], "data.val_fraction: Input should be less than 1"),
         (GRID, ["model.backbone=resnet"], "model.backbone: unknown backbone 'resnet'; did you mean 'resnet50'?"),
         (GRID, ["evaluate.metrics=[recall, mapr]"], "evaluate.metrics: unknown metric 'mapr'; did you mean 'map_at_r'?"),
+        (GRID, ["data.sampler=oficial"], "data.sampler: unknown sampler 'oficial'; did you mean 'official'?"),
         ({**GRID, "dataset_overrides": {"soap": {}}}, [], "dataset_overrides: unknown dataset 'soap'; did you mean"),
         ({"grid": {**GRID["grid"], "losses": [{"name": "ms", "hparams": {"alpah": 2}}]}}, [],
          "grid.losses[0]: loss 'ms' rejects its settings"),

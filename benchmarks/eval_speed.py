@@ -15,6 +15,7 @@ rounding in faiss's BLAS and ours). Prints the time ratio ours/faiss; the target
     python benchmarks/eval_speed.py --quick          # smaller sizes, while developing
     python benchmarks/eval_speed.py                  # SOP and In-Shop sizes (minutes on 2 cores)
     python benchmarks/eval_speed.py --data clustered # trained-like embeddings instead of random ones
+    python benchmarks/eval_speed.py --only inshop    # one problem only (--only sop: the other)
 """
 
 from __future__ import annotations
@@ -240,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes (12,000 / 3,000 x 2,700)")
     parser.add_argument("--data", choices=("random", "clustered"), default="random")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("sop", "inshop"), help="run one problem")
+    parser.add_argument(
+        "--only", choices=("sop", "inshop"), help="run only this problem (inshop: a few minutes, sop: longer)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the fastest counts")
     parser.add_argument("--worker", choices=("ours", "faiss"), help=argparse.SUPPRESS)
     parser.add_argument("--problem", help=argparse.SUPPRESS)

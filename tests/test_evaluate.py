@@ -180,6 +180,26 @@ def test_public_functions_agree_with_evaluate():
     assert all(0.0 <= value <= 1.0 for value in together.values())
 
 
+def test_class_grouping_leaves_torch_threads_as_they_were():
+    # query -> gallery with MAP@R and small blocks: classes are grouped by a k-means run on one thread
+    rng = np.random.default_rng(11)
+    labels, gallery_labels = rng.integers(0, 30, 200), rng.integers(0, 30, 180)
+    problem = {
+        "embeddings": clustered(rng, labels, 8, 1.0),
+        "labels": labels,
+        "gallery": clustered(rng, gallery_labels, 8, 1.0),
+        "gallery_labels": gallery_labels,
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = ev.evaluate(**problem, ks=[1, 10], block_size=40)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert_same(got, brute_force(**problem, ks=[1, 10]))
+
+
 # ---------------------------------------------------------------------------------- hand-made cases
 
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from harness import train
+from harness import builders, train
 from harness.config import load_experiment
 from harness.files import atomic_write_json
 from harness.results import CellPaths
@@ -103,7 +103,7 @@ class FakeTrainer:
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTrainer:
     trainer = FakeTrainer()
     monkeypatch.setattr(train, "train_cell", trainer)
-    monkeypatch.setattr(train, "load_splits", lambda cfg: None)
+    monkeypatch.setattr(builders, "load_splits", lambda cfg: None)
     monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])  # slow; one test draws them
     return trainer
 

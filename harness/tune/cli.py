@@ -113,7 +113,7 @@ def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage
     """The parent: check the data, prepare the study, run the workers, write the outputs."""
     import optuna
 
-    from harness.train import load_splits
+    from harness.builders import load_splits
 
     started = time.perf_counter()
     load_splits(setup.template)  # a missing dataset stops here with one line, before any trial

@@ -14,14 +14,13 @@ from harness.config import (
     CellConfig,
     Experiment,
     LossSpec,
-    did_you_mean,
     expand_cells,
     load_raw,
     set_dotted,
     validate_experiment,
     validation_message,
 )
-from harness.errors import UserError
+from harness.errors import UserError, did_you_mean
 
 
 class _Strict(BaseModel):

@@ -20,8 +20,8 @@ import torch
 
 import losses
 
-# atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports: train,
-# tune, run and the glyphs cache still import them from here; new code imports them from harness.files.
+# atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports (harness.run
+# still imports two of them from here); new code imports them from harness.files.
 from harness.files import (  # noqa: F401
     atomic_save_npz,
     atomic_torch_save,

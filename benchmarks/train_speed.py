@@ -23,6 +23,7 @@ import torch
 
 from harness.builders import build_model, build_optimizer, load_splits
 from harness.config import CellConfig
+from harness.data import DatasetSplits
 from harness.models import freeze_batchnorm_statistics
 from harness.results import CellPaths
 from harness.train import autocast_dtype, pick_device, seed_everything, train_cell, training_batches
@@ -58,7 +59,7 @@ def make_cell(args: argparse.Namespace) -> CellConfig:
     })  # fmt: skip
 
 
-def bare_loop(cell: CellConfig, splits: object, iterations: int, window: int) -> list[float]:
+def bare_loop(cell: CellConfig, splits: DatasetSplits, iterations: int, window: int) -> list[float]:
     """The reference: sampler -> DataLoader -> forward -> loss -> backward -> step, nothing else."""
     device = pick_device()
     amp = autocast_dtype(cell.train.amp, device)
@@ -89,13 +90,13 @@ def bare_loop(cell: CellConfig, splits: object, iterations: int, window: int) ->
     return rates
 
 
-def harness_loop(cell: CellConfig) -> list[float]:
-    """The harness trainer on the same cell; its own log gives images/s per window."""
+def harness_loop(cell: CellConfig, splits: DatasetSplits) -> list[float]:
+    """The harness trainer on the same cell and data; its own log gives images/s per window."""
     import csv
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = CellPaths(Path(tmp) / "cell")
-        outcome = train_cell(cell, paths, progress=False)
+        outcome = train_cell(cell, paths, splits=splits, progress=False)
         assert outcome.status == "finished", outcome.reason
         with paths.train_log.open() as handle:
             return [float(row["images_per_s"]) for row in csv.DictReader(handle)]
@@ -123,20 +124,15 @@ def main() -> None:
     cell = make_cell(args)
     splits = load_splits(cell) if args.dataset == "glyphs" else None
     if splits is None:
-        import harness.train as train_module
-        from harness.data import DatasetSplits
-
         fake = SyntheticImages(4000, 400, args.image_size)
-        splits = DatasetSplits(train=fake, val=SyntheticImages(200, 40, args.image_size), test=None, query=None,
-                               gallery=None, eval_mode="leave_one_out", default_ks=(1,))  # fmt: skip
-        train_module._SPLITS_CACHE.clear()
-        train_module.load_splits = lambda _cfg: splits  # the harness trains on the same synthetic data
+        held_out = SyntheticImages(200, 40, args.image_size)
+        splits = DatasetSplits(train=fake, val=held_out, test=held_out, eval_mode="leave_one_out", default_ks=(1,))
     device = pick_device()
     skip = args.warmup // args.window
     bare_rates, harness_rates = [], []
     for _ in range(args.repeats):
         bare_rates += bare_loop(cell, splits, args.iterations, args.window)[skip:]
-        harness_rates += harness_loop(cell)[skip:]
+        harness_rates += harness_loop(cell, splits)[skip:]
     bare, ours = statistics.median(bare_rates), statistics.median(harness_rates)
     print(f"date {time.strftime('%Y-%m-%d')}; device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
           f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "

@@ -24,18 +24,12 @@ from torch import nn
 
 from harness.builders import build_model, build_optimizer, build_schedule, load_splits
 from harness.config import CellConfig
+from harness.data import DatasetSplits, LabelledDataset, build_batch_sampler
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
+from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
 from harness.models import freeze_batchnorm_statistics
-from harness.results import (
-    CellPaths,
-    atomic_save_npz,
-    atomic_torch_save,
-    atomic_write_csv,
-    atomic_write_json,
-    environment,
-    now,
-)
+from harness.results import CellPaths, environment, now
 
 TRAIN_LOG_COLUMNS = (
     "iteration", "loss", "pos_pairs", "neg_pairs", "pos_weight_mean", "neg_weight_mean", "lr", "images_per_s",
@@ -92,16 +86,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def embed(
-    model: nn.Module,
-    dataset: Any,
-    *,
-    device: torch.device,
-    batch_size: int,
-    workers: int,
-    amp: torch.dtype | None,
-    ctx: DistContext | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def embed(model: nn.Module, dataset: LabelledDataset, *, device: torch.device, batch_size: int, workers: int,
+          amp: torch.dtype | None, ctx: DistContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Embeddings (float32, CPU) and labels of a whole dataset, in dataset order; split across ranks."""
     net = _unwrap(model)
     was_training = net.training
@@ -131,7 +117,7 @@ def embed(
 
 
 def evaluate_split(
-    model: nn.Module, splits: Any, split: str, cfg: CellConfig, device: torch.device, amp: torch.dtype | None,
+    model: nn.Module, splits: DatasetSplits, split: str, cfg: CellConfig, device: torch.device, amp: torch.dtype | None,
     ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Metrics of one split: ``val`` (leave-one-out) or ``test`` (leave-one-out or query -> gallery)."""
@@ -157,11 +143,8 @@ class Progress:
     """A tqdm bar on a terminal, plain log lines otherwise."""
 
     def __init__(self, total: int, start: int, label: str, enabled: bool, out: Any = None) -> None:
-        self.out = out or sys.stderr
-        self.label = label
-        self.total = total
-        self.enabled = enabled
-        self.bar = None
+        self.out, self.label, self.total, self.enabled = out or sys.stderr, label, total, enabled
+        self.bar: Any = None
         self.every = max(1, total // 10)
         if enabled and self.out.isatty():
             from tqdm import tqdm
@@ -179,11 +162,9 @@ class Progress:
             print(f"[{self.label}] it {iteration}/{self.total} {fields}", file=self.out, flush=True)
 
     def message(self, text: str) -> None:
-        if not self.enabled:
-            return
-        if self.bar is not None:
+        if self.enabled and self.bar is not None:
             self.bar.write(f"[{self.label}] {text}", file=self.out)
-        else:
+        elif self.enabled:
             print(f"[{self.label}] {text}", file=self.out, flush=True)
 
     def close(self) -> None:
@@ -194,12 +175,11 @@ class Progress:
 # ------------------------------------------------------------------------------------------ training
 
 
-def training_batches(splits: Any, cfg: CellConfig, start: int, ctx: DistContext | None) -> Iterator[Any]:
+def training_batches(splits: DatasetSplits, cfg: CellConfig, start: int, ctx: DistContext | None) -> Iterator[Any]:
     """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch."""
-    from harness.data import MPerClassBatchSampler
-
-    sampler = MPerClassBatchSampler(
-        splits.train.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class, seed=cfg.seed, start=start
+    sampler = build_batch_sampler(
+        cfg.data.sampler, splits.train.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class,
+        seed=cfg.seed, start=start,
     )
 
     class _Share:
@@ -227,7 +207,7 @@ def _grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _collect_pair_weights(
-    model: nn.Module, loss_fn: nn.Module, splits: Any, cfg: CellConfig, device: torch.device, ctx: DistContext | None
+    model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, cfg: CellConfig, device: torch.device, ctx: DistContext | None
 ) -> dict[str, np.ndarray]:
     """The weights ``loss_fn`` gives the selected pairs of a few training batches (the GPW view)."""
     pos, neg = [], []
@@ -267,20 +247,220 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _write_logs(paths: CellPaths, log: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
-    atomic_write_csv(paths.train_log, log, TRAIN_LOG_COLUMNS)
-    atomic_write_csv(paths.evals, evals, EVAL_COLUMNS)
-
-
 def _finite_or_fail(value: torch.Tensor, what: str, iteration: int) -> None:
     if not torch.isfinite(value).all():
         raise NonFiniteError(f"non-finite {what} ({value.item()}) at iteration {iteration}")
+
+
+def _due(iteration: int, every: int, last: int) -> bool:
+    return iteration % every == 0 or iteration == last
+
+
+def _check_selection(cfg: CellConfig, splits: DatasetSplits, evaluate_test: bool) -> None:
+    """The selection split must exist and may be the test set only where the test set may be looked at."""
+    if not evaluate_test and cfg.train.select_on == "test":
+        raise UserError("train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'")
+    if cfg.train.select_on == "val" and splits.val is None:
+        raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
+                        "(or select_on: test, as the official code does)")  # fmt: skip
+
+
+class _CellRun:
+    """One cell in training: what it is built from, what it has logged, and the steps of :func:`train_cell`."""
+
+    def __init__(self, cfg: CellConfig, paths: CellPaths, ctx: DistContext | None, splits: DatasetSplits | None,
+                 evaluate_test: bool) -> None:  # fmt: skip
+        self.cfg, self.paths, self.ctx, self.evaluate_test = cfg, paths, ctx, evaluate_test
+        self.started = time.perf_counter()
+        self.main, self.world_size = ctx is None or ctx.is_main, ctx.world_size if ctx else 1
+        self.device = pick_device(ctx)
+        self.amp = autocast_dtype(cfg.train.amp, self.device)
+        seed_everything(cfg.seed, cfg.train.deterministic, self.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.splits = load_splits(cfg) if splits is None else splits
+        _check_selection(cfg, self.splits, evaluate_test)
+        model = build_model(cfg, in_channels=int(self.splits.train[0][0].shape[0])).to(self.device)
+        if self.device.type == "cuda" and cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model: nn.Module = model
+        self.loss_fn = cfg.loss.build().to(self.device)
+        self.optimizer = build_optimizer(cfg, model)
+        self.scheduler = build_schedule(cfg, self.optimizer)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.log: list[dict[str, Any]] = []  # train_log.csv rows
+        self.evals: list[dict[str, Any]] = []  # evals.csv rows
+        self.best: dict[str, Any] = {"iteration": None, "value": -math.inf, "state": None}
+        self.start, self.elapsed_before = 0, 0.0
+        self.window_start, self.window_images = 0.0, 0  # images/s over the current log window
+
+    def restore(self) -> None:
+        """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so far."""
+        if not self.paths.checkpoint.is_file():
+            return
+        ckpt = torch.load(self.paths.checkpoint, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        _set_rng_state(ckpt["rng"])
+        self.log, self.evals, self.best = ckpt["train_log"], ckpt["evals"], ckpt["best"]
+        self.start, self.elapsed_before = ckpt["iteration"], ckpt["elapsed"]
+
+    def record_start(self) -> None:
+        """Write the cell's config.json, env.json and a ``running`` status.json."""
+        if self.main:
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.paths.config, self.cfg.record())
+            atomic_write_json(self.paths.env, {**environment(self.device), "world_size": self.world_size})
+            atomic_write_json(self.paths.status, {"status": "running", "reason": None, "started": now(),
+                                                  "resumed_from": self.start or None})  # fmt: skip
+
+    def distribute(self) -> None:
+        """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on GPU)."""
+        if self.ctx is not None:
+            if not self.cfg.model.freeze_bn and self.device.type == "cuda":  # statistics over the whole P x M batch
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,
+            )  # fmt: skip
+        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
+
+    def describe(self) -> str:
+        """The device line the progress output starts with."""
+        device, amp = self.device, self.amp
+        return (f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+                + (f", autocast {amp}" if amp else "") + (f", resuming at iteration {self.start}" if self.start else ""))  # fmt: skip
+
+    def step(self, iteration: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One update on one batch; returns the loss (detached). A non-finite loss or gradient raises."""
+        device, amp = self.device, self.amp
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if device.type == "cuda" and self.cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        if self.cfg.model.freeze_bn:
+            freeze_batchnorm_statistics(self.model)
+        with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
+            emb = self.model(images)
+        if self.ctx is not None:
+            emb, labels = gather_with_grad(emb), gather_rows(labels, self.ctx.world_size)
+        loss = self.loss_fn(emb.float(), labels)
+        _finite_or_fail(loss.detach(), "loss", iteration)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if amp is not torch.float16:
+            _finite_or_fail(_grad_norm(self.parameters), "gradient norm", iteration)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.window_images += labels.shape[0]
+        return loss.detach()
+
+    def log_step(self, iteration: int, loss: torch.Tensor, bar: Progress) -> None:
+        """Every ``train.log_every`` iterations: a train_log row (loss, pair statistics, lr, images/s)."""
+        if not _due(iteration, self.cfg.train.log_every, self.cfg.train.iterations):
+            if bar.bar is not None:
+                bar.update(iteration, {})
+            return
+        seconds = time.perf_counter() - self.window_start
+        stats = getattr(self.loss_fn, "last_stats", {})
+        row = {"iteration": iteration, "loss": float(loss), **{k: float(v) for k, v in stats.items()},
+               "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self.window_images / max(seconds, 1e-9)}  # fmt: skip
+        self.log.append(row)
+        bar.update(iteration, {"loss": f"{row['loss']:.4f}", "pos": f"{row.get('pos_pairs', 0):.0f}",
+                               "neg": f"{row.get('neg_pairs', 0):.0f}", "img/s": f"{row['images_per_s']:.0f}"})  # fmt: skip
+        self.window_start, self.window_images = time.perf_counter(), 0
+
+    def evaluate_and_select(self, iteration: int, on_eval: EvalCallback | None, bar: Progress) -> None:
+        """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so far."""
+        cfg = self.cfg
+        if not _due(iteration, cfg.train.eval_every, cfg.train.iterations):
+            return
+        eval_started = time.perf_counter()
+        split, metric = cfg.train.select_on, cfg.train.select_metric
+        values = evaluate_split(self.model, self.splits, split, cfg, self.device, self.amp, self.ctx)
+        self.evals.extend({"iteration": iteration, "split": split, "metric": k, "value": v} for k, v in values.items())
+        if metric not in values:
+            raise UserError(f"train.select_metric: {metric!r} is not measured; expected one of {sorted(values)}")
+        if values[metric] > self.best["value"]:
+            self.best = {"iteration": iteration, "value": values[metric], "state": _state(self.model)}
+        bar.message(f"it {iteration}: {split} {metric} = {values[metric]:.4f} "
+                    f"(best {self.best['value']:.4f} at {self.best['iteration']})")  # fmt: skip
+        if on_eval is not None:
+            on_eval(iteration, values)
+        self.window_start += time.perf_counter() - eval_started  # images/s counts training time only
+
+    def checkpoint(self, iteration: int) -> None:
+        """Every ``train.checkpoint_every`` (default: ``eval_every``) iterations before the last: save all state."""
+        every = self.cfg.train.checkpoint_every or self.cfg.train.eval_every
+        if not self.main or iteration % every != 0 or iteration >= self.cfg.train.iterations:
+            return
+        atomic_torch_save(self.paths.checkpoint, {
+            "iteration": iteration, "model": _unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "train_log": self.log, "evals": self.evals,
+            "best": self.best, "elapsed": self.elapsed_before + time.perf_counter() - self.started,
+        })  # fmt: skip
+        self._write_logs()
+
+    def final_evaluation(self) -> dict[str, dict[str, dict[str, float]]]:
+        """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and weights)."""
+        net, final_state = _unwrap(self.model), _state(self.model)
+        names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
+
+        def evaluate_all() -> dict[str, dict[str, float]]:
+            return {s: evaluate_split(self.model, self.splits, s, self.cfg, self.device, self.amp, self.ctx) for s in names}
+
+        metrics = {"final": evaluate_all()}
+        if self.best["state"] is not None and self.best["iteration"] != self.cfg.train.iterations:
+            net.load_state_dict(self.best["state"])
+            metrics["selected"] = evaluate_all()
+            net.load_state_dict(final_state)
+        else:
+            metrics["selected"] = metrics["final"]
+        pair_weights = _collect_pair_weights(self.model, self.loss_fn, self.splits, self.cfg, self.device, self.ctx)
+        if self.main:
+            atomic_save_npz(self.paths.pair_weights, pair_weights)
+            if self.cfg.train.keep_weights:
+                atomic_torch_save(self.paths.weights("final"), final_state)
+                atomic_torch_save(self.paths.weights("selected"), self.best["state"] or final_state)
+        return metrics
+
+    def finish(self, status: str, reason: str | None) -> CellOutcome:
+        """Final evaluation (when the cell finished), then final.json, the logs and the status; no checkpoint."""
+        train_seconds = self.elapsed_before + time.perf_counter() - self.started
+        eval_started = time.perf_counter()
+        metrics = self.final_evaluation() if status == "finished" else {}
+        eval_seconds = time.perf_counter() - eval_started
+        if self.main:
+            self._write_logs()
+            rates, best = [row["images_per_s"] for row in self.log], self.best
+            atomic_write_json(self.paths.final, {
+                "cell_id": self.cfg.cell_id, "status": status, "reason": reason, "select_on": self.cfg.train.select_on,
+                "select_metric": self.cfg.train.select_metric, "selected_iteration": best["iteration"],
+                "selected_value": best["value"] if best["iteration"] is not None else None,
+                "iterations": self.cfg.train.iterations, "metrics": metrics,
+                "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,
+                            "median_images_per_s": float(np.median(rates)) if rates else None},
+                "device": str(self.device), "world_size": self.world_size, "finished": now(),
+            })  # fmt: skip
+            atomic_write_json(self.paths.status, {"status": status, "reason": reason, "finished": now()})
+            self.paths.checkpoint.unlink(missing_ok=True)
+        return CellOutcome(self.cfg.cell_id, status, reason, metrics, train_seconds)
+
+    def _write_logs(self) -> None:
+        atomic_write_csv(self.paths.train_log, self.log, TRAIN_LOG_COLUMNS)
+        atomic_write_csv(self.paths.evals, self.evals, EVAL_COLUMNS)
 
 
 def train_cell(
     cfg: CellConfig,
     paths: CellPaths,
     *,
+    splits: DatasetSplits | None = None,
     on_eval: EvalCallback | None = None,
     progress: bool = True,
     ctx: DistContext | None = None,
@@ -288,178 +468,30 @@ def train_cell(
 ) -> CellOutcome:
     """Train and evaluate one cell, resuming from ``paths.checkpoint`` when it exists.
 
-    ``on_eval(iteration, metrics)`` is called after each evaluation on the selection split (it may
-    raise, e.g. ``optuna.TrialPruned``, which propagates). ``evaluate_test=False`` never touches the
-    test set (hyperparameter search): the final report then holds validation metrics only.
+    ``splits`` defaults to :func:`harness.builders.load_splits` of ``cfg``. ``on_eval(iteration, metrics)``
+    is called after each evaluation on the selection split (it may raise, e.g. ``optuna.TrialPruned``,
+    which propagates). ``evaluate_test=False`` never touches the test set (hyperparameter search): the
+    final report then holds validation metrics only.
     """
-    started = time.perf_counter()
-    main = ctx is None or ctx.is_main
-    device = pick_device(ctx)
-    amp = autocast_dtype(cfg.train.amp, device)
-    seed_everything(cfg.seed, cfg.train.deterministic, device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-
-    splits = load_splits(cfg)
-    if not evaluate_test and cfg.train.select_on == "test":
-        raise UserError("train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'")
-    if cfg.train.select_on == "val" and splits.val is None:
-        raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
-                        "(or select_on: test, as the official code does)")  # fmt: skip
-    in_channels = int(splits.train[0][0].shape[0])
-    model = build_model(cfg, in_channels).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loss_fn = cfg.loss.build().to(device)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_schedule(cfg, optimizer)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
-
-    log: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"iteration": None, "value": -math.inf, "state": None}
-    start = 0
-    elapsed_before = 0.0
-    if paths.checkpoint.is_file():
-        ckpt = torch.load(paths.checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        log, evals, best = ckpt["train_log"], ckpt["evals"], ckpt["best"]
-        start, elapsed_before = ckpt["iteration"], ckpt["elapsed"]
-
-    if main:
-        paths.root.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(paths.config, {"cell_id": cfg.cell_id, **cfg.model_dump(mode="json")})
-        atomic_write_json(paths.env, {**environment(device), "world_size": ctx.world_size if ctx else 1})
-        atomic_write_json(paths.status, {"status": "running", "reason": None, "started": now(),
-                                         "resumed_from": start or None})  # fmt: skip
-
-    if ctx is not None:
-        if not cfg.model.freeze_bn and device.type == "cuda":  # batch statistics over the whole P x M batch
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
-    net = _unwrap(model)
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    bar = Progress(cfg.train.iterations, start, cfg.cell_id, enabled=progress and main)
-    bar.message(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-                + (f", autocast {amp}" if amp else "") + (f", resuming at iteration {start}" if start else ""))  # fmt: skip
-
-    every_ckpt = cfg.train.checkpoint_every or cfg.train.eval_every
-    select_split = cfg.train.select_on
-    batches = training_batches(splits, cfg, start, ctx)
-    window_start, window_images = time.perf_counter(), 0
+    run = _CellRun(cfg, paths, ctx, splits, evaluate_test)
+    run.restore()
+    run.record_start()
+    run.distribute()
+    bar = Progress(cfg.train.iterations, run.start, cfg.cell_id, enabled=progress and run.main)
+    bar.message(run.describe())
+    batches = training_batches(run.splits, cfg, run.start, ctx)
+    run.window_start = time.perf_counter()
     status, reason = "finished", None
     try:
-        for iteration in range(start + 1, cfg.train.iterations + 1):
-            images, labels = next(batches)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            if device.type == "cuda" and cfg.train.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            model.train()
-            if cfg.model.freeze_bn:
-                freeze_batchnorm_statistics(model)
-            with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
-                emb = model(images)
-            if ctx is not None:
-                emb, labels = gather_with_grad(emb), gather_rows(labels, ctx.world_size)
-            loss = loss_fn(emb.float(), labels)
-            _finite_or_fail(loss.detach(), "loss", iteration)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            if amp is not torch.float16:
-                _finite_or_fail(_grad_norm(parameters), "gradient norm", iteration)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            window_images += labels.shape[0]
-
-            if iteration % cfg.train.log_every == 0 or iteration == cfg.train.iterations:
-                seconds = time.perf_counter() - window_start
-                stats = getattr(loss_fn, "last_stats", {})
-                row = {"iteration": iteration, "loss": float(loss.detach()), **{k: float(v) for k, v in stats.items()},
-                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(seconds, 1e-9)}  # fmt: skip
-                log.append(row)
-                bar.update(iteration, {"loss": f"{row['loss']:.4f}", "pos": f"{row.get('pos_pairs', 0):.0f}",
-                                       "neg": f"{row.get('neg_pairs', 0):.0f}", "img/s": f"{row['images_per_s']:.0f}"})  # fmt: skip
-                window_start, window_images = time.perf_counter(), 0
-            elif bar.bar is not None:
-                bar.update(iteration, {})
-
-            if iteration % cfg.train.eval_every == 0 or iteration == cfg.train.iterations:
-                eval_started = time.perf_counter()
-                values = evaluate_split(model, splits, select_split, cfg, device, amp, ctx)
-                evals.extend({"iteration": iteration, "split": select_split, "metric": k, "value": v}
-                             for k, v in values.items())  # fmt: skip
-                if cfg.train.select_metric not in values:
-                    raise UserError(f"train.select_metric: {cfg.train.select_metric!r} is not measured; "
-                                    f"expected one of {sorted(values)}")  # fmt: skip
-                score = values[cfg.train.select_metric]
-                if score > best["value"]:
-                    best = {"iteration": iteration, "value": score, "state": _state(model)}
-                bar.message(f"it {iteration}: {select_split} {cfg.train.select_metric} = {score:.4f} "
-                            f"(best {best['value']:.4f} at {best['iteration']})")  # fmt: skip
-                if on_eval is not None:
-                    on_eval(iteration, values)
-                window_start += time.perf_counter() - eval_started  # images/s counts training time only
-
-            if main and (iteration % every_ckpt == 0) and iteration < cfg.train.iterations:
-                atomic_torch_save(paths.checkpoint, {
-                    "iteration": iteration, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-                    "train_log": log, "evals": evals, "best": best,
-                    "elapsed": elapsed_before + time.perf_counter() - started,
-                })  # fmt: skip
-                _write_logs(paths, log, evals)
+        for iteration in range(run.start + 1, cfg.train.iterations + 1):
+            loss = run.step(iteration, *next(batches))
+            run.log_step(iteration, loss, bar)
+            run.evaluate_and_select(iteration, on_eval, bar)
+            run.checkpoint(iteration)
     except NonFiniteError as err:
         status, reason = "failed", str(err)
     finally:
         bar.close()
     if broadcast_flag(status == "failed", ctx) and status != "failed":
         status, reason = "failed", "another rank stopped on a non-finite value"
-
-    train_seconds = elapsed_before + time.perf_counter() - started
-    metrics: dict[str, dict[str, dict[str, float]]] = {}
-    if status == "finished":
-        eval_started = time.perf_counter()
-        final_state = _state(model)
-        splits_to_report = (["test"] if evaluate_test else []) + (["val"] if splits.val is not None else [])
-        metrics["final"] = {s: evaluate_split(model, splits, s, cfg, device, amp, ctx) for s in splits_to_report}
-        if best["state"] is not None and best["iteration"] != cfg.train.iterations:
-            net.load_state_dict(best["state"])
-            metrics["selected"] = {s: evaluate_split(model, splits, s, cfg, device, amp, ctx) for s in splits_to_report}
-            net.load_state_dict(final_state)
-        else:
-            metrics["selected"] = metrics["final"]
-        pair_weights = _collect_pair_weights(model, loss_fn, splits, cfg, device, ctx)
-        eval_seconds = time.perf_counter() - eval_started
-        if main:
-            atomic_save_npz(paths.pair_weights, pair_weights)
-            if cfg.train.keep_weights:
-                atomic_torch_save(paths.weights("final"), final_state)
-                atomic_torch_save(paths.weights("selected"), best["state"] or final_state)
-    else:
-        eval_seconds = 0.0
-
-    outcome = CellOutcome(cfg.cell_id, status, reason, metrics, train_seconds)
-    if main:
-        _write_logs(paths, log, evals)
-        images_per_s = [row["images_per_s"] for row in log]
-        atomic_write_json(paths.final, {
-            "cell_id": cfg.cell_id, "status": status, "reason": reason, "select_on": select_split,
-            "select_metric": cfg.train.select_metric, "selected_iteration": best["iteration"],
-            "selected_value": best["value"] if best["iteration"] is not None else None,
-            "iterations": cfg.train.iterations, "metrics": metrics,
-            "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,
-                        "median_images_per_s": float(np.median(images_per_s)) if images_per_s else None},
-            "device": str(device), "world_size": ctx.world_size if ctx else 1, "finished": now(),
-        })  # fmt: skip
-        atomic_write_json(paths.status, {"status": status, "reason": reason, "finished": now()})
-        paths.checkpoint.unlink(missing_ok=True)
-    return outcome
-
+    return run.finish(status, reason)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydantic import ValidationError
 from torchvision.transforms import v2
 
 import harness.data
@@ -132,6 +133,8 @@ def test_the_official_variant_trains_on_the_official_sampler() -> None:
 
 
 def test_config_offers_exactly_the_samplers_harness_data_has() -> None:
-    choices = typing.get_args(DataConfig.model_fields["sampler"].annotation)
-    assert choices == tuple(SAMPLERS)
     assert DataConfig().sampler == "proportional"
+    for name in SAMPLERS:
+        assert DataConfig(sampler=name).sampler == name
+    with pytest.raises(ValidationError, match=r"unknown sampler 'oficial'; did you mean 'official'"):
+        DataConfig(sampler="oficial")

@@ -278,14 +278,29 @@ def test_unknown_glyph_option_is_one_line_with_close_match(tmp_path) -> None:
     from harness.errors import UserError
 
     with pytest.raises(UserError, match=r"unknown data option 'num_clases' .* did you mean 'num_classes'\?"):
-        build_splits("glyphs", None, image_size=32, convention="grey", val_fraction=0.2, cache_dir=tmp_path,
-                     num_clases=40)
+        build_splits(
+            "glyphs",
+            None,
+            image_size=32,
+            convention="grey",
+            val_fraction=0.2,
+            cache_dir=tmp_path,
+            num_clases=40,
+        )
 
 
 def test_build_splits_defaults_fit_each_benchmark(tmp_path) -> None:
     from harness.data import build_splits
 
-    splits = build_splits("glyphs", None, val_fraction=0.5, val_seed=0, cache_dir=tmp_path, num_classes=8,
-                          instances_per_class=4, min_fonts=4)
+    splits = build_splits(
+        "glyphs",
+        None,
+        val_fraction=0.5,
+        val_seed=0,
+        cache_dir=tmp_path,
+        num_classes=8,
+        instances_per_class=4,
+        min_fonts=4,
+    )
     image, _ = splits.train[0]
     assert tuple(image.shape) == (1, 32, 32)

@@ -14,47 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
+from conftest import WriteExperiment
 
 from harness import run
 
 ROOT = Path(__file__).resolve().parent.parent
 
-TINY = {
-    "name": "tiny",
-    "grid": {"datasets": ["glyphs"], "embedding_sizes": [16], "seeds": [0], "losses": ["ms", "binomial"]},
-    "data": {"image_size": 32, "workers": 0, "classes_per_batch": 8, "samples_per_class": 4, "val_fraction": 0.25,
-             "options": {"num_classes": 48, "instances_per_class": 10}},
-    "model": {"backbone": "small_cnn", "pretrained": False, "freeze_bn": False, "width": 8},
-    "optim": {"lr_backbone": 0.002, "lr_head": 0.002, "weight_decay": 0.0},
-    "schedule": {"milestones": [20], "gamma": 0.5},
-    "train": {"iterations": 24, "eval_every": 8, "log_every": 4, "threads": 1},
-    "evaluate": {"metrics": ["recall", "map_at_r"], "ks": [1, 2, 4]},
-}  # fmt: skip
-
-
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def glyph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("glyph-cache")
-
-
-def experiment_file(folder: Path, cache: Path, **changes: object) -> Path:
-    data = json.loads(json.dumps(TINY))
-    data["data"]["cache_dir"] = str(cache)
-    for key, value in changes.items():
-        section, _, field = key.partition("__")
-        if field:
-            data[section][field] = value
-        else:
-            data[section] = value
-    base = folder / "base.yaml"
-    base.write_text((ROOT / "experiments" / "base.yaml").read_text())
-    path = folder / f"{data['name']}.yaml"
-    path.write_text(yaml.safe_dump({"base": "base.yaml", **data}))
-    return path
 
 
 def cells_of(results: Path, name: str = "tiny") -> dict[str, Path]:
@@ -70,8 +36,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=300, env=ONE_THREAD)  # fmt: skip
 
 
-def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, glyph_cache: Path) -> None:
-    exp = experiment_file(tmp_path, glyph_cache)
+def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+    exp = tiny_experiment()
     results = tmp_path / "results"
     assert run.main([str(exp), "--results", str(results), "--quiet", "--no-report"]) == 0
     cells = cells_of(results)
@@ -103,8 +69,8 @@ def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, glyph_cach
     assert {r["loss_label"] for r in table} == {"MS", "Binomial"}
 
 
-def test_same_seed_gives_the_same_metrics_and_reruns_skip(tmp_path: Path, glyph_cache: Path) -> None:
-    exp = experiment_file(tmp_path, glyph_cache, grid={**TINY["grid"], "losses": ["ms"]})
+def test_same_seed_gives_the_same_metrics_and_reruns_skip(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+    exp = tiny_experiment({"grid.losses": ["ms"]})
     first, second = tmp_path / "a", tmp_path / "b"
     assert run.main([str(exp), "--results", str(first), "--quiet", "--no-report"]) == 0
     assert run.main([str(exp), "--results", str(second), "--quiet", "--no-report"]) == 0
@@ -120,7 +86,10 @@ def test_same_seed_gives_the_same_metrics_and_reruns_skip(tmp_path: Path, glyph_
 
 
 def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
-    tmp_path: Path, glyph_cache: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_experiment: WriteExperiment,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from harness.config import LossSpec
 
@@ -144,7 +113,7 @@ def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
         return NaNFromCall(loss) if spec.name == "binomial" else loss
 
     monkeypatch.setattr(LossSpec, "build", poisoned)
-    exp = experiment_file(tmp_path, glyph_cache)
+    exp = tiny_experiment()
     results = tmp_path / "results"
     code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report"])
     assert code == run.EXIT_FAILED_CELLS
@@ -158,9 +127,8 @@ def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
     assert [r["status"] for r in table if r["loss"] == "binomial"] == ["failed"]
 
 
-def test_missing_dataset_is_one_line_and_exit_2(tmp_path: Path, glyph_cache: Path) -> None:
-    exp = experiment_file(tmp_path, glyph_cache, grid={**TINY["grid"], "datasets": ["cub"]},
-                          model={**TINY["model"], "backbone": "resnet50"}, data={**TINY["data"], "options": {}})  # fmt: skip
+def test_missing_dataset_is_one_line_and_exit_2(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+    exp = tiny_experiment({"grid.datasets": ["cub"], "model.backbone": "resnet50", "data.options": {}})
     out = run_cli(str(exp), "--results", str(tmp_path / "r"), "--set", f"data.root={tmp_path / 'nothing'}")
     assert out.returncode == 2
     lines = [line for line in out.stderr.splitlines() if line.strip()]
@@ -168,8 +136,8 @@ def test_missing_dataset_is_one_line_and_exit_2(tmp_path: Path, glyph_cache: Pat
     assert "Traceback" not in out.stderr
 
 
-def test_shards_share_one_experiment(tmp_path: Path, glyph_cache: Path) -> None:
-    exp = experiment_file(tmp_path, glyph_cache, train={**TINY["train"], "iterations": 8})
+def test_shards_share_one_experiment(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+    exp = tiny_experiment({"train.iterations": 8})
     results = tmp_path / "results"
     first = run_cli(str(exp), "--results", str(results), "--shard", "0/2", "--quiet")
     assert first.returncode == 0, first.stderr
@@ -190,10 +158,11 @@ def _wait_for(path: Path, seconds: float) -> bool:
     return False
 
 
-def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(tmp_path: Path, glyph_cache: Path) -> None:
-    grid = {**TINY["grid"], "losses": ["binomial", "ms"]}
-    train = {**TINY["train"], "iterations": 32, "eval_every": 8, "checkpoint_every": 2}
-    exp = experiment_file(tmp_path, glyph_cache, grid=grid, train=train)
+def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    exp = tiny_experiment({"grid.losses": ["binomial", "ms"], "train.iterations": 32, "train.eval_every": 8,
+                           "train.checkpoint_every": 2})  # fmt: skip
     reference = tmp_path / "reference"
     assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report"]) == 0
 
@@ -239,12 +208,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_gloo_training_matches_one_process(tmp_path: Path, glyph_cache: Path) -> None:
-    grid = {**TINY["grid"], "losses": ["ms"]}
-    train = {**TINY["train"], "iterations": 6, "eval_every": 6, "log_every": 1}
-    model = {**TINY["model"], "freeze_bn": True}  # BN statistics of a half batch would differ per rank
-    data = {**TINY["data"], "options": {**TINY["data"]["options"], "train_shift": 0}}  # random shifts too
-    exp = experiment_file(tmp_path, glyph_cache, grid=grid, train=train, model=model, data=data)
+def test_two_process_gloo_training_matches_one_process(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+    exp = tiny_experiment({
+        "grid.losses": ["ms"], "train.iterations": 6, "train.eval_every": 6, "train.log_every": 1,
+        "model.freeze_bn": True,  # BN statistics of a half batch would differ per rank
+        "data.options.train_shift": 0,  # random shifts too
+    })  # fmt: skip
     single = tmp_path / "single"
     assert run.main([str(exp), "--results", str(single), "--quiet", "--no-report"]) == 0
     double = tmp_path / "double"

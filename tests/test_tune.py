@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 import pytest
-import yaml
+from conftest import WriteExperiment
 from optuna.trial import TrialState
 
 from harness import builders, train
@@ -32,38 +32,18 @@ from harness.tune import (
 )
 from harness.tune import outputs as tune_outputs
 
-ROOT = Path(__file__).resolve().parent.parent
 ITERATIONS, EVAL_EVERY = 40, 10
 WRITE_FIGURES = tune_outputs.write_figures
 
-STUDY: dict[str, Any] = {
-    "trials": 4,
-    "space": {"alpha": {"low": 0.5, "high": 10.0, "log": True}, "lam": {"low": 0.0, "high": 1.0}},
-    "sampler": {"name": "tpe", "multivariate": True, "constant_liar": True, "n_startup_trials": 2, "seed": 0},
-    "pruner": {"name": "none"},
-    "importance": {"evaluator": "ped_anova"},
-}
 
+@pytest.fixture()
+def tune_file(tiny_tune_file: WriteExperiment) -> WriteExperiment:
+    """``tune_file(**study)``: the tiny tune file on the stand-in trainer's protocol (it never reads the data)."""
 
-def tune_file(tmp_path: Path, **study: Any) -> Path:
-    """A one-cell tune file on glyphs (the stand-in trainer never reads the data)."""
-    data = {
-        "name": "tiny",
-        "base": str(ROOT / "experiments" / "base.yaml"),
-        "data": {"cache_dir": str(tmp_path / "cache"), "val_fraction": 0.25, "workers": 0},
-        "model": {"backbone": "small_cnn", "pretrained": False},
-        "schedule": {"milestones": []},
-        "train": {"iterations": ITERATIONS, "eval_every": EVAL_EVERY},
-        "grid": {
-            "losses": [{"name": "ms", "preset": "paper"}],
-            "datasets": ["glyphs"],
-            "embedding_sizes": [16],
-        },
-        "study": {**STUDY, **study},
-    }
-    path = tmp_path / "tune-tiny.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    def write(**study: Any) -> Path:
+        return tiny_tune_file({"train.iterations": ITERATIONS, "train.eval_every": EVAL_EVERY}, **study)
+
+    return write
 
 
 class FakeTrainer:
@@ -119,12 +99,12 @@ def run(path: Path, results: Path, *extra: str) -> int:
 
 
 def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written(
-    tmp_path: Path, fake: FakeTrainer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tune_outputs, "write_figures", WRITE_FIGURES)
     fake.fail_folders = ("1",)
     results = tmp_path / "results"
-    assert run(tune_file(tmp_path, best_set={"train.iterations": 4 * ITERATIONS}), results) == 0
+    assert run(tune_file(best_set={"train.iterations": 4 * ITERATIONS}), results) == 0
 
     trials = trials_of(results)
     assert [t.number for t in trials] == [0, 1, 2, 3]
@@ -165,8 +145,10 @@ def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written
     assert load_tune(study_dir / "tune.yaml").name == "tiny"
 
 
-def test_trials_is_the_total_a_rerun_continues_to_and_never_passes(tmp_path: Path, fake: FakeTrainer) -> None:
-    path, results = tune_file(tmp_path), tmp_path / "results"
+def test_trials_is_the_total_a_rerun_continues_to_and_never_passes(
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
+) -> None:
+    path, results = tune_file(), tmp_path / "results"
     journal = f"journal:{tmp_path / 'study.journal'}"
     assert run(path, results, "--storage", journal, "--trials", "2") == 0
     assert len(trials_of(results, journal)) == 2
@@ -180,11 +162,13 @@ def test_trials_is_the_total_a_rerun_continues_to_and_never_passes(tmp_path: Pat
     assert not (results / "tiny" / "study.db").exists(), "--storage replaces the default SQLite file"
 
 
-def test_successive_halving_prunes_and_marks_the_trial_folder(tmp_path: Path, fake: FakeTrainer) -> None:
+def test_successive_halving_prunes_and_marks_the_trial_folder(
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
+) -> None:
     pruner = {"name": "successive_halving", "min_resource": EVAL_EVERY, "reduction_factor": 2,
               "min_early_stopping_rate": 0}  # fmt: skip
     results = tmp_path / "results"
-    assert run(tune_file(tmp_path, pruner=pruner, trials=6), results) == 0
+    assert run(tune_file(pruner=pruner, trials=6), results) == 0
     trials = trials_of(results)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, "successive halving should stop some of 6 trials"
@@ -198,9 +182,9 @@ def test_successive_halving_prunes_and_marks_the_trial_folder(tmp_path: Path, fa
 
 
 def test_a_trial_beyond_the_total_is_marked_surplus_and_not_counted(
-    tmp_path: Path, fake: FakeTrainer
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
 ) -> None:
-    setup = load_tune(tune_file(tmp_path))
+    setup = load_tune(tune_file())
     study = optuna.create_study(direction="maximize")
     for value in (0.1, 0.2):
         study.add_trial(optuna.trial.create_trial(value=value, params={"alpha": 1.0, "lam": 0.5},
@@ -221,10 +205,10 @@ def study_distributions() -> dict[str, Any]:
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")
 def test_a_stale_trial_is_failed_retried_in_its_own_folder_and_not_counted(
-    tmp_path: Path, fake: FakeTrainer
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
 ) -> None:
     path, results = (
-        tune_file(tmp_path, heartbeat={"interval": 1, "grace_period": 2, "max_retry": 1}),
+        tune_file(heartbeat={"interval": 1, "grace_period": 2, "max_retry": 1}),
         tmp_path / "results",
     )
     setup = load_tune(path)
@@ -251,8 +235,10 @@ def test_a_stale_trial_is_failed_retried_in_its_own_folder_and_not_counted(
     assert [folder for folder, _ in fake.calls] == ["0", "2"]
 
 
-def test_a_changed_tune_file_does_not_continue_an_old_study(tmp_path: Path, fake: FakeTrainer) -> None:
-    path, results = tune_file(tmp_path), tmp_path / "results"
+def test_a_changed_tune_file_does_not_continue_an_old_study(
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
+) -> None:
+    path, results = tune_file(), tmp_path / "results"
     assert run(path, results, "--trials", "1") == 0
     from harness.errors import UserError
 

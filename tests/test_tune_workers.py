@@ -15,37 +15,28 @@ from typing import Any
 
 import optuna
 import pytest
+from conftest import WriteExperiment
 from optuna.trial import TrialState
 
 from harness.config import load_experiment
 from harness.tune import HeartbeatConfig, counted_trials, main, open_storage, with_installed_driver
 from harness.tune import outputs as tune_outputs
 
-ROOT = Path(__file__).resolve().parent.parent
-TUNE_GLYPHS = ROOT / "experiments" / "tune-glyphs.yaml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+WORKERS_PROTOCOL = {  # a few seconds per trial; Hyperband over the 4 iterations, as tune-glyphs.yaml over 240
+    "train.iterations": 4,
+    "train.eval_every": 2,
+    "train.log_every": 2,
+    "evaluate.metrics": ["recall"],
+    "evaluate.ks": [1],
+    "study.pruner": {"name": "hyperband", "min_resource": 2, "max_resource": 4, "reduction_factor": 3},
+}
 
 
-def tiny(tmp_path: Path, name: str) -> list[str]:
-    """``--set`` overrides that shrink tune-glyphs.yaml to a few seconds per trial."""
-    sets = {
-        "study.name": name,
-        "data.cache_dir": str(tmp_path / "glyph-cache"),
-        "data.options": "{num_classes: 16, instances_per_class: 8}",
-        "data.val_fraction": 0.25,
-        "data.classes_per_batch": 4,
-        "data.samples_per_class": 4,
-        "model.width": 4,
-        "grid.embedding_sizes": "[8]",
-        "train.iterations": 4,
-        "train.eval_every": 2,
-        "evaluate.ks": "[1]",
-        "study.pruner.min_resource": 2,
-        "study.pruner.max_resource": 4,
-        "study.sampler.n_startup_trials": 2,
-        "study.best_set": "{}",
-    }
-    return [arg for key, value in sets.items() for arg in ("--set", f"{key}={value}")]
+@pytest.fixture()
+def tune_file(tiny_tune_file: WriteExperiment) -> Path:
+    """The tiny tune file, trained for real by the workers."""
+    return tiny_tune_file(WORKERS_PROTOCOL)
 
 
 @pytest.fixture(autouse=True)
@@ -54,17 +45,10 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])
 
 
-def run_workers(tmp_path: Path, name: str, trials: int, *storage: str) -> int:
-    argv = [
-        str(TUNE_GLYPHS),
-        "--results",
-        str(tmp_path / "results"),
-        "--workers",
-        "2",
-        "--trials",
-        str(trials),
-    ]
-    return main([*argv, "--quiet", *storage, *tiny(tmp_path, name)])
+def run_workers(tune_file: Path, results: Path, name: str, trials: int, *storage: str) -> int:
+    """Two workers; the study name is a --set override, so a worker that missed the parent's overrides fails."""
+    argv = [str(tune_file), "--results", str(results), "--workers", "2", "--trials", str(trials), "--quiet"]
+    return main([*argv, *storage, "--set", f"study.name={name}"])
 
 
 def check_each_trial_once(trials: list[Any], total: int, study_dir: Path) -> None:
@@ -80,9 +64,9 @@ def check_each_trial_once(trials: list[Any], total: int, study_dir: Path) -> Non
     assert all(t.state == TrialState.FAIL for t in surplus)
 
 
-def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(tmp_path: Path) -> None:
+def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(tmp_path: Path, tune_file: Path) -> None:
     name = "two-workers"
-    assert run_workers(tmp_path, name, 3) == 0
+    assert run_workers(tune_file, tmp_path / "results", name, 3) == 0
     study_dir = tmp_path / "results" / name
     storage = open_storage(f"sqlite:///{(study_dir / 'study.db').resolve()}", HeartbeatConfig())
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
@@ -94,14 +78,16 @@ def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(tmp_path:
 
 
 @pytest.mark.slow
-def test_two_workers_on_a_journal_file_record_each_trial_once_and_a_rerun_tops_up(tmp_path: Path) -> None:
+def test_two_workers_on_a_journal_file_record_each_trial_once_and_a_rerun_tops_up(
+    tmp_path: Path, tune_file: Path
+) -> None:
     name = "journal-workers"
     journal = f"journal:{tmp_path / 'study.journal'}"
     storage = open_storage(journal, HeartbeatConfig())
-    assert run_workers(tmp_path, name, 3, "--storage", journal) == 0
+    assert run_workers(tune_file, tmp_path / "results", name, 3, "--storage", journal) == 0
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     check_each_trial_once(trials, 3, tmp_path / "results" / name)
-    assert run_workers(tmp_path, name, 4, "--storage", journal) == 0  # one trial left for two workers
+    assert run_workers(tune_file, tmp_path / "results", name, 4, "--storage", journal) == 0  # one trial left for two workers
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     check_each_trial_once(trials, 4, tmp_path / "results" / name)
 
@@ -125,11 +111,11 @@ def postgres_url() -> str:
     return url
 
 
-def test_two_workers_on_postgresql_record_each_trial_once(tmp_path: Path) -> None:
+def test_two_workers_on_postgresql_record_each_trial_once(tmp_path: Path, tune_file: Path) -> None:
     url = postgres_url()
     name = f"pg-workers-{uuid.uuid4().hex[:8]}"  # the database outlives the test: a fresh study each time
     try:
-        assert run_workers(tmp_path, name, 3, "--storage", url) == 0
+        assert run_workers(tune_file, tmp_path / "results", name, 3, "--storage", url) == 0
         storage = open_storage(url, HeartbeatConfig())
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         check_each_trial_once(trials, 3, tmp_path / "results" / name)

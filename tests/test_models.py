@@ -6,9 +6,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from harness.errors import DataError, UserError
-from harness.models import build_model, freeze_batchnorm_statistics
+from harness.models import (
+    BACKBONES,
+    BackboneOptions,
+    build_model,
+    freeze_batchnorm_statistics,
+    register_backbone,
+)
 
 
 @pytest.mark.parametrize("pooling", ["max", "avg"])
@@ -18,7 +25,6 @@ def test_bninception_embeds_to_unit_vectors(pooling: str) -> None:
         out = model(torch.randn(2, 3, 96, 96))
     assert out.shape == (2, 64)
     assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
-    assert model.convention == "bninception"
     assert sum(p.numel() for p in model.head.parameters()) == 1024 * 64 + 64
 
 
@@ -26,9 +32,9 @@ def test_resnet50_and_small_cnn() -> None:
     resnet = build_model("resnet50", 32, pretrained=False).eval()
     with torch.no_grad():
         assert resnet(torch.randn(1, 3, 64, 64)).shape == (1, 32)
-    assert resnet.head.in_features == 2048 and resnet.convention == "imagenet"
+    assert resnet.head.in_features == 2048
     cnn = build_model("small_cnn", 16, pretrained=False, in_channels=1, width=8)
-    assert cnn(torch.randn(4, 1, 32, 32)).shape == (4, 16) and cnn.convention == "grey"
+    assert cnn(torch.randn(4, 1, 32, 32)).shape == (4, 16)
 
 
 def test_missing_weights_file_is_one_line_saying_where(tmp_path: Path) -> None:
@@ -77,3 +83,32 @@ def test_greyscale_input_needs_small_cnn() -> None:
         build_model("bninception", 8, pretrained=False, in_channels=1)
     with pytest.raises(UserError, match="no pretrained weights"):
         build_model("small_cnn", 8, pretrained=True, in_channels=1)
+
+
+def test_backbone_registry_names_each_backbone_with_its_input_convention() -> None:
+    from harness.data import CONVENTIONS
+
+    conventions = {name: entry.convention for name, entry in BACKBONES.items()}
+    assert conventions == {"bninception": "bninception", "resnet50": "imagenet", "small_cnn": "grey"}
+    assert all(entry.convention in CONVENTIONS and entry.summary for entry in BACKBONES.values())
+
+
+def test_unknown_backbone_is_one_line_with_the_close_match() -> None:
+    with pytest.raises(UserError, match=r"model.backbone: unknown backbone 'bninceptoin'; did you mean 'bninception'\?"):
+        build_model("bninceptoin", 8, pretrained=False)
+
+
+def test_a_registered_backbone_builds_by_name() -> None:
+    @register_backbone(convention="grey")
+    def flat_linear(options: BackboneOptions) -> tuple[nn.Module, int]:
+        """A linear map of the flattened image (test only)."""
+        return nn.Sequential(nn.Flatten(), nn.Linear(options.in_channels * 8 * 8, 12)), 12
+
+    try:
+        model = build_model("flat_linear", 4, pretrained=False, in_channels=2)
+        assert model(torch.randn(3, 2, 8, 8)).shape == (3, 4)
+        assert BACKBONES["flat_linear"].summary == "A linear map of the flattened image (test only)."
+        with pytest.raises(RuntimeError, match="registered twice"):
+            register_backbone(convention="grey")(flat_linear)
+    finally:
+        BACKBONES.pop("flat_linear")

@@ -27,13 +27,12 @@ from harness.models.registry import (
 class EmbeddingModel(nn.Module):
     """``backbone -> pooled features -> Linear -> L2 norm``."""
 
-    def __init__(self, backbone: nn.Module, features: int, embedding_size: int, convention: str) -> None:
+    def __init__(self, backbone: nn.Module, features: int, embedding_size: int) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(features, embedding_size)
         nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
         nn.init.zeros_(self.head.bias)
-        self.convention = convention
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.backbone(images)).float(), dim=1)
@@ -54,7 +53,7 @@ def build_model(
     options = BackboneOptions(pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels,
                               width=width)  # fmt: skip
     module, features = entry.factory(options)
-    return EmbeddingModel(module, features, embedding_size, entry.convention)
+    return EmbeddingModel(module, features, embedding_size)
 
 
 def freeze_batchnorm_statistics(model: nn.Module) -> None:

@@ -6,6 +6,11 @@ deep-merged under the experiment's own keys. :func:`load_experiment` validates e
 turns every mistake into a one-line :class:`~harness.errors.UserError` naming the YAML path, the value,
 what was expected and, for names, the close matches. :func:`expand_cells` resolves the grid into
 :class:`CellConfig` objects, each with a stable id derived from its resolved config.
+
+An experiment's ``name`` (its results folder) is never inherited from a base file: a file without
+``name:`` is named after its own file stem, so two experiment files never share a results folder by
+accident. Files must be UTF-8 text; a key given twice in one mapping and a grid axis listing the same
+entry twice are errors, not last-wins or a cell trained twice.
 """
 
 from __future__ import annotations
@@ -16,10 +21,18 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from harness.errors import UserError, did_you_mean
 
@@ -34,6 +47,16 @@ def _check_known(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
             raise ValueError(f"unknown {kind} {name!r}{did_you_mean(str(name), choices)}")
 
 
+def _check_unique(axis: str, entries: list[Any]) -> None:
+    """Raise ValueError when a grid axis lists the same entry twice (it would train the same cells twice)."""
+    seen: list[Any] = []
+    for entry in entries:
+        if entry in seen:
+            shown = entry.model_dump(exclude_defaults=True) if isinstance(entry, BaseModel) else entry
+            raise ValueError(f"{axis} lists {shown!r} twice; each entry of a grid axis must be different")
+        seen.append(entry)
+
+
 def _check_datasets(names: Iterable[str]) -> None:
     from harness.data import DATASETS  # the names are declared there; imported lazily to keep config light
 
@@ -42,6 +65,10 @@ def _check_datasets(names: Iterable[str]) -> None:
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+NON_NEGATIVE_HPARAMS = {"lam": "lambda, the similarity threshold or margin", "eps": "epsilon, the mining margin"}
+"""Loss hyperparameters that are distances or margins: a negative value is a mistake, not a setting."""
 
 
 class LossSpec(_Strict):
@@ -65,9 +92,13 @@ class LossSpec(_Strict):
         if self.name not in names:
             raise ValueError(f"unknown loss {self.name!r}{did_you_mean(self.name, names)}")
         try:
-            self._build_unchecked()
+            loss = self._build_unchecked()
         except (TypeError, ValueError) as err:  # losses.LossConfigError is a ValueError
             raise ValueError(self._rejected(err)) from None
+        for key, meaning in NON_NEGATIVE_HPARAMS.items():
+            value = loss.hparams.get(key)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"loss {self.name!r}: {key} ({meaning}) must be >= 0, got {value!r}")
         return self
 
     def _rejected(self, err: Exception) -> str:
@@ -146,6 +177,15 @@ class ModelConfig(_Strict):
         _check_known("backbone", [name], sorted(BACKBONES))
         return name
 
+    @model_validator(mode="after")
+    def _weights_used(self) -> ModelConfig:
+        if self.weights is not None and self.backbone == "small_cnn":
+            raise ValueError("weights: small_cnn trains from scratch and would ignore model.weights; remove it")
+        if self.weights is not None and not self.pretrained:
+            raise ValueError("weights: model.pretrained is false, so model.weights would be ignored; "
+                             "set model.pretrained: true or remove model.weights")  # fmt: skip
+        return self
+
 
 class OptimConfig(_Strict):
     """Optimiser with separate learning rates for backbone and head."""
@@ -221,13 +261,20 @@ class Grid(_Strict):
     losses: list[LossSpec] = Field(min_length=1)
     datasets: list[str] = Field(min_length=1)
     embedding_sizes: list[int] | dict[str, list[int]] = Field(default_factory=lambda: [512])
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
     variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+
+    @field_validator("losses", "seeds")
+    @classmethod
+    def _no_repeats(cls, entries: list[Any], info: ValidationInfo) -> list[Any]:
+        _check_unique(str(info.field_name), entries)
+        return entries
 
     @field_validator("datasets")
     @classmethod
     def _known_datasets(cls, names: list[str]) -> list[str]:
         _check_datasets(names)
+        _check_unique("datasets", names)
         return names
 
     @field_validator("embedding_sizes")
@@ -236,6 +283,7 @@ class Grid(_Strict):
         for group in sizes.values() if isinstance(sizes, dict) else [sizes]:
             if not group or min(group) < 1:
                 raise ValueError("embedding sizes must be a non-empty list of integers >= 1")
+            _check_unique("embedding_sizes", group)
         return sizes
 
     @model_validator(mode="after")
@@ -354,15 +402,49 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: experiment file not found; give the path to a YAML file (see experiments/)")
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error instead of last-wins."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_text(path: Path) -> str:
+    """The text of a YAML file; a file that is not UTF-8 text (binary, UTF-16) is one line saying so."""
+    data = path.read_bytes()
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UserError(f"{path}: the file is UTF-16 text; save it as UTF-8 text")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a text file (byte {err.start} is not UTF-8); save it as UTF-8 text") from None
+    if "\x00" in text:
+        raise UserError(f"{path}: not a text file (it holds NUL bytes); save it as UTF-8 text")
+    return text
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line UserError."""
+    try:
+        return yaml.load(_yaml_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: experiment file not found; give the path to a YAML file (see experiments/)")
+    data = load_yaml(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -383,7 +465,9 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     base_path = (path.parent / base).resolve()
     if not base_path.is_file():
         raise UserError(f"{path}: base: file {base!r} not found next to the experiment file ({base_path})")
-    return _deep_merge(_with_bases(base_path, (*seen, path)), data)
+    inherited = _with_bases(base_path, (*seen, path))
+    inherited.pop("name", None)  # a name is never inherited: each file writes to its own results folder
+    return _deep_merge(inherited, data)
 
 
 def parse_value(text: str) -> Any:

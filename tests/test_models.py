@@ -47,20 +47,59 @@ def test_missing_weights_file_is_one_line_saying_where(tmp_path: Path) -> None:
         build_model("resnet50", 64, pretrained=True, weights=str(tmp_path / "r50.pth"))
 
 
-def test_local_weights_load_and_a_wrong_file_is_refused(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def bninception_state() -> dict[str, torch.Tensor]:
+    """A modern BN-Inception state dict (pretrainedmodels, no download), every value unlike a fresh model's."""
     import pretrainedmodels
 
-    source = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
+    state = pretrainedmodels.bninception(num_classes=1000, pretrained=None).state_dict()
+    return {k: v + 0.5 if v.is_floating_point() else v + 7 for k, v in state.items()}
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip-file", "legacy-file"])
+@pytest.mark.parametrize("counters", [True, False], ids=["with-counters", "pre-0.4.1-without-counters"])
+def test_bninception_weights_load_with_or_without_batchnorm_counters(
+    tmp_path: Path, bninception_state: dict[str, torch.Tensor], counters: bool, zip_format: bool
+) -> None:
+    state = dict(bninception_state)
+    if not counters:  # the format of files saved before PyTorch 0.4.1, like bn_inception-52deb4733.pth
+        removed = [k for k in state if k.endswith(".num_batches_tracked")]
+        assert len(removed) == 69
+        state = {k: v for k, v in state.items() if k not in removed}
     path = tmp_path / "bn_inception-52deb4733.pth"
-    torch.save(source.state_dict(), path)
-    model = build_model("bninception", 8, pretrained=True, weights=str(path))
-    loaded = model.backbone.trunk.net.state_dict()
-    key = "conv1_7x7_s2.weight"
-    assert torch.equal(loaded[key], source.state_dict()[key])
-    wrong = tmp_path / "wrong.pth"
-    torch.save({"something": torch.zeros(3)}, wrong)
-    with pytest.raises(DataError, match="does not match the model"):
-        build_model("bninception", 8, pretrained=True, weights=str(wrong))
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
+    loaded = build_model("bninception", 8, pretrained=True, weights=str(path)).backbone.trunk.net.state_dict()
+    kept = {k: v for k, v in state.items() if not k.startswith("last_linear.")}  # the classifier is replaced
+    assert all(torch.equal(loaded[k], v) for k, v in kept.items())
+    counts = [int(v) for k, v in loaded.items() if k.endswith(".num_batches_tracked")]
+    assert counts == [7] * 69 if counters else counts == [0] * 69
+
+
+def _refusal(tmp_path: Path, content: object) -> str:
+    path = tmp_path / "weights.pth"
+    torch.save(content, path)
+    with pytest.raises(DataError) as info:
+        build_model("bninception", 8, pretrained=True, weights=str(path))
+    message = str(info.value)
+    assert "\n" not in message and str(path) in message and "model.weights" in message
+    return message
+
+
+def test_a_weights_file_that_does_not_fit_is_one_line_naming_the_mismatch(
+    tmp_path: Path, bninception_state: dict[str, torch.Tensor]
+) -> None:
+    state = dict(bninception_state)
+    missing = {k: v for k, v in state.items() if k != "conv1_7x7_s2.weight"}
+    assert "(1 missing, e.g. 'conv1_7x7_s2.weight')" in _refusal(tmp_path, missing)
+    extra = {**state, "extra.weight": torch.zeros(2)}
+    assert "1 unexpected, e.g. 'extra.weight'" in _refusal(tmp_path, extra)
+    reshaped = {**state, "last_linear.weight": torch.zeros(10, 1024)}
+    assert "1 of another shape, e.g. 'last_linear.weight' (10, 1024) instead of (1000, 1024)" in _refusal(
+        tmp_path, reshaped
+    )
+    other = _refusal(tmp_path, {"something": torch.zeros(3)})  # the 69 BatchNorm counters may be absent
+    assert f"does not match the model ({len(state) - 69} missing, e.g. " in other and "1 unexpected, e.g. 'something'" in other
+    assert "holds no state dict" in _refusal(tmp_path, [1, 2, 3])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="unreadable"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -71,25 +72,49 @@ class _ResNetTrunk(nn.Module):
         return n.layer4(n.layer3(n.layer2(n.layer1(x))))
 
 
+BN_COUNTER = ".num_batches_tracked"  # BatchNorm buffer added in PyTorch 0.4.1; older files lack it
+
+
 def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> None:
-    """Load a state dict from a local file into ``module`` (classifier keys ignored), or fail in one line."""
+    """Load a state dict from a local file into ``module`` as torch's strict loading does, or fail in one line.
+
+    Every tensor of the model must be in the file with its shape, and nothing else may be; only the
+    BatchNorm ``num_batches_tracked`` counters may be absent (files saved before PyTorch 0.4.1, such as
+    the official BN-Inception file): they keep their initial value, as torch's own loading leaves them.
+    """
     if not path.is_file():
         raise DataError(f"{what} pretrained weights not found at {path}; {hint}, or set model.pretrained: false")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is a user-fixable data problem
         raise DataError(f"{what} weights file {path} is unreadable ({type(err).__name__}); replace it") from None
-    if isinstance(state, dict) and "state_dict" in state:
+    if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DataError(f"{what} weights file {path} holds no state dict (names -> tensors); {hint}")
     own = module.state_dict()
-    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in usable]
+    mismatches = _mismatches(own, state)
+    if mismatches:
+        raise DataError(f"{what} weights file {path} does not match the model ({'; '.join(mismatches)}); {hint}")
+    counters = {k: own[k] for k in own if k.endswith(BN_COUNTER) and k not in state}
+    module.load_state_dict({**counters, **state}, strict=True)
+
+
+def _mismatches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> list[str]:
+    """What keeps ``state`` from loading into a model with state dict ``own``, one phrase per kind."""
+    missing = [k for k in own if k not in state and not k.endswith(BN_COUNTER)]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]
+    found = []
     if missing:
-        raise DataError(
-            f"{what} weights file {path} does not match the model ({len(missing)} tensors missing or "
-            f"of another shape, e.g. {missing[0]!r}); {hint}"
-        )
-    module.load_state_dict(usable, strict=False)
+        found.append(f"{len(missing)} missing, e.g. {missing[0]!r}")
+    if unexpected:
+        found.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}")
+    if reshaped:
+        k = reshaped[0]
+        found.append(f"{len(reshaped)} of another shape, e.g. {k!r} {tuple(state[k].shape)} "
+                     f"instead of {tuple(own[k].shape)}")  # fmt: skip
+    return found
 
 
 def _rgb_only(name: str, options: BackboneOptions) -> None:

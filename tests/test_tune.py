@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from harness.results import CellPaths
 from harness.train import CellOutcome
 from harness.tune import (
     HeartbeatConfig,
+    Interrupted,
     Objective,
     SurplusTrial,
     counted_trials,
@@ -51,6 +53,7 @@ class FakeTrainer:
 
     def __init__(self, fail_folders: tuple[str, ...] = ()) -> None:
         self.fail_folders = fail_folders
+        self.interrupt_folders: set[str] = set()  # the first training in these folders gets Ctrl-C
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     @staticmethod
@@ -64,6 +67,10 @@ class FakeTrainer:
         self.calls.append((paths.root.name, dict(cfg.loss.hparams)))
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(paths.checkpoint, {"iteration": 0})
+        if paths.root.name in self.interrupt_folders:
+            self.interrupt_folders.discard(paths.root.name)
+            atomic_write_json(paths.status, {"status": "running"})
+            raise Interrupted(signal.SIGINT)
         if paths.root.name in self.fail_folders:
             reason = "non-finite loss (nan) at iteration 3"
             atomic_write_json(paths.final, {"status": "failed", "reason": reason})
@@ -252,3 +259,31 @@ def test_worker_seeds_differ_between_workers_runs_and_hosts() -> None:
     }
     assert len(seeds) == 16
     assert worker_seed(0, 1, 5, "a") == worker_seed(0, 1, 5, "a")
+
+
+def test_an_interrupted_trial_fails_is_not_counted_and_the_next_run_retries_it_in_its_folder(
+    tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake.interrupt_folders = {"1"}
+    path, results = tune_file(), tmp_path / "results"
+    assert run(path, results, "--trials", "3") == 130
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGINT: 1 running trial(s) recorded as failed")
+    trials = trials_of(results)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["interrupted"] == "SIGINT" and counted_trials(trials) == trials[:1]
+    folder = results / "tiny" / "trials" / "1"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "failed" and "interrupted by SIGINT" in status["reason"]
+    assert (folder / "checkpoint.pt").is_file(), "the retry resumes from it"
+    assert (results / "tiny" / "best.yaml").is_file()
+    assert "1 interrupted, not counted" in (results / "tiny" / "summary.md").read_text()
+
+    assert run(path, results, "--trials", "3") == 0
+    trials = trials_of(results)
+    retry = trials[2]
+    assert retry.user_attrs["retry_of"] == 1 and retry.params == trials[1].params
+    assert retry.user_attrs["folder"] == "trials/1"
+    assert [t.number for t in counted_trials(trials)] == [0, 2, 3]
+    assert all(t.state == TrialState.COMPLETE for t in counted_trials(trials))
+    assert [name for name, _ in fake.calls] == ["0", "1", "1", "3"]

@@ -12,15 +12,22 @@ The study lives in an Optuna storage: an SQLite file ``<results>/<study>/study.d
 ``--storage postgresql://...`` for many machines, ``--storage journal:FILE`` for a journal file.
 ``--trials N`` is the total the study should hold (complete + pruned + failed), so a re-run continues an
 interrupted study and does nothing once it is full; ``--workers N`` runs N processes on the storage.
+Ctrl-C or SIGTERM (to the parent; it passes the signal on to its workers) stops the study cleanly: the
+running trials are recorded as failed (``interrupted``, not counted toward ``--trials``), their folders
+say so and keep their checkpoints, ``best.yaml`` and ``summary.md`` are written from what finished, and
+one line says so on stderr; the exit code is 128 + the signal (130 for Ctrl-C, 143 for SIGTERM). The
+next run retries each interrupted trial with its parameters in its folder. A worker whose parent is
+killed outright (SIGKILL) notices within a second and stops the same way.
 At the end the parent writes ``best.yaml`` (an experiment file for ``python -m harness.run``),
 ``summary.md`` and the importance, history, slice, intermediate-value and timeline plots.
 
 Modules: ``schema`` (the tune file), ``storage`` (Optuna storages and studies), ``trials`` (training a
-trial, counting the study's places), ``outputs`` (best.yaml, summary, figures), ``cli`` (the command
-line and the worker processes).
+trial, counting the study's places), ``outputs`` (best.yaml, summary, figures), ``interrupt`` (stop
+signals), ``cli`` (the command line and the worker processes).
 """
 
 from harness.tune.cli import EXIT_FAILED_WORKER, STORAGE_ENV, build_parser, main
+from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import (
     STATE_WORDS,
     importances,
@@ -54,7 +61,9 @@ from harness.tune.trials import (
     SurplusTrial,
     TrialFailed,
     counted_trials,
+    interrupted_trials,
     retried_numbers,
+    retry_interrupted,
     run_worker,
     study_counts,
     study_is_full,
@@ -62,10 +71,10 @@ from harness.tune.trials import (
 )
 
 __all__ = [
-    "EXIT_FAILED_WORKER", "STATE_WORDS", "STORAGE_ENV", "HeartbeatConfig", "ImportanceConfig", "Objective",
-    "PrunerConfig", "Range", "SamplerConfig", "StudyConfig", "SurplusTrial", "TrialFailed", "TuneSetup",
-    "best_experiment", "build_parser", "counted_trials", "default_storage", "importances", "load_tune", "main",
-    "open_storage", "open_study", "retried_numbers", "run_worker", "shown_url", "study_counts", "study_is_full",
+    "EXIT_FAILED_WORKER", "STATE_WORDS", "STORAGE_ENV", "HeartbeatConfig", "ImportanceConfig", "Interrupted", "Objective",
+    "PrunerConfig", "Range", "SamplerConfig", "StopSignals", "StudyConfig", "SurplusTrial", "TrialFailed", "TuneSetup",
+    "best_experiment", "build_parser", "counted_trials", "default_storage", "importances", "interrupted_trials", "load_tune", "main",
+    "open_storage", "open_study", "retried_numbers", "retry_interrupted", "run_worker", "shown_url", "study_counts", "study_is_full",
     "trial_cell", "validate_tune", "with_installed_driver", "worker_seed", "write_best", "write_figures",
     "write_outputs", "write_summary",
 ]  # fmt: skip

@@ -17,10 +17,11 @@ import yaml
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
+from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 from harness.tune.outputs import write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url
-from harness.tune.trials import run_worker, study_counts, study_is_full
+from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
@@ -59,17 +60,23 @@ def _worker_command(args: argparse.Namespace, total: int, worker: int) -> list[s
     return command + (["--quiet"] if args.quiet else [])
 
 
-def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int) -> list[int]:
-    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes."""
+def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int, signals: StopSignals) -> list[int]:
+    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes.
+
+    A stop signal to the parent is passed on to the workers, which record their running trials as
+    failed and exit; the parent waits for them, then raises :class:`Interrupted`.
+    """
     env = {**os.environ, STORAGE_ENV: storage_url}
     if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
     processes = [subprocess.Popen(_worker_command(args, total, k), env=env) for k in range(args.workers)]
     try:
-        return [p.wait() for p in processes]
-    except KeyboardInterrupt:
+        with signals.armed():
+            return [p.wait() for p in processes]
+    except Interrupted as stop:
         for p in processes:
-            p.terminate()
+            if p.poll() is None:
+                p.send_signal(stop.signum)
         for p in processes:
             p.wait()
         raise
@@ -90,6 +97,11 @@ def _optuna_logging(quiet: bool) -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.tune``."""
     args = build_parser().parse_args(argv)
+    with StopSignals().installed() as signals:
+        return _main(args, signals)
+
+
+def _main(args: argparse.Namespace, signals: StopSignals) -> int:
     if args.workers < 1:
         raise UserError(f"--workers {args.workers}: expected a positive number of processes")
     if args.trials is not None and args.trials < 1:
@@ -103,14 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     storage = open_storage(storage_url, setup.study.heartbeat)
     with _optuna_logging(args.quiet):
         if args.worker is not None:
-            run_worker(setup, storage, study_dir, total, worker=args.worker, progress=not args.quiet)
+            watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
+            try:
+                run_worker(setup, storage, study_dir, total, worker=args.worker, progress=not args.quiet,
+                           signals=signals)  # fmt: skip
+            except Interrupted as stop:
+                return stop.exit_code  # the parent reports the interruption
             return 0
-        return _run_study(args, setup, storage, storage_url, study_dir, total)
+        return _run_study(args, setup, storage, storage_url, study_dir, total, signals)
 
 
 def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage_url: str, study_dir: Path,
-               total: int) -> int:  # fmt: skip
-    """The parent: check the data, prepare the study, run the workers, write the outputs."""
+               total: int, signals: StopSignals) -> int:  # fmt: skip
+    """The parent: check the data, prepare the study, run the workers, write the outputs (also when stopped)."""
     import optuna
 
     from harness.builders import load_splits
@@ -127,21 +144,33 @@ def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage
     log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     log(f"study {setup.name} on {shown_url(storage_url)}: {counts['total']} of {total} trials there; "
         f"{args.workers} worker(s)")  # fmt: skip
-    codes = [0]
-    if study_is_full(study, total):
-        log(f"study {setup.name} already holds {total} trials; raise --trials to run more")
-    elif args.workers == 1:
-        run_worker(setup, storage, study_dir, total, worker=0, progress=not args.quiet)
-    else:
-        codes = _spawn_workers(args, storage_url, total)
+    retried = retry_interrupted(study, total)
+    if retried:
+        log(f"retrying interrupted trial(s) {', '.join(map(str, retried))} in their folders")
+    codes, stop = [0], None
+    try:
+        if study_is_full(study, total):
+            log(f"study {setup.name} already holds {total} trials; raise --trials to run more")
+        elif args.workers == 1:
+            run_worker(setup, storage, study_dir, total, worker=0, progress=not args.quiet, signals=signals)
+        else:
+            codes = _spawn_workers(args, storage_url, total, signals)
+    except Interrupted as err:
+        stop = err
     study = optuna.load_study(study_name=setup.name, storage=storage)
     outputs = write_outputs(
         setup, study, study_dir, storage_url=storage_url, seconds=time.perf_counter() - started
     )
     counts = study_counts(study)
-    print(f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-          f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
-          + (f"; best: {outputs['best']}" if outputs["best"] else ""), file=sys.stderr)  # fmt: skip
+    line = (f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+            f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
+            + (f"; best: {outputs['best']}" if outputs["best"] else ""))  # fmt: skip
+    if stop is not None:
+        waiting = len(interrupted_trials(study.get_trials(deepcopy=False)))
+        print(f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run retries "
+              f"them; {line}", file=sys.stderr)  # fmt: skip
+        return stop.exit_code
+    print(line, file=sys.stderr)
     bad = [(k, c) for k, c in enumerate(codes) if c != 0]
     for worker, code in bad:
         print(f"worker {worker} exited with code {code}", file=sys.stderr)

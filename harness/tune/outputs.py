@@ -13,7 +13,7 @@ from harness.config import validate_experiment
 from harness.files import atomic_write_text
 from harness.tune.schema import TuneSetup, best_experiment
 from harness.tune.storage import shown_url
-from harness.tune.trials import retried_numbers, study_counts
+from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
 
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
 
@@ -112,6 +112,7 @@ def write_summary(
 ) -> Path:
     """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
     counts = study_counts(study)
+    stopped = len(interrupted_trials(study.get_trials(deepcopy=False)))
     names = list(setup.study.space)
     lines = [f"# Study {setup.name}", ""]
     lines += [
@@ -125,7 +126,8 @@ def write_summary(
         "- Trials: "
         + ", ".join(f"{counts.get(s, 0)} {word}" for s, word in STATE_WORDS)
         + "".join(f", {counts[s]} {s}" for s in ("running", "waiting") if counts.get(s))
-        + f" ({counts['total']} in all)",
+        + f" ({counts['total']} in all)"
+        + (f"; {stopped} interrupted, not counted: the next run retries them" if stopped else ""),
         f"- Wall time of this run: {seconds:.0f} s; trial time summed over the study: "
         f"{sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0):.0f} s",
     ]

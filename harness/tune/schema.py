@@ -197,7 +197,7 @@ class StudyConfig(_Strict):
 
     name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     trials: int = Field(ge=1)
-    space: dict[str, Range] = Field(min_length=1)
+    space: dict[str, Range] = Field(default_factory=dict)  # empty: the space the loss declares
     sampler: SamplerConfig
     pruner: PrunerConfig
     importance: ImportanceConfig
@@ -258,6 +258,13 @@ def _loss_parameters(name: str) -> list[str]:
     return [p.name for p in params if p.name != "preset" and "bool" not in str(p.annotation)]
 
 
+def declared_space(loss: str) -> dict[str, Range]:
+    """The search space the loss library declares for ``loss`` (``losses.info(loss).search_space``)."""
+    import losses
+
+    return {p.name: Range(low=p.low, high=p.high, log=p.log) for p in losses.info(loss).search_space}
+
+
 def _check_space(setup: TuneSetup) -> None:
     """Every searched name is a hyperparameter of the loss, and the loss builds at both ends of its range."""
     spec = setup.template.loss
@@ -313,6 +320,8 @@ def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
             f"got {len(cells)} (losses {[loss.name for loss in g.losses]}, datasets {g.datasets}, "
             f"sizes {g.embedding_sizes}, variants {list(g.variants)}, seeds {g.seeds}); narrow the grid"
         )
+    if not study.space:  # no space written: the one the loss declares
+        study = study.model_copy(update={"space": declared_space(cells[0].loss.name)})
     setup = TuneSetup(source, experiment, cells[0], study)
     _check_protocol(setup)
     _check_space(setup)

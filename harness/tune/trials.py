@@ -13,6 +13,7 @@ from harness.config import CellConfig
 from harness.errors import UserError
 from harness.files import atomic_write_json
 from harness.results import CellPaths, now
+from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
 from harness.tune.storage import open_study, worker_seed
 
@@ -31,9 +32,35 @@ def retried_numbers(trials: list[Any]) -> set[int]:
 
 
 def counted_trials(trials: list[Any]) -> list[Any]:
-    """The trials that take one of the study's places: not surplus, not a stale trial that was retried."""
+    """The trials that take one of the study's places: not surplus, not interrupted, not a retried stale one."""
     retried = retried_numbers(trials)
-    return [t for t in trials if not t.user_attrs.get("surplus") and t.number not in retried]
+    return [
+        t
+        for t in trials
+        if not t.user_attrs.get("surplus") and not t.user_attrs.get("interrupted") and t.number not in retried
+    ]
+
+
+def interrupted_trials(trials: list[Any]) -> list[Any]:
+    """The trials a stop signal interrupted that no later trial retries yet."""
+    queued = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if t.user_attrs.get("interrupted") and t.number not in queued]
+
+
+def retry_interrupted(study: Any, total: int) -> list[int]:
+    """Queue each interrupted trial not yet retried (same parameters, same folder) while places are free.
+
+    Returns the numbers of the trials queued again. A retry resumes the folder's checkpoint, as a stale
+    trial's retry does; it does not inherit the interrupted trial's reported values.
+    """
+    trials = study.get_trials(deepcopy=False)
+    free = total - len(counted_trials(trials))
+    todo = interrupted_trials(trials)[: max(free, 0)]
+    for t in todo:
+        study.enqueue_trial(
+            dict(t.params), user_attrs={"retry_of": t.number, "folder": t.user_attrs["folder"]}
+        )
+    return [t.number for t in todo]
 
 
 def study_counts(study: Any) -> dict[str, int]:
@@ -64,31 +91,48 @@ def _mark_pruned(paths: CellPaths, reason: str) -> None:
     paths.checkpoint.unlink(missing_ok=True)
 
 
+def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
+    """The folder says failed (not running); its checkpoint stays for the retry to resume."""
+    reason = f"interrupted by {stop.name}; the next run of the study retries it"
+    atomic_write_json(paths.status, {"status": "failed", "reason": reason, "finished": now()})
+
+
 class Objective:
     """Trains one trial: each seed in turn, reporting the running mean of the validation metric."""
 
-    def __init__(self, setup: TuneSetup, study_dir: Path, total: int, progress: bool) -> None:
+    def __init__(
+        self,
+        setup: TuneSetup,
+        study_dir: Path,
+        total: int,
+        progress: bool,
+        signals: StopSignals | None = None,
+    ) -> None:
         self.setup = setup
         self.study_dir = study_dir
         self.total = total
         self.progress = progress
+        self.signals = signals or StopSignals()
         self.surplus = False
+        self.interrupted: Interrupted | None = None
 
-    def _place(self, trial: Any) -> tuple[int, int, set[int]]:
-        """How many counted trials precede this one, the trial number whose folder it uses (a retry
-        resumes the stale trial's folder) and the steps it already holds (inherited by a retry)."""
+    def _place(self, trial: Any) -> tuple[int, Path, set[int]]:
+        """How many counted trials precede this one, the folder it trains in (a stale trial's retry resumes
+        that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute) and the steps it
+        already holds (inherited by a stale trial's retry)."""
         trials = trial.study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
         before = sum(1 for t in counted_trials(trials) if t.number < trial.number)
         origin = me.system_attrs.get("failed_trial")
-        return before, trial.number if origin is None else int(origin), set(me.intermediate_values)
+        folder = me.user_attrs.get("folder", f"trials/{trial.number if origin is None else int(origin)}")
+        return before, self.study_dir / folder, set(me.intermediate_values)
 
     def __call__(self, trial: Any) -> float:
         import optuna
 
         from harness import train
 
-        before, folder_number, reported = self._place(trial)
+        before, folder, reported = self._place(trial)
         if before >= self.total:
             trial.set_user_attr("surplus", True)
             self.surplus = True
@@ -97,7 +141,6 @@ class Objective:
         params = {
             name: trial.suggest_float(name, r.low, r.high, log=r.log) for name, r in setup.study.space.items()
         }
-        folder = self.study_dir / "trials" / str(folder_number)
         trial.set_user_attr("folder", str(folder.relative_to(self.study_dir)))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         values: list[float] = []
@@ -120,9 +163,12 @@ class Objective:
                     raise optuna.TrialPruned(reason)
 
             try:
-                outcome = train.train_cell(
-                    cell, paths, on_eval=on_eval, evaluate_test=False, progress=self.progress
-                )
+                with self.signals.armed():
+                    outcome = train.train_cell(
+                        cell, paths, on_eval=on_eval, evaluate_test=False, progress=self.progress
+                    )
+            except Interrupted as stop:
+                return self._interrupted(trial, paths, stop)
             except (optuna.TrialPruned, UserError, KeyboardInterrupt):
                 raise
             except Exception as err:  # a crash ends this trial, not the study
@@ -134,11 +180,34 @@ class Objective:
             values.append(float(outcome.metrics["selected"]["val"][setup.metric]))
         return sum(values) / len(values)
 
+    def _interrupted(self, trial: Any, paths: CellPaths, stop: Interrupted) -> float:
+        """Record the interruption; NaN makes Optuna fail the trial, whose warning lines are silenced."""
+        import optuna
+
+        self.interrupted = stop
+        trial.set_user_attr("interrupted", stop.name)
+        trial.set_user_attr("fail_reason", f"interrupted by {stop.name}")
+        if paths.status.is_file():
+            _mark_interrupted(paths, stop)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the caller's logging context restores it
+        return math.nan
+
 
 def run_worker(
-    setup: TuneSetup, storage: Any, study_dir: Path, total: int, *, worker: int, progress: bool
+    setup: TuneSetup,
+    storage: Any,
+    study_dir: Path,
+    total: int,
+    *,
+    worker: int,
+    progress: bool,
+    signals: StopSignals | None = None,
 ) -> None:
-    """Run trials on the shared study until it holds ``total`` counted trials."""
+    """Run trials on the shared study until it holds ``total`` counted trials.
+
+    Raises :class:`Interrupted` after a stop signal, once the running trial is recorded as failed.
+    """
+    signals = signals or StopSignals()
     import optuna
 
     probe = optuna.load_study(study_name=setup.name, storage=storage)
@@ -146,10 +215,13 @@ def run_worker(
     study = open_study(
         setup, storage, worker_seed(setup.study.sampler.seed, worker, trials_before, socket.gethostname())
     )
-    objective = Objective(setup, study_dir, total, progress)
+    objective = Objective(setup, study_dir, total, progress, signals)
     while not study_is_full(study, total):
+        signals.check()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=True)
+        if objective.interrupted is not None:
+            raise objective.interrupted
         if objective.surplus:
             return

@@ -439,8 +439,9 @@ class _CellRun:
             self._write_logs()
             rates, best = [row["images_per_s"] for row in self.log], self.best
             atomic_write_json(self.paths.final, {
-                "cell_id": self.cfg.cell_id, "status": status, "reason": reason, "select_on": self.cfg.train.select_on,
-                "select_metric": self.cfg.train.select_metric, "selected_iteration": best["iteration"],
+                "cell_id": self.cfg.cell_id, "status": status, "reason": reason, "resolved_loss": self.cfg.resolved_loss(),
+                "select_on": self.cfg.train.select_on, "select_metric": self.cfg.train.select_metric,
+                "selected_iteration": best["iteration"],
                 "selected_value": best["value"] if best["iteration"] is not None else None,
                 "iterations": self.cfg.train.iterations, "metrics": metrics,
                 "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,

@@ -442,12 +442,18 @@ def test_friedman_ranking_edge_cases_and_the_diagram_takes_it():
 
 def _runs(values: dict[str, list[float]]) -> pd.DataFrame:
     """Tidy runs: one row per (row, seed)."""
-    return pd.DataFrame([{"row": row, "seed": s, "value": v} for row, vals in values.items() for s, v in enumerate(vals)])
+    return pd.DataFrame(
+        [{"row": row, "seed": s, "value": v} for row, vals in values.items() for s, v in enumerate(vals)]
+    )
 
 
 def test_reference_agreement_is_welch_with_holm():
-    ours = _runs({"MS": [48.0, 49.5, 47.0, 50.0], "Binomial": [46.0, 46.5, 45.5, 47.0], "only ours": [1.0, 2.0]})
-    reference = _runs({"MS": [48.5, 49.0, 48.0], "Binomial": [40.0, 40.5, 39.5], "only reference": [3.0, 4.0]})
+    ours = _runs(
+        {"MS": [48.0, 49.5, 47.0, 50.0], "Binomial": [46.0, 46.5, 45.5, 47.0], "only ours": [1.0, 2.0]}
+    )
+    reference = _runs(
+        {"MS": [48.5, 49.0, 48.0], "Binomial": [40.0, 40.5, 39.5], "only reference": [3.0, 4.0]}
+    )
     out = stats.reference_agreement(ours, reference).set_index("row")
     assert list(out.index) == ["Binomial", "MS"]  # keys both runs have
     welch = sps.ttest_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], equal_var=False)

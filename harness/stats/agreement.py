@@ -47,8 +47,12 @@ def _welch(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float
 
 
 def reference_agreement(
-    ours: pd.DataFrame, reference: pd.DataFrame, by: Sequence[str] = ("row",), value: str = "value",
-    *, alpha: float = ALPHA,
+    ours: pd.DataFrame,
+    reference: pd.DataFrame,
+    by: Sequence[str] = ("row",),
+    value: str = "value",
+    *,
+    alpha: float = ALPHA,
 ) -> pd.DataFrame:
     """Does each row of our run agree with the reference run within seed noise? One row per key of ``by``.
 
@@ -62,8 +66,12 @@ def reference_agreement(
     equal means, else 0; ``df`` NaN).
     """
     keys = list(by)
-    ours_groups = {k: g[value].to_numpy(float) for k, g in ours.dropna(subset=[value]).groupby(keys, sort=True)}
-    ref_groups = {k: g[value].to_numpy(float) for k, g in reference.dropna(subset=[value]).groupby(keys, sort=True)}
+    ours_groups = {
+        k: g[value].to_numpy(float) for k, g in ours.dropna(subset=[value]).groupby(keys, sort=True)
+    }
+    ref_groups = {
+        k: g[value].to_numpy(float) for k, g in reference.dropna(subset=[value]).groupby(keys, sort=True)
+    }
     rows = []
     for key in sorted(set(ours_groups) & set(ref_groups), key=str):
         mine, theirs = ours_groups[key], ref_groups[key]

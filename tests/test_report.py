@@ -68,7 +68,8 @@ def build_results(root: Path, spec: Spec) -> Path:
         cell_id = f"{dataset}-{loss}-d{size}{'' if variant == 'default' else '-' + variant}-s{seed}-0000abcd"
         failed = (loss, dataset, size, seed) in spec.failed
         base = {"experiment": spec.name, "cell_id": cell_id, "loss": loss, "loss_label": LABELS[loss],
-                "preset": "paper" if loss == "ms" else "", "dataset": dataset, "embedding_size": size,
+                "preset": "official" if variant == "official" else "paper" if loss == "ms" else "",
+                "dataset": dataset, "embedding_size": size,
                 "seed": seed, "variant": variant, "status": "failed" if failed else "finished",
                 "select_on": "test" if variant == "official" else spec.select_on}  # fmt: skip
         metrics = {} if failed else _metrics(loss, size, seed, spec.ks, spec.selected_is_final)
@@ -100,7 +101,11 @@ def _write_cell(folder: Path, spec: Spec, base: dict, metrics: dict, loss: str) 
     folder.mkdir(parents=True)
     status = base["status"]
     reason = "non-finite loss at iteration 40" if status == "failed" else None
-    (folder / "config.json").write_text(json.dumps({"cell_id": base["cell_id"], "loss": {"name": loss}}))
+    (folder / "config.json").write_text(json.dumps({
+        "cell_id": base["cell_id"], "loss": {"name": loss, "preset": base["preset"] or None, "label": None, "hparams": {}},
+        "data": {"val_fraction": 0.0 if base["select_on"] == "test" else 0.2},
+        "train": {"select_on": base["select_on"], "amp": "auto"},
+    }))  # fmt: skip
     (folder / "status.json").write_text(json.dumps({"status": status, "reason": reason}))
     (folder / "final.json").write_text(json.dumps({
         "cell_id": base["cell_id"], "status": status, "reason": reason, "select_on": base["select_on"],
@@ -159,7 +164,8 @@ def test_full_report_writes_every_figure(full):
     stems = {p.stem for p in (exp_dir / "figures").glob("*.png")}
     assert stems == {
         "ablation_cars_d64", "ablation_cars_d512", "recall_at_k_cars_d64", "recall_at_k_cars_d512",
-        "embedding_size_cars", "training_cars_d64", "pair_weights_cars_d64",
+        "embedding_size_cars", "training_cars_d64", "pair_weights_cars_d64", "forest_cars_d64", "forest_cars_d512",
+        "critical_difference_cars_d64", "critical_difference_cars_d512",
     }  # fmt: skip
     for stem in stems:
         _assert_png(exp_dir / "figures" / f"{stem}.png")
@@ -177,16 +183,22 @@ def test_full_report_tables_and_verdicts(full):
     _, text = full
     for needed in ("## Results against the paper", "validation-selected weights", "final weights (last iteration)",
                    "## Other metrics", "map_at_r", "## Between losses", "Friedman over 3 losses and 3 seeds",
-                   "Kendall tau", "## Appendix: checkpoint selection per cell", "`val` (18 cells)"):  # fmt: skip
+                   "Kendall tau", "## Appendix: checkpoint selection per cell", "`val` (18 cells)",
+                   "**Recall@1 is the primary verdict**", "selected its checkpoint on the test set"):  # fmt: skip
         assert needed in text, needed
-    # ours in percent next to the paper: MS at d=64 is 77.3 +- 0.4 over seeds (final weights) -> reproduced
+    assert text.index("## At a glance") < text.index("## Runs") < text.index("## Results against the paper")
+    # ours in percent next to the paper: MS at d=64 is 77.3 +- 0.4 over seeds (final weights); its prediction
+    # interval for one run, 77.3 -+ 4.303 * 0.4 * sqrt(4/3), holds the paper's 77.3 and TOST shows +-2 points
     final = text.split("### final weights")[1]
     ms_row = next(line for line in final.splitlines() if line.startswith("| d=64 | MS | 1 |"))
-    assert "| 3 | 77.30 [" in ms_row and "77.3 (T2, 3)" in ms_row and ms_row.endswith("| reproduced |")
+    assert "| 3 | 77.30 [75.31, 79.29] | 77.3 (T2, 3) | +0.0 | **consistent** | reproduced within ±2 points |" in ms_row
+    assert ms_row.endswith("| 80% of training classes ↓; final weights ↓ |")
     binomial = next(line for line in final.splitlines() if line.startswith("| d=64 | Binomial | 1 |"))
-    assert "71.9 (T2)" in binomial and binomial.endswith("| below |")
+    assert "71.9 (T2)" in binomial and "| **below** | – |" in binomial
     mining = next(line for line in final.splitlines() if line.startswith("| d=64 | MS mining | 1 |"))
-    assert mining.endswith("| above |")
+    assert "| **above** |" in mining
+    selected = text.split("### validation-selected weights")[1].split("###")[0]
+    assert "val-selected ↓" in selected and "final weights ↓" not in selected
     # the failed cell: listed with its reason, and MS at 512 has two seeds left
     assert "non-finite loss at iteration 40" in text and "failed: 1" in text
     assert re.search(r"\| d=512 \| MS \| 1 \| 2 \| ", final)
@@ -199,7 +211,7 @@ def test_full_report_tables_and_verdicts(full):
 def test_full_report_ranking_agrees_with_table2(full):
     _, text = full
     # our R@1 order: MS > MS mining > Binomial; Table 2: MS > Binomial > MS mining -> tau = 1/3
-    section = text.split("### Cars-196, d=64, validation-selected")[1]
+    section = text.split("## Between losses")[1].split("### Cars-196, d=64, validation-selected")[1]
     rank_line = next(line for line in section.splitlines() if line.startswith("| 1 | 3 |"))
     assert "| 0.333 |" in rank_line
 
@@ -227,11 +239,15 @@ def test_sparse_report_skips_figures_with_reasons(sparse):
 
 def test_sparse_report_single_seed_and_glyphs(sparse):
     _, text = sparse
-    assert "no test (1 seed)" in text
-    glyphs = text.split("**glyphs (synthetic, no paper numbers)**")[1].split("**Cars-196**")[0]
-    assert "no paper value" in glyphs and "reproduced" not in glyphs
+    against_paper = text.split("## Results against the paper")[1].split("\n## ")[0]
+    ms_cars = next(line for line in against_paper.splitlines() if line.startswith("| d=64 | MS | 1 | 1 |"))
+    assert "| **no test** | – | all training classes =; test-selected (opt-in) = |" in ms_cars
+    # glyphs has no paper values: no rows of '–' for it against the paper, and no verdict
+    assert "glyphs" not in against_paper and "no paper value" not in text
+    assert "*Paired differences against MS: glyphs, embedding 64*: skipped: fewer than 2 common seeds" in text
+    assert "no test (1 common seed)" in text
     # the glyphs ablation is still ranked against Table 2 by loss (Triplet is not in Table 2)
-    section = text.split("### glyphs (synthetic, no paper numbers), d=64, test-selected")[1].split("###")[0]
+    section = text.split("## Between losses")[1].split("### glyphs (synthetic, no paper numbers), d=64, test-selected")[1].split("###")[0]
     assert "Kendall tau" in section and re.search(r"\| 1 \| 3 \| 0\.333 \|", section)
     assert "no test: 1 complete block(s)" in section  # Friedman with one seed
     # test-set selection is flagged as optimistic
@@ -251,8 +267,35 @@ def test_variants_with_their_own_selection(tmp_path):
     assert "`test` (3 cells), `val` (3 cells)" in text and "optimistic" in text
     assert "### selected weights (best recall@1 on the split each variant selects on: official on test; paper on val)" in text
     final = text.split("### final weights")[1]
-    assert "| d=64, variant official | MS | 1 | 3 |" in final and "| d=64, variant paper | MS | 1 | 3 |" in final
+    # the official preset has no paper row: only the paper variant is judged against the paper's MS row
+    assert "| d=64, variant paper | MS [paper] | 1 | 3 |" in final
+    assert "variant official | MS" not in final.split("## Other metrics")[0]
+    assert ("No paper row for this configuration (not judged): MS [official] (variant official): preset official."
+            in text)  # fmt: skip
     assert "- variants: official, paper" in text or "- variants: paper, official" in text
+
+
+def test_own_hyperparameters_are_not_judged_against_the_paper(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("binomial", "ms"), ks=(1,), cell_files=()))
+    for config_path in exp_dir.glob("cells/*-ms-*/config.json"):
+        config = json.loads(config_path.read_text())
+        config["loss"]["hparams"] = {"beta": 40.0}
+        config_path.write_text(json.dumps(config))
+    text = report.write_report(exp_dir).read_text()
+    against_paper = text.split("## Results against the paper")[1].split("\n## ")[0]
+    assert "| d=64 | Binomial | 1 |" in against_paper and "| d=64 | MS | 1 |" not in against_paper
+    assert "MS: own hyperparameters beta=40.0." in against_paper
+
+
+def test_no_paper_values_no_paper_section(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(datasets=("glyphs",), ks=(1, 2), cell_files=()))
+    cells = pd.read_csv(exp_dir / "cells.csv", dtype=str, keep_default_na=False)
+    noisy = (cells["loss"] == "binomial") & (cells["seed"] == "1") & (cells["metric"] == "recall@1")
+    cells.loc[noisy, "value"] = (cells.loc[noisy, "value"].astype(float) + 0.012).astype(str)  # paired SD > 0
+    cells.to_csv(exp_dir / "cells.csv", index=False)
+    text = report.write_report(exp_dir).read_text()
+    assert "## Results against the paper" not in text and "## At a glance" in text
+    assert "Minimum detectable difference D" in text and "detecting 2.0 points would need" in text
 
 
 def test_equal_selected_and_final_weights_are_shown_once(tmp_path):
@@ -260,12 +303,67 @@ def test_equal_selected_and_final_weights_are_shown_once(tmp_path):
     text = report.write_report(exp_dir).read_text()
     assert "selected checkpoint gives the same results as the final weights" in text
     title = "selected = final weights (the selected checkpoint is the last one in every cell)"
-    assert text.count(title) == 3  # against the paper, other metrics, between losses: each once
+    assert text.count(title) == 4  # at a glance, against the paper, other metrics, between losses: each once
     assert "validation-selected weights (best" not in text and "### final weights (last iteration)" not in text
     ms_row = next(line for line in text.splitlines() if line.startswith("| d=64 | MS | 1 |"))
     assert "| 3 | 77.30 [" in ms_row and text.count("| d=64 | MS | 1 |") == 1
     assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {
-        "ablation_cars_d64", "recall_at_k_cars_d64", "training_cars_d64", "pair_weights_cars_d64"}
+        "ablation_cars_d64", "recall_at_k_cars_d64", "training_cars_d64", "pair_weights_cars_d64", "forest_cars_d64",
+        "critical_difference_cars_d64"}
+
+
+# ------------------------------------------------------------------ agreement with a committed reference run
+
+
+def _shifted_copy(exp_dir: Path, where: Path, loss: str, by: float) -> Path:
+    """A copy of a results folder whose test Recall@1 of ``loss`` is shifted by ``by`` (a fraction)."""
+    copy = where / exp_dir.name
+    copy.mkdir(parents=True)
+    cells = pd.read_csv(exp_dir / "cells.csv", dtype=str, keep_default_na=False)
+    hit = (cells["loss"] == loss) & (cells["metric"] == "recall@1") & (cells["split"] == "test")
+    cells.loc[hit, "value"] = (cells.loc[hit, "value"].astype(float) + by).round(6).astype(str)
+    cells.to_csv(copy / "cells.csv", index=False)
+    return copy
+
+
+def test_reference_agreement_section(tmp_path):
+    exp_dir = build_results(tmp_path / "runs", Spec(ks=(1,), cell_files=()))
+    reference = _shifted_copy(exp_dir, tmp_path / "reference", "binomial", -0.05)
+    text = report.write_report(exp_dir, reference=reference).read_text()
+    assert text.index("## At a glance") < text.index("## Agreement with the committed reference") < text.index("## Runs")
+    section = text.split("## Agreement with the committed reference")[1].split("\n## ")[0]
+    assert "Welch's two-sample t-test" in section and "Verdicts: agrees: 2, differs: 1." in section
+    binomial = next(line for line in section.splitlines() if "| Binomial |" in line)
+    assert "| 3 / 3 | 65.5 | 60.5 | +5.00 [" in binomial and binomial.endswith("| **differs** |")
+    ms = next(line for line in section.splitlines() if "| MS |" in line)
+    assert "| +0.00 [" in ms and ms.endswith("| **agrees** |")
+    # regenerable: the same report twice (bootstrap seed fixed)
+    assert report.write_report(exp_dir, reference=reference).read_text() == text
+    # none asked for, or none committed for this experiment: no section
+    assert "## Agreement" not in report.write_report(exp_dir, reference=False).read_text()
+    assert "## Agreement" not in report.write_report(exp_dir).read_text()
+    # the default is results/reference/<experiment>/, never the folder being reported
+    assert report.default_reference(exp_dir, "synthetic", tmp_path / "reference") == reference
+    assert report.default_reference(reference, "synthetic", tmp_path / "reference") is None
+    with pytest.raises(UserError, match=r"no cells\.csv here"):
+        report.write_report(exp_dir, reference=tmp_path / "nowhere")
+
+
+def test_cli_options_all_pairs_margin_reference(tmp_path, capsys):
+    exp_dir = build_results(tmp_path, Spec(ks=(1,), cell_files=()))
+    with pytest.raises(SystemExit):
+        cli_main(report.main, ["--help"])
+    help_text = capsys.readouterr().out
+    assert "--all-pairs" in help_text and "--margin" in help_text and "--no-reference" in help_text
+    with pytest.raises(SystemExit) as ok:
+        cli_main(report.main, [str(exp_dir), "--all-pairs", "--margin", "0.5", "--no-reference"])
+    assert ok.value.code == 0
+    text = (exp_dir / "report.md").read_text()
+    assert "every pair of losses (`--all-pairs`)" in text and "| Binomial | MS mining | 3 |" in text
+    assert "within ±0.5" in text and "reproduced within ±0.5 points" not in text.split("| d=64 | MS | 1 |")[0][-2:]
+    with pytest.raises(SystemExit) as bad:
+        cli_main(report.main, [str(exp_dir), "--margin", "0"])
+    assert bad.value.code == 2 and "--margin 0.0" in capsys.readouterr().err
 
 
 def test_intermediate_values_plot_for_a_tuning_study(tmp_path):
@@ -384,7 +482,7 @@ def test_explicit_paper_dir_must_exist(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     text = report.write_report(exp_dir, paper_dir=empty).read_text()
-    assert "The paper's tables were not found" in text and "no paper value" in text
+    assert "The paper's tables were not found" in text and "against the paper" not in text
 
 
 def test_cli_main_in_process(tmp_path, capsys):

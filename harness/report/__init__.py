@@ -13,15 +13,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harness.report.decisions import default_reference
 from harness.report.reading import (
     CELL_GROUP,
     DATASET_NAMES,
+    DEFAULT_MARGIN,
     FIGURE_FAMILY,
     PAPER_DIR,
+    REFERENCE_ROOT,
     TEST_FAMILY,
     WEIGHTS_ORDER,
     CellFiles,
     ReportContext,
+    ReportOptions,
     load_paper_tables,
     paper_reference,
     read_cell_files,
@@ -34,20 +38,52 @@ from harness.report.reading import (
 from harness.report.sections import load_context, write_report
 
 __all__ = [
-    "CELL_GROUP", "DATASET_NAMES", "FIGURE_FAMILY", "PAPER_DIR", "TEST_FAMILY", "WEIGHTS_ORDER", "CellFiles",
-    "ReportContext", "load_context", "load_paper_tables", "main", "paper_reference", "read_cell_files",
-    "read_cells", "row_labels", "row_order", "table_loss_order", "to_percent", "write_report",
+    "CELL_GROUP",
+    "DATASET_NAMES",
+    "DEFAULT_MARGIN",
+    "FIGURE_FAMILY",
+    "PAPER_DIR",
+    "REFERENCE_ROOT",
+    "TEST_FAMILY",
+    "WEIGHTS_ORDER",
+    "CellFiles",
+    "ReportContext",
+    "ReportOptions",
+    "default_reference",
+    "load_context",
+    "load_paper_tables",
+    "main",
+    "paper_reference",
+    "read_cell_files",
+    "read_cells",
+    "row_labels",
+    "row_order",
+    "table_loss_order",
+    "to_percent",
+    "write_report",
 ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: ``python -m harness.report DIR [--paper DIR]``; prints the report's path."""
+    """Command line: ``python -m harness.report DIR [options]``; prints the report's path."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.report",
         description="Write report.md and figures/ for one experiment from its stored results (no training).",
     )
     parser.add_argument("experiment_dir", type=Path, help="results directory of one experiment (has cells.csv)")
     parser.add_argument("--paper", type=Path, default=None, help=f"the paper's tables (default: {PAPER_DIR})")
+    parser.add_argument("--all-pairs", action="store_true",
+                        help="compare every pair of losses (Holm over all pairs) instead of the planned comparisons, "
+                             "MS against each other loss")  # fmt: skip
+    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="POINTS",
+                        help="equivalence margin of the paper verdicts: 'reproduced within ±POINTS points' is "
+                             f"printed only when two one-sided tests show it (default: {DEFAULT_MARGIN:g})")  # fmt: skip
+    reference = parser.add_mutually_exclusive_group()
+    reference.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                           help="a committed reference run of this experiment to check agreement with, row by row "
+                                f"(default: {REFERENCE_ROOT}/<experiment>/ when it exists)")  # fmt: skip
+    reference.add_argument("--no-reference", action="store_true", help="no agreement section")
     args = parser.parse_args(argv)
-    print(write_report(args.experiment_dir, paper_dir=args.paper))
+    print(write_report(args.experiment_dir, paper_dir=args.paper, all_pairs=args.all_pairs, margin=args.margin,
+                       reference=False if args.no_reference else args.reference))  # fmt: skip
     return 0

@@ -30,11 +30,13 @@ class Skipped:
     reason: str
 
 
-def _slug(*parts: object) -> str:
+def slug(*parts: object) -> str:
+    """A file-name stem from parts ('' parts left out)."""
     return "_".join(re.sub(r"[^A-Za-z0-9._-]+", "-", str(p)).strip("-") for p in parts if str(p) != "")
 
 
-def _variant_slug(variant: str) -> str:
+def variant_slug(variant: str) -> str:
+    """The variant in a file name ('' for the default variant)."""
     return "" if variant == "default" else variant
 
 
@@ -60,7 +62,7 @@ def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | 
     families = list(test.groupby(list(FIGURE_FAMILY), sort=True))
     out: list[Figure | Skipped] = []
     for (dataset, size, variant), block in families:
-        stem = figures_dir / _slug("ablation", dataset, f"d{size}", _variant_slug(variant))
+        stem = figures_dir / slug("ablation", dataset, f"d{size}", variant_slug(variant))
         out.append(_ablation_figure(ctx, block, reference, _family_name(ctx, dataset, size, variant), stem))
     for key, _ in families:
         out.append(_recall_figure(ctx, recall, reference, styles, key, figures_dir))
@@ -114,7 +116,7 @@ def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure |
     paper_panels = pd.concat([paper.assign(weights=w) for w, _ in panels], ignore_index=True)
     files = plots.recall_curves(
         ours, paper_panels, panels=panels, panel_column="weights", order=ctx.ordered(ours["row"]), styles=styles,
-        title=title, stem=figures_dir / _slug("recall_at_k", dataset, f"d{size}", _variant_slug(variant)),
+        title=title, stem=figures_dir / slug("recall_at_k", dataset, f"d{size}", variant_slug(variant)),
     )  # fmt: skip
     caption = (f"Dashed: the paper (Table(s) {_tables_of(paper)})." if len(paper) else
                "No paper values for these losses at this dataset and size.")  # fmt: skip
@@ -140,7 +142,7 @@ def _size_figures(ctx, recall, reference, styles, figures_dir) -> list[Figure | 
         files = plots.embedding_size_curves(
             block, paper, panels=_panels(ctx, block), panel_column="weights", order=ctx.ordered(block["row"]),
             styles=styles, title=title, note=note,
-            stem=figures_dir / _slug("embedding_size", dataset, _variant_slug(variant)),
+            stem=figures_dir / slug("embedding_size", dataset, variant_slug(variant)),
         )  # fmt: skip
         out.append(Figure(title, files, note))
     return out
@@ -163,7 +165,7 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
             files = plots.training_curves(
                 log, ev, order=ctx.ordered([*log.get("row", []), *ev.get("row", [])]), styles=styles,
                 eval_label=label, title=title,
-                stem=figures_dir / _slug("training", dataset, f"d{size}", _variant_slug(variant)),
+                stem=figures_dir / slug("training", dataset, f"d{size}", variant_slug(variant)),
             )  # fmt: skip
             out.append(Figure(title, files, f"Recall@1 measured during training on {label} (x ticks: the "
                                             "iterations evaluated); lines: mean over seeds, bands: ±1 SD. The "
@@ -175,7 +177,7 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
         else:
             files = plots.pair_weight_distributions(
                 wt, order=ctx.ordered(wt["row"]), title=title,
-                stem=figures_dir / _slug("pair_weights", dataset, f"d{size}", _variant_slug(variant)),
+                stem=figures_dir / slug("pair_weights", dataset, f"d{size}", variant_slug(variant)),
             )  # fmt: skip
             out.append(Figure(title, files, "The GPW view: the weight |∂L/∂S| each loss gives the selected "
                                             "positive and negative pairs of a few training batches after the "
@@ -184,16 +186,17 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
     return out
 
 
+def figure_markdown(ctx: ReportContext, item: Figure | Skipped) -> str:
+    """A figure's heading, PNG, caption and SVG link, or the line saying why it was skipped."""
+    if isinstance(item, Skipped):
+        return f"\n- *{esc(item.title)}*: skipped: {item.reason}."
+    png = item.files[0].relative_to(ctx.exp_dir).as_posix()
+    svg = item.files[1].relative_to(ctx.exp_dir).as_posix()
+    return f"\n#### {esc(item.title)}\n\n![{esc(item.title)}]({png})\n\n{item.caption} ([SVG]({svg}))"
+
+
 def figures_section(ctx: ReportContext, figures: list[Figure | Skipped]) -> str:
     """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped."""
     lines = ["## Figures", "", "PNG shown; an SVG of each lies beside it in `figures/`."]
-    for item in figures:
-        lines.append("")
-        if isinstance(item, Skipped):
-            lines.append(f"- *{esc(item.title)}*: skipped: {item.reason}.")
-            continue
-        png = item.files[0].relative_to(ctx.exp_dir).as_posix()
-        svg = item.files[1].relative_to(ctx.exp_dir).as_posix()
-        lines += [f"### {esc(item.title)}", "", f"![{esc(item.title)}]({png})", "",
-                  f"{item.caption} ([SVG]({svg}))"]  # fmt: skip
+    lines += [figure_markdown(ctx, item).replace("\n#### ", "\n### ", 1) for item in figures]
     return "\n".join(lines)

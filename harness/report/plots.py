@@ -51,12 +51,13 @@ def label_styles(labels: Sequence[str]) -> dict[str, LineStyle]:
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def figure_style() -> Iterator[None]:
+    """The report's one look: seaborn whitegrid, a slightly smaller notebook context."""
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.85):
         yield
 
 
-def _save(fig: plt.Figure, stem: Path) -> list[Path]:
+def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     """Write ``stem``.png and .svg, then close the figure."""
     stem.parent.mkdir(parents=True, exist_ok=True)
     png, svg = stem.parent / f"{stem.name}.png", stem.parent / f"{stem.name}.svg"
@@ -67,7 +68,7 @@ def _save(fig: plt.Figure, stem: Path) -> list[Path]:
     return [png, svg]
 
 
-def _legend_outside(ax: plt.Axes, handles: list | None = None, labels: list[str] | None = None, **kwargs) -> None:
+def legend_outside(ax: plt.Axes, handles: list | None = None, labels: list[str] | None = None, **kwargs) -> None:
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
@@ -95,7 +96,7 @@ def ablation_dots(
     kinds = list(weights_labels)
     colours = dict(zip(kinds, sns.color_palette("Dark2", len(kinds)), strict=True))
     offsets = dict(zip(kinds, np.linspace(-0.14, 0.14, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
-    with _style():
+    with figure_style():
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(order) + 2.5), 4.6))
         for i, row in enumerate(order):
             for kind in kinds:
@@ -127,8 +128,8 @@ def ablation_dots(
         if len(paper):
             handles.append(Line2D([], [], **PAPER_STYLE))
             labels.append("paper")
-        _legend_outside(ax, handles, labels)
-        return _save(fig, stem)
+        legend_outside(ax, handles, labels)
+        return save_figure(fig, stem)
 
 
 def _band(ax: plt.Axes, x: np.ndarray, low: np.ndarray, high: np.ndarray, colour) -> None:
@@ -182,7 +183,7 @@ def _ours_vs_paper(
     order: Sequence[str], styles: Styles, title: str, note: str, stem: Path,
 ) -> list[Path]:
     """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper."""
-    with _style():
+    with figure_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True)
         for ax, (panel, panel_title) in zip(axes[0], panels, strict=True):
             ours = summary[summary[panel_column] == panel]
@@ -212,11 +213,11 @@ def _ours_vs_paper(
         if len(paper):
             handles.append(Line2D([], [], color="black", **paper_style))
             labels.append("paper")
-        _legend_outside(axes[0][-1], handles, labels)
+        legend_outside(axes[0][-1], handles, labels)
         fig.suptitle(title)
         if note:
             fig.text(0.01, -0.02, note, ha="left", va="top", fontsize="small", wrap=True)
-        return _save(fig, stem)
+        return save_figure(fig, stem)
 
 
 def _binned(log: pd.DataFrame, column: str) -> pd.DataFrame:
@@ -286,7 +287,7 @@ def training_curves(
         (train_log, "neg_pairs", "mined negative pairs per batch"),
     ]
     last = max([float(d["iteration"].max()) for d, c, _ in panels if c in d and len(d)] or [1.0])
-    with _style():
+    with figure_style():
         fig, axes = plt.subplots(2, 2, figsize=(12.0, 7.5))
         for ax, (data, column, ylabel) in zip(axes.flat, panels, strict=True):
             binned = _binned(data, column) if column in data else pd.DataFrame()
@@ -310,10 +311,10 @@ def training_curves(
         present = [r for r in order if (train_log["row"] == r).any() or (evals["row"] == r).any()]
         handles = [Line2D([], [], linewidth=1.4, markersize=5, **styles[r]) for r in present]
         labels = [f"{r} (first loss {starts[r]:.2f})" if r in starts else r for r in present]
-        _legend_outside(axes[0][1], handles, labels, title="loss (band: ±1 SD over seeds)")
+        legend_outside(axes[0][1], handles, labels, title="loss (band: ±1 SD over seeds)")
         fig.suptitle(title)
         fig.tight_layout()
-        return _save(fig, stem)
+        return save_figure(fig, stem)
 
 
 def _relative_loss(train_log: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -351,7 +352,7 @@ def pair_weight_distributions(
     present = [r for r in order if (drawn["row"] == r).any()]
     kinds = [k for k in ("positive", "negative") if (drawn["kind"] == k).any()]
     colours = {"positive": "#4C72B0", "negative": "#DD8452"}
-    with _style():
+    with figure_style():
         fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6.0, 1.1 * len(present) + 2.0), 3.4 * len(kinds)),
                                  squeeze=False)  # fmt: skip
         for ax, kind in zip(axes[:, 0], kinds, strict=True):
@@ -365,7 +366,7 @@ def pair_weight_distributions(
         axes[-1, 0].set_xlabel("loss (pairs with non-zero weight at the end of training, all seeds)")
         axes[0, 0].set_title(title)
         fig.tight_layout()
-        return _save(fig, stem)
+        return save_figure(fig, stem)
 
 
 def intermediate_values(
@@ -381,7 +382,7 @@ def intermediate_values(
     trials = sorted(set(values["trial"]))
     colour_map = plt.get_cmap("viridis")
     norm = matplotlib.colors.Normalize(vmin=min(trials, default=0), vmax=max(max(trials, default=1), 1))
-    with _style():
+    with figure_style():
         fig, ax = plt.subplots(figsize=(8.0, 4.6))
         for trial, curve in values.sort_values("step").groupby("trial"):
             state, steps, ys = str(curve["state"].iloc[0]), curve["step"].to_numpy(float), curve["value"].to_numpy(float)
@@ -408,4 +409,4 @@ def intermediate_values(
             handles.append(Line2D([], [], color="black", linewidth=2.4))
             labels.append(f"best: trial {best_trial}")
         ax.legend(handles, labels, loc="lower right", fontsize="small")
-        return _save(fig, stem)
+        return save_figure(fig, stem)

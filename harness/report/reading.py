@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,7 +13,7 @@ import pandas as pd
 import losses
 from harness.errors import DamagedFileError, UserError
 from harness.files import read_json_if_exists
-from harness.results import CELLS_TABLE_COLUMNS
+from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, write_cells_table
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 """The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
@@ -86,6 +87,10 @@ def read_cells(experiment_dir: Path) -> pd.DataFrame:
     if not exp_dir.is_dir():
         raise _not_results(exp_dir, "not a directory")
     path = exp_dir / "cells.csv"
+    mismatch = cells_table_mismatch(exp_dir)  # cross-check against cells/: a table cut short is rebuilt
+    if mismatch:
+        write_cells_table(exp_dir)
+        print(f"note: {path}: did not match {exp_dir / 'cells'} ({mismatch}); rebuilt it", file=sys.stderr)
     if not path.is_file():
         raise _not_results(exp_dir, "no cells.csv here")
     table = _read_csv(path)
@@ -197,13 +202,19 @@ class CellFiles:
     evals: pd.DataFrame
     weights: pd.DataFrame
     finals: dict[str, dict]
+    configs: dict[str, dict] = field(default_factory=dict)
+    """cell id -> its config.json (cells whose file is missing or damaged are absent)."""
+    envs: dict[str, dict] = field(default_factory=dict)
+    """cell id -> its env.json (device, packages)."""
     problems: dict[str, list[str]] = field(default_factory=dict)
     """file name -> the finished cells where it is missing or unreadable."""
 
 
-def _cell_json(folder: Path, problems: dict[str, list[str]], cell_id: object) -> dict | None:
-    """final.json of a cell, else its status.json; a damaged one is listed in ``problems`` and skipped."""
-    for name in ("final.json", "status.json"):
+def _cell_json(
+    folder: Path, problems: dict[str, list[str]], cell_id: object, names: tuple[str, ...] = ("final.json", "status.json")
+) -> dict | None:
+    """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and skipped."""
+    for name in names:
         try:
             data = read_json_if_exists(folder / name)
         except (DamagedFileError, OSError) as err:
@@ -221,12 +232,16 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
     need it are drawn from the other cells (or skipped).
     """
     meta = cells.drop_duplicates("cell_id").set_index("cell_id")
-    logs, evals, weights, finals, problems = [], [], [], {}, {}
+    logs, evals, weights, problems = [], [], [], {}
+    finals: dict[str, dict] = {}
+    configs: dict[str, dict] = {}
+    envs: dict[str, dict] = {}
     for cell_id, info in meta.iterrows():
         folder = Path(experiment_dir) / "cells" / str(cell_id)
-        final = _cell_json(folder, problems, cell_id)
-        if final is not None:
-            finals[str(cell_id)] = final
+        for into, names in ((finals, ("final.json", "status.json")), (configs, ("config.json",)), (envs, ("env.json",))):
+            data = _cell_json(folder, problems, cell_id, names)
+            if data is not None:
+                into[str(cell_id)] = data
         if info["status"] != "finished":
             continue
         tags = {"cell_id": cell_id, **{c: info[c] for c in ("row", "dataset", "embedding_size", "variant", "seed")}}
@@ -249,7 +264,7 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
                                                  **tags}))  # fmt: skip
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
-    return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, problems)
+    return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, configs, envs, problems)
 
 
 def _problem(cell_id: object, err: Exception) -> str:
@@ -258,6 +273,24 @@ def _problem(cell_id: object, err: Exception) -> str:
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "seed", "iteration"])
+
+
+REFERENCE_ROOT = PAPER_DIR.parent / "reference"
+"""Committed reference runs of a checkout: ``results/reference/<experiment>/``."""
+DEFAULT_MARGIN = 2.0
+"""Equivalence margin (points) for "reproduced within +-m points"."""
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """The report's choices a user can make on the command line."""
+
+    all_pairs: bool = False
+    """Compare every pair of losses instead of the control (MS) against each other row."""
+    margin: float = DEFAULT_MARGIN
+    """Equivalence margin in points for the paper verdicts."""
+    reference_dir: Path | None = None
+    """A committed reference run to check agreement with (None: none)."""
 
 
 @dataclass
@@ -275,6 +308,9 @@ class ReportContext:
     """Every row of the experiment, in report order (the paper's Table 2 first)."""
     weights_titles: dict[str, str]
     many_variants: bool
+    coincide: bool = False
+    """Whether selected and final weights give the same results in every cell (then only final is kept)."""
+    options: ReportOptions = field(default_factory=lambda: ReportOptions())
 
     def ordered(self, rows: object) -> list[str]:
         """The distinct rows among ``rows``, in report order."""

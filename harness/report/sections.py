@@ -8,13 +8,23 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
+from harness.report.decisions import (
+    between_losses_section,
+    blocks,
+    default_reference,
+    lead_section,
+    reference_section,
+)
 from harness.report.figures import figures_section, report_figures
 from harness.report.reading import (
     DATASET_NAMES,
+    DEFAULT_MARGIN,
     PAPER_DIR,
+    REFERENCE_ROOT,
     WEIGHTS_ORDER,
     CellFiles,
     ReportContext,
+    ReportOptions,
     load_paper_tables,
     paper_reference,
     read_cell_files,
@@ -23,7 +33,6 @@ from harness.report.reading import (
     table_loss_order,
 )
 from harness.report.tables import (
-    between_losses_section,
     comparison,
     datasets,
     esc,
@@ -90,6 +99,11 @@ def _runs_section(ctx: ReportContext) -> str:
         if column == "row":
             values = ctx.ordered(values)
         lines.append(f"- {name}: {', '.join(esc(v) for v in values) or '–'}")
+    from harness.results import stale_cells_note
+
+    stale = stale_cells_note(ctx.exp_dir)
+    if stale:
+        lines.append(f"- stale: {esc(stale)}")
     not_done = per_cell[~per_cell["status"].isin(["finished", "failed"])]
     if len(not_done):
         lines.append(f"- {len(not_done)} cell(s) not finished ({', '.join(sorted(set(not_done['status'])))}): "
@@ -142,7 +156,9 @@ def _appendix(ctx: ReportContext) -> str:
                                       "iterations"], rows)])  # fmt: skip
 
 
-def load_context(experiment_dir: Path, paper_dir: Path | None = None) -> tuple[ReportContext, str]:
+def load_context(
+    experiment_dir: Path, paper_dir: Path | None = None, options: ReportOptions | None = None
+) -> tuple[ReportContext, str]:
     """Everything the report needs from disk, and its paragraph on checkpoint selection."""
     exp_dir = Path(experiment_dir)
     cells = read_cells(exp_dir)
@@ -160,31 +176,63 @@ def load_context(experiment_dir: Path, paper_dir: Path | None = None) -> tuple[R
     ctx = ReportContext(
         exp_dir=exp_dir, cells=cells, finished=finished, reference=paper_reference(paper), paper=paper,
         paper_note=paper_note, files=files, order=row_order(cells, table_loss_order(paper)),
-        weights_titles=weights_titles, many_variants=cells["variant"].nunique() > 1,
+        weights_titles=weights_titles, many_variants=cells["variant"].nunique() > 1, coincide=coincide,
+        options=options or ReportOptions(),
     )  # fmt: skip
     return ctx, selection_text
 
 
-def write_report(experiment_dir: Path, *, paper_dir: Path | None = None) -> Path:
+def _reference_dir(exp_dir: Path, cells: pd.DataFrame, reference: Path | bool | None) -> Path | None:
+    """The reference run to compare with: an explicit folder (must hold cells.csv), none (False), or the
+    default ``results/reference/<experiment>/`` of the checkout when it exists and is not ``exp_dir``."""
+    if reference is False:
+        return None
+    if reference is None or reference is True:
+        experiment = (sorted(set(cells["experiment"]) - {""}) or [exp_dir.name])[0]
+        return default_reference(exp_dir, experiment, REFERENCE_ROOT)
+    if not (Path(reference) / "cells.csv").is_file():
+        raise UserError(f"{reference}: no cells.csv here; expected a reference results folder "
+                        "(results/reference/<experiment>/), or pass --no-reference")  # fmt: skip
+    return Path(reference)
+
+
+def write_report(
+    experiment_dir: Path,
+    *,
+    paper_dir: Path | None = None,
+    all_pairs: bool = False,
+    margin: float = DEFAULT_MARGIN,
+    reference: Path | bool | None = None,
+) -> Path:
     """Write ``<experiment_dir>/report.md`` and ``<experiment_dir>/figures/``; return the report's path.
 
     ``paper_dir`` defaults to the checkout's ``results/paper/``; when that is absent the report is
     written without the paper's columns (and says so). An explicitly given ``paper_dir`` must exist.
+    ``all_pairs``: compare every pair of losses instead of MS against each other loss. ``margin``:
+    the equivalence margin (points) of the paper verdicts. ``reference``: the committed reference run
+    to check agreement with (None: ``results/reference/<experiment>/`` when it exists; False: none).
     """
-    ctx, selection_text = load_context(experiment_dir, paper_dir)
+    if not margin > 0:
+        raise UserError(f"--margin {margin}: the equivalence margin must be a positive number of points (e.g. 2)")
+    exp_dir = Path(experiment_dir)
+    ctx, selection_text = load_context(exp_dir, paper_dir)
+    ctx.options = ReportOptions(all_pairs=all_pairs, margin=margin,
+                                reference_dir=_reference_dir(exp_dir, ctx.cells, reference))  # fmt: skip
     experiment = ", ".join(sorted(set(ctx.cells["experiment"]) - {""})) or ctx.exp_dir.name
     compared = comparison(ctx) if len(ctx.finished) else pd.DataFrame()
     parts = [
         f"# Report: {esc(experiment)}",
         f"Written by `python -m harness.report` from the stored runs in `{ctx.exp_dir}` (no training). "
-        "All values in percent.",
-        _runs_section(ctx),
-        "## Checkpoint selection\n\n" + selection_text,
+        "All values in percent." + (f" {ctx.paper_note}" if ctx.paper_note else ""),
     ]  # fmt: skip
+    if len(ctx.finished):
+        all_blocks = blocks(ctx)
+        parts += [lead_section(ctx, compared, all_blocks), reference_section(ctx)]
+    parts += [_runs_section(ctx), "## Checkpoint selection\n\n" + selection_text]
     if len(ctx.finished):
         figures = report_figures(ctx, compared)
         parts += [paper_section(ctx, compared), other_metrics_section(ctx, compared),
-                  between_losses_section(ctx, compared), figures_section(ctx, figures)]  # fmt: skip
+                  between_losses_section(ctx, compared, all_blocks), figures_section(ctx, figures)]  # fmt: skip
     else:
         parts.append("## Results\n\nNo cell has finished with results: no tables and no figures (see Runs).")
     parts += [_other_methods_section(ctx), _appendix(ctx)]

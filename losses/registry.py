@@ -1,14 +1,16 @@
 """The loss registry: a decorator that registers typed factory functions, and ``build``/``available``.
 
 Each registered factory is a function ``name(**hparams) -> GPWLoss`` with a one-line docstring; its
-registration records the paper's row label, equation and the similarities it uses (Table 1).
+registration records the paper's row label, equation and the similarities it uses (Table 1), and the
+search space a tuner explores for it (:class:`SearchParam` per hyperparameter, with where its range
+comes from), so a new loss brings its space with it.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +24,27 @@ class LossConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class SearchParam:
+    """One searched hyperparameter: a factory keyword, its interval (``log``: sampled on a log scale), its source."""
+
+    name: str
+    low: float
+    high: float
+    log: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.low < self.high:
+            raise ValueError(f"search range of {self.name!r}: low {self.low} must be below high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"search range of {self.name!r}: a log range needs low > 0, got {self.low}")
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the closed interval."""
+        return self.low <= value <= self.high
+
+
+@dataclass(frozen=True)
 class LossInfo:
     """What the registry knows about one loss."""
 
@@ -31,20 +54,31 @@ class LossInfo:
     similarities: str
     summary: str
     factory: Callable[..., GPWLoss]
+    search_space: tuple[SearchParam, ...] = ()
 
 
 _REGISTRY: dict[str, LossInfo] = {}
 
 
-def register_loss(*, label: str, equation: str, similarities: str) -> Callable[[Factory], Factory]:
-    """Register a factory under its function name, with the paper's label, equation and similarities."""
+def register_loss(
+    *, label: str, equation: str, similarities: str, search_space: Sequence[SearchParam] = ()
+) -> Callable[[Factory], Factory]:
+    """Register a factory under its function name, with the paper's label, equation, similarities and search space.
+
+    Every parameter of ``search_space`` must be a keyword of the factory (checked here, at import).
+    """
 
     def decorate(factory: Factory) -> Factory:
         name = factory.__name__
         if name in _REGISTRY:
             raise RuntimeError(f"loss {name!r} is registered twice")
+        keywords = set(inspect.signature(factory).parameters)
+        strangers = [p.name for p in search_space if p.name not in keywords]
+        if strangers or len({p.name for p in search_space}) != len(search_space):
+            raise RuntimeError(f"loss {name!r}: search space names {strangers or 'a parameter twice'}; "
+                               f"its keywords are {sorted(keywords)}")  # fmt: skip
         summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
-        _REGISTRY[name] = LossInfo(name, label, equation, similarities, summary, factory)
+        _REGISTRY[name] = LossInfo(name, label, equation, similarities, summary, factory, tuple(search_space))
         return factory
 
     return decorate

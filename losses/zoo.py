@@ -5,6 +5,11 @@ Hyperparameters keep the paper's names: ``alpha``, ``beta``, ``lam`` (lambda), `
 is alpha 2, beta 40, lambda 0.5, eps 0.1 (the official code). Presets set the defaults of every
 loss of the MS family; an explicit hyperparameter overrides its preset value. The contrastive,
 triplet and lifted losses have no values in the paper; their defaults are the same in both presets.
+
+Each registration also declares the loss's search space (``search_space=``): the ranges a tuner
+explores, each with its source. The MS-family ranges bracket both presets (the paper's and the
+official code's values) by a factor of about five on the log-scaled temperatures and cover the useful
+part of the similarity range for the thresholds; docs/fair.md lists them with their sources.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Mapping
 from losses.fused import FusedMultiSimilarity
 from losses.gpw import GPWLoss, Kernel
 from losses.miners import AllPairs, ContrastiveMiner, Miner, MultiSimilarityMiner
-from losses.registry import LossConfigError, register_loss
+from losses.registry import LossConfigError, SearchParam, register_loss
 from losses.weightings import (
     AverageWeighting,
     BinomialWeighting,
@@ -40,6 +45,22 @@ OWN_DEFAULTS: dict[str, dict[str, float]] = {
     "lifted": {"lam": 1.0},
 }
 _POSITIVE = ("alpha", "beta")
+
+# Search ranges. alpha/beta: the paper's 2 and 50 (Sec. 5, from the histogram-loss paper), the official
+# code's 2 and 40; log scale, about five times below and above. lam: the paper's 1 and the official 0.5;
+# cosine similarities of unit embeddings lie in [-1, 1] and a threshold below 0 stops separating
+# anything. eps: the paper's and official 0.1 (Eq. 11-12), up to three times that.
+ALPHA = SearchParam("alpha", 0.5, 10.0, log=True, source="paper Sec. 5 and official code: 2")
+BETA = SearchParam("beta", 10.0, 100.0, log=True, source="paper Sec. 5: 50; official code: 40")
+LAM = SearchParam("lam", 0.0, 1.0, source="paper Sec. 5: 1; official code: 0.5; S in [-1, 1]")
+EPS = SearchParam("eps", 0.0, 0.3, source="paper Sec. 5 and official code: 0.1")
+CONTRASTIVE_MARGIN = SearchParam(
+    "lam", 0.0, 0.9, source="PML ContrastiveLoss neg_margin 1 (Euclidean on the unit sphere) = S 0.5"
+)
+TRIPLET_MARGIN = SearchParam(
+    "lam", 0.01, 0.5, log=True, source="FaceNet margin 0.2 in squared distance = S 0.1"
+)
+LIFTED_MARGIN = SearchParam("lam", 0.1, 2.0, source="Song et al. (lifted structure) margin 1")
 
 
 def resolve_hparams(
@@ -95,7 +116,12 @@ def _ms_mined(
     )
 
 
-@register_loss(label="MS", equation="Eq. 15 (mining Eq. 11-12, weights Eq. 13-14)", similarities="SNP")
+@register_loss(
+    label="MS",
+    equation="Eq. 15 (mining Eq. 11-12, weights Eq. 13-14)",
+    similarities="SNP",
+    search_space=(ALPHA, BETA, LAM, EPS),
+)
 def ms(
     *,
     preset: str = "paper",
@@ -112,7 +138,7 @@ def ms(
     return _ms_mined("ms", preset, hp, weighting, skip_incomplete_anchors, kernel)
 
 
-@register_loss(label="MS mining", equation="Eq. 11-12, equal weights", similarities="P")
+@register_loss(label="MS mining", equation="Eq. 11-12, equal weights", similarities="P", search_space=(EPS,))
 def ms_mining(
     *, preset: str = "paper", eps: float | None = None, skip_incomplete_anchors: bool = False
 ) -> GPWLoss:
@@ -123,7 +149,12 @@ def ms_mining(
     )
 
 
-@register_loss(label="MS weighting", equation="Eq. 15 over all pairs (weights Eq. 13-14)", similarities="SN")
+@register_loss(
+    label="MS weighting",
+    equation="Eq. 15 over all pairs (weights Eq. 13-14)",
+    similarities="SN",
+    search_space=(ALPHA, BETA, LAM),
+)
 def ms_weighting(
     *, preset: str = "paper", alpha: float | None = None, beta: float | None = None, lam: float | None = None
 ) -> GPWLoss:
@@ -134,7 +165,9 @@ def ms_weighting(
     return _loss("ms_weighting", preset, hp, AllPairs(), weighting, kernel)
 
 
-@register_loss(label="Binomial", equation="Eq. 9 (weights Eq. 10)", similarities="S")
+@register_loss(
+    label="Binomial", equation="Eq. 9 (weights Eq. 10)", similarities="S", search_space=(ALPHA, BETA, LAM)
+)
 def binomial(
     *, preset: str = "paper", alpha: float | None = None, beta: float | None = None, lam: float | None = None
 ) -> GPWLoss:
@@ -143,7 +176,12 @@ def binomial(
     return _loss("binomial", preset, hp, AllPairs(), BinomialWeighting(hp["alpha"], hp["beta"], hp["lam"]))
 
 
-@register_loss(label="Binomial_m", equation="Eq. 9 on pairs mined by Eq. 11-12", similarities="SP")
+@register_loss(
+    label="Binomial_m",
+    equation="Eq. 9 on pairs mined by Eq. 11-12",
+    similarities="SP",
+    search_space=(ALPHA, BETA, LAM, EPS),
+)
 def binomial_m(
     *,
     preset: str = "paper",
@@ -159,14 +197,21 @@ def binomial_m(
     return _ms_mined("binomial_m", preset, hp, weighting, skip_incomplete_anchors)
 
 
-@register_loss(label="LiftedStruct*", equation="Eq. 16 (weights Eq. 7-8)", similarities="N")
+@register_loss(
+    label="LiftedStruct*", equation="Eq. 16 (weights Eq. 7-8)", similarities="N", search_space=(ALPHA, BETA)
+)
 def lifted_star(*, preset: str = "paper", alpha: float | None = None, beta: float | None = None) -> GPWLoss:
     """LiftedStruct*, Eq. 16 (weights Eq. 7-8 with temperatures alpha, beta), over all pairs."""
     hp = resolve_hparams("lifted_star", preset, {"alpha": alpha, "beta": beta})
     return _loss("lifted_star", preset, hp, AllPairs(), LiftedStarWeighting(hp["alpha"], hp["beta"]))
 
 
-@register_loss(label="LiftedStruct*_m", equation="Eq. 16 on pairs mined by Eq. 11-12", similarities="NP")
+@register_loss(
+    label="LiftedStruct*_m",
+    equation="Eq. 16 on pairs mined by Eq. 11-12",
+    similarities="NP",
+    search_space=(ALPHA, BETA, EPS),
+)
 def lifted_star_m(
     *,
     preset: str = "paper",
@@ -182,7 +227,10 @@ def lifted_star_m(
 
 
 @register_loss(
-    label="BinLifted", equation="(Eq. 9 + Eq. 16) / 2, weights (Eq. 10 + Eq. 7-8) / 2", similarities="SN"
+    label="BinLifted",
+    equation="(Eq. 9 + Eq. 16) / 2, weights (Eq. 10 + Eq. 7-8) / 2",
+    similarities="SN",
+    search_space=(ALPHA, BETA, LAM),
 )
 def binlifted(
     *, preset: str = "paper", alpha: float | None = None, beta: float | None = None, lam: float | None = None
@@ -195,21 +243,23 @@ def binlifted(
     return _loss("binlifted", preset, hp, AllPairs(), weighting)
 
 
-@register_loss(label="Contrastive", equation="Eq. 4", similarities="S")
+@register_loss(label="Contrastive", equation="Eq. 4", similarities="S", search_space=(CONTRASTIVE_MARGIN,))
 def contrastive(*, preset: str = "paper", lam: float | None = None) -> GPWLoss:
     """Contrastive loss, Eq. 4: all positives and the negatives with S > lam, equal weights 1/m."""
     hp = resolve_hparams("contrastive", preset, {"lam": lam}, OWN_DEFAULTS["contrastive"])
     return _loss("contrastive", preset, hp, ContrastiveMiner(hp["lam"]), EqualWeighting(hp["lam"]))
 
 
-@register_loss(label="Triplet", equation="Eq. 5", similarities="P")
+@register_loss(label="Triplet", equation="Eq. 5", similarities="P", search_space=(TRIPLET_MARGIN,))
 def triplet(*, preset: str = "paper", lam: float | None = None) -> GPWLoss:
     """Triplet loss, Eq. 5, summed over all triplets of the batch (inactive ones are 0), divided by m."""
     hp = resolve_hparams("triplet", preset, {"lam": lam}, OWN_DEFAULTS["triplet"])
     return _loss("triplet", preset, hp, AllPairs(), TripletWeighting(hp["lam"]))
 
 
-@register_loss(label="LiftedStruct", equation="Eq. 6 (weights Eq. 7-8)", similarities="N")
+@register_loss(
+    label="LiftedStruct", equation="Eq. 6 (weights Eq. 7-8)", similarities="N", search_space=(LIFTED_MARGIN,)
+)
 def lifted(*, preset: str = "paper", lam: float | None = None) -> GPWLoss:
     """Lifted structure loss, Eq. 6 (weights Eq. 7-8 on anchors with an active hinge), over all pairs."""
     hp = resolve_hparams("lifted", preset, {"lam": lam}, OWN_DEFAULTS["lifted"])

@@ -1,0 +1,139 @@
+"""The studies of a fair run: one per loss on one storage, filled to the same trial count by any number of workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.fair.schema import FairSetup, LossStudy
+from harness.tune.interrupt import Interrupted, StopSignals
+from harness.tune.storage import open_study
+from harness.tune.trials import counted_trials, retry_interrupted, run_worker, study_counts, study_is_full
+
+STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's storage URL
+
+
+def default_storage(fair_dir: Path) -> str:
+    """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one file."""
+    return f"sqlite:///{(fair_dir / 'studies.db').resolve()}"
+
+
+def study_dir(fair_dir: Path, study: LossStudy) -> Path:
+    """A study's folder: its trials, summary.md and figures."""
+    return fair_dir / "studies" / study.key
+
+
+def prepare_studies(setup: FairSetup, storage: Any) -> list[str]:
+    """Create every study (or check the stored one was made from the same settings), fail its stale trials
+    and queue its interrupted trials again; returns ``study #number`` of each trial queued again."""
+    import optuna
+
+    retried = []
+    for study in setup.studies:
+        opened = open_study(study.setup, storage, study.setup.study.sampler.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(opened)
+        retried += [f"{study.key} #{number}" for number in retry_interrupted(opened, setup.fair.trials)]
+    return retried
+
+
+def worker_order(studies: list[LossStudy], worker: int) -> list[LossStudy]:
+    """The order a worker visits the studies: rotated by its index, so workers start on different studies."""
+    shift = worker % len(studies) if studies else 0
+    return studies[shift:] + studies[:shift]
+
+
+def fill_studies(setup: FairSetup, storage: Any, fair_dir: Path, *, worker: int, progress: bool) -> None:
+    """One worker's share: each study in :func:`worker_order` gets trials until it holds ``fair.trials``."""
+    for study in worker_order(setup.studies, worker):
+        run_worker(study.setup, storage, study_dir(fair_dir, study), setup.fair.trials, worker=worker,
+                   progress=progress)  # fmt: skip
+
+
+def _worker_command(file: str, sets: list[str], results: str, worker: int, quiet: bool) -> list[str]:
+    command = [sys.executable, "-m", "harness.fair", file, "--results", results, "--worker", str(worker)]
+    for item in sets:
+        command += ["--set", item]
+    return command + (["--quiet"] if quiet else [])
+
+
+def spawn_workers(
+    file: str,
+    sets: list[str],
+    results: str,
+    storage_url: str,
+    workers: int,
+    *,
+    quiet: bool,
+    signals: StopSignals,
+) -> list[int]:
+    """Run ``workers`` worker processes on the storage and wait; returns their exit codes.
+
+    A stop signal to the parent is passed on to the workers, which record their running trials as
+    failed and exit; the parent waits for them, then raises :class:`Interrupted`.
+    """
+    env = {**os.environ, STORAGE_ENV: storage_url}
+    if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
+    processes = [
+        subprocess.Popen(_worker_command(file, sets, results, k, quiet), env=env) for k in range(workers)
+    ]
+    try:
+        with signals.armed():
+            return [p.wait() for p in processes]
+    except Interrupted as stop:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(stop.signum)
+        for p in processes:
+            p.wait()
+        raise
+
+
+@dataclass(frozen=True)
+class StudyState:
+    """Where one loss's study stands: counted trials by state, and its best trial once one completed."""
+
+    study: LossStudy
+    counts: dict[str, int]
+    best_value: float | None
+    best_params: dict[str, float]
+    best_number: int | None
+
+    @property
+    def settled(self) -> bool:
+        """Full, with no trial still running or waiting anywhere."""
+        total = self.study.setup.study.trials
+        return self.counts["total"] >= total and not (
+            self.counts.get("running") or self.counts.get("waiting")
+        )
+
+
+def study_state(study: LossStudy, storage: Any) -> StudyState:
+    """The stored state of a loss's study."""
+    import optuna
+
+    loaded = optuna.load_study(study_name=study.name, storage=storage)
+    counts = study_counts(loaded)
+    complete = [t for t in counted_trials(loaded.get_trials(deepcopy=False))
+                if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
+    if not complete:
+        return StudyState(study, counts, None, {}, None)
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    return StudyState(study, counts, float(best.value), dict(best.params), best.number)
+
+
+def all_full(setup: FairSetup, storage: Any) -> bool:
+    """Whether every study holds its trial count (running trials included)."""
+    import optuna
+
+    return all(
+        study_is_full(optuna.load_study(study_name=s.name, storage=storage), setup.fair.trials)
+        for s in setup.studies
+    )

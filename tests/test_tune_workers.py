@@ -8,7 +8,12 @@ server (``.ci/run`` starts one) and skips with the reason otherwise.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from harness.config import load_experiment
 from harness.tune import HeartbeatConfig, counted_trials, main, open_storage, with_installed_driver
 from harness.tune import outputs as tune_outputs
 
+ROOT = Path(__file__).resolve().parent.parent
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 WORKERS_PROTOCOL = {  # a few seconds per trial; Hyperband over the 4 iterations, as tune-glyphs.yaml over 240
     "train.iterations": 4,
@@ -122,3 +128,94 @@ def test_two_workers_on_postgresql_record_each_trial_once(tmp_path: Path, tune_f
     finally:
         with contextlib.suppress(Exception):
             optuna.delete_study(study_name=name, storage=url)
+
+
+# ------------------------------------------------------------------------------- stop signals, real processes
+
+ENDLESS = {**WORKERS_PROTOCOL, "train.iterations": 100_000, "train.eval_every": 50, "train.log_every": 50,
+           "study.pruner": {"name": "none"}}  # fmt: skip  # a trial that surely outlives the test
+
+
+def start_study(tune_file: Path, results: Path, workers: int) -> subprocess.Popen[str]:
+    command = [sys.executable, "-m", "harness.tune", str(tune_file), "--results", str(results), "--workers",
+               str(workers), "--trials", "3", "--quiet"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_running_trials(study_dir: Path, count: int, proc: subprocess.Popen[str]) -> None:
+    """Until ``count`` trial folders say ``running``: their training has demonstrably started."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        statuses = [json.loads(p.read_text())["status"] for p in study_dir.glob("trials/*/status.json")]
+        if statuses.count("running") >= count:
+            return
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.1)
+    pytest.fail(f"{count} trials never started training")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def worker_pids(study_dir: Path) -> list[int]:
+    storage = open_storage(f"sqlite:///{(study_dir / 'study.db').resolve()}", HeartbeatConfig())
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
+    return sorted({int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials if "worker" in t.user_attrs})
+
+
+def check_interrupted(study_dir: Path, signal_name: str, count: int) -> None:
+    storage = open_storage(f"sqlite:///{(study_dir / 'study.db').resolve()}", HeartbeatConfig())
+    trials = optuna.load_study(study_name="tiny", storage=storage).get_trials(deepcopy=False)
+    assert len(trials) == count and all(t.state == TrialState.FAIL for t in trials)
+    assert {t.user_attrs["interrupted"] for t in trials} == {signal_name} and not counted_trials(trials)
+    for t in trials:
+        status = json.loads((study_dir / t.user_attrs["folder"] / "status.json").read_text())
+        assert status["status"] == "failed" and f"interrupted by {signal_name}" in status["reason"]
+
+
+@pytest.mark.parametrize(("workers", "signum"), [(1, signal.SIGINT), (2, signal.SIGTERM)])
+def test_a_stop_signal_fails_the_running_trials_writes_the_summary_and_leaves_no_process(
+    tmp_path: Path, tiny_tune_file: WriteExperiment, workers: int, signum: signal.Signals
+) -> None:
+    study_dir = tmp_path / "results" / "tiny"
+    proc = start_study(tiny_tune_file(ENDLESS), tmp_path / "results", workers)
+    try:
+        wait_for_running_trials(study_dir, workers, proc)
+        pids = worker_pids(study_dir)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"interrupted by {signum.name}: {workers} running trial(s) recorded as failed")
+    assert not [pid for pid in pids if alive(pid)], "a worker outlived its parent"
+    check_interrupted(study_dir, signum.name, workers)
+    assert f"{workers} interrupted, not counted" in (study_dir / "summary.md").read_text()
+
+
+def test_workers_stop_when_their_parent_is_killed_outright(tmp_path: Path, tiny_tune_file: WriteExperiment) -> None:
+    study_dir = tmp_path / "results" / "tiny"
+    proc = start_study(tiny_tune_file(ENDLESS), tmp_path / "results", 2)
+    pids: list[int] = []
+    try:
+        wait_for_running_trials(study_dir, 2, proc)
+        pids = worker_pids(study_dir)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 60
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in pids if alive(pid)], "workers outlived a parent killed with SIGKILL"
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    check_interrupted(study_dir, "SIGTERM", 2)

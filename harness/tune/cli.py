@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
+import logging
 import os
 import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import yaml
 from harness.errors import UserError
 from harness.files import atomic_write_text
 from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
-from harness.tune.outputs import write_outputs
+from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url
 from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
@@ -82,18 +81,6 @@ def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int, signa
         raise
 
 
-@contextlib.contextmanager
-def _optuna_logging(quiet: bool) -> Iterator[None]:
-    import optuna
-
-    before = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.WARNING if quiet else optuna.logging.INFO)
-    try:
-        yield
-    finally:
-        optuna.logging.set_verbosity(before)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.tune``."""
     args = build_parser().parse_args(argv)
@@ -113,7 +100,7 @@ def _main(args: argparse.Namespace, signals: StopSignals) -> int:
     from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
     storage_url = args.storage or from_parent or default_storage(study_dir)
     storage = open_storage(storage_url, setup.study.heartbeat)
-    with _optuna_logging(args.quiet):
+    with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
             watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
             try:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,19 @@ from harness.tune.storage import shown_url
 from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
 
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
+
+
+@contextlib.contextmanager
+def optuna_verbosity(level: int) -> Iterator[None]:
+    """Optuna's log level (a :mod:`logging` level) for the block, then the one before."""
+    import optuna
+
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(level)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def write_best(setup: TuneSetup, study: Any, study_dir: Path) -> Path | None:
@@ -85,7 +101,7 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
     figures_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name, plot in plots.items():
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), optuna_verbosity(logging.ERROR):  # "no complete trials" and the like
             warnings.simplefilter("ignore")
             axes = plot()
         every = list(axes.flat) if hasattr(axes, "flat") else [axes]

@@ -4,21 +4,31 @@ Layout (see docs/ARCHITECTURE.md): ``<results>/<experiment>/cells/<cell_id>/`` h
 ``env.json``, ``status.json``, ``train_log.csv``, ``evals.csv``, ``final.json``, ``pair_weights.npz``
 and, while the cell runs, ``checkpoint.pt``. Every file is written atomically (:mod:`harness.files`),
 so a crash (even ``kill -9``) never leaves a half-written file.
+
+Results are bound to the configuration that produced them: a run records its grid's cell ids in
+``<results>/<experiment>/grid.json`` beside ``experiment.yaml``; cells.csv and the report hold only
+those cells, and any other folder under ``cells/`` (a run of another configuration into the same
+folder) is listed as stale, never pooled. A cell JSON file that is not the object the harness wrote
+is a :class:`~harness.errors.DamagedFileError` naming the file and what to do.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import platform
 import socket
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 import losses
+from harness.errors import DamagedFileError
 
 # atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports (harness.run
 # still imports two of them from here); new code imports them from harness.files.
@@ -31,6 +41,9 @@ from harness.files import (  # noqa: F401
     atomic_write_text,
     read_json_if_exists,
 )
+
+if TYPE_CHECKING:
+    from harness.config import CellConfig, Experiment
 
 # The columns of cells.csv, in order: declared here once; the report reads them from here.
 CELLS_TABLE_COLUMNS = (
@@ -129,12 +142,30 @@ class CellPaths:
         return self.root / f"weights_{which}.pt"
 
     def status_value(self) -> str | None:
-        """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never started)."""
-        for path in (self.final, self.status):
-            data = read_json_if_exists(path, remedy=RETRAIN_CELL)
+        """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never started).
+
+        final.json decides: a cell whose final.json is complete is finished (or failed) whatever its
+        status.json says (a run killed between the two writes leaves ``running`` there).
+        """
+        for data in (self.read_final(), self.read_status()):
             if data is not None:
-                return data.get("status")
+                return data["status"]
         return None
+
+    def read_final(self) -> dict[str, Any] | None:
+        """final.json, checked (status, and for a finished cell its metrics); None when absent."""
+        final = read_cell_json(self.final, {"status": str})
+        if final is not None and final["status"] == "finished":
+            _check_metrics(self.final, final.get("metrics"))
+        return final
+
+    def read_status(self) -> dict[str, Any] | None:
+        """status.json, checked; None when absent."""
+        return read_cell_json(self.status, {"status": str})
+
+    def read_config(self) -> dict[str, Any] | None:
+        """config.json, checked for the fields cells.csv needs; None when absent."""
+        return read_cell_json(self.config, CONFIG_FIELDS)
 
 
 def experiment_dir(results_root: str | Path, experiment: str) -> Path:
@@ -147,17 +178,152 @@ def cell_paths(exp_dir: Path, cell_id: str) -> CellPaths:
     return CellPaths(exp_dir / "cells" / cell_id)
 
 
-def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
-    """One row per (cell, weights, split, metric) over every cell stored under ``exp_dir``."""
-    rows: list[dict[str, Any]] = []
+CONFIG_FIELDS: dict[str, type] = {
+    "experiment": str, "loss": dict, "dataset": str, "embedding_size": int, "seed": int, "train": dict,
+}  # fmt: skip
+"""The fields of config.json that cells.csv is made of, with their JSON types."""
+GRID_FILE = "grid.json"
+REWRITE_GRID = "re-run `python -m harness.run` on the experiment file to rewrite it (finished cells are kept)"
+
+
+def _damaged(path: Path, problem: str, remedy: str = RETRAIN_CELL) -> DamagedFileError:
+    return DamagedFileError(f"{path}: damaged file, {problem}; {remedy}")
+
+
+def read_cell_json(path: Path, fields: dict[str, type]) -> dict[str, Any] | None:
+    """A cell's JSON file as a mapping with ``fields`` of the given types; None when the file is absent.
+
+    Anything else (invalid JSON, ``[1, 2]``, a missing field) is a DamagedFileError naming the file.
+    """
+    data = read_json_if_exists(path, remedy=RETRAIN_CELL)
+    if data is None:
+        return None
+    if not isinstance(data, dict):
+        raise _damaged(path, f"expected a JSON object, got {type(data).__name__}")
+    for key, kind in fields.items():
+        value = data.get(key)
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise _damaged(path, f"field {key!r} is missing or not a {kind.__name__}")
+    return data
+
+
+def _check_metrics(path: Path, metrics: object) -> None:
+    """A finished cell's ``metrics``: ``{weights: {split: {metric: number}}}``, else DamagedFileError."""
+    ok = isinstance(metrics, dict) and all(
+        isinstance(splits, dict) and all(
+            isinstance(values, dict) and all(isinstance(v, int | float) for v in values.values())
+            for values in splits.values()
+        )
+        for splits in metrics.values()
+    )  # fmt: skip
+    if not ok:
+        raise _damaged(path, "'metrics' is not {weights: {split: {metric: number}}}")
+
+
+DELETE_CHECKPOINT = "delete it to restart the cell from scratch"
+
+
+def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A cell's checkpoint (``torch.load`` on CPU); a truncated or corrupt file is a DamagedFileError.
+
+    The error names the file and says to delete it (the cell then restarts from scratch); ``required``
+    are the keys the checkpoint must hold.
+    """
+    import pickle
+    import zipfile
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile) as err:
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise _damaged(
+            path, f"not a readable checkpoint ({type(err).__name__}: {problem})", DELETE_CHECKPOINT
+        ) from None
+    missing = [key for key in required if not isinstance(ckpt, dict) or key not in ckpt]
+    if missing:
+        raise _damaged(path, f"the checkpoint lacks {', '.join(missing)}", DELETE_CHECKPOINT)
+    return ckpt
+
+
+def record_experiment(exp_dir: Path, experiment: Experiment, cells: list[CellConfig]) -> None:
+    """Write ``experiment.yaml`` (the resolved experiment) and ``grid.json`` (its cell ids) into ``exp_dir``."""
+    import yaml
+
+    atomic_write_text(
+        exp_dir / "experiment.yaml", yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
+    )
+    atomic_write_json(
+        exp_dir / GRID_FILE, {"experiment": experiment.name, "cell_ids": [c.cell_id for c in cells]}
+    )
+
+
+def grid_cell_ids(exp_dir: Path) -> list[str] | None:
+    """The cell ids of the grid last run into ``exp_dir`` (``grid.json``); None for results without one."""
+    path = exp_dir / GRID_FILE
+    data = read_json_if_exists(path, remedy=REWRITE_GRID)
+    if data is None:
+        return None
+    ids = data.get("cell_ids") if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise _damaged(path, "expected {'cell_ids': [cell id, ...]}", REWRITE_GRID)
+    return ids
+
+
+def _cell_folders(exp_dir: Path) -> list[Path]:
     cells_dir = exp_dir / "cells"
-    for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
+    return sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
+
+
+def current_cell_folders(exp_dir: Path) -> list[Path]:
+    """The folders under ``cells/`` of the current grid (every folder when the results have no grid.json)."""
+    current = grid_cell_ids(exp_dir)
+    folders = _cell_folders(exp_dir)
+    return folders if current is None else [p for p in folders if p.name in set(current)]
+
+
+def stale_cell_ids(exp_dir: Path) -> list[str]:
+    """The folders under ``cells/`` that are not cells of the current grid (another configuration's runs)."""
+    current = set(grid_cell_ids(exp_dir) or [])
+    return [p.name for p in _cell_folders(exp_dir) if current and p.name not in current]
+
+
+def stale_cells_note(exp_dir: Path) -> str | None:
+    """One line on the stale cell folders of ``exp_dir`` (None when there are none)."""
+    stale = stale_cell_ids(exp_dir)
+    if not stale:
+        return None
+    shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+    return (f"{len(stale)} cell folder(s) under {exp_dir / 'cells'} are not in the current grid (another "
+            f"configuration ran into this folder): left out of cells.csv and the report: {shown}")  # fmt: skip
+
+
+def _result_rows(status: str, final: dict[str, Any]) -> list[dict[str, Any]]:
+    """The (weights, split, metric, value) rows of one cell; one empty row when it has no results."""
+    metrics = final.get("metrics") or {}
+    if status != "finished" or not metrics:
+        return [{"weights": "", "split": "", "metric": "", "value": ""}]
+    return [
+        {"weights": weights, "split": split, "metric": metric, "value": value}
+        for weights, splits in sorted(metrics.items())
+        for split, values in sorted(splits.items())
+        for metric, value in sorted(values.items())
+    ]
+
+
+def _cell_status(paths: CellPaths, final: dict[str, Any]) -> str:
+    return final.get("status") or paths.status_value() or "pending"
+
+
+def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
+    """One row per (cell, weights, split, metric) over the current grid's cells stored under ``exp_dir``."""
+    rows: list[dict[str, Any]] = []
+    for folder in current_cell_folders(exp_dir):
         paths = CellPaths(folder)
-        config = read_json_if_exists(paths.config, remedy=RETRAIN_CELL)
+        config = paths.read_config()
         if config is None:
             continue
-        final = read_json_if_exists(paths.final, remedy=RETRAIN_CELL) or {}
-        status = final.get("status") or paths.status_value() or "pending"
+        final = paths.read_final() or {}
+        status = _cell_status(paths, final)
         base = {
             "experiment": config["experiment"],
             "cell_id": folder.name,
@@ -171,15 +337,44 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
             "status": status,
             "select_on": config["train"]["select_on"],
         }
-        metrics = final.get("metrics") or {}
-        if status != "finished" or not metrics:
-            rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
-            continue
-        for weights, splits in sorted(metrics.items()):
-            for split, values in sorted(splits.items()):
-                for metric, value in sorted(values.items()):
-                    rows.append({**base, "weights": weights, "split": split, "metric": metric, "value": value})
+        rows += [{**base, **result} for result in _result_rows(status, final)]
     return rows
+
+
+def cells_table_mismatch(exp_dir: Path) -> str | None:
+    """How ``cells.csv`` disagrees with the current grid's cells under ``cells/`` (ids, rows per cell), or None.
+
+    None also when there is no ``cells/`` folder to compare with. A file cut short (no final newline,
+    missing cells or rows) or one pooling other cells is reported, so it can be rebuilt.
+    """
+    expected: dict[str, int] = {}
+    for folder in current_cell_folders(exp_dir):
+        paths = CellPaths(folder)
+        if paths.config.is_file():
+            final = paths.read_final() or {}
+            expected[folder.name] = len(_result_rows(_cell_status(paths, final), final))
+    if not (exp_dir / "cells").is_dir():
+        return None
+    try:
+        text = (exp_dir / "cells.csv").read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return "the file is missing" if expected else None
+    except UnicodeDecodeError:
+        return "the file is not UTF-8 text"
+    if text and not text.endswith("\n"):
+        return "the file ends in the middle of a line (cut short)"
+    try:
+        found = Counter(row.get("cell_id") or "" for row in csv.DictReader(io.StringIO(text)))
+    except csv.Error as err:
+        return f"the file is not readable as CSV ({err})"
+    missing = [c for c in expected if c not in found]
+    extra = [c for c in found if c not in expected]
+    wrong = [c for c in expected if c in found and found[c] != expected[c]]
+    problems = [f"{len(ids)} {what} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" for ids, what in (
+        (missing, "cell(s) of cells/ missing"), (extra, "cell(s) not in the current grid's cells/"),
+        (wrong, "cell(s) with a wrong number of rows"),
+    ) if ids]  # fmt: skip
+    return "; ".join(problems) or None
 
 
 def loss_label(name: str) -> str:

@@ -2,12 +2,16 @@
 
 Raise :class:`UserError` for every mistake a user can fix (bad config value, missing dataset
 file, missing weights). Command-line entry points wrap their ``main`` in :func:`cli_main`, which
-prints ``error: <message>`` on one line to stderr and exits with :data:`EXIT_USER_ERROR`.
+prints ``error: <message>`` on one line to stderr and exits with :data:`EXIT_USER_ERROR`. It does the
+same for the filesystem faults a user fixes (:data:`USER_FIXABLE_ERRNOS`: no permission, read-only
+or full disk, a file where a folder should be), naming the path; any other OSError stays a traceback,
+since it may be a bug.
 """
 
 from __future__ import annotations
 
 import difflib
+import errno
 import sys
 from collections.abc import Callable, Iterable
 from typing import NoReturn
@@ -49,6 +53,33 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return "; expected one of " + ", ".join(repr(c) for c in options)
 
 
+_CHECK_PERMISSIONS = "check its permissions (and its folder's), or write the results elsewhere (--results DIR)"
+_FREE_SPACE = "free some space (or choose another --results folder); finished cells are kept, re-run to go on"
+_IN_THE_WAY = "a file or folder is in the way of one the harness writes; move it, or choose another path"
+USER_FIXABLE_ERRNOS: dict[int, str] = {
+    errno.EACCES: _CHECK_PERMISSIONS,
+    errno.EPERM: _CHECK_PERMISSIONS,
+    errno.EROFS: "the file system is read-only; write the results elsewhere (--results DIR)",
+    errno.ENOSPC: _FREE_SPACE,
+    errno.EDQUOT: _FREE_SPACE,
+    errno.ENOTDIR: _IN_THE_WAY,
+    errno.EISDIR: _IN_THE_WAY,
+    errno.EEXIST: _IN_THE_WAY,
+}
+"""The OSError numbers that are the user's environment, not a bug, with what to do about each."""
+
+
+def filesystem_message(err: OSError) -> str | None:
+    """One line for an OSError a user can fix (path, errno name, what to do); None for any other."""
+    todo = USER_FIXABLE_ERRNOS.get(err.errno or 0)
+    if todo is None:
+        return None
+    where = f"{err.filename}: " if err.filename else ""
+    also = f" (and {err.filename2})" if err.filename2 else ""
+    reason = err.strerror or type(err).__name__
+    return f"{where}{reason} ({errno.errorcode.get(err.errno or 0, err.errno)}){also}; {todo}"
+
+
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit with :data:`EXIT_USER_ERROR`."""
     print(f"error: {one_line(message)}", file=sys.stderr)
@@ -56,7 +87,7 @@ def fail(message: str) -> NoReturn:
 
 
 def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
-    """Run a command-line ``main``; turn :class:`UserError` into one line on stderr and exit code 2."""
+    """Run a command-line ``main``; a :class:`UserError` or user-fixable OSError is one line on stderr, exit code 2."""
     try:
         code = main(argv)
     except UserError as err:
@@ -67,4 +98,9 @@ def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         raise SystemExit(0) from None
+    except OSError as err:
+        message = filesystem_message(err)
+        if message is None:
+            raise
+        fail(message)
     raise SystemExit(code or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -120,7 +121,7 @@ def test_a_cell_records_its_loss_with_every_hyperparameter_resolved(tmp_path: Pa
     ms, contrastive = expand_cells(load_experiment(write(tmp_path, data)))
     assert ms.resolved_loss() == {
         "name": "ms", "preset": "official",
-        "hparams": {"alpha": 2.0, "beta": 45.0, "lam": 0.5, "eps": 0.1, "skip_incomplete_anchors": False},
+        "hparams": {"alpha": 2.0, "beta": 45.0, "lam": 0.5, "eps": 0.1},
     }  # fmt: skip
     assert contrastive.resolved_loss() == {"name": "contrastive", "preset": "paper", "hparams": {"lam": 0.5}}
     record = ms.record()
@@ -217,11 +218,17 @@ def test_shards_partition_the_grid(tmp_path: Path) -> None:
 
 
 def test_cli_check_and_errors(tmp_path: Path) -> None:
-    good = write(tmp_path, GRID)
+    env = {k: v for k, v in os.environ.items() if k != "HARNESS_DATA"}
+    glyphs = {"grid": {**GRID["grid"], "datasets": ["glyphs"]}, "model": {"backbone": "small_cnn", "pretrained": False}}
+    good = write(tmp_path, glyphs)
     ok = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(good)], capture_output=True, text=True,
-                        cwd=ROOT)  # fmt: skip
+                        cwd=ROOT, env=env)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert "4 cells" in ok.stdout
+    no_data = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(write(tmp_path, GRID, "cars.yaml"))],
+                             capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    assert no_data.returncode == 2 and no_data.stderr.count("\n") == 1
+    assert "Cars-196: no data root given; set HARNESS_DATA=DIR" in no_data.stderr
     bad = write(tmp_path, {"grid": {**GRID["grid"], "losses": ["ms_weigting"]}}, "bad.yaml")
     out = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(bad)], capture_output=True, text=True,
                          cwd=ROOT)  # fmt: skip

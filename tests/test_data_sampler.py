@@ -242,17 +242,14 @@ def test_official_epoch_uses_whole_chunks_drops_leftovers_and_pads_small_classes
             classes_with_chunks_left += len(images) < chunks * M
             if sizes[cls] >= M:  # whole chunks of distinct images; n mod M leftovers sit the epoch out
                 assert len(set(images)) == len(images)
-            else:  # one chunk of M drawn with replacement from fewer than M images
-                assert len(images) == M and len(set(images)) < M
+            else:  # one chunk of M: each of its fewer than M images, then repeats
+                assert len(images) == M and len(set(images)) == sizes[cls]
                 padded_images.setdefault(cls, set()).update(images)
         classes_with_chunks_left += len(sizes) - len(shown)
         assert classes_with_chunks_left < p, "an epoch ends only when fewer than P classes have chunks left"
         epoch_sets.append({cls: frozenset(images) for cls, images in shown.items() if sizes[cls] == 7})
     for cls, images in padded_images.items():
-        assert images <= set(np.flatnonzero(labels == cls).tolist())
-    assert any(len(images) == sizes[cls] for cls, images in padded_images.items()), (
-        "padding draws every image"
-    )
+        assert images == set(np.flatnonzero(labels == cls).tolist())
     dropped = {cls: {e[cls] for e in epoch_sets if cls in e} for cls in epoch_sets[0]}
     assert any(len(variants) > 1 for variants in dropped.values()), "the dropped leftovers change per epoch"
 
@@ -278,3 +275,23 @@ def test_official_resume_at_any_batch_matches_skipping(start: int) -> None:
     labels = labels_with_sizes(SOP_LIKE[::3])
     reference = take(OfficialBatchSampler(labels, 4, M, seed=5), start + 15)
     assert take(OfficialBatchSampler(labels, 4, M, seed=5, start=start), 15) == reference[start:]
+
+
+def test_official_pads_a_small_class_with_all_its_images_plus_draws_with_replacement() -> None:
+    """A class of 2 images with M = 5: both images appear, plus 3 drawn with replacement from the class."""
+    labels = labels_with_sizes([2, 8, 8, 8])
+    pair = set(np.flatnonzero(labels == 0).tolist())
+    chunks = []
+    for seed in range(40):
+        for batch in take(OfficialBatchSampler(labels, 2, M, seed=seed), 6):
+            chunks.extend(tuple(batch[s : s + M]) for s in range(0, len(batch), M) if labels[batch[s]] == 0)
+    assert len(chunks) > 20
+    repeats = Counter()
+    for chunk in chunks:
+        assert set(chunk) == pair, "each of the class's images is in its chunk"
+        repeats[max(Counter(chunk).values())] += 1
+    # Each image once plus 3 draws with replacement: the chunk splits 2+3 (probability 3/4) or 1+4 (1/4),
+    # never 0+5 (drawing all 5 with replacement would, and could leave an image out).
+    assert set(repeats) == {3, 4}, repeats
+    firsts = {chunk[0] for chunk in chunks}
+    assert firsts == pair, "the chunk is shuffled: either image may come first"

@@ -24,8 +24,8 @@ then continues exactly as iterating from 0 and dropping k batches would.
 ``official`` (:class:`OfficialBatchSampler`): the sampling rule of the MS loss's official code.
 
 - **Chunks.** At the start of each epoch every class is shuffled afresh and cut into floor(n_c / M)
-  chunks of M; the leftover n_c mod M images sit this epoch out. A class with fewer than M images is
-  padded to one chunk of M drawn with replacement from its images.
+  chunks of M; the leftover n_c mod M images sit this epoch out. A class with n_c < M images is padded
+  to one chunk of M: each of its images once plus M - n_c drawn with replacement from them, shuffled.
 - **Batches.** Each batch draws P distinct classes uniformly at random among the classes that still have
   a chunk this epoch (not in proportion to their size) and takes each one's next chunk. The epoch ends
   when fewer than P classes have chunks left; their chunks are dropped.
@@ -170,7 +170,7 @@ class OfficialBatchSampler(ClassBatchSampler):
         self._offsets = np.concatenate([[0], np.cumsum(self._sizes)[:-1]])
         self._grouped = np.concatenate(self._members)  # class 0's images, then class 1's, ...
         self._class_of_grouped = np.repeat(np.arange(len(self._sizes)), self._sizes)
-        self._small = np.flatnonzero(self._sizes < m)  # padded with replacement
+        self._small = np.flatnonzero(self._sizes < m)  # padded to M: every image once, the rest drawn
 
     def epoch_classes(self, epoch: int) -> np.ndarray:
         """The labels each batch of ``epoch`` draws, in order: shape (batches of that epoch, P)."""
@@ -199,9 +199,18 @@ class OfficialBatchSampler(ClassBatchSampler):
         rng = np.random.default_rng([self.seed, _OFFICIAL_ORDER, epoch])
         within = np.lexsort((rng.random(len(self._grouped)), self._class_of_grouped))
         shuffled = self._grouped[within]
-        small = self._small[:, None]
-        picks = (rng.random((len(self._small), self.samples_per_class)) * self._sizes[small]).astype(np.int64)
-        return shuffled, self._grouped[self._offsets[small] + picks]
+        return shuffled, self._padded_chunks(rng)
+
+    def _padded_chunks(self, rng: np.random.Generator) -> np.ndarray:
+        """One chunk of M per small class: its n images once, M - n more drawn with replacement, shuffled."""
+        slots = np.arange(self.samples_per_class)[None, :]
+        sizes = self._sizes[self._small][:, None]
+        drawn = (rng.random((len(self._small), self.samples_per_class)) * sizes).astype(np.int64)
+        position = np.where(slots < sizes, slots, drawn)  # slot j < n: image j; the rest: a random image
+        order = np.argsort(rng.random(position.shape), axis=1)
+        return self._grouped[
+            self._offsets[self._small][:, None] + np.take_along_axis(position, order, axis=1)
+        ]
 
     def _chunk(self, cls: int, number: int, shuffled: np.ndarray, padded: np.ndarray) -> np.ndarray:
         m = self.samples_per_class

@@ -47,16 +47,13 @@ class FusedMultiSimilarity:
     """Eq. 15 with MS weights (Eq. 13-14), on MS-mined pairs (Eq. 11-12) or, with ``eps=None``, all pairs.
 
     Same conventions as :class:`losses.miners.MultiSimilarityMiner` and
-    :class:`losses.weightings.MultiSimilarityWeighting` (including ``skip_incomplete_anchors`` and the
+    :class:`losses.weightings.MultiSimilarityWeighting` (including the
     float32 flush of terms below 1e-26 of a row's largest). Runs without autograd.
     """
 
-    def __init__(
-        self, alpha: float, beta: float, lam: float, eps: float | None, skip_incomplete_anchors: bool
-    ) -> None:
+    def __init__(self, alpha: float, beta: float, lam: float, eps: float | None) -> None:
         self.alpha, self.beta, self.lam = float(alpha), float(beta), float(lam)
         self.eps = None if eps is None else float(eps)
-        self.skip_incomplete_anchors = bool(skip_incomplete_anchors)
 
     @torch.no_grad()
     def __call__(self, sim: Tensor, labels: Tensor) -> Fused:
@@ -74,11 +71,6 @@ class FusedMultiSimilarity:
             keep = neg > hardest_pos - self.eps
             pos_sel = pos_valid & (pos_sim < hardest_neg + self.eps)
         neg_count = torch.count_nonzero(keep, dim=1).unsqueeze(1).to(sim.dtype)
-        complete = (
-            (pos_sel.any(dim=1, keepdim=True) & (neg_count > 0)).to(sim.dtype)
-            if self.skip_incomplete_anchors
-            else torch.ones_like(neg_count)
-        )
         # Negative side: x = beta (S - lam) - shift, shift = the largest selected x (the hardest negative,
         # which is selected whenever any negative is), at least 0. Every unselected entry has x <= 0.
         neg_shift = (beta * (hardest_neg - lam)).clamp_(min=0.0)
@@ -88,7 +80,7 @@ class FusedMultiSimilarity:
         neg_norm = neg_total + torch.exp(-neg_shift)  # 1 + sum e^{beta(S - lam)}, scaled by e^-shift
         neg_norm = torch.where(neg_norm > 0, neg_norm, 1.0)
         neg_lse = torch.where(neg_count > 0, neg_shift + torch.log(neg_norm), 0.0)
-        neg_factor = complete / (m * neg_norm)
+        neg_factor = 1.0 / (m * neg_norm)
         grad_sim = exps.mul_(neg_factor)
         # Positive side on the (m, k) table: x = -alpha (S - lam), log(1 + sum e^x) shifted by max(0, max x).
         pos_logits = torch.where(pos_sel, -alpha * (pos_sim - lam), -_INF)
@@ -96,13 +88,13 @@ class FusedMultiSimilarity:
         pos_exps = exp_flushed_(pos_logits - pos_shift)
         pos_total = pos_exps.sum(dim=1, keepdim=True) + torch.exp(-pos_shift)
         pos_lse = pos_shift + torch.log(pos_total)
-        pos_weights = pos_exps.mul_(complete / (m * pos_total))
+        pos_weights = pos_exps.mul_(1.0 / (m * pos_total))
         grad_sim.scatter_add_(1, pos_index, -pos_weights)
-        loss = (complete * (pos_lse / alpha + neg_lse / beta)).sum() / m
+        loss = (pos_lse / alpha + neg_lse / beta).sum() / m
         counts = torch.stack(
             [
-                (pos_sel.to(sim.dtype) * complete).sum(),
-                (neg_count * complete).sum(),
+                pos_sel.to(sim.dtype).sum(),
+                neg_count.sum(),
                 pos_weights.sum(),
                 (neg_factor * neg_total).sum(),
             ]

@@ -41,14 +41,14 @@ class MultiSimilarityMiner:
     text (and the official code) compare a negative with the *hardest positive*, which is what this
     does. An anchor without positives selects no negatives, one without negatives no positives.
 
-    ``skip_incomplete_anchors=True`` reproduces the official code: an anchor whose mined positive
-    set or mined negative set is empty is dropped entirely (both sets emptied). Off by default, as in
-    Eq. 15 and pytorch-metric-learning, where an empty set simply contributes log(1 + 0) = 0.
+    Both rules test the same inequality, hardest negative > hardest positive - eps, so an anchor's
+    mined positive set is empty exactly when its mined negative set is (in floating point, up to a
+    rounding of that one comparison). The official code's skipping of anchors with an empty mined
+    side therefore needs no switch here: those anchors select nothing on either side already.
     """
 
-    def __init__(self, eps: float, skip_incomplete_anchors: bool = False) -> None:
+    def __init__(self, eps: float) -> None:
         self.eps = float(eps)
-        self.skip_incomplete_anchors = bool(skip_incomplete_anchors)
 
     def thresholds(self, sim: Tensor, masks: PairMasks) -> tuple[Tensor, Tensor]:
         """Per-anchor (m, 1) hardest positive (min S, +inf if none) and hardest negative (max S, -inf if none)."""
@@ -61,14 +61,10 @@ class MultiSimilarityMiner:
         hardest_pos, hardest_neg = self.thresholds(sim, masks)
         neg = torch.gt(sim, hardest_pos - self.eps).logical_and_(masks.neg)
         pos = torch.lt(sim, hardest_neg + self.eps).logical_and_(masks.pos)
-        if self.skip_incomplete_anchors:
-            complete = pos.any(dim=1, keepdim=True) & neg.any(dim=1, keepdim=True)
-            pos.logical_and_(complete)
-            neg.logical_and_(complete)
         return PairMasks(pos=pos, neg=neg)
 
     def __repr__(self) -> str:
-        return f"MultiSimilarityMiner(eps={self.eps}, skip_incomplete_anchors={self.skip_incomplete_anchors})"
+        return f"MultiSimilarityMiner(eps={self.eps})"
 
 
 class ContrastiveMiner:

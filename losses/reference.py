@@ -42,8 +42,6 @@ def ms_mine(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> t
     s = row.detach()
     mined_neg = neg[s[neg] > s[pos].min() - hp["eps"]] if pos.numel() else neg[:0]
     mined_pos = pos[s[pos] < s[neg].max() + hp["eps"]] if neg.numel() else pos[:0]
-    if hp.get("skip_incomplete_anchors") and (not mined_pos.numel() or not mined_neg.numel()):
-        return pos[:0], neg[:0]
     return mined_pos, mined_neg
 
 

@@ -92,9 +92,8 @@ def _loss(
     miner: Miner,
     weighting: Weighting,
     kernel: Kernel | None = None,
-    **flags: bool,
 ) -> GPWLoss:
-    return GPWLoss(name, miner, weighting, {"preset": preset, **values, **flags}, kernel=kernel)
+    return GPWLoss(name, miner, weighting, {"preset": preset, **values}, kernel=kernel)
 
 
 def _ms_mined(
@@ -102,18 +101,10 @@ def _ms_mined(
     preset: str,
     values: dict[str, float],
     weighting: Weighting,
-    skip_incomplete_anchors: bool,
     kernel: Kernel | None = None,
 ) -> GPWLoss:
     """``weighting`` on the pairs the MS miner (Eq. 11-12, margin ``values["eps"]``) selects."""
-    if not isinstance(skip_incomplete_anchors, bool):
-        raise LossConfigError(
-            f"loss {name!r}: skip_incomplete_anchors must be true or false, got {skip_incomplete_anchors!r}"
-        )
-    miner = MultiSimilarityMiner(values["eps"], skip_incomplete_anchors=skip_incomplete_anchors)
-    return _loss(
-        name, preset, values, miner, weighting, kernel, skip_incomplete_anchors=skip_incomplete_anchors
-    )
+    return _loss(name, preset, values, MultiSimilarityMiner(values["eps"]), weighting, kernel)
 
 
 @register_loss(
@@ -129,24 +120,19 @@ def ms(
     beta: float | None = None,
     lam: float | None = None,
     eps: float | None = None,
-    skip_incomplete_anchors: bool = False,
 ) -> GPWLoss:
     """Multi-Similarity loss, Eq. 15: MS mining (Eq. 11-12) then MS weighting (Eq. 13-14)."""
     hp = resolve_hparams("ms", preset, {"alpha": alpha, "beta": beta, "lam": lam, "eps": eps})
     weighting = MultiSimilarityWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], hp["eps"], skip_incomplete_anchors)
-    return _ms_mined("ms", preset, hp, weighting, skip_incomplete_anchors, kernel)
+    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], hp["eps"])
+    return _ms_mined("ms", preset, hp, weighting, kernel)
 
 
 @register_loss(label="MS mining", equation="Eq. 11-12, equal weights", similarities="P", search_space=(EPS,))
-def ms_mining(
-    *, preset: str = "paper", eps: float | None = None, skip_incomplete_anchors: bool = False
-) -> GPWLoss:
+def ms_mining(*, preset: str = "paper", eps: float | None = None) -> GPWLoss:
     """MS mining alone (Eq. 11-12): equal weights within each mined set, 1/(m P_i) and 1/(m N_i)."""
     hp = resolve_hparams("ms_mining", preset, {"eps": eps})
-    return _ms_mined(
-        "ms_mining", preset, hp, EqualWeighting(-1.0, per_anchor_mean=True), skip_incomplete_anchors
-    )
+    return _ms_mined("ms_mining", preset, hp, EqualWeighting(-1.0, per_anchor_mean=True))
 
 
 @register_loss(
@@ -161,7 +147,7 @@ def ms_weighting(
     """MS weighting alone: Eq. 15 (weights Eq. 13-14) over all pairs of the batch, no mining."""
     hp = resolve_hparams("ms_weighting", preset, {"alpha": alpha, "beta": beta, "lam": lam})
     weighting = MultiSimilarityWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], eps=None, skip_incomplete_anchors=False)
+    kernel = FusedMultiSimilarity(hp["alpha"], hp["beta"], hp["lam"], eps=None)
     return _loss("ms_weighting", preset, hp, AllPairs(), weighting, kernel)
 
 
@@ -189,12 +175,11 @@ def binomial_m(
     beta: float | None = None,
     lam: float | None = None,
     eps: float | None = None,
-    skip_incomplete_anchors: bool = False,
 ) -> GPWLoss:
     """Binomial deviance, Eq. 9 (weights Eq. 10), over the pairs selected by MS mining (Eq. 11-12)."""
     hp = resolve_hparams("binomial_m", preset, {"alpha": alpha, "beta": beta, "lam": lam, "eps": eps})
     weighting = BinomialWeighting(hp["alpha"], hp["beta"], hp["lam"])
-    return _ms_mined("binomial_m", preset, hp, weighting, skip_incomplete_anchors)
+    return _ms_mined("binomial_m", preset, hp, weighting)
 
 
 @register_loss(
@@ -218,12 +203,11 @@ def lifted_star_m(
     alpha: float | None = None,
     beta: float | None = None,
     eps: float | None = None,
-    skip_incomplete_anchors: bool = False,
 ) -> GPWLoss:
     """LiftedStruct*, Eq. 16, over the pairs selected by MS mining (Eq. 11-12)."""
     hp = resolve_hparams("lifted_star_m", preset, {"alpha": alpha, "beta": beta, "eps": eps})
     weighting = LiftedStarWeighting(hp["alpha"], hp["beta"])
-    return _ms_mined("lifted_star_m", preset, hp, weighting, skip_incomplete_anchors)
+    return _ms_mined("lifted_star_m", preset, hp, weighting)
 
 
 @register_loss(

@@ -66,8 +66,6 @@ def hparams(draw: st.DrawFn, name: str) -> dict[str, Any]:
         if key in names and draw(st.booleans()):
             low, high = LAM_RANGES.get(name, (low, high)) if key == "lam" else (low, high)
             chosen[key] = draw(st.floats(low, high, allow_nan=False, allow_infinity=False))
-    if "skip_incomplete_anchors" in names:
-        chosen["skip_incomplete_anchors"] = draw(st.booleans())
     return chosen
 
 

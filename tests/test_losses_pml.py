@@ -50,7 +50,6 @@ def pair_counts(labels: Tensor) -> tuple[int, int]:
 @settings(max_examples=30, deadline=None)
 @given(batch=batches(), hp=hparams("ms"))
 def test_ms_equals_pml_loss_and_miner(batch: Batch, hp: dict) -> None:
-    hp["skip_incomplete_anchors"] = False
     ours = losses.build("ms", **hp)
     value, grad = raw_value_and_grad(ours, batch)
     # PML returns 0 when at most one positive and one negative pair are mined: a PML shortcut, not Eq. 15.

@@ -81,7 +81,6 @@ def test_unknown_hyperparameter_lists_the_accepted_ones() -> None:
         ({"beta": float("inf")}, "beta must be a positive number"),
         ({"lam": "one"}, "lam must be a number"),
         ({"eps": float("nan")}, "eps must be a finite number"),
-        ({"skip_incomplete_anchors": "yes"}, "skip_incomplete_anchors must be true or false"),
     ],
 )
 def test_bad_hyperparameters_raise_one_line_errors(hparams: dict, message: str) -> None:
@@ -91,7 +90,7 @@ def test_bad_hyperparameters_raise_one_line_errors(hparams: dict, message: str) 
 
 def test_presets_and_overrides() -> None:
     assert losses.build("ms").hparams == {
-        "preset": "paper", "alpha": 2.0, "beta": 50.0, "lam": 1.0, "eps": 0.1, "skip_incomplete_anchors": False
+        "preset": "paper", "alpha": 2.0, "beta": 50.0, "lam": 1.0, "eps": 0.1
     }  # fmt: skip
     official = losses.build("ms", preset="official").hparams
     assert (official["alpha"], official["beta"], official["lam"], official["eps"]) == (2.0, 40.0, 0.5, 0.1)

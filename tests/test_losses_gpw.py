@@ -73,3 +73,20 @@ def test_weights_are_the_gradient_of_the_module(name: str) -> None:
     loss(leaf, labels).backward()
     signed = w_neg - w_pos
     torch.testing.assert_close(leaf.grad, (signed + signed.T) @ emb, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_backward_scales_with_the_upstream_gradient(name: str) -> None:
+    """The custom backward multiplies by dOut/dL: 3 * loss (and a loss inside a sum) gets 3 times the gradient."""
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.nn.functional.normalize(torch.randn(24, 6, generator=gen, dtype=torch.float64), dim=1)
+    labels = torch.randint(0, 5, (24,), generator=gen)
+    loss = losses.build(name)
+    grads = []
+    for scale in (1.0, 3.0, -0.5):
+        leaf = emb.clone().requires_grad_()
+        (scale * loss(leaf, labels)).backward()
+        grads.append(leaf.grad)
+    assert grads[0].abs().sum() > 0, "a zero gradient would make the check vacuous"
+    torch.testing.assert_close(grads[1], 3.0 * grads[0], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(grads[2], -0.5 * grads[0], rtol=1e-12, atol=1e-15)

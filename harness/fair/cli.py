@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -33,9 +34,8 @@ from harness.fair.studies import (
     study_state,
 )
 from harness.files import atomic_write_text
-from harness.tune.cli import _optuna_logging
 from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
-from harness.tune.outputs import write_outputs
+from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.storage import open_storage, shown_url
 
 EXIT_FAILED = 1
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
     storage_url = args.storage or from_parent or default_storage(fair_dir)
     storage = open_storage(storage_url, setup.fair.heartbeat)
-    with _optuna_logging(args.quiet):
+    with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
             with StopSignals().installed() as signals:
                 watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on

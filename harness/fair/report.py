@@ -109,6 +109,13 @@ def _comparison_section(default: pd.DataFrame, tuned: pd.DataFrame, setup: FairS
 
 
 def _decisions_section(default: pd.DataFrame, tuned: pd.DataFrame, control: str) -> list[str]:
+    if default[control].isna().all() or tuned[control].isna().all():
+        return [
+            f"## {control} against each other loss",
+            "",
+            f"No finished {control} cell yet: no comparison.",
+            "",
+        ]
     before = planned_comparisons(default.dropna(axis=1, how="all"), control=control).table.set_index("b")
     after = planned_comparisons(tuned.dropna(axis=1, how="all"), control=control).table.set_index("b")
     rows = [[esc(f"{control} − {other}"),

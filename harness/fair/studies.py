@@ -49,11 +49,16 @@ def worker_order(studies: list[LossStudy], worker: int) -> list[LossStudy]:
     return studies[shift:] + studies[:shift]
 
 
-def fill_studies(setup: FairSetup, storage: Any, fair_dir: Path, *, worker: int, progress: bool) -> None:
-    """One worker's share: each study in :func:`worker_order` gets trials until it holds ``fair.trials``."""
+def fill_studies(
+    setup: FairSetup, storage: Any, fair_dir: Path, *, worker: int, progress: bool, signals: StopSignals
+) -> None:
+    """One worker's share: each study in :func:`worker_order` gets trials until it holds ``fair.trials``.
+
+    Raises :class:`Interrupted` after a stop signal, once the running trial is recorded as failed.
+    """
     for study in worker_order(setup.studies, worker):
         run_worker(study.setup, storage, study_dir(fair_dir, study), setup.fair.trials, worker=worker,
-                   progress=progress)  # fmt: skip
+                   progress=progress, signals=signals)  # fmt: skip
 
 
 def _worker_command(file: str, sets: list[str], results: str, worker: int, quiet: bool) -> list[str]:

@@ -1,0 +1,249 @@
+"""harness.fair and the declared search spaces: every loss's space, the fair file, equal budgets, resume, report."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import signal
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+from conftest import WriteExperiment
+
+import losses
+from harness import train
+from harness.errors import UserError
+from harness.fair import load_fair, main, tuned_vs_default, worker_order
+from harness.fair.studies import study_dir
+from harness.files import atomic_write_json
+from harness.results import CellPaths
+from harness.stats import holm, paired_test
+from harness.train import CellOutcome
+from harness.tune import counted_trials, load_tune
+from harness.tune import outputs as tune_outputs
+from harness.tune.interrupt import Interrupted
+from harness.tune.schema import declared_space
+from losses.zoo import PRESETS
+
+FAIR = {
+    "trials": 2,
+    "seeds": [0],
+    "trial_set": {"train.iterations": 4, "train.eval_every": 2, "train.log_every": 2},
+    "sampler": {"name": "tpe", "multivariate": True, "constant_liar": True, "n_startup_trials": 2, "seed": 0},
+    "pruner": {"name": "none"},
+}
+# The re-runs: 4 iterations, R@1 only, seeds 0 and 1 (the grid), so both runs take seconds.
+RERUN = {"grid.seeds": [0, 1], "train.iterations": 4, "train.eval_every": 4, "evaluate.metrics": ["recall"],
+         "evaluate.ks": [1]}  # fmt: skip
+
+
+@pytest.fixture()
+def fair_file(tiny_experiment: WriteExperiment) -> Any:
+    """``fair_file(overrides, **fair)``: the tiny two-loss experiment (MS, Binomial) as a fair file."""
+
+    def write(overrides: dict[str, Any] | None = None, **fair: Any) -> Path:
+        return tiny_experiment({**RERUN, "fair": {**FAIR, **fair}, **(overrides or {})}, name="tinyfair")
+
+    return write
+
+
+@pytest.fixture(autouse=True)
+def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Optuna figures (test_tune.py checks them): the orchestration is what is tested here."""
+    monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])
+
+
+# ------------------------------------------------------------------------------ declared search spaces
+
+
+@pytest.mark.parametrize("name", losses.available())
+def test_every_loss_declares_a_valid_space_around_its_defaults(name: str) -> None:
+    entry = losses.info(name)
+    assert entry.search_space, f"{name} declares no search space"
+    keywords = inspect.signature(entry.factory).parameters
+    for param in entry.search_space:
+        assert param.name in keywords and param.name != "preset"
+        assert param.low < param.high and (not param.log or param.low > 0)
+        assert param.source, f"{name}.{param.name} names no source for its range"
+        for end in (param.low, param.high):
+            losses.build(name, **{param.name: end})  # both ends build
+    for preset in PRESETS:
+        values = losses.build(name, preset=preset).hparams
+        for param in entry.search_space:
+            assert param.contains(values[param.name]), f"{name} {preset}: {param.name} {values[param.name]}"
+
+
+def test_a_search_space_naming_no_keyword_is_refused_at_registration() -> None:
+    def unregistered(*, lam: float | None = None) -> losses.GPWLoss:
+        """A factory without a gamma."""
+        return losses.build("triplet", lam=lam)
+
+    decorate = losses.register_loss(label="x", equation="-", similarities="S",
+                                    search_space=(losses.SearchParam("gamma", 0.1, 1.0),))  # fmt: skip
+    with pytest.raises(RuntimeError, match="search space names"):
+        decorate(unregistered)
+    assert "unregistered" not in losses.available()
+    with pytest.raises(ValueError, match="log range"):
+        losses.SearchParam("alpha", 0.0, 1.0, log=True)
+
+
+def test_a_tune_file_without_a_space_searches_the_declared_one(tiny_tune_file: WriteExperiment) -> None:
+    setup = load_tune(tiny_tune_file(space={}))
+    assert setup.study.space == declared_space("ms")
+    assert list(setup.study.space) == ["alpha", "beta", "lam", "eps"]
+
+
+# ------------------------------------------------------------------------------ the fair file
+
+
+def test_the_fair_file_gives_every_loss_the_same_study_on_the_trial_protocol(fair_file: Any) -> None:
+    setup = load_fair(fair_file(spaces={"binomial": {"alpha": {"low": 1.0, "high": 3.0}}}))
+    assert [s.key for s in setup.studies] == ["ms", "binomial"]
+    for study in setup.studies:
+        assert study.setup.study.trials == 2 and study.setup.study.pruner.name == "none"
+        assert study.setup.template.train.iterations == 4 and study.setup.template.train.select_on == "val"
+        assert study.setup.template.loss == study.spec
+    assert setup.studies[0].setup.study.space == declared_space("ms")
+    assert list(setup.studies[1].setup.study.space) == ["alpha"]
+    assert setup.experiment.train.eval_every == 4  # the re-runs keep the grid's protocol (trials: 2)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fair", "message"),
+    [
+        ({"grid.datasets": ["glyphs", "cub"]}, {}, "one block"),
+        ({"grid.seeds": [0]}, {}, "at least 2 seeds"),
+        ({}, {"spaces": {"triplet": {"lam": {"low": 0.0, "high": 1.0}}}}, "name no loss of the grid"),
+        ({}, {"trials": 0}, "fair.trials"),
+        ({}, {"spaces": {"ms": {"gamma": {"low": 0.0, "high": 1.0}}}}, "no hyperparameter 'gamma'"),
+    ],
+)
+def test_fair_file_mistakes_are_one_line(fair_file: Any, overrides: dict, fair: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as caught:
+        load_fair(fair_file(overrides, **fair))
+    assert "\n" not in str(caught.value)
+
+
+def test_workers_start_on_different_studies(fair_file: Any) -> None:
+    studies = load_fair(fair_file()).studies
+    assert [s.key for s in worker_order(studies, 0)] == ["ms", "binomial"]
+    assert [s.key for s in worker_order(studies, 1)] == ["binomial", "ms"]
+
+
+# ------------------------------------------------------------------------------ studies with a stand-in trainer
+
+
+class FakeTrainer:
+    """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data, test never seen."""
+
+    def __init__(self, interrupt_call: int | None = None) -> None:
+        self.interrupt_call = interrupt_call
+        self.calls: list[str] = []
+
+    def __call__(self, cfg: Any, paths: CellPaths, *, on_eval: Any = None, evaluate_test: bool = True,
+                 progress: bool = True, ctx: Any = None) -> CellOutcome:  # fmt: skip
+        assert evaluate_test is False, "a study must never evaluate the test set"
+        self.calls.append(cfg.loss.name)
+        if len(self.calls) == self.interrupt_call:
+            raise Interrupted(signal.SIGINT)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(paths.status, {"status": "running"})
+        value = 1.0 / (1.0 + abs(math.log(float(cfg.loss.hparams["alpha"]) / 2.0)))
+        for iteration in (2, 4):
+            on_eval(iteration, {"recall@1": value * iteration / 4})
+        return CellOutcome(cfg.cell_id, "finished", None, {"selected": {"val": {"recall@1": value}}})
+
+
+def stored_trials(fair_path: Path, results: Path) -> dict[str, list[Any]]:
+    setup = load_fair(fair_path)
+    storage = f"sqlite:///{results / setup.name / 'studies.db'}"
+    return {s.key: optuna.load_study(study_name=s.name, storage=storage).get_trials() for s in setup.studies}
+
+
+def test_an_interrupted_fair_run_resumes_to_equal_trial_counts(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, results = fair_file(trials=3), tmp_path / "results"
+    argv = [str(path), "--results", str(results), "--studies-only", "--quiet"]
+    fake = FakeTrainer(interrupt_call=4)
+    monkeypatch.setattr(train, "train_cell", fake)
+    assert main(argv) == 128 + signal.SIGINT  # stopped in the 4th trial (the first of Binomial's)
+    first = stored_trials(path, results)
+    assert [len(counted_trials(t)) for t in first.values()] == [3, 0]
+    resumed = FakeTrainer()
+    monkeypatch.setattr(train, "train_cell", resumed)
+    assert main(argv) == 0
+    assert resumed.calls == ["binomial"] * 3  # MS was full: no new MS trial
+    trials = stored_trials(path, results)
+    for key, stored in trials.items():
+        counted = counted_trials(stored)
+        assert len(counted) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted), key
+    again = FakeTrainer()
+    monkeypatch.setattr(train, "train_cell", again)
+    assert main(argv) == 0 and again.calls == []  # full studies: nothing more
+    setup = load_fair(path)
+    for study in setup.studies:
+        assert (study_dir(results / setup.name, study) / "summary.md").is_file()
+
+
+# ------------------------------------------------------------------------------ the report's statistics
+
+
+def test_tuned_vs_default_is_the_paired_t_test_with_holm_over_the_losses() -> None:
+    rng = np.random.default_rng(0)
+    default = pd.DataFrame(rng.normal(50, 2, size=(5, 2)), columns=["ms", "binomial"])
+    tuned = default + pd.DataFrame(rng.normal([3, 0], 1, size=(5, 2)), columns=["ms", "binomial"])
+    table = tuned_vs_default(default, tuned, ["ms", "binomial"]).set_index("key")
+    p = [paired_test(tuned[k], default[k]).p_t for k in ("ms", "binomial")]
+    assert table["p"].to_list() == pytest.approx(p)
+    assert table["p_holm"].to_list() == pytest.approx(list(holm(p)))
+    assert table.at["ms", "mean_diff"] == pytest.approx(float((tuned["ms"] - default["ms"]).mean()))
+    assert table.at["ms", "decision"] == "tuned better"
+    assert table.at["binomial", "decision"].startswith("no difference larger than")
+
+
+# ------------------------------------------------------------------------------ end to end, two worker processes
+
+
+def test_two_workers_on_one_storage_fill_every_study_once(fair_file: Any, tmp_path: Path) -> None:
+    path, results = fair_file(), tmp_path / "results"
+    assert main([str(path), "--results", str(results), "--quiet", "--workers", "2", "--studies-only"]) == 0
+    trials = stored_trials(path, results)
+    for key, stored in trials.items():
+        assert len(stored) == 2 and len(counted_trials(stored)) == 2, key  # each trial once, none surplus
+        assert all(
+            t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL) for t in stored
+        )
+        assert len({t.user_attrs["folder"] for t in stored}) == 2
+
+
+def test_a_real_fair_run_tunes_reruns_reports_and_resumes_without_new_work(
+    fair_file: Any, tmp_path: Path
+) -> None:
+    path, results = fair_file(trials=1), tmp_path / "results"
+    argv = [str(path), "--results", str(results), "--quiet", "--jobs", "1"]
+    assert main(argv) == 0
+    trials = stored_trials(path, results)
+    fair_dir = results / "tinyfair"
+    tuned = yaml.safe_load((fair_dir / "tuned.yaml").read_text())
+    for entry, stored in zip(tuned["grid"]["losses"], trials.values(), strict=True):
+        assert entry["hparams"] == pytest.approx(stored[0].params)  # the one (best) trial's values
+    finals = {}
+    for run in ("default", "tuned"):
+        cells = pd.read_csv(fair_dir / run / "cells.csv")
+        assert set(cells["status"]) == {"finished"} and cells["cell_id"].nunique() == 4
+        finals[run] = {p: p.stat().st_mtime_ns for p in (fair_dir / run / "cells").glob("*/final.json")}
+    report = (fair_dir / "report.md").read_text()
+    for heading in ("Budget and tuned values", "Default and tuned, side by side", "How the ranking moves"):
+        assert heading in report
+    assert "1 / 1" in report and "default vs paper Table 2 (2 losses)" in report
+
+    assert main(argv) == 0  # a re-run: no new trial, no cell trained again
+    assert {k: len(v) for k, v in stored_trials(path, results).items()} == {"ms": 1, "binomial": 1}
+    for run, stamps in finals.items():
+        assert {p: p.stat().st_mtime_ns for p in (fair_dir / run / "cells").glob("*/final.json")} == stamps

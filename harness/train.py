@@ -29,7 +29,7 @@ from harness.distributed import DistContext, broadcast_flag, gather_rows, gather
 from harness.errors import UserError
 from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
 from harness.models import freeze_batchnorm_statistics
-from harness.results import CellPaths, environment, now
+from harness.results import CellPaths, environment, load_checkpoint, now
 
 TRAIN_LOG_COLUMNS = (
     "iteration", "loss", "pos_pairs", "neg_pairs", "pos_weight_mean", "neg_weight_mean", "lr", "images_per_s",
@@ -265,6 +265,10 @@ def _check_selection(cfg: CellConfig, splits: DatasetSplits, evaluate_test: bool
                         "(or select_on: test, as the official code does)")  # fmt: skip
 
 
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "train_log", "evals", "best", "iteration", "elapsed")
+"""What a checkpoint holds (written by :meth:`_CellRun.checkpoint`, read back by :meth:`_CellRun.restore`)."""
+
+
 class _CellRun:
     """One cell in training: what it is built from, what it has logged, and the steps of :func:`train_cell`."""
 
@@ -298,7 +302,7 @@ class _CellRun:
         """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so far."""
         if not self.paths.checkpoint.is_file():
             return
-        ckpt = torch.load(self.paths.checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(self.paths.checkpoint, CHECKPOINT_KEYS)  # a damaged file: one line, delete it
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])

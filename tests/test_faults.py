@@ -193,6 +193,23 @@ def test_a_corrupt_checkpoint_is_one_line_saying_to_delete_it(tmp_path: Path) ->
     assert str(caught.value).endswith("delete it to restart the cell from scratch")
 
 
+def test_a_corrupt_checkpoint_stops_the_run_with_one_line_and_deleting_it_restarts_the_cell(
+    results_copy: tuple[Path, Path], cli: Runner
+) -> None:
+    path, exp_dir = results_copy
+    paths = _finished_cell(exp_dir)  # made an interrupted cell: no final.json, a damaged checkpoint
+    paths.final.unlink()
+    paths.status.write_text(json.dumps({"status": "running", "reason": None}))
+    paths.checkpoint.write_bytes(b"PK\x03\x04 cut short")
+    argv = (str(path), "--results", str(exp_dir.parent), "--jobs", "1", "--no-report", "--quiet",
+            "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(run.main, *argv)
+    _one_line_error(code, err, str(paths.checkpoint), "delete it to restart the cell from scratch")
+    paths.checkpoint.unlink()
+    code, err = cli(run.main, *argv)
+    assert code == 0 and paths.status_value() == "finished"
+
+
 def test_a_finished_cell_that_still_says_running_counts_as_finished(
     results_copy: tuple[Path, Path], cli: Runner
 ) -> None:

@@ -24,7 +24,7 @@ from harness.data.sampler import (
     build_batch_sampler,
 )
 from harness.data.sop import SOP
-from harness.data.splits import DatasetSplits, LabelledDataset, relabel, split_classes
+from harness.data.splits import DatasetSplits, LabelledDataset, class_folds, relabel, split_classes
 from harness.data.transforms import CONVENTIONS, build_transform
 from harness.errors import UserError, did_you_mean
 
@@ -45,6 +45,7 @@ __all__ = [
     "build_batch_sampler",
     "build_splits",
     "build_transform",
+    "class_folds",
     "relabel",
     "split_classes",
     "verify_images",
@@ -59,6 +60,8 @@ def build_splits(
     convention: str | None = None,
     val_fraction: float = 0.0,
     val_seed: int = 0,
+    val_folds: int = 0,
+    val_fold: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
     strict_counts: bool = True,
     crop_scale: Sequence[float] = (0.08, 1.0),
@@ -71,8 +74,10 @@ def build_splits(
     ``root``: the data root holding the dataset's official folder, or the dataset folder itself; None
     means ``$HARNESS_DATA``. ``strict_counts=False`` accepts image and class counts other than the
     official ones (subsets, test fixtures). ``val_fraction`` of the training classes (chosen with
-    ``val_seed``) form ``val``; 0 gives ``val=None``. ``crop_scale``, ``resize_size`` and
-    ``train_resize`` shape the transforms (see :func:`harness.data.transforms.build_transform`).
+    ``val_seed``) form ``val``; 0 gives ``val=None``; ``val_folds`` K >= 2 makes class fold
+    ``val_fold`` of K the validation set instead (:func:`harness.data.splits.class_folds`).
+    ``crop_scale``, ``resize_size`` and ``train_resize`` shape the transforms (see
+    :func:`harness.data.transforms.build_transform`).
     ``glyphs`` ignores ``root``, ``strict_counts`` and the crop options; it renders into ``cache_dir``
     and receives ``image_size``, ``convention`` and ``glyph_options`` (other names are an error for the
     real datasets).
@@ -88,7 +93,7 @@ def build_splits(
 
         parameters = inspect.signature(build_glyph_splits).parameters
         accepted = [p for p in parameters if p not in (
-            "cache_dir", "val_fraction", "val_seed", "image_size", "convention")]  # fmt: skip
+            "cache_dir", "val_fraction", "val_seed", "val_folds", "val_fold", "image_size", "convention")]  # fmt: skip
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
         if unknown:
@@ -100,6 +105,8 @@ def build_splits(
             cache_dir,
             val_fraction=val_fraction,
             val_seed=val_seed,
+            val_folds=val_folds,
+            val_fold=val_fold,
             image_size=image_size,
             convention=convention,
             **glyph_options,
@@ -119,6 +126,8 @@ def build_splits(
         eval_transform=build_transform(convention, train=False, **options),
         val_fraction=val_fraction,
         val_seed=val_seed,
+        val_folds=val_folds,
+        val_fold=val_fold,
         strict_counts=strict_counts,
     )
 

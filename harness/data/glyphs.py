@@ -469,6 +469,8 @@ def build_glyph_splits(
     *,
     val_fraction: float,
     val_seed: int,
+    val_folds: int = 0,
+    val_fold: int = 0,
     seed: int = 0,
     image_size: int = 32,
     convention: str = "grey",
@@ -481,7 +483,8 @@ def build_glyph_splits(
     """The glyphs benchmark as :class:`DatasetSplits` (leave-one-out, K = 1, 2, 4, 8, 16, 32).
 
     ``seed`` selects the renderings (keep it fixed to compare losses on one dataset); the validation
-    classes (``val_fraction`` of the training classes, drawn with ``val_seed``) come out of ``train``.
+    classes (``val_fraction`` of the training classes, drawn with ``val_seed``, or class fold
+    ``val_fold`` of ``val_folds``) come out of ``train``.
     Images are normalised with the mean and standard deviation of the training split's pixels.
     """
     if convention != "grey":
@@ -493,7 +496,9 @@ def build_glyph_splits(
     glyphs = load_or_render(cache_dir, params)
     is_train = glyphs.labels < glyphs.num_train_classes
     train_idx = np.flatnonzero(is_train)
-    fit_idx, val_idx = split_classes(glyphs.labels[train_idx], val_fraction, val_seed)
+    fit_idx, val_idx = split_classes(
+        glyphs.labels[train_idx], val_fraction, val_seed, folds=val_folds, fold=val_fold
+    )
     fit_idx, val_idx = train_idx[fit_idx], train_idx[val_idx]
     test_idx = np.flatnonzero(~is_train)
     pixels = glyphs.images[fit_idx]

@@ -254,6 +254,8 @@ def build_official_splits(
     val_fraction: float,
     val_seed: int,
     strict_counts: bool,
+    val_folds: int = 0,
+    val_fold: int = 0,
 ) -> DatasetSplits:
     """Read, check and assemble one official benchmark (labels 0..C-1 per split; query+gallery share one)."""
     folder = find_dataset_folder(spec, root)
@@ -271,7 +273,9 @@ def build_official_splits(
             source=spec.source,
         )
 
-    train_idx, val_idx = split_classes(lists["train"].class_ids, val_fraction, val_seed)
+    train_idx, val_idx = split_classes(
+        lists["train"].class_ids, val_fraction, val_seed, folds=val_folds, fold=val_fold
+    )
     datasets = {"train": dataset(lists["train"].select(train_idx), train_transform)}
     if val_idx.size:
         datasets["val"] = dataset(lists["train"].select(val_idx), eval_transform)

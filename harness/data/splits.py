@@ -1,8 +1,9 @@
 """The split container every dataset builder returns, and the class-disjoint validation split.
 
 :class:`DatasetSplits` is the contract between the data builders and the trainer (see
-docs/ARCHITECTURE.md). :func:`split_classes` carves a validation set out of the training classes;
-:func:`relabel` maps original class ids onto 0..C-1.
+docs/ARCHITECTURE.md). :func:`split_classes` carves a validation set out of the training classes (a
+random fraction of them, or one of K disjoint class folds: :func:`class_folds`); :func:`relabel` maps
+original class ids onto 0..C-1.
 """
 
 from __future__ import annotations
@@ -76,19 +77,51 @@ def relabel(class_ids: np.ndarray, classes: np.ndarray | None = None) -> np.ndar
     return labels.astype(np.int64)
 
 
-def split_classes(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split sample indices class-disjointly: ``fraction * C`` (rounded half up) random classes go to validation.
+def class_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Partition the class ids of ``labels`` into ``folds`` disjoint folds of near-equal size (sorted ids each).
 
-    Returns ``(train_idx, val_idx)``, sorted int64 index arrays into ``labels``. ``fraction == 0`` gives
-    an empty ``val_idx``. The choice of classes depends only on the set of class ids, ``fraction`` and
-    ``seed``. Both sides must keep at least two classes (retrieval with one class measures nothing).
+    The classes are shuffled with ``seed`` and cut into consecutive runs whose sizes differ by at most
+    one, so the folds cover every class exactly once and depend only on the set of class ids, ``folds``
+    and ``seed``. Every fold and the classes outside it must keep at least two classes.
+    """
+    if folds < 2:
+        raise UserError(f"val_folds is {folds}; expected 0 (no folds) or at least 2 class folds")
+    if seed < 0:
+        raise UserError(f"val_seed is {seed}; expected an integer >= 0")
+    classes = np.unique(np.asarray(labels))
+    smallest, largest = len(classes) // folds, -(-len(classes) // folds)
+    if smallest < MIN_SPLIT_CLASSES or len(classes) - largest < MIN_SPLIT_CLASSES:
+        raise UserError(
+            f"val_folds {folds} of {len(classes)} training classes gives folds of {smallest} classes; every fold "
+            f"and the classes outside it need at least {MIN_SPLIT_CLASSES}: choose fewer val_folds"
+        )
+    shuffled = np.random.default_rng(seed).permutation(classes)
+    return [np.sort(part) for part in np.array_split(shuffled, folds)]
+
+
+def split_classes(
+    labels: np.ndarray, fraction: float, seed: int, *, folds: int = 0, fold: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split sample indices class-disjointly into ``(train_idx, val_idx)``, sorted int64 index arrays into ``labels``.
+
+    ``folds == 0``: ``fraction * C`` (rounded half up) random classes go to validation; ``fraction == 0``
+    gives an empty ``val_idx``. ``folds >= 2``: the classes of fold ``fold`` of :func:`class_folds`
+    go to validation, the other folds' classes to training, and ``fraction`` is not used (the config
+    keeps it at 1/folds). The choice of classes depends only on the set of class ids, the fraction or
+    folds, and ``seed``. Both sides must keep at least two classes (retrieval with one class measures
+    nothing).
     """
     labels = np.asarray(labels)
+    all_idx = np.arange(len(labels), dtype=np.int64)
+    if folds:
+        if not 0 <= fold < folds:
+            raise UserError(f"val_fold is {fold}; expected a fold number from 0 to {folds - 1} (val_folds {folds})")  # fmt: skip
+        in_val = np.isin(labels, class_folds(labels, folds, seed)[fold])
+        return all_idx[~in_val], all_idx[in_val]
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"val_fraction is {fraction}; expected a fraction of the training classes in [0, 1)")
     if seed < 0:
         raise UserError(f"val_seed is {seed}; expected an integer >= 0")
-    all_idx = np.arange(len(labels), dtype=np.int64)
     if fraction == 0.0:
         return all_idx, np.empty(0, dtype=np.int64)
     classes = np.unique(labels)

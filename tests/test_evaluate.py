@@ -111,6 +111,53 @@ def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, spa
         )
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    problem=small_problems(),
+    ks=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    block_size=st.integers(1, 12),
+    columns=st.sampled_from([1, 3, ranking.GALLERY_COLUMNS]),
+    hot_ratio=st.sampled_from([1, 2, 10**9]),
+)
+def test_small_k_settles_queries_early_and_matches_brute_force(problem, ks, block_size, columns, hot_ratio):
+    # with small K a query whose count ahead reaches max(K, R) leaves the sweep; rows whose largest
+    # entry is below the threshold are left out of a block (always / by default / never copied out)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ranking, "GALLERY_COLUMNS", columns)
+        patch.setattr(state, "_HOT_RATIO", hot_ratio)
+        got = ev.evaluate(**problem, ks=ks, block_size=block_size)
+        alone = {f"recall@{k}": v for k, v in ev.recall_at_k(**problem, ks=ks, block_size=block_size).items()}
+        alone["map_at_r"] = ev.map_at_r(**problem, block_size=block_size)
+        alone["r_precision"] = ev.r_precision(**problem, block_size=block_size)
+    want = brute_force(**problem, ks=ks)
+    assert_same(got, want)
+    assert_same(alone, want)
+
+
+def test_settled_queries_leave_the_gallery_sweep(monkeypatch):
+    # unrelated random directions: almost every query has more than K other-class references ahead
+    # of its first correct one after a few blocks, and is then left out of the products
+    rng = np.random.default_rng(2)
+    labels, gallery_labels = rng.integers(0, 60, 400), rng.integers(0, 60, 500)
+    problem = {
+        "embeddings": rng.standard_normal((400, 16)).astype(np.float32),
+        "labels": labels,
+        "gallery": rng.standard_normal((500, 16)).astype(np.float32),
+        "gallery_labels": gallery_labels,
+    }
+    shapes = []
+    product = ranking._product
+    monkeypatch.setattr(ranking, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
+    monkeypatch.setattr(ranking, "GALLERY_COLUMNS", 50)
+    got = ev.evaluate(**problem, ks=[1, 2], block_size=100)
+    assert sum(a * b for a, b in shapes) < 400 * 500 / 2
+    assert_same(got, brute_force(**problem, ks=[1, 2]))
+    shapes.clear()  # exact ranks: every query against every reference
+    ranks = ev.first_correct_rank(**problem, block_size=100).numpy()
+    assert sum(a * b for a, b in shapes) == 400 * 500
+    assert [float(((ranks >= 1) & (ranks <= k)).mean()) for k in (1, 2)] == [got["recall@1"], got["recall@2"]]
+
+
 @pytest.fixture(scope="module", params=["leave_one_out", "query_gallery", "chunked"])
 def clustered_problem(request):
     """Clustered data in both modes, from easy (most queries tracked for MAP@R to the end) to hard;

@@ -41,7 +41,7 @@ def first_correct_rank(
 ) -> torch.Tensor:
     """Per query, in input order: the 1-based position of its first same-class reference under
     the tie rule (int64; 0 for a query without one). Recall@K is the mean of ``1 <= rank <= K``."""
-    sets, ranking = rank_queries(embeddings, labels, gallery, gallery_labels, False, block_size)
+    sets, ranking = rank_queries(embeddings, labels, gallery, gallery_labels, False, block_size, None)
     rank = torch.where(ranking.relevant > 0, ranking.wrong_ahead + 1, 0)
     return torch.empty_like(rank).index_copy_(0, sets.query_order, rank).cpu()
 
@@ -64,7 +64,7 @@ def recall_at_k(
     (then ``nan`` if none is left). ``block_size`` bounds memory (blocks of ``block_size**2``).
     """
     ks = checked_ks(ks)
-    ranking = rank_queries(embeddings, labels, gallery, gallery_labels, False, block_size)[1]
+    ranking = rank_queries(embeddings, labels, gallery, gallery_labels, False, block_size, max(ks))[1]
     return _recalls(ranking, ks, exclude_singletons)
 
 
@@ -79,7 +79,7 @@ def map_at_r(
     """MAP@R: mean over queries with R >= 1 same-class references of (1/R) * sum of precision@i
     over the positions i <= R holding a same-class reference. ``nan`` when no query has R >= 1."""
     return _valid_mean(
-        rank_queries(embeddings, labels, gallery, gallery_labels, True, block_size)[1].average_precision
+        rank_queries(embeddings, labels, gallery, gallery_labels, True, block_size, 0)[1].average_precision
     )
 
 
@@ -94,7 +94,7 @@ def r_precision(
     """R-Precision: mean over queries with R >= 1 of (same-class references among the first R) / R.
     ``nan`` when no query has R >= 1."""
     return _valid_mean(
-        rank_queries(embeddings, labels, gallery, gallery_labels, True, block_size)[1].r_precision
+        rank_queries(embeddings, labels, gallery, gallery_labels, True, block_size, 0)[1].r_precision
     )
 
 
@@ -124,7 +124,8 @@ def evaluate(
     results: dict[str, float] = {}
     if {"recall", "map_at_r", "r_precision"} & set(wanted):
         track_top = "map_at_r" in wanted or "r_precision" in wanted
-        ranking = rank_queries(embeddings, labels, gallery, gallery_labels, track_top, block_size)[1]
+        max_k = max(ks, default=0)
+        ranking = rank_queries(embeddings, labels, gallery, gallery_labels, track_top, block_size, max_k)[1]
         if "recall" in wanted:
             results.update(
                 {f"recall@{k}": value for k, value in _recalls(ranking, ks, exclude_singletons).items()}

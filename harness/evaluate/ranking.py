@@ -34,6 +34,10 @@ DEFAULT_BLOCK_SIZE = 4096
 # Largest number of elements of one per-query state table (same-class similarities, top other-class
 # similarities); past it, queries are processed in chunks (without the symmetric saving).
 STATE_BUDGET = 1 << 25
+# Columns of the blocks against references outside a query block's classes (narrower than the query
+# blocks: a block stays in cache for the passes after its product, and queries whose metrics are
+# settled leave the sweep sooner).
+GALLERY_COLUMNS = 1024
 # Same-class similarities computed at once (bounds that step's memory).
 _PAIR_ELEMENTS = 1 << 23
 
@@ -42,7 +46,8 @@ def _same_class_from_block(
     sets: SortedSets, block: torch.Tensor, rows: tuple[int, int], home: tuple[int, int]
 ) -> torch.Tensor:
     """Same-class similarities of sorted queries ``rows``, read from their block against ``home``
-    (references holding all their class-mates): sorted decreasing, padded with -inf."""
+    (references holding all their class-mates): sorted decreasing, padded with -inf. The same-class
+    entries of the block (the query itself included) are then set to -inf."""
     device = block.device
     query_class = sets.query_class[rows[0] : rows[1]]
     counts = sets.reference_count[query_class]
@@ -51,7 +56,10 @@ def _same_class_from_block(
     invalid = slot >= counts[:, None]
     if sets.leave_one_out:  # the query itself, by index
         invalid |= columns == torch.arange(rows[0] - home[0], rows[1] - home[0], device=device)[:, None]
-    values = block.gather(1, columns.clamp_(max=block.shape[1] - 1)).masked_fill_(invalid, -math.inf)
+    columns.clamp_(max=block.shape[1] - 1)
+    values = block.gather(1, columns).masked_fill_(invalid, -math.inf)
+    flat = columns + torch.arange(0, block.numel(), block.shape[1], device=device)[:, None]
+    block.view(-1).index_fill_(0, flat[slot < counts[:, None]], -math.inf)
     return torch.sort(values, dim=1, descending=True).values
 
 
@@ -141,11 +149,33 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
         _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block)
         return block
 
-    def consume(block: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int], columns_too: bool) -> None:
-        _mask_same_class(block, sets, rows, cols)
-        state.consume(block, rows[0] - first, False, work)
+    def consume(
+        block: torch.Tensor,
+        rows: tuple[int, int],
+        cols: tuple[int, int],
+        columns_too: bool,
+        masked: bool = False,
+    ) -> None:
+        if not masked:
+            _mask_same_class(block, sets, rows, cols)
+        state.consume(block, slice(rows[0] - first, rows[1] - first), False, work)
         if columns_too:
-            state.consume(block, cols[0] - first, True, work)
+            state.consume(block, slice(cols[0] - first, cols[1] - first), True, work)
+
+    def consume_open(rows: tuple[int, int], cols: tuple[int, int]) -> bool:
+        """Only the queries of ``rows`` whose metrics can still change (block without class-mates);
+        False when none is left."""
+        local = slice(rows[0] - first, rows[1] - first)
+        open_rows = state.open_rows(local)
+        if len(open_rows) == rows[1] - rows[0]:
+            consume(product(rows, cols), rows, cols, False)
+        elif len(open_rows):
+            block = work.view(work.product, len(open_rows), cols[1] - cols[0])
+            queries = work.view(work.queries, len(open_rows), sets.queries.shape[1])
+            torch.index_select(sets.queries[rows[0] : rows[1]], 0, open_rows, out=queries)
+            _product(queries, sets.references[cols[0] : cols[1]], block)
+            state.consume(block, open_rows + local.start, False, work)
+        return bool(len(open_rows))
 
     row_blocks = _row_blocks(sets, first, stop, size)
     homes = [_home(sets, rows) for rows in row_blocks]
@@ -157,7 +187,7 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
             block = product(rows, rows)
             if homes == row_blocks:
                 state.set_same(slice(rows[0], rows[1]), _same_class_from_block(sets, block, rows, rows))
-            consume(block, rows, rows, False)
+            consume(block, rows, rows, False, masked=homes == row_blocks)
         for i, rows in enumerate(row_blocks):
             for cols in row_blocks[i + 1 :]:
                 consume(product(rows, cols), rows, cols, True)
@@ -170,15 +200,19 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
         elif home[1] - home[0] <= size:
             block = product(rows, home)
             state.set_same(local, _same_class_from_block(sets, block, rows, home))
-            consume(block, rows, home, False)
-            others = [(a, b) for a, b in _bounds(home[0], size) if b > a]
-            others += [(home[1] + a, home[1] + b) for a, b in _bounds(references - home[1], size) if b > a]
+            consume(block, rows, home, False, masked=True)
+            width = min(size, GALLERY_COLUMNS)
+            others = [(a, b) for a, b in _bounds(home[0], width) if b > a]
+            others += [(home[1] + a, home[1] + b) for a, b in _bounds(references - home[1], width) if b > a]
         else:
             _same_class_by_class(sets, rows[0], rows[1], state.same[local])
             state.refresh(local)
             others = _bounds(references, size)
-        for cols in others:
-            consume(product(rows, cols), rows, cols, False)
+        for cols in sorted(others, key=lambda cols: abs(cols[0] + cols[1] - home[0] - home[1])):
+            if cols[0] < home[1] and home[0] < cols[1]:  # holds class-mates (a huge class): all rows
+                consume(product(rows, cols), rows, cols, False)
+            elif not consume_open(rows, cols):
+                break
 
 
 def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor) -> None:
@@ -192,7 +226,10 @@ def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor)
 
 def _query_chunks(sets: SortedSets) -> list[tuple[int, int]]:
     """Consecutive sorted-query ranges whose state tables fit :data:`STATE_BUDGET`."""
-    per_query = sets.reference_count[sets.query_class].tolist()
+    widths = sets.reference_count[sets.query_class]
+    if len(widths) * int(widths.max()) <= STATE_BUDGET:
+        return [(0, len(widths))]
+    per_query = widths.tolist()
     chunks, first, widest = [], 0, 0
     for index, width in enumerate(per_query):
         widest = max(widest, width)
@@ -221,24 +258,31 @@ def rank_queries(
     gallery_labels: ArrayLike | None,
     track_top: bool,
     block_size: int | None,
+    max_k: int | None,
 ) -> tuple[SortedSets, Ranking]:
-    """Validate, sort and rank: the shared work of every public function."""
+    """Validate, sort and rank: the shared work of every public function. ``max_k``: the largest K
+    of the Recall@K asked for (0: none), from which a query's count ahead no longer matters; None
+    when exact counts are wanted."""
     size = DEFAULT_BLOCK_SIZE if block_size is None else int(block_size)
     if size < 1:
         raise UserError(f"block_size must be >= 1; got {block_size}")
     size = min(size, 1 << 24)  # counts are summed in float32: exact below 2**24
     sets = sort_by_class(embeddings, labels, gallery, gallery_labels, size if track_top else None)
     return sets, _rank_chunks(
-        sets, track_top, min(size, max(sets.queries.shape[0], sets.references.shape[0]))
+        sets, track_top, min(size, max(sets.queries.shape[0], sets.references.shape[0])), max_k
     )
 
 
-def _rank_chunks(sets: SortedSets, track_top: bool, size: int) -> Ranking:
-    work = Workspace(size, size, sets.queries.dtype, sets.queries.device)
+def _rank_chunks(sets: SortedSets, track_top: bool, size: int, max_k: int | None) -> Ranking:
+    work = Workspace(size, size, sets.queries.shape[1], sets.queries.dtype, sets.queries.device)
     parts = []
     for first, stop in _query_chunks(sets):
         relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
-        state = QueryState(relevant, track_top, sets.queries.dtype)
+        if max_k is None:
+            settled_at = torch.full_like(relevant, torch.iinfo(torch.int64).max)
+        else:  # a miss at every K <= max_k, and AP@R = R-Precision = 0 past R
+            settled_at = relevant.clamp(min=max_k) if track_top else torch.full_like(relevant, max_k)
+        state = QueryState(relevant, track_top, sets.queries.dtype, settled_at)
         _sweep(sets, state, first, size, work)
         extra = state.average_precision_and_r_precision() if track_top else (None, None)
         parts.append((state.wrong_ahead, relevant, *extra))

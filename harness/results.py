@@ -20,15 +20,18 @@ import platform
 import socket
 import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError
+from harness.errors import DamagedFileError, UserError
 
 # atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports (harness.run
 # still imports two of them from here); new code imports them from harness.files.
@@ -137,6 +140,11 @@ class CellPaths:
     @property
     def checkpoint(self) -> Path:
         return self.root / "checkpoint.pt"
+
+    @property
+    def lock(self) -> Path:
+        """The lock a run holds while it trains the cell (see :func:`claim_cell`); no result."""
+        return self.root / "cell.lock"
 
     def weights(self, which: str) -> Path:
         return self.root / f"weights_{which}.pt"
@@ -387,3 +395,50 @@ def write_cells_table(exp_dir: Path) -> Path:
     path = exp_dir / "cells.csv"
     atomic_write_csv(path, tidy_rows(exp_dir), CELLS_TABLE_COLUMNS)
     return path
+
+
+FOLDER_LOCK_SECONDS = 600
+
+
+@contextmanager
+def claim_cell(paths: CellPaths) -> Iterator[bool]:
+    """Hold the cell's lock for the block: yields True when this process claimed it, False when another holds it.
+
+    The lock is an OS file lock (released when its process ends, even by ``kill -9``), so a cell whose
+    status says ``running`` while nobody holds its lock was left by a run that died: claim and resume it.
+    """
+    paths.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(paths.lock)
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+@contextmanager
+def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator[None]:
+    """Hold the results folder's short lock (experiment.yaml, cells.csv, the report), waiting up to ``seconds``."""
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(exp_dir / ".lock")
+    try:
+        lock.acquire(timeout=seconds)
+    except Timeout:
+        raise UserError(f"{exp_dir}: another run has held the results folder's lock for {seconds:.0f} s; "
+                        "wait for it to finish, then re-run") from None  # fmt: skip
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the temporary files that atomic writes in ``folder`` left behind (a killed run); returns how many."""
+    stale = list(folder.glob(".*.tmp"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)

@@ -1,47 +1,80 @@
-"""``python -m harness.run FILE``: run an experiment grid, cell by cell, into ``results/<experiment>/``.
+"""``python -m harness.run FILE``: run an experiment grid into ``results/<experiment>/``, N cells at once.
 
 Finished cells are skipped on a re-run (``--force`` re-runs them), an interrupted cell resumes from
-its last checkpoint, ``--shard i/n`` runs a deterministic subset so several processes or machines can
-share one experiment, and ``torchrun`` runs each cell data-parallel. A cell whose loss or gradient
-becomes non-finite is recorded as failed and the grid goes on; the command then exits 1 with a summary.
+its last checkpoint, ``--jobs N`` trains N cells at once in separate processes (:mod:`harness.launch`),
+``--shard i/n`` runs a deterministic subset so several machines can share one experiment, and
+``torchrun`` runs each cell data-parallel. Each cell is claimed with a lock, so runs sharing a folder
+never train the same cell twice. A cell whose loss or gradient becomes non-finite is recorded as
+failed and the grid goes on; the command then exits 1 with a summary. The committed reference runs
+under ``results/reference/`` are only written with ``--update-reference``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import traceback
+import time
+from collections import Counter
 from pathlib import Path
-
-import yaml
+from typing import Any
 
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
-from harness.distributed import DistContext, init_from_env, shutdown
-from harness.errors import UserError, cli_main
+from harness.distributed import init_from_env, shutdown
+from harness.errors import EXIT_USER_ERROR, UserError, cli_main
+from harness.launch import (
+    BUSY,
+    DONE_ELSEWHERE,
+    FAILED,
+    FINISHED,
+    CellResult,
+    CellTask,
+    default_jobs,
+    final_mtime,
+    make_launcher,
+)
+from harness.preflight import preflight, require_preflight
 from harness.results import (
-    atomic_write_json,
-    atomic_write_text,
     cell_paths,
+    claim_cell,
     experiment_dir,
-    now,
+    folder_lock,
+    record_experiment,
+    remove_stale_temporaries,
+    stale_cells_note,
     write_cells_table,
 )
 
 EXIT_FAILED_CELLS = 1
+REGENERATE_REFERENCE = (
+    "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
+)
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number of cells at once, at least 1")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        prog="python -m harness.run", description="Run an experiment grid (losses x datasets x sizes x seeds)."
-    )
+        prog="python -m harness.run", description="Run an experiment grid (losses x datasets x sizes x seeds).",
+        epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "
+        f"Regenerate one, from a clean commit, with: {REGENERATE_REFERENCE}",
+    )  # fmt: skip
     parser.add_argument("experiment", help="experiment YAML file, e.g. experiments/glyphs-ablation.yaml")
     parser.add_argument("--check", action="store_true", help="validate the file and list the grid, run nothing")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field, e.g. --set train.iterations=100 (repeatable)")  # fmt: skip
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
+    parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                        help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
+                             "(default: one per visible GPU, else CPU cores // train.threads)")  # fmt: skip
     parser.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based)")
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
+    parser.add_argument("--update-reference", action="store_true",
+                        help="allow writing into results/reference/<experiment>/ (regenerating a committed reference)")  # fmt: skip
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
@@ -57,57 +90,77 @@ def describe(experiment: Experiment, cells: list[CellConfig]) -> str:
     )
 
 
-def _record_crash(cell: CellConfig, exp_dir: Path, err: BaseException) -> str:
-    paths = cell_paths(exp_dir, cell.cell_id)
-    reason = f"{type(err).__name__}: {err}"
-    atomic_write_json(paths.status, {"status": "failed", "reason": reason, "finished": now(),
-                                     "traceback": traceback.format_exc()})  # fmt: skip
-    atomic_write_json(paths.final, {"cell_id": cell.cell_id, "status": "failed", "reason": reason,
-                                    "metrics": {}, "finished": now()})  # fmt: skip
-    return reason
+def is_reference_folder(exp_dir: Path) -> bool:
+    """Whether ``exp_dir`` is a committed reference run, ``.../results/reference/<experiment>``."""
+    parent = exp_dir.resolve().parent
+    return parent.name == "reference" and parent.parent.name == "results"
 
 
-def run_cells(
-    cells: list[CellConfig],
-    exp_dir: Path,
-    *,
-    force: bool = False,
-    progress: bool = True,
-    ctx: DistContext | None = None,
-) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    """Train every cell not yet finished; returns (finished, skipped, failed with reasons)."""
-    from harness.builders import load_splits
-    from harness.train import train_cell
+def check_destination(exp_dir: Path, update_reference: bool) -> None:
+    """Refuse to write into a reference run without ``--update-reference`` (and the flag anywhere else)."""
+    if is_reference_folder(exp_dir) and not update_reference:
+        raise UserError(f"{exp_dir} is a committed reference run, which a plain run never writes; run without "
+                        f"--results to write results/{exp_dir.name}/, or regenerate it: {REGENERATE_REFERENCE}")  # fmt: skip
+    if update_reference and not is_reference_folder(exp_dir):
+        raise UserError(f"--update-reference: {exp_dir} is not a reference run (results/reference/<experiment>); "
+                        "drop the flag, or add --results results/reference")  # fmt: skip
 
-    main = ctx is None or ctx.is_main
-    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != "finished"]
-    skipped = [c.cell_id for c in cells if c not in todo]
-    for cell in todo:  # missing data stops the run here, before any training, with one line
-        load_splits(cell)
-    finished: list[str] = []
-    failed: list[tuple[str, str]] = []
-    for number, cell in enumerate(todo, 1):
-        paths = cell_paths(exp_dir, cell.cell_id)
-        if force and main:
-            paths.checkpoint.unlink(missing_ok=True)
-        if progress and main:
-            print(f"[{number}/{len(todo)}] {cell.cell_id}", file=sys.stderr, flush=True)
-        try:
-            outcome = train_cell(cell, paths, progress=progress, ctx=ctx)
-        except (UserError, KeyboardInterrupt):
-            raise
-        except Exception as err:  # a crash in one cell must not lose the others
-            reason = _record_crash(cell, exp_dir, err) if main else str(err)
-            failed.append((cell.cell_id, reason))
-            print(f"cell {cell.cell_id} failed: {reason}", file=sys.stderr, flush=True)
-            continue
-        if outcome.status == "finished":
-            finished.append(cell.cell_id)
-        else:
-            failed.append((cell.cell_id, outcome.reason or "unknown"))
-            if main:
-                print(f"cell {cell.cell_id} failed: {outcome.reason}", file=sys.stderr, flush=True)
-    return finished, skipped, failed
+
+def clean_leftovers(exp_dir: Path) -> None:
+    """What a killed run left: temporary files (in cells only when no other run holds them), a finished cell's checkpoint.
+
+    Call under the folder lock. A cell whose status says ``running`` while nobody holds its lock is
+    left as it is: its run died, and training it resumes from its checkpoint.
+    """
+    cells_dir = exp_dir / "cells"
+    for folder in [exp_dir, *(p for p in exp_dir.iterdir() if p.is_dir() and p != cells_dir)]:
+        remove_stale_temporaries(folder)
+    for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
+        paths = cell_paths(exp_dir, folder.name)
+        stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == FINISHED
+        if stale_checkpoint or any(folder.glob(".*.tmp")):
+            with claim_cell(paths) as claimed:
+                if claimed:
+                    remove_stale_temporaries(folder)
+                    if stale_checkpoint:
+                        paths.checkpoint.unlink(missing_ok=True)
+
+
+class CellsProgress:
+    """The run's one progress display: cells done / total, elapsed, estimated remaining (tqdm on a terminal)."""
+
+    def __init__(self, total: int, enabled: bool, out: Any = None) -> None:
+        self.total, self.enabled, self.out, self.done = total, enabled, out or sys.stderr, 0
+        self.started = time.monotonic()
+        self.bar: Any = None
+        if enabled and self.out.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="cells", unit="cell", file=self.out, dynamic_ncols=True)
+
+    def update(self, result: CellResult) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        note = f"{result.cell_id} {result.status}" + (f": {result.reason}" if result.reason else "")
+        if self.bar is not None:
+            self.bar.update(1)
+            if result.status != FINISHED:
+                self.bar.write(note, file=self.out)
+            return
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.done}/{self.total}] {note} (elapsed {_duration(elapsed)}, about {_duration(left)} left)",
+              file=self.out, flush=True)  # fmt: skip
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,32 +174,38 @@ def main(argv: list[str] | None = None) -> int:
         cells = shard_cells(cells, index, count)
     exp_dir = experiment_dir(args.results, experiment.name)
     if args.check:
+        problems = preflight(experiment, cells)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_USER_ERROR
         print(f"ok: {describe(experiment, all_cells)}" + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else ""))
         for cell in cells:
             status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
             print(f"  {cell.cell_id}  [{status}]")
         return 0
+    require_preflight(experiment, cells)
+    check_destination(exp_dir, args.update_reference)
 
     ctx = init_from_env()
+    if ctx is not None and args.jobs and args.jobs > 1:
+        raise UserError(f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
+                        "processes; drop --jobs, or run without torchrun")  # fmt: skip
     main_rank = ctx is None or ctx.is_main
     try:
         if main_rank:
-            exp_dir.mkdir(parents=True, exist_ok=True)
-            resolved = experiment.model_dump(mode="json")
-            atomic_write_text(exp_dir / "experiment.yaml", yaml.safe_dump(resolved, sort_keys=False))
+            with folder_lock(exp_dir):
+                clean_leftovers(exp_dir)
+                record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
-        finished, skipped, failed = run_cells(cells, exp_dir, force=args.force, progress=not args.quiet, ctx=ctx)
+        outcomes, skipped = run_cells(cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet,
+                                      ctx=ctx)  # fmt: skip
     finally:
         shutdown(ctx)
+    failed = [(r.cell_id, r.reason or "unknown") for r in outcomes if r.status not in (FINISHED, BUSY, DONE_ELSEWHERE)]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
-
-    table = write_cells_table(exp_dir)
-    pending = [c.cell_id for c in all_cells if cell_paths(exp_dir, c.cell_id).status_value() != "finished"]
-    print(f"{len(finished)} cells finished, {len(skipped)} already finished (skipped), {len(failed)} failed; "
-          f"table: {table}", file=sys.stderr)  # fmt: skip
-    if not args.no_report:
-        _report(exp_dir, pending, failed)
+    summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
     if failed:
         print("failed cells:", file=sys.stderr)
         for cell_id, reason in failed:
@@ -155,17 +214,62 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(exp_dir: Path, pending: list[str], failed: list[tuple[str, str]]) -> None:
-    failed_ids = {cell_id for cell_id, _ in failed}
-    waiting = [c for c in pending if c not in failed_ids]
-    if waiting:
-        print(f"report not written: {len(waiting)} cells not finished yet (other shards?); "
-              f"when they are: python -m harness.report {exp_dir}", file=sys.stderr)  # fmt: skip
-        return
-    from harness.report import write_report
+def run_cells(
+    cells: list[CellConfig],
+    exp_dir: Path,
+    *,
+    force: bool = False,
+    jobs: int | None = None,
+    progress: bool = True,
+    ctx: Any = None,
+) -> tuple[list[CellResult], int]:
+    """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
+    from harness.builders import load_splits
 
-    path = write_report(exp_dir)
-    print(f"report: {path}", file=sys.stderr)
+    main = ctx is None or ctx.is_main
+    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != FINISHED]
+    for cell in todo:  # missing data stops the run here, before any training, with one line
+        load_splits(cell)
+    width = min(jobs or default_jobs(todo), len(todo))
+    tasks = [CellTask(cell, exp_dir, f"{number}/{len(todo)}", force, final_mtime(exp_dir, cell.cell_id), progress)
+             for number, cell in enumerate(todo, 1)]  # fmt: skip
+    overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
+    outcomes: list[CellResult] = []
+    try:
+        for result in make_launcher(width, ctx).run(tasks):
+            outcomes.append(result)
+            overall.update(result)
+            if result.status == FAILED and main and width <= 1:
+                print(f"cell {result.cell_id} failed: {result.reason}", file=sys.stderr, flush=True)
+    finally:
+        overall.close()
+    return outcomes, len(cells) - len(todo)
+
+
+def summarise(
+    exp_dir: Path, all_cells: list[CellConfig], outcomes: list[CellResult], skipped: int, *, write_report: bool
+) -> None:
+    """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the report."""
+    counts = Counter(result.status for result in outcomes)
+    with folder_lock(exp_dir):
+        table = write_cells_table(exp_dir)
+        pending = [c.cell_id for c in all_cells if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)]
+        busy = f"; {counts[BUSY]} cells are being trained by another run" if counts[BUSY] else ""
+        print(f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
+              f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
+              file=sys.stderr)  # fmt: skip
+        stale = stale_cells_note(exp_dir)
+        if stale:
+            print(f"stale: {stale}", file=sys.stderr)
+        if not write_report:
+            return
+        if pending:
+            print(f"report not written: {len(pending)} cells not finished yet (other shards or runs?); "
+                  f"when they are: python -m harness.report {exp_dir}", file=sys.stderr)  # fmt: skip
+            return
+        from harness.report import write_report as write
+
+        print(f"report: {write(exp_dir)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

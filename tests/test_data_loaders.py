@@ -394,7 +394,8 @@ def test_glyphs_dispatches_to_the_glyph_builder(tmp_path: Path, monkeypatch: pyt
         strict_counts=True, crop_scale=(0.5, 1.0), num_classes=40,
     )  # fmt: skip
     assert splits == "splits"
-    options = {"val_fraction": 0.2, "val_seed": 4, "image_size": 32, "convention": "grey", "num_classes": 40}
+    options = {"val_fraction": 0.2, "val_seed": 4, "val_folds": 0, "val_fold": 0, "image_size": 32, "convention": "grey",
+               "num_classes": 40}  # fmt: skip
     assert calls == [(tmp_path, options)]
 
 

@@ -423,13 +423,16 @@ def claim_cell(paths: CellPaths) -> Iterator[bool]:
 @contextmanager
 def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator[None]:
     """Hold the results folder's short lock (experiment.yaml, cells.csv, the report), waiting up to ``seconds``."""
-    exp_dir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(exp_dir / ".lock")
     try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=seconds)
-    except Timeout:
+    except Timeout:  # (an OSError too: caught first)
         raise UserError(f"{exp_dir}: another run has held the results folder's lock for {seconds:.0f} s; "
                         "wait for it to finish, then re-run") from None  # fmt: skip
+    except OSError as err:
+        raise UserError(f"{exp_dir}: cannot write the results folder ({err.strerror or err}); fix its permissions "
+                        "or choose another one with --results") from None  # fmt: skip
     try:
         yield
     finally:

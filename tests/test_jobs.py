@@ -17,7 +17,7 @@ from conftest import WriteExperiment
 from harness import launch, run
 from harness.config import expand_cells, load_experiment
 from harness.errors import UserError
-from harness.results import cell_paths, claim_cell
+from harness.results import cell_paths, claim_cell, folder_lock
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -172,3 +172,15 @@ def test_a_plain_run_never_writes_a_reference(tmp_path: Path, tiny_experiment: W
         run.main([str(exp), "--jobs", "0"])
     assert exit_info.value.code == 2
     assert run.REGENERATE_REFERENCE in " ".join(run.build_parser().format_help().split())
+
+
+def test_the_folder_lock_waits_then_says_the_folder_is_busy(tmp_path: Path) -> None:
+    exp_dir = tmp_path / "results" / "tiny"
+    busy = pytest.raises(UserError, match="another run has held the results folder's lock")
+    with folder_lock(exp_dir), busy, folder_lock(exp_dir, seconds=0.05):
+        pass
+    with folder_lock(exp_dir, seconds=0.05):  # free again
+        pass
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(UserError, match="cannot write the results folder"), folder_lock(tmp_path / "a-file" / "tiny"):
+        pass

@@ -38,6 +38,8 @@ STATE_BUDGET = 1 << 25
 # blocks: a block stays in cache for the passes after its product, and queries whose metrics are
 # settled leave the sweep sooner).
 GALLERY_COLUMNS = 1024
+# Settled queries stay in a block's product unless fewer than 1/_ALL_ROWS_RATIO of its queries are open.
+_ALL_ROWS_RATIO = 1.1
 # Same-class similarities computed at once (bounds that step's memory).
 _PAIR_ELEMENTS = 1 << 23
 
@@ -167,7 +169,7 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
         False when none is left."""
         local = slice(rows[0] - first, rows[1] - first)
         open_rows = state.open_rows(local)
-        if len(open_rows) == rows[1] - rows[0]:
+        if _ALL_ROWS_RATIO * len(open_rows) >= rows[1] - rows[0]:  # settled queries' counts only grow
             consume(product(rows, cols), rows, cols, False)
         elif len(open_rows):
             block = work.view(work.product, len(open_rows), cols[1] - cols[0])

@@ -115,7 +115,7 @@ def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
     monkeypatch.setattr(LossSpec, "build", poisoned)
     exp = tiny_experiment()
     results = tmp_path / "results"
-    code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1"])  # patched here
+    code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report"])
     assert code == run.EXIT_FAILED_CELLS
     err = capsys.readouterr().err
     assert "1 failed" in err and "non-finite loss" in err
@@ -161,47 +161,56 @@ def _wait_for(path: Path, seconds: float) -> bool:
 def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
     tmp_path: Path, tiny_experiment: WriteExperiment
 ) -> None:
+    from harness.results import CellPaths
+
     exp = tiny_experiment({"grid.losses": ["binomial", "ms"], "train.iterations": 32, "train.eval_every": 8,
                            "train.checkpoint_every": 2})  # fmt: skip
     reference = tmp_path / "reference"
-    assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report", "--jobs", "1"]) == 0
+    assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report"]) == 0
 
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "harness.run", str(exp), "--results", str(results), "--quiet",
-                             "--no-report", "--jobs", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ONE_THREAD)  # fmt: skip
+                             "--no-report"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)  # fmt: skip
     cells = results / "tiny" / "cells"
+
+    def finished_and_mid_training() -> tuple[list[Path], list[Path]]:
+        folders = [p for p in cells.iterdir() if p.is_dir()]
+        finished = [p for p in folders if (p / "final.json").exists()]
+        return finished, [p for p in folders if (p / "checkpoint.pt").exists() and p not in finished]
+
     try:
-        # let the first cell finish and the second one checkpoint, then kill -9 mid-training
+        # kill -9 once the first cell has its final.json and the second is mid-training with a checkpoint. The run
+        # is stopped (SIGSTOP, waited for) before the files are read, so the state read is the state killed; the
+        # first cell may be anywhere after its final.json (status.json and checkpoint not yet updated included).
         assert _wait_for(cells, 120)
         deadline = time.time() + 180
-        while time.time() < deadline:
-            done = [p for p in cells.iterdir() if (p / "final.json").exists()]
-            running = [p for p in cells.iterdir() if (p / "checkpoint.pt").exists()]
-            if done and running:
-                break
+        while True:
+            assert time.time() < deadline, "the run never reached a finished cell plus a checkpointed one"
+            if all(finished_and_mid_training()):
+                os.kill(proc.pid, signal.SIGSTOP)
+                os.waitpid(proc.pid, os.WUNTRACED)
+                done, mid_training = finished_and_mid_training()
+                if done and mid_training:
+                    break
+                os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.05)
-        else:
-            pytest.fail("the run never reached a finished cell plus a checkpointed one")
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    (finished,) = done
+    (finished,), (interrupted,) = done, mid_training
     finished_before = (finished / "final.json").read_bytes()
     leftovers = [p for p in cells.rglob("*") if p.name.endswith(".tmp")]
     for p in leftovers:  # a temp file may be left by the kill, never a half-written result
         assert p.name.startswith(".")
-    out = run_cli(str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1")
+    out = run_cli(str(exp), "--results", str(results), "--quiet", "--no-report")
     assert out.returncode == 0, out.stderr
     assert "1 cells finished, 1 already finished (skipped)" in out.stderr
-    assert not [p for p in cells.rglob("*") if p.name.endswith(".tmp")], "the re-run cleans what the kill left"
     assert (finished / "final.json").read_bytes() == finished_before
-    resumed = json.loads((running[0] / "status.json").read_text())
-    assert resumed["status"] == "finished"
+    assert CellPaths(finished).status_value() == "finished"  # final.json decides, whatever status.json says
+    assert json.loads((interrupted / "status.json").read_text())["status"] == "finished"
+    assert json.loads((interrupted / "final.json").read_text())["status"] == "finished"
     for name, path in cells_of(results).items():
         assert final_metrics(path) == final_metrics(reference / "tiny" / "cells" / name), name
-    resumed_from = json.loads((running[0] / "final.json").read_text())
-    assert resumed_from["status"] == "finished"
 
 
 def _free_port() -> int:

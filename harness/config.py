@@ -211,7 +211,10 @@ class TrainConfig(_Strict):
     eval_every: int = Field(200, ge=1)
     checkpoint_every: int | None = Field(None, ge=1)
     log_every: int = Field(10, ge=1)
-    select_on: Literal["val", "test"] = "val"
+    # The reported "selected" weights: best on the validation classes (val), the final weights with no
+    # selection (final: needs no validation split), or best on the test set (test: an explicit opt-in,
+    # optimistic, as the official code selects; the report labels it).
+    select_on: Literal["val", "final", "test"] = "val"
     select_metric: str = "recall@1"
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     channels_last: bool = True

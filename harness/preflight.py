@@ -61,7 +61,7 @@ def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]
     problems = []
     if cell.train.select_on == "val" and cell.data.val_fraction == 0:
         problems.append("train.select_on is 'val' but data.val_fraction is 0 (no validation split); "
-                        "set data.val_fraction > 0 or train.select_on: test")  # fmt: skip
+                        "set data.val_fraction > 0 or train.select_on: final (no selection)")  # fmt: skip
     metric = _metric_problem(cell)
     if metric:
         problems.append(metric)

@@ -2,7 +2,8 @@
 
 :func:`train_cell` is the same for every loss, dataset and backbone. It evaluates on the validation
 split every ``train.eval_every`` iterations, keeps the weights that score best there (or on the test
-set, only when the config says ``select_on: test``), checkpoints atomically, resumes from the last
+set, only when the config says ``select_on: test``; ``select_on: final`` evaluates nothing during training
+and reports the final weights as the selected ones), checkpoints atomically, resumes from the last
 checkpoint, and at the end evaluates the test set with both the final and the selected weights.
 A non-finite loss or gradient ends the cell with status ``failed`` and the reason.
 """
@@ -262,7 +263,7 @@ def _check_selection(cfg: CellConfig, splits: DatasetSplits, evaluate_test: bool
         raise UserError("train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'")
     if cfg.train.select_on == "val" and splits.val is None:
         raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
-                        "(or select_on: test, as the official code does)")  # fmt: skip
+                        "(or select_on: final, no selection)")  # fmt: skip
 
 
 CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "train_log", "evals", "best", "iteration", "elapsed")
@@ -381,8 +382,8 @@ class _CellRun:
     def evaluate_and_select(self, iteration: int, on_eval: EvalCallback | None, bar: Progress) -> None:
         """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so far."""
         cfg = self.cfg
-        if not _due(iteration, cfg.train.eval_every, cfg.train.iterations):
-            return
+        if cfg.train.select_on == "final" or not _due(iteration, cfg.train.eval_every, cfg.train.iterations):
+            return  # select_on final: no selection, nothing to evaluate before the end
         eval_started = time.perf_counter()
         split, metric = cfg.train.select_on, cfg.train.select_metric
         values = evaluate_split(self.model, self.splits, split, cfg, self.device, self.amp, self.ctx)
@@ -442,10 +443,12 @@ class _CellRun:
         if self.main:
             self._write_logs()
             rates, best = [row["images_per_s"] for row in self.log], self.best
+            no_selection = self.cfg.train.select_on == "final"  # the selected weights are the final ones
             atomic_write_json(self.paths.final, {
                 "cell_id": self.cfg.cell_id, "status": status, "reason": reason, "resolved_loss": self.cfg.resolved_loss(),
-                "select_on": self.cfg.train.select_on, "select_metric": self.cfg.train.select_metric,
-                "selected_iteration": best["iteration"],
+                "select_on": self.cfg.train.select_on,
+                "select_metric": None if no_selection else self.cfg.train.select_metric,
+                "selected_iteration": (self.cfg.train.iterations if metrics else None) if no_selection else best["iteration"],
                 "selected_value": best["value"] if best["iteration"] is not None else None,
                 "iterations": self.cfg.train.iterations, "metrics": metrics,
                 "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,

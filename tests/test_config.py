@@ -162,7 +162,7 @@ def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) ->
         (GRID, ["grid.datasets=[carz]"], "grid.datasets: unknown dataset 'carz'; did you mean 'cars'?"),
         (GRID, ["train.iterationz=5"], "train.iterationz: unknown field 'iterationz' in train"),
         (GRID, ["train.iterations=-3"], "train.iterations: Input should be greater than or equal to 1 (got -3)"),
-        (GRID, ["train.select_on=tset"], "train.select_on: Input should be 'val' or 'test' (got 'tset')"),
+        (GRID, ["train.select_on=tset"], "train.select_on: Input should be 'val', 'final' or 'test' (got 'tset')"),
         (GRID, ["data.val_fraction=1.5"], "data.val_fraction: Input should be less than 1"),
         (GRID, ["model.backbone=resnet"], "model.backbone: unknown backbone 'resnet'; did you mean 'resnet50'?"),
         (GRID, ["evaluate.metrics=[recall, mapr]"], "evaluate.metrics: unknown metric 'mapr'; did you mean 'map_at_r'?"),

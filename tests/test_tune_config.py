@@ -105,7 +105,7 @@ MISTAKES = [
     ),
     (
         ("study.best_set", {"train.select_on": "tset"}),
-        r"best_set.*train\.select_on: Input should be 'val' or 'test'",
+        r"best_set.*train\.select_on: Input should be 'val', 'final' or 'test'",
     ),
 ]
 

@@ -11,6 +11,8 @@ PAPER_PRESETS = ("", "paper")
 
 PAPER_BIAS = ("the paper selected its checkpoint on the test set (its numbers are optimistic: biases the paper's "
               "up, ours look lower)")  # fmt: skip
+TEST_SELECTED = "test-selected (opt-in, optimistic, as the official code)"
+"""How a row whose checkpoint was selected on the test set (``train.select_on: test``) is labelled."""
 BIAS_LEGEND = ("↓: the choice biases our number down relative to the paper's; =: it matches the paper's protocol; "
                "±: direction unknown, usually small.")  # fmt: skip
 
@@ -53,10 +55,10 @@ def protocol_biases(config: dict | None, env: dict | None, weights: str, *, coin
     parts = []
     if fraction is not None:
         parts.append(f"{100 * (1 - fraction):.0f}% of training classes ↓" if fraction > 0 else "all training classes =")
-    if weights == "final" or coincide:
+    if weights == "final" or coincide or train.get("select_on") == "final":
         parts.append("final weights ↓")
     elif train.get("select_on") == "test":
-        parts.append("test-selected (opt-in) =")
+        parts.append(TEST_SELECTED + " =")
     else:
         parts.append("val-selected ↓")
     device = str((env or {}).get("device") or "")
@@ -70,6 +72,7 @@ PROTOCOL_NOTES = (
     "Protocol, per row: *N% of training classes ↓*: the validation classes (data.val_fraction) are held out "
     "of training, the paper trained on all; *val-selected ↓*: the checkpoint with the best validation "
     "Recall@1, not inflated the way the paper's test-selected one is; *final weights ↓*: the last iteration, "
-    "no selection; *test-selected (opt-in) =*: selected on the test set like the paper (train.select_on: "
-    "test), optimistic in the same way; *bf16 ±*: GPU runs train in bf16, the paper in fp32."
+    "no selection (train.select_on: final, the `paper` variants); *" + TEST_SELECTED + " =*: selected on the "
+    "test set like the paper (train.select_on: test, an explicit opt-in), optimistic in the same way; "
+    "*bf16 ±*: GPU runs train in bf16, the paper in fp32."
 )

@@ -64,18 +64,23 @@ def _selection_words(
     metrics = sorted({str(f.get("select_metric")) for f in finals.values() if f.get("select_metric")}) or ["recall@1"]
     metric = "/".join(metrics)
     where = {"val": "the validation split", "test": "the test split"}
-    if splits == ["val"]:
+    if splits == ["final"]:
+        selected = "final weights (train.select_on: final, no selection)"
+    elif splits == ["val"]:
         selected = f"validation-selected weights (best {metric} on val)"
     elif splits == ["test"]:
         selected = f"test-selected weights (best {metric} on test: optimistic)"
     else:
         by_variant = cells.drop_duplicates("cell_id").groupby("variant")["select_on"].agg(lambda s: "/".join(sorted(set(s))))
         selected = (f"selected weights (best {metric} on the split each variant selects on: "
-                    + "; ".join(f"{esc(v)} on {s}" for v, s in by_variant.items()) + ")")  # fmt: skip
+                    + "; ".join(f"{esc(v)} on {s}" if s != "final" else f"{esc(v)} none (final weights)"
+                                for v, s in by_variant.items()) + ")")  # fmt: skip
+    chosen = " / ".join(where[s] for s in splits if s in where)
+    rules = [f"the checkpoint with the best {metric} on {chosen} during training"] if chosen else []
+    rules += ["the final weights where `select_on` is `final` (no selection)"] if "final" in splits else []
     lines = [
         f"- Checkpoint selection (`select_on`): {', '.join(f'`{s}` ({(per_cell == s).sum()} cells)' for s in splits)}.",
-        f"- **selected** weights: the checkpoint with the best {metric} on "
-        f"{' / '.join(where.get(s, s) for s in splits)} during training; **final** weights: the last iteration.",
+        f"- **selected** weights: {' or '.join(rules)}; **final** weights: the last iteration.",
         "- Every result table is on the **test set** and says which weights it shows; "
         + ("**in every finished cell the selected checkpoint gives the same results as the final weights**, so "
            "each table and figure is shown once, for both." if coincide else "both are reported."),

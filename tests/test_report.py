@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 import math
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness import report
+from harness import report, results
 from harness.errors import UserError, cli_main
 from harness.report import plots
 from harness.results import CELLS_TABLE_COLUMNS
@@ -494,6 +495,16 @@ def test_cli_main_in_process(tmp_path, capsys):
         cli_main(report.main, [str(tmp_path / "nope")])
     err = capsys.readouterr().err
     assert bad.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_cli_waits_for_the_results_folder_lock(tmp_path, monkeypatch):
+    """The report is written under the folder lock, so it cannot collide with a run writing cells.csv."""
+    exp_dir = build_results(tmp_path, Spec(losses=("ms",), seeds=(0,), ks=(1,), cell_files=()))
+    monkeypatch.setattr(report, "folder_lock", functools.partial(results.folder_lock, seconds=0.1))
+    with results.folder_lock(exp_dir), pytest.raises(UserError, match="held the results folder's lock"):
+        report.main([str(exp_dir)])  # while a run holds the folder
+    assert not (exp_dir / "report.md").exists()
+    assert report.main([str(exp_dir)]) == 0 and (exp_dir / "report.md").is_file()
 
 
 def test_cli_module_exits_2_without_traceback(tmp_path):

@@ -11,6 +11,7 @@ converted to percent once, in :func:`to_percent`, when read; everything after th
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from harness.report.decisions import default_reference
@@ -36,6 +37,7 @@ from harness.report.reading import (
     to_percent,
 )
 from harness.report.sections import load_context, write_report
+from harness.results import folder_lock
 
 __all__ = [
     "CELL_GROUP",
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                                 f"(default: {REFERENCE_ROOT}/<experiment>/ when it exists)")  # fmt: skip
     reference.add_argument("--no-reference", action="store_true", help="no agreement section")
     args = parser.parse_args(argv)
-    print(write_report(args.experiment_dir, paper_dir=args.paper, all_pairs=args.all_pairs, margin=args.margin,
-                       reference=False if args.no_reference else args.reference))  # fmt: skip
+    exp_dir = args.experiment_dir  # a run may be writing into a folder with cells/: wait for its lock
+    with folder_lock(exp_dir) if (exp_dir / "cells").is_dir() else contextlib.nullcontext():
+        print(write_report(args.experiment_dir, paper_dir=args.paper, all_pairs=args.all_pairs, margin=args.margin,
+                           reference=False if args.no_reference else args.reference))  # fmt: skip
     return 0

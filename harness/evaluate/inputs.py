@@ -167,7 +167,7 @@ def _class_order(
     for embeddings, of_class in ((references, reference_class), (queries, query_class)):
         present, first = np.unique(of_class, return_index=True)
         members[torch.from_numpy(present)] = embeddings[torch.from_numpy(first)].float()
-    with _one_thread_on_cpu(members.device):
+    with one_thread_on_cpu(members.device):
         group = kmeans(torch.nn.functional.normalize(members, dim=1), groups, seed=0, restarts=1, max_iter=10)
     position = np.empty(classes, dtype=np.int64)
     position[np.argsort(group.cpu().numpy(), kind="stable")] = np.arange(classes)
@@ -175,7 +175,7 @@ def _class_order(
 
 
 @contextmanager
-def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run torch's CPU ops on one thread: for many small sequential steps (a k-means of a few
     thousand points), where handing each op to a second thread costs more than it saves, above
     all on a busy machine (measured: a 4 x 512 index_add_ took 120 ms on two threads, 0.2 ms on one, on a loaded 2-core machine)."""

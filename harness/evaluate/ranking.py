@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from harness.errors import UserError
-from harness.evaluate.inputs import ArrayLike, SortedSets, sort_by_class
+from harness.evaluate.inputs import ArrayLike, SortedSets, one_thread_on_cpu, sort_by_class
 from harness.evaluate.state import QueryState, Workspace
 
 DEFAULT_BLOCK_SIZE = 4096
@@ -40,6 +40,7 @@ STATE_BUDGET = 1 << 25
 GALLERY_COLUMNS = 1024
 # Settled queries stay in a block's product unless fewer than 1/_ALL_ROWS_RATIO of its queries are open.
 _ALL_ROWS_RATIO = 1.1
+ONE_THREAD_GALLERY = True
 # Same-class similarities computed at once (bounds that step's memory).
 _PAIR_ELEMENTS = 1 << 23
 
@@ -285,7 +286,11 @@ def _rank_chunks(sets: SortedSets, track_top: bool, size: int, max_k: int | None
         else:  # a miss at every K <= max_k, and AP@R = R-Precision = 0 past R
             settled_at = relevant.clamp(min=max_k) if track_top else torch.full_like(relevant, max_k)
         state = QueryState(relevant, track_top, sets.queries.dtype, settled_at)
-        _sweep(sets, state, first, size, work)
+        if sets.leave_one_out or not ONE_THREAD_GALLERY:
+            _sweep(sets, state, first, size, work)
+        else:  # many small steps between the products (which keep numpy's BLAS threads)
+            with one_thread_on_cpu(sets.queries.device):
+                _sweep(sets, state, first, size, work)
         extra = state.average_precision_and_r_precision() if track_top else (None, None)
         parts.append((state.wrong_ahead, relevant, *extra))
     return Ranking(

@@ -11,7 +11,10 @@ Per query, one comparison per block counts the other-class references at or abov
 same-class similarity: Recall@K for every K from that one count. For MAP@R a query whose first
 same-class reference is still within its first R also keeps its R-1 largest other-class
 similarities at or above its R-th same-class one, fed only by the entries above a running
-threshold. No n x n matrix and no sort of a row; memory is three blocks, a sorted copy of the
+threshold; a query whose largest entry in a block is below its threshold is left out of that block.
+Query -> gallery: after the home block, the other references come in narrower blocks, nearest first,
+and a query whose count ahead reached max(K, R) (its metrics can no longer change) leaves the
+products. No n x n matrix and no sort of a row; memory is four blocks, a sorted copy of the
 embeddings and O(n * R_max). On the CPU the block products go through numpy's BLAS (OpenBLAS,
 faster than torch's MKL on AMD processors).
 """

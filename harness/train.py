@@ -276,7 +276,7 @@ class _CellRun:
     def __init__(self, cfg: CellConfig, paths: CellPaths, ctx: DistContext | None, splits: DatasetSplits | None,
                  evaluate_test: bool) -> None:  # fmt: skip
         self.cfg, self.paths, self.ctx, self.evaluate_test = cfg, paths, ctx, evaluate_test
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
         self.main, self.world_size = ctx is None or ctx.is_main, ctx.world_size if ctx else 1
         self.device = pick_device(ctx)
         self.amp = autocast_dtype(cfg.train.amp, self.device)
@@ -452,6 +452,8 @@ class _CellRun:
                 "selected_value": best["value"] if best["iteration"] is not None else None,
                 "iterations": self.cfg.train.iterations, "metrics": metrics,
                 "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,
+                            # this process's CPU time since the cell (re)started: less load-sensitive than wall time
+                            "cpu_seconds": time.process_time() - self.cpu_started,
                             "median_images_per_s": float(np.median(rates)) if rates else None},
                 "device": str(self.device), "world_size": self.world_size, "finished": now(),
             })  # fmt: skip

@@ -82,6 +82,8 @@ def load_splits(cfg: CellConfig) -> DatasetSplits:
             convention=convention,
             val_fraction=cfg.data.val_fraction,
             val_seed=cfg.data.val_seed,
+            val_folds=cfg.data.val_folds,
+            val_fold=cfg.data.val_fold,
             cache_dir=cfg.data.cache_dir,
             strict_counts=cfg.data.strict_counts,
             crop_scale=tuple(cfg.data.crop_scale),

@@ -28,9 +28,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -143,6 +145,10 @@ class DataConfig(_Strict):
     crop_scale: tuple[float, float] = (0.08, 1.0)
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_seed: int = 0
+    # Class-disjoint k-fold cross-validation: val_folds K >= 2 cuts the training classes into K disjoint
+    # folds (drawn with val_seed) and fold val_fold is the validation set; 0 = off (val_fraction draws it).
+    val_folds: int = Field(0, ge=0)
+    val_fold: int = Field(0, ge=0)
     classes_per_batch: int = Field(16, ge=2)
     samples_per_class: int = Field(5, ge=2)
     workers: int = Field(4, ge=0)
@@ -157,6 +163,31 @@ class DataConfig(_Strict):
 
         _check_known("sampler", [name], SAMPLERS)
         return name
+
+    @model_validator(mode="after")
+    def _folds_consistent(self) -> DataConfig:
+        folds, fold = self.val_folds, self.val_fold
+        if folds == 1:
+            raise ValueError("val_folds: 1 fold would leave no training classes; use 0 (off) or at least 2")
+        if not folds and fold:
+            raise ValueError(f"val_fold: {fold} needs data.val_folds (class folds are off); set val_folds or "
+                             "remove val_fold")  # fmt: skip
+        if folds and fold >= folds:
+            raise ValueError(f"val_fold: {fold} is not a fold of val_folds {folds}; use 0 to {folds - 1}")
+        if folds and abs(self.val_fraction - 1 / folds) > 0.005:
+            raise ValueError(f"val_fraction: {self.val_fraction} but val_folds {folds} holds out 1/{folds} of the "
+                             f"training classes; set data.val_fraction: {round(1 / folds, 2)}")  # fmt: skip
+        return self
+
+    @model_serializer(mode="wrap")
+    def _folds_only_when_on(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Without class folds the dump omits val_folds and val_fold: config.json, cell ids and study
+        fingerprints stay as they were before the fold settings existed."""
+        dumped = handler(self)
+        if not self.val_folds:
+            dumped.pop("val_folds", None)
+            dumped.pop("val_fold", None)
+        return dumped
 
 
 class ModelConfig(_Strict):

@@ -1,11 +1,14 @@
-"""Validation split (split_classes), relabelling and the DatasetSplits contract."""
+"""Validation split (split_classes, class folds), relabelling and the DatasetSplits contract."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import WriteExperiment
 
-from harness.data import DatasetSplits, relabel, split_classes
+from harness.builders import load_splits
+from harness.config import expand_cells, load_experiment
+from harness.data import DatasetSplits, class_folds, relabel, split_classes
 from harness.errors import UserError
 
 
@@ -58,6 +61,90 @@ def test_bad_fractions_raise_user_errors(n_classes: int, fraction: float, messag
 def test_negative_seed_is_a_user_error() -> None:
     with pytest.raises(UserError, match="val_seed is -1"):
         split_classes(labels_for(10), 0.2, seed=-1)
+
+
+def test_class_folds_partition_the_classes_into_near_equal_disjoint_folds() -> None:
+    labels = labels_for(23, offset=5)
+    folds = class_folds(labels, 4, seed=7)
+    assert len(folds) == 4 and sorted(len(f) for f in folds) == [5, 6, 6, 6]
+    together = np.concatenate(folds)
+    assert len(set(together)) == len(together) == 23  # disjoint
+    assert set(together) == set(labels)  # every training class in exactly one fold
+    assert all(np.all(np.diff(f) > 0) for f in folds)
+
+
+def test_class_folds_depend_on_the_class_set_and_seed_only() -> None:
+    labels = labels_for(20)
+    folds = class_folds(labels, 4, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(folds, class_folds(labels[::-1], 4, seed=1), strict=True))
+    other = class_folds(labels, 4, seed=2)
+    assert any(not np.array_equal(a, b) for a, b in zip(folds, other, strict=True))
+
+
+def test_each_fold_is_the_validation_set_of_its_split() -> None:
+    labels = labels_for(12, per_class=4)
+    folds = class_folds(labels, 3, seed=0)
+    seen_val: list[np.ndarray] = []
+    for fold, classes in enumerate(folds):
+        train_idx, val_idx = split_classes(labels, 0.0, seed=0, folds=3, fold=fold)  # fraction is not used
+        assert set(labels[val_idx]) == set(classes)
+        assert set(labels[train_idx]) == set(labels) - set(classes)
+        assert np.array_equal(np.sort(np.concatenate([train_idx, val_idx])), np.arange(len(labels)))
+        seen_val.append(val_idx)
+    every_image = np.arange(len(labels))
+    assert np.array_equal(np.sort(np.concatenate(seen_val)), every_image)  # each image validated once
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "folds", "fold", "message"),
+    [(9, 1, 0, "at least 2 class folds"), (9, 5, 0, "folds of 1 classes"), (3, 2, 0, "folds of 1 classes"),
+     (9, 3, 3, "val_fold is 3; expected a fold number from 0 to 2")],
+)  # fmt: skip
+def test_bad_folds_are_one_line_user_errors(n_classes: int, folds: int, fold: int, message: str) -> None:
+    with pytest.raises(UserError, match=message) as caught:
+        split_classes(labels_for(n_classes), 0.0, seed=0, folds=folds, fold=fold)
+    assert "\n" not in str(caught.value)
+
+
+def test_two_folds_of_two_classes_are_the_least() -> None:
+    labels = labels_for(4)
+    train_idx, val_idx = split_classes(labels, 0.0, seed=0, folds=2, fold=1)
+    assert len(set(labels[train_idx])) == len(set(labels[val_idx])) == 2
+
+
+def test_a_cell_validating_on_a_fold_trains_on_the_other_folds_only(tiny_experiment: WriteExperiment) -> None:
+    sets = {"data.val_folds": 3, "data.val_fraction": 0.33, "data.val_fold": 2}
+    (cell,) = expand_cells(load_experiment(tiny_experiment({**sets, "grid.losses": ["ms"]})))
+    splits = load_splits(cell)
+    training_classes = np.arange(24)  # the tiny glyphs: 48 classes, the first half for training
+    folds = class_folds(training_classes, 3, seed=cell.data.val_seed)
+    assert splits.val is not None and set(splits.val.labels) == set(folds[2])
+    assert set(splits.train.labels) == set(folds[0]) | set(folds[1])
+    other = cell.model_copy(update={"data": cell.data.model_copy(update={"val_fold": 0})})
+    assert other.cell_id != cell.cell_id  # each fold is a cell of its own
+    assert cell.model_dump()["data"]["val_fold"] == 2  # config.json records the fold
+
+
+def test_without_folds_the_fold_settings_are_left_out_of_dumps(tiny_experiment: WriteExperiment) -> None:
+    cell = expand_cells(load_experiment(tiny_experiment()))[0]
+    dumped = cell.model_dump(mode="json")["data"]
+    assert cell.data.val_folds == 0 and "val_folds" not in dumped and "val_fold" not in dumped
+    assert type(cell.data).model_validate(dumped) == cell.data  # and read back as off
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [({"data.val_folds": 3}, "val_folds 3 holds out 1/3 of the training classes; set data.val_fraction: 0.33"),
+     ({"data.val_folds": 1}, "1 fold would leave no training classes"),
+     ({"data.val_fold": 1}, "val_fold: 1 needs data.val_folds"),
+     ({"data.val_folds": 4, "data.val_fraction": 0.25, "data.val_fold": 4}, "is not a fold of val_folds 4")],
+)  # fmt: skip
+def test_fold_settings_are_checked_in_one_line(
+    tiny_experiment: WriteExperiment, sets: dict, message: str
+) -> None:
+    with pytest.raises(UserError, match=message) as caught:
+        load_experiment(tiny_experiment(sets))
+    assert "\n" not in str(caught.value)
 
 
 def test_relabel_maps_onto_0_to_c_minus_1_in_class_order() -> None:

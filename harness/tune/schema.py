@@ -202,6 +202,7 @@ class StudyConfig(_Strict):
     pruner: PrunerConfig
     importance: ImportanceConfig
     seeds: list[int] | None = Field(None, min_length=1)
+    folds: int = Field(0, ge=0)  # K >= 2: each seed trains K class folds (data.val_fold 0..K-1); 0: off
     best_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     best_set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides for best.yaml's protocol
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
@@ -217,6 +218,13 @@ class StudyConfig(_Strict):
         if seeds is not None and len(set(seeds)) != len(seeds):
             raise ValueError("seeds must be distinct")
         return seeds
+
+    @field_validator("folds")
+    @classmethod
+    def _not_one_fold(cls, folds: int) -> int:
+        if folds == 1:
+            raise ValueError("1 fold would leave no training classes; use 0 (off) or at least 2")
+        return folds
 
 
 class _TuneSection(_Strict):
@@ -241,13 +249,25 @@ class TuneSetup:
         return list(self.study.seeds or [self.template.seed])
 
     @property
+    def runs(self) -> list[tuple[int, int | None]]:
+        """What a trial trains, in order: each seed and, with ``study.folds``, each class fold (None: off)."""
+        folds: list[int | None] = list(range(self.study.folds)) or [None]
+        return [(seed, fold) for seed in self.seeds for fold in folds]
+
+    def run_folder(self, seed: int, fold: int | None) -> str:
+        """A run's subfolder in its trial's folder: '' when a trial is one run, else ``s<seed>``, ``f<fold>``
+        or ``s<seed>-f<fold>``."""
+        parts = [f"s{seed}"] * (len(self.seeds) > 1) + [f"f{fold}"] * (fold is not None)
+        return "-".join(parts)
+
+    @property
     def metric(self) -> str:
         return self.template.train.select_metric
 
     @property
     def steps(self) -> int:
-        """Report steps of a whole trial: the training iterations of every seed, back to back."""
-        return self.template.train.iterations * len(self.seeds)
+        """Report steps of a whole trial: the training iterations of every run (seed, fold), back to back."""
+        return self.template.train.iterations * len(self.runs)
 
 
 def _loss_parameters(name: str) -> list[str]:
@@ -289,7 +309,10 @@ def _check_protocol(setup: TuneSetup) -> None:
     if train.select_on != "val":
         raise UserError(f"{src}: train.select_on: a study optimises validation data only, got {train.select_on!r}; "
                         "set train.select_on: val (the test set is for best.yaml's re-run)")  # fmt: skip
-    if setup.template.data.val_fraction <= 0:
+    if setup.study.folds and setup.template.data.val_folds:
+        raise UserError(f"{src}: study.folds: {setup.study.folds} class folds per seed, but data.val_folds already "
+                        "fixes one fold; remove data.val_folds (the study sets each fold)")  # fmt: skip
+    if setup.template.data.val_fraction <= 0 and not setup.study.folds:
         raise UserError(f"{src}: data.val_fraction: a study needs validation classes, got "
                         f"{setup.template.data.val_fraction}; set it above 0, e.g. 0.2")  # fmt: skip
     pruner = setup.study.pruner
@@ -297,7 +320,7 @@ def _check_protocol(setup: TuneSetup) -> None:
         value = getattr(pruner, key)
         if isinstance(value, int) and value > setup.steps:
             raise UserError(f"{src}: study.pruner.{key}: {value} is beyond the {setup.steps} iterations a trial "
-                            f"trains ({len(setup.seeds)} seed(s) x train.iterations); lower it")  # fmt: skip
+                            f"trains ({len(setup.runs)} run(s): seeds x folds x train.iterations); lower it")  # fmt: skip
 
 
 def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:

@@ -98,6 +98,7 @@ def _fingerprint(setup: TuneSetup) -> dict[str, Any]:
         "template": setup.template.model_dump(mode="json", exclude=exclude),
         "space": {k: v.model_dump() for k, v in setup.study.space.items()},
         "seeds": setup.seeds,
+        **({"folds": setup.study.folds} if setup.study.folds else {}),  # class folds change the objective
     }
 
 

@@ -78,11 +78,21 @@ def study_is_full(study: Any, total: int) -> bool:
     return len(trials) >= total and not any(t.state.name == "WAITING" for t in trials)
 
 
-def trial_cell(template: CellConfig, params: dict[str, float], seed: int, experiment: str) -> CellConfig:
-    """The template cell with the trial's hyperparameters and seed."""
+def trial_cell(
+    template: CellConfig,
+    params: dict[str, float],
+    seed: int,
+    experiment: str,
+    *,
+    folds: int = 0,
+    fold: int = 0,
+) -> CellConfig:
+    """The template cell with the trial's hyperparameters and seed (``folds`` K >= 2: validated on class fold ``fold``)."""
     raw = template.model_dump(mode="python")
     raw["loss"]["hparams"] = {**raw["loss"]["hparams"], **params}
     raw.update(seed=seed, experiment=experiment)
+    if folds:
+        raw["data"].update(val_folds=folds, val_fold=fold, val_fraction=1 / folds)
     return CellConfig.model_validate(raw)
 
 
@@ -98,7 +108,7 @@ def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
 
 
 class Objective:
-    """Trains one trial: each seed in turn, reporting the running mean of the validation metric."""
+    """Trains one trial: each run (seed, class fold) in turn, reporting the running mean of the validation metric."""
 
     def __init__(
         self,
@@ -144,9 +154,11 @@ class Objective:
         trial.set_user_attr("folder", str(folder.relative_to(self.study_dir)))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         values: list[float] = []
-        for index, seed in enumerate(setup.seeds):
-            cell = trial_cell(setup.template, params, seed, setup.name)
-            paths = CellPaths(folder if len(setup.seeds) == 1 else folder / f"s{seed}")
+        for index, (seed, fold) in enumerate(setup.runs):
+            cell = trial_cell(
+                setup.template, params, seed, setup.name, folds=setup.study.folds, fold=fold or 0
+            )
+            paths = CellPaths(folder / setup.run_folder(seed, fold))
             if index == 0:
                 trial.set_user_attr("cell_id", cell.cell_id)
             offset = index * setup.template.train.iterations

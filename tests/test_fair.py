@@ -141,19 +141,23 @@ def test_workers_start_on_different_studies(fair_file: Any) -> None:
 class FakeTrainer:
     """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data, test never seen."""
 
-    def __init__(self, interrupt_call: int | None = None) -> None:
+    def __init__(self, interrupt_call: int | None = None, fold_step: float = 0.0) -> None:
         self.interrupt_call = interrupt_call
+        self.fold_step = fold_step  # added to the value per fold number (class folds give different values)
         self.calls: list[str] = []
+        self.data: list[Any] = []  # the data settings of every cell trained
 
     def __call__(self, cfg: Any, paths: CellPaths, *, on_eval: Any = None, evaluate_test: bool = True,
                  progress: bool = True, ctx: Any = None) -> CellOutcome:  # fmt: skip
         assert evaluate_test is False, "a study must never evaluate the test set"
         self.calls.append(cfg.loss.name)
+        self.data.append(cfg.data)
         if len(self.calls) == self.interrupt_call:
             raise Interrupted(signal.SIGINT)
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(paths.status, {"status": "running"})
         value = 1.0 / (1.0 + abs(math.log(float(cfg.loss.hparams["alpha"]) / 2.0)))
+        value += self.fold_step * cfg.data.val_fold
         for iteration in (2, 4):
             on_eval(iteration, {"recall@1": value * iteration / 4})
         return CellOutcome(cfg.cell_id, "finished", None, {"selected": {"val": {"recall@1": value}}})
@@ -189,6 +193,44 @@ def test_an_interrupted_fair_run_resumes_to_equal_trial_counts(
     setup = load_fair(path)
     for study in setup.studies:
         assert (study_dir(results / setup.name, study) / "summary.md").is_file()
+
+
+def test_with_folds_a_trial_trains_every_class_fold_and_scores_their_mean(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, results = fair_file(trials=2, folds=3), tmp_path / "results"
+    setup = load_fair(path)
+    study = setup.studies[0].setup
+    assert study.runs == [(0, 0), (0, 1), (0, 2)] and study.steps == 3 * study.template.train.iterations
+    assert study.template.data.val_folds == 0  # the template (and best.yaml) keep the grid's split
+    fake = FakeTrainer(fold_step=0.1)
+    monkeypatch.setattr(train, "train_cell", fake)
+    assert main([str(path), "--results", str(results), "--studies-only", "--quiet"]) == 0
+    per_trial = [(3, fold, 1 / 3) for fold in (0, 1, 2)]  # val_folds, val_fold, val_fraction of each cell
+    trained = [(d.val_folds, d.val_fold, d.val_fraction) for d in fake.data]
+    assert trained == per_trial * 4  # 2 losses x 2 trials, each over the 3 folds
+    for key, stored in stored_trials(path, results).items():
+        for trial in stored:
+            base = 1.0 / (1.0 + abs(math.log(trial.params["alpha"] / 2.0)))
+            assert trial.value == pytest.approx(base + 0.1)  # the mean over folds of base + 0.1 * fold
+            curve = [trial.intermediate_values[step] for step in (2, 4, 6, 8, 10, 12)]
+            assert curve[-1] == pytest.approx(trial.value)  # the running mean over the folds trained so far
+            assert curve[1] == pytest.approx(base) and curve[3] == pytest.approx(base + 0.05)
+            folder = results / setup.name / "studies" / key / trial.user_attrs["folder"]
+            assert sorted(p.name for p in folder.iterdir()) == ["f0", "f1", "f2"]
+    other_folds = [str(path), "--results", str(results), "--studies-only", "--quiet", "--set", "fair.folds=2"]
+    with pytest.raises(UserError, match=r"made with other settings \(folds\)"):
+        main(other_folds)  # another fold count is another objective: the stored study is not continued
+
+
+def test_fold_mistakes_in_fair_and_tune_files_are_one_line(fair_file: Any, tiny_tune_file: Any) -> None:
+    for make, message in [
+        (lambda: load_fair(fair_file(folds=1)), "1 fold would leave no training classes"),
+        (lambda: load_tune(tiny_tune_file({"data.val_folds": 4}, folds=2)), "data.val_folds already fixes one fold"),
+    ]:  # fmt: skip
+        with pytest.raises(UserError, match=message) as caught:
+            make()
+        assert "\n" not in str(caught.value)
 
 
 # ------------------------------------------------------------------------------ the report's statistics

@@ -9,7 +9,8 @@ loss's space as the loss library declares it). The command then:
 1. runs one Optuna study per loss, all with the same trial count, pruner and sampler settings, on one
    storage (``<results>/<name>/studies.db``, or ``--storage URL`` so several machines join), filled by
    ``--workers N`` processes; the objective is validation Recall@1, the test set is never looked at
-   (each trial is a harness.tune trial: :func:`harness.tune.run_worker`);
+   (each trial is a harness.tune trial: :func:`harness.tune.run_worker`); ``fair.folds: K`` makes each
+   trial the mean over K class-disjoint folds of the training classes (``data.val_folds``/``val_fold``);
 2. writes ``default.yaml`` (the grid as written) and ``tuned.yaml`` (each loss at its study's best
    values) and runs both over the grid's seeds on the test set with ``harness.run``;
 3. writes ``report.md``: per loss default and tuned side by side with paired statistics, the tuned

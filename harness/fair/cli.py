@@ -104,9 +104,12 @@ def _run_studies(args: argparse.Namespace, setup: FairSetup, storage: Any, stora
     """Fill every study to the budget (in this process or ``--workers`` processes); write their outputs
     (also when stopped: then it returns ``128 + signal``)."""
     from harness.builders import load_splits
+    from harness.tune.trials import trial_cell
 
     started = time.perf_counter()
-    load_splits(setup.studies[0].setup.template)  # a missing dataset stops here with one line
+    first = setup.studies[0].setup
+    # a missing dataset, or class folds leaving too few classes, stops here with one line
+    load_splits(trial_cell(first.template, {}, first.seeds[0], first.name, folds=setup.fair.folds))
     retried = prepare_studies(setup, storage)
     resolved = {**setup.experiment.model_dump(mode="json"), "fair": setup.fair.model_dump(mode="json")}
     atomic_write_text(fair_dir / "fair.yaml", yaml.safe_dump(resolved, sort_keys=False))

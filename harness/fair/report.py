@@ -156,16 +156,26 @@ def _ranking_section(default: pd.DataFrame, tuned: pd.DataFrame, setup: FairSetu
     return [*lines, ""]
 
 
+def _folds_words(setup: FairSetup) -> str:
+    """How the trials validate with class folds ('' without them)."""
+    k = setup.fair.folds
+    if not k:
+        return ""
+    return (f" and {k} class-disjoint folds of the training classes, each validating a model trained on the "
+            "other folds; the re-runs train on all training classes less the grid's validation classes")  # fmt: skip
+
+
 def write_fair_report(setup: FairSetup, states: list[StudyState], default_dir: Path, tuned_dir: Path,
                       fair_dir: Path) -> Path:  # fmt: skip
     """``<fair_dir>/report.md`` from the studies' states and the two re-run folders."""
     default, tuned = test_block(default_dir, setup), test_block(tuned_dir, setup)
     first = setup.studies[0].setup
+    per = "seed and fold" if setup.fair.folds else "seed"
     lines = [f"# Fair comparison: {setup.name}", "",
              f"- Every loss tuned with the same budget: {setup.fair.trials} trials, pruner "
              f"{setup.fair.pruner.name}, TPE seed {setup.fair.sampler.seed}; objective: validation "
-             f"{first.metric} (mean over trial seeds {setup.fair.seeds}; the test set is never looked at), "
-             f"{first.template.train.iterations} iterations per trial.",
+             f"{first.metric} (mean over trial seeds {setup.fair.seeds}{_folds_words(setup)}; the test set is "
+             f"never looked at), {first.template.train.iterations} iterations per {per}.",
              f"- Then default and tuned hyperparameters re-run over seeds {list(setup.experiment.grid.seeds)} "
              f"on the test set: `{default_dir}` and `{tuned_dir}` (their own report.md has every metric).",
              ""]  # fmt: skip

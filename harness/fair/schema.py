@@ -34,6 +34,10 @@ class FairConfig(BaseModel):
 
     trials: int = Field(ge=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)  # seeds each trial trains
+    # K >= 2: class-disjoint K-fold cross-validation inside the training classes (the Reality Check's
+    # protocol): each seed of a trial trains K cells, fold i validating (data.val_fold i of data.val_folds K)
+    # and the other folds training; the objective is the mean over seeds and folds. 0: off.
+    folds: int = Field(0, ge=0)
     trial_set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides for the trials' protocol
     sampler: SamplerConfig
     pruner: PrunerConfig
@@ -114,7 +118,7 @@ def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str,
     raw["grid"]["losses"] = [copy.deepcopy(loss_raw)]
     raw["grid"]["seeds"] = [fair.seeds[0]]
     study: dict[str, Any] = {
-        "name": name, "trials": fair.trials, "seeds": list(fair.seeds),
+        "name": name, "trials": fair.trials, "seeds": list(fair.seeds), "folds": fair.folds,
         "sampler": fair.sampler.model_dump(), "pruner": fair.pruner.resolved(),
         "importance": fair.importance.resolved(), "heartbeat": fair.heartbeat.model_dump(),
         "best_seeds": list(base["grid"]["seeds"]),

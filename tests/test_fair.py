@@ -289,3 +289,13 @@ def test_a_real_fair_run_tunes_reruns_reports_and_resumes_without_new_work(
     assert {k: len(v) for k, v in stored_trials(path, results).items()} == {"ms": 1, "binomial": 1}
     for run, stamps in finals.items():
         assert {p: p.stat().st_mtime_ns for p in (fair_dir / run / "cells").glob("*/final.json")} == stamps
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("experiments/fair*.yaml")),
+                         ids=lambda p: p.name)  # fmt: skip
+def test_every_shipped_fair_file_loads(path: Path) -> None:
+    setup = load_fair(path)
+    assert setup.studies, "a fair file must declare at least one study"
+    assert len({study.setup.study.trials for study in setup.studies}) == 1, "every loss gets the same trial budget"
+    for study in setup.studies:
+        assert study.setup.template.train.select_on == "val", "studies must never select on the test set"

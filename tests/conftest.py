@@ -13,6 +13,12 @@ import yaml
 from harness.config import set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
+# Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and fair-*.yaml
+# are studies and fair protocols, loaded by harness.tune and harness.fair and tested with them).
+RUNNABLE_EXPERIMENTS = sorted(
+    path for path in (ROOT / "experiments").glob("*.yaml")
+    if path.name != "base.yaml" and not path.name.startswith(("tune", "fair"))
+)  # fmt: skip
 
 # Two cells of a few seconds each on one CPU thread: 48 glyph classes (36 train incl. 12 val, the rest test).
 TINY_EXPERIMENT: dict[str, Any] = {

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import RUNNABLE_EXPERIMENTS
 
 from harness.config import (
     CellConfig,
@@ -21,8 +22,7 @@ from harness.config import (
 from harness.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
-EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*.yaml") if p.name != "base.yaml"
-                     and not p.name.startswith(("tune", "fair")))  # fmt: skip  (tune/fair files: their own tests
+EXPERIMENTS = RUNNABLE_EXPERIMENTS
 
 
 def write(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import RUNNABLE_EXPERIMENTS
 from PIL import Image
 from pydantic import ValidationError
 from torchvision.transforms import v2
@@ -20,12 +21,7 @@ from harness.config import DataConfig, expand_cells, load_experiment
 from harness.data import OFFICIAL, SAMPLERS, OfficialBatchSampler
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every runnable experiment (tune-*.yaml are studies whose cells harness.tune builds; base.yaml is a base).
-EXPERIMENTS = sorted(
-    path
-    for path in (ROOT / "experiments").glob("*.yaml")
-    if path.name != "base.yaml" and not path.name.startswith("tune")
-)
+EXPERIMENTS = RUNNABLE_EXPERIMENTS
 PHOTO = Image.fromarray(np.random.default_rng(0).integers(0, 256, (375, 500, 3), dtype=np.uint8))  # 500 x 375
 
 

@@ -349,6 +349,16 @@ class Experiment(Protocol):
         return overrides
 
 
+def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` without the sections left empty (a section whose only differences were excluded)."""
+    kept = {key: _without_empty(value) if isinstance(value, dict) else value for key, value in tree.items()}
+    return {key: value for key, value in kept.items() if value != {}}
+
+
+# Enters every cell id: bump it when the meaning of an existing schema default changes (see CellConfig.cell_id).
+CELL_ID_VERSION = 1
+
+
 class CellConfig(Protocol):
     """One resolved grid cell: the protocol after variant and dataset overrides, plus the axes."""
 
@@ -367,9 +377,15 @@ class CellConfig(Protocol):
         :meth:`resolved_loss`, so changing a preset's numbers gives every cell that uses it a new id
         (and a new training run). Two specs that resolve to the same values but say it differently
         (``preset: official`` versus the official numbers as explicit ``hparams``) keep different ids.
+        Fields at their schema default stay out of the hash, so a new option (added with a default that
+        keeps the old behaviour) leaves every existing id, and its finished results, valid; changing what
+        an existing default means must bump :data:`CELL_ID_VERSION` instead.
         """
         exclude = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
-        hashed = {**self.model_dump(mode="json", exclude=exclude), "resolved_loss": self.resolved_loss()}
+        hashed = {
+            **_without_empty(self.model_dump(mode="json", exclude=exclude, exclude_defaults=True)),
+            "resolved_loss": self.resolved_loss(), "id_version": CELL_ID_VERSION,
+        }  # fmt: skip
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
         preset = f"-{self.loss.preset}" if self.loss.preset else ""
         variant = "" if self.variant == "default" else f"-{self.variant}"
@@ -381,7 +397,7 @@ class CellConfig(Protocol):
         """The loss as this cell trains it (:meth:`LossSpec.resolved`): every hyperparameter, resolved.
 
         For example ``{"name": "ms", "preset": "official", "hparams": {"alpha": 2.0, "beta": 40.0,
-        "lam": 0.5, "eps": 0.1, "skip_incomplete_anchors": False}}``. config.json and final.json
+        "lam": 0.5, "eps": 0.1}}``. config.json and final.json
         record it under ``resolved_loss``; the cell id hashes it.
         """
         return self.loss.resolved()

@@ -115,6 +115,19 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
     assert first[0].startswith("cars-ms-d64-s0-")
 
 
+def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
+    """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
+    import harness.config
+
+    plain = expand_cells(load_experiment(write(tmp_path, GRID)))
+    explicit = expand_cells(load_experiment(write(tmp_path, GRID), sets=["data.val_folds=0", "train.amp=auto"]))
+    assert [c.cell_id for c in plain] == [c.cell_id for c in explicit]
+    ids = {c.cell_id for c in plain}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(harness.config, "CELL_ID_VERSION", harness.config.CELL_ID_VERSION + 1)
+        assert not ids & {c.cell_id for c in plain}
+
+
 def test_a_cell_records_its_loss_with_every_hyperparameter_resolved(tmp_path: Path) -> None:
     data = {"grid": {**GRID["grid"], "losses": [{"name": "ms", "preset": "official", "hparams": {"beta": 45}},
                                                  "contrastive"], "seeds": [0]}}  # fmt: skip

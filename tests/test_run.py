@@ -115,7 +115,7 @@ def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
     monkeypatch.setattr(LossSpec, "build", poisoned)
     exp = tiny_experiment()
     results = tmp_path / "results"
-    code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report"])
+    code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1"])  # patched here
     assert code == run.EXIT_FAILED_CELLS
     err = capsys.readouterr().err
     assert "1 failed" in err and "non-finite loss" in err
@@ -166,11 +166,12 @@ def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
     exp = tiny_experiment({"grid.losses": ["binomial", "ms"], "train.iterations": 32, "train.eval_every": 8,
                            "train.checkpoint_every": 2})  # fmt: skip
     reference = tmp_path / "reference"
-    assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report"]) == 0
+    assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report", "--jobs", "1"]) == 0
 
     results = tmp_path / "results"
     proc = subprocess.Popen([sys.executable, "-m", "harness.run", str(exp), "--results", str(results), "--quiet",
-                             "--no-report"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ONE_THREAD)  # fmt: skip
+                             "--no-report", "--jobs", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=ONE_THREAD)  # fmt: skip
     cells = results / "tiny" / "cells"
 
     def finished_and_mid_training() -> tuple[list[Path], list[Path]]:
@@ -202,9 +203,10 @@ def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
     leftovers = [p for p in cells.rglob("*") if p.name.endswith(".tmp")]
     for p in leftovers:  # a temp file may be left by the kill, never a half-written result
         assert p.name.startswith(".")
-    out = run_cli(str(exp), "--results", str(results), "--quiet", "--no-report")
+    out = run_cli(str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1")
     assert out.returncode == 0, out.stderr
     assert "1 cells finished, 1 already finished (skipped)" in out.stderr
+    assert not [p for p in cells.rglob("*") if p.name.endswith(".tmp")], "the re-run cleans what the kill left"
     assert (finished / "final.json").read_bytes() == finished_before
     assert CellPaths(finished).status_value() == "finished"  # final.json decides, whatever status.json says
     assert json.loads((interrupted / "status.json").read_text())["status"] == "finished"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.fair.schema import FairSetup, LossStudy
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.tune.interrupt import StopSignals
 from harness.tune.storage import open_study
 from harness.tune.trials import counted_trials, retry_interrupted, run_worker, study_counts, study_is_full
+from harness.tune.workers import run_workers, worker_commands
 
 STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's storage URL
 
@@ -61,13 +59,6 @@ def fill_studies(
                    progress=progress, signals=signals)  # fmt: skip
 
 
-def _worker_command(file: str, sets: list[str], results: str, worker: int, quiet: bool) -> list[str]:
-    command = [sys.executable, "-m", "harness.fair", file, "--results", results, "--worker", str(worker)]
-    for item in sets:
-        command += ["--set", item]
-    return command + (["--quiet"] if quiet else [])
-
-
 def spawn_workers(
     file: str,
     sets: list[str],
@@ -78,27 +69,12 @@ def spawn_workers(
     quiet: bool,
     signals: StopSignals,
 ) -> list[int]:
-    """Run ``workers`` worker processes on the storage and wait; returns their exit codes.
+    """Run ``workers`` worker processes of ``python -m harness.fair`` on the storage and wait; returns their exit codes.
 
-    A stop signal to the parent is passed on to the workers, which record their running trials as
-    failed and exit; the parent waits for them, then raises :class:`Interrupted`.
+    A stop signal to the parent is passed on to the workers (see :func:`harness.tune.workers.run_workers`).
     """
-    env = {**os.environ, STORAGE_ENV: storage_url}
-    if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // workers))
-    processes = [
-        subprocess.Popen(_worker_command(file, sets, results, k, quiet), env=env) for k in range(workers)
-    ]
-    try:
-        with signals.armed():
-            return [p.wait() for p in processes]
-    except Interrupted as stop:
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(stop.signum)
-        for p in processes:
-            p.wait()
-        raise
+    commands = worker_commands("harness.fair", file, workers, ["--results", results], sets, quiet)
+    return run_workers(commands, STORAGE_ENV, storage_url, signals)
 
 
 @dataclass(frozen=True)

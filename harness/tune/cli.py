@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import subprocess
 import sys
 import time
 import warnings
@@ -21,6 +20,7 @@ from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url
 from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
+from harness.tune.workers import run_workers, worker_commands
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
@@ -50,35 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _worker_command(args: argparse.Namespace, total: int, worker: int) -> list[str]:
-    """The worker's command line; the storage URL travels in the environment (no password in ``ps``)."""
-    command = [sys.executable, "-m", "harness.tune", args.file, "--trials", str(total), "--results", args.results,
-               "--worker", str(worker)]  # fmt: skip
-    for item in args.sets:
-        command += ["--set", item]
-    return command + (["--quiet"] if args.quiet else [])
-
-
 def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int, signals: StopSignals) -> list[int]:
-    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes.
-
-    A stop signal to the parent is passed on to the workers, which record their running trials as
-    failed and exit; the parent waits for them, then raises :class:`Interrupted`.
-    """
-    env = {**os.environ, STORAGE_ENV: storage_url}
-    if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
-    processes = [subprocess.Popen(_worker_command(args, total, k), env=env) for k in range(args.workers)]
-    try:
-        with signals.armed():
-            return [p.wait() for p in processes]
-    except Interrupted as stop:
-        for p in processes:
-            if p.poll() is None:
-                p.send_signal(stop.signum)
-        for p in processes:
-            p.wait()
-        raise
+    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes."""
+    options = ["--trials", str(total), "--results", args.results]
+    commands = worker_commands("harness.tune", args.file, args.workers, options, args.sets, args.quiet)
+    return run_workers(commands, STORAGE_ENV, storage_url, signals)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,42 @@
+"""Worker processes of a study: started with the storage URL in their environment, stopped with their parent."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from harness.tune.interrupt import Interrupted, StopSignals
+
+
+def worker_commands(
+    module: str, file: str, workers: int, options: list[str], sets: list[str], quiet: bool
+) -> list[list[str]]:
+    """One command line per worker: ``python -m module file *options --worker K``, the ``--set`` items, ``--quiet``."""
+    tail = [arg for item in sets for arg in ("--set", item)] + (["--quiet"] if quiet else [])
+    return [[sys.executable, "-m", module, file, *options, "--worker", str(k), *tail] for k in range(workers)]
+
+
+def run_workers(
+    commands: list[list[str]], storage_env: str, storage_url: str, signals: StopSignals
+) -> list[int]:
+    """Run one worker process per command, the storage URL in ``storage_env``, and wait; returns their exit codes.
+
+    The URL travels in the environment (no password in ``ps``). A stop signal to the parent is passed on
+    to the workers, which record their running trials as failed and exit; the parent waits for them, then
+    raises :class:`Interrupted`.
+    """
+    env = {**os.environ, storage_env: storage_url}
+    if "OMP_NUM_THREADS" not in env:  # share the cores instead of oversubscribing them
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(commands)))
+    processes = [subprocess.Popen(command, env=env) for command in commands]
+    try:
+        with signals.armed():
+            return [p.wait() for p in processes]
+    except Interrupted as stop:
+        for p in processes:
+            if p.poll() is None:
+                p.send_signal(stop.signum)
+        for p in processes:
+            p.wait()
+        raise

@@ -37,6 +37,7 @@ from harness.files import atomic_write_text
 from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.storage import open_storage, shown_url
+from harness.tune.workers import add_worker_arguments
 
 EXIT_FAILED = 1
 
@@ -59,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--defaults", default=None, metavar="DIR",
                         help="experiment folder holding (or to hold) the default-hyperparameter cells, e.g. a "
                              "finished run of the same grid (default: <results>/<name>/default)")  # fmt: skip
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. --set fair.trials=4 (repeatable)")  # fmt: skip
-    parser.add_argument("--results", default="results", help="results root folder (default: results)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    add_worker_arguments(parser, set_example="fair.trials=4")
     return parser
 
 

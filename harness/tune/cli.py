@@ -20,7 +20,7 @@ from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url
 from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
-from harness.tune.workers import run_workers, worker_commands
+from harness.tune.workers import add_worker_arguments, run_workers, worker_commands
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
@@ -42,11 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--trials", type=int, default=None, metavar="N",
                         help="total trials the study should hold (default: study.trials of the file)")  # fmt: skip
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. --set train.iterations=100 (repeatable)")  # fmt: skip
-    parser.add_argument("--results", default="results", help="results root folder (default: results)")
-    parser.add_argument("--quiet", action="store_true", help="no progress output")
-    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    add_worker_arguments(parser, set_example="train.iterations=100")
     return parser
 
 

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 from harness.tune.interrupt import Interrupted, StopSignals
+
+
+def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
+    """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet, --worker."""
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a field, e.g. --set {set_example} (repeatable)")  # fmt: skip
+    parser.add_argument("--results", default="results", help="results root folder (default: results)")
+    parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def worker_commands(

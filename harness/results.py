@@ -103,48 +103,32 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
+class _CellFile:
+    """A :class:`CellPaths` attribute: the path of one named file in the cell's folder."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, paths: CellPaths, owner: type | None = None) -> Path:
+        return paths.root / self.name
+
+
 @dataclass(frozen=True)
 class CellPaths:
     """The files of one grid cell."""
 
     root: Path
 
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def env(self) -> Path:
-        return self.root / "env.json"
-
-    @property
-    def status(self) -> Path:
-        return self.root / "status.json"
-
-    @property
-    def train_log(self) -> Path:
-        return self.root / "train_log.csv"
-
-    @property
-    def evals(self) -> Path:
-        return self.root / "evals.csv"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final.json"
-
-    @property
-    def pair_weights(self) -> Path:
-        return self.root / "pair_weights.npz"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pt"
-
-    @property
-    def lock(self) -> Path:
-        """The lock a run holds while it trains the cell (see :func:`claim_cell`); no result."""
-        return self.root / "cell.lock"
+    config = _CellFile("config.json")
+    env = _CellFile("env.json")
+    status = _CellFile("status.json")
+    train_log = _CellFile("train_log.csv")
+    evals = _CellFile("evals.csv")
+    final = _CellFile("final.json")
+    pair_weights = _CellFile("pair_weights.npz")
+    checkpoint = _CellFile("checkpoint.pt")
+    # the lock a run holds while it trains the cell (see :func:`claim_cell`); no result
+    lock = _CellFile("cell.lock")
 
     def weights(self, which: str) -> Path:
         return self.root / f"weights_{which}.pt"

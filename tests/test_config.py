@@ -117,14 +117,14 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
 
 def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
     """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
-    import harness.config
+    import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
 
     plain = expand_cells(load_experiment(write(tmp_path, GRID)))
     explicit = expand_cells(load_experiment(write(tmp_path, GRID), sets=["data.val_folds=0", "train.amp=auto"]))
     assert [c.cell_id for c in plain] == [c.cell_id for c in explicit]
     ids = {c.cell_id for c in plain}
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(harness.config, "CELL_ID_VERSION", harness.config.CELL_ID_VERSION + 1)
+        patch.setattr(harness.config.schema, "CELL_ID_VERSION", harness.config.schema.CELL_ID_VERSION + 1)
         assert not ids & {c.cell_id for c in plain}
 
 
@@ -178,6 +178,7 @@ def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) ->
         (GRID, ["train.select_on=tset"], "train.select_on: Input should be 'val', 'final' or 'test' (got 'tset')"),
         (GRID, ["data.val_fraction=1.5"], "data.val_fraction: Input should be less than 1"),
         (GRID, ["model.backbone=resnet"], "model.backbone: unknown backbone 'resnet'; did you mean 'resnet50'?"),
+        (GRID, ["optim.name=adamm"], "optim.name: unknown optimizer 'adamm'; did you mean 'adam' or 'adamw'?"),
         (GRID, ["evaluate.metrics=[recall, mapr]"], "evaluate.metrics: unknown metric 'mapr'; did you mean 'map_at_r'?"),
         (GRID, ["data.sampler=oficial"], "data.sampler: unknown sampler 'oficial'; did you mean 'official'?"),
         ({**GRID, "dataset_overrides": {"soap": {}}}, [], "dataset_overrides: unknown dataset 'soap'; did you mean"),
@@ -192,6 +193,15 @@ def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str]
     message = str(info.value)
     assert expected in message
     assert "\n" not in message
+
+
+def test_every_registered_optimizer_is_a_valid_optim_name(tmp_path: Path) -> None:
+    """The schema validates optim.name against the builders' registry: registering an optimiser is the only edit."""
+    from harness.builders import OPTIMIZERS
+
+    for name in OPTIMIZERS:
+        experiment = load_experiment(write(tmp_path, GRID), sets=[f"optim.name={name}"])
+        assert experiment.optim.name == name
 
 
 def test_a_loss_setting_rejected_when_building_is_a_user_error() -> None:

@@ -1,35 +1,17 @@
-"""Experiment files: the typed schema, base-file defaults, ``--set`` overrides and the grid of cells.
-
-An experiment YAML names a grid (losses x datasets x embedding sizes x variants x seeds) and the
-training protocol. ``base: FILE`` pulls defaults from another YAML (relative to the experiment file),
-deep-merged under the experiment's own keys. :func:`load_experiment` validates everything on load and
-turns every mistake into a one-line :class:`~harness.errors.UserError` naming the YAML path, the value,
-what was expected and, for names, the close matches. :func:`expand_cells` resolves the grid into
-:class:`CellConfig` objects, each with a stable id derived from its resolved config.
-
-An experiment's ``name`` (its results folder) is never inherited from a base file: a file without
-``name:`` is named after its own file stem, so two experiment files never share a results folder by
-accident. Files must be UTF-8 text; a key given twice in one mapping and a grid axis listing the same
-entry twice are errors, not last-wins or a cell trained twice.
-"""
+"""The typed experiment schema (strict pydantic models) and the stable id of a resolved grid cell."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
-import os
 from collections.abc import Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_serializer,
@@ -41,12 +23,19 @@ from harness.errors import UserError, did_you_mean
 if TYPE_CHECKING:
     from losses import GPWLoss
 
+
 def _check_known(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
     """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in ``known``."""
     choices = list(known)
     for name in names:
         if name not in choices:
             raise ValueError(f"unknown {kind} {name!r}{did_you_mean(str(name), choices)}")
+
+
+def _known_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """``name`` when it is one of ``known``; otherwise the ValueError of :func:`_check_known`."""
+    _check_known(kind, [name], known)
+    return name
 
 
 def _check_unique(axis: str, entries: list[Any]) -> None:
@@ -161,8 +150,7 @@ class DataConfig(_Strict):
     def _known_sampler(cls, name: str) -> str:
         from harness.data import SAMPLERS
 
-        _check_known("sampler", [name], SAMPLERS)
-        return name
+        return _known_name("sampler", name, SAMPLERS)
 
     @model_validator(mode="after")
     def _folds_consistent(self) -> DataConfig:
@@ -205,8 +193,7 @@ class ModelConfig(_Strict):
     def _known_backbone(cls, name: str) -> str:
         from harness.models import BACKBONES
 
-        _check_known("backbone", [name], sorted(BACKBONES))
-        return name
+        return _known_name("backbone", name, sorted(BACKBONES))
 
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
@@ -221,11 +208,18 @@ class ModelConfig(_Strict):
 class OptimConfig(_Strict):
     """Optimiser with separate learning rates for backbone and head."""
 
-    name: Literal["adam", "adamw", "sgd"] = "adam"
+    name: str = "adam"  # a key of harness.builders.OPTIMIZERS
     lr_backbone: float = Field(3e-5, gt=0)
     lr_head: float = Field(3e-5, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
     momentum: float = Field(0.9, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_optimizer(cls, name: str) -> str:
+        from harness.builders import OPTIMIZERS  # lazily: builders imports torch
+
+        return _known_name("optimizer", name, sorted(OPTIMIZERS))
 
 
 class ScheduleConfig(_Strict):
@@ -405,236 +399,3 @@ class CellConfig(Protocol):
     def record(self) -> dict[str, Any]:
         """What a cell's config.json holds: its id, its config and :meth:`resolved_loss`."""
         return {"cell_id": self.cell_id, **self.model_dump(mode="json"), "resolved_loss": self.resolved_loss()}
-
-
-# ---------------------------------------------------------------------------------------------- loading
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after[_buildable()]", "function-before[_from_string()]"):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _clean_message(msg: str) -> str:
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            return msg[len(prefix) :]
-    return msg
-
-
-def validation_message(source: str, err: ValidationError) -> str:
-    """One line for the first error of a pydantic ``ValidationError``: path, value, expectation."""
-    first = err.errors()[0]
-    loc = _format_loc(tuple(first["loc"]))
-    msg = _clean_message(first["msg"])
-    if first["type"] == "extra_forbidden":
-        parent, _, key = loc.rpartition(".")
-        return f"{source}: {loc}: unknown field {key!r}" + (f" in {parent}" if parent else "")
-    value = first.get("input")
-    shown = "" if isinstance(value, dict) or "unknown" in msg else f" (got {value!r})"
-    return f"{source}: {loc}: {msg}{shown}"
-
-
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for key, value in top.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error instead of last-wins."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"key {key!r} appears twice in one mapping; keep one", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_text(path: Path) -> str:
-    """The text of a YAML file; a file that is not UTF-8 text (binary, UTF-16) is one line saying so."""
-    data = path.read_bytes()
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise UserError(f"{path}: the file is UTF-16 text; save it as UTF-8 text")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a text file (byte {err.start} is not UTF-8); save it as UTF-8 text") from None
-    if "\x00" in text:
-        raise UserError(f"{path}: not a text file (it holds NUL bytes); save it as UTF-8 text")
-    return text
-
-
-def load_yaml(path: Path) -> Any:
-    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line UserError."""
-    try:
-        return yaml.load(_yaml_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise UserError(f"{path}: experiment file not found; give the path to a YAML file (see experiments/)")
-    data = load_yaml(path)
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise UserError(f"{path}: expected a mapping of settings at the top level, got {type(data).__name__}")
-    return data
-
-
-def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    path = path.resolve()
-    if path in seen:
-        raise UserError(f"{path}: base files form a cycle: {' -> '.join(str(p) for p in (*seen, path))}")
-    data = _read_yaml(path)
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise UserError(f"{path}: base: expected a file name, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if not base_path.is_file():
-        raise UserError(f"{path}: base: file {base!r} not found next to the experiment file ({base_path})")
-    inherited = _with_bases(base_path, (*seen, path))
-    inherited.pop("name", None)  # a name is never inherited: each file writes to its own results folder
-    return _deep_merge(inherited, data)
-
-
-def parse_value(text: str) -> Any:
-    """Parse a ``--set`` value as YAML (numbers, booleans, lists), falling back to the plain string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def set_dotted(data: dict[str, Any], key: str, value: Any, *, where: str) -> None:
-    """Set ``data[a][b][c] = value`` for ``key = "a.b.c"``, creating mappings on the way."""
-    parts = key.split(".")
-    if not key or any(not p for p in parts):
-        raise UserError(f"{where}: {key!r} is not a dotted field name like 'train.iterations'")
-    node = data
-    for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"{where}: {'.'.join(parts[: i + 1])} is not a section, cannot set {key!r}")
-        node = child
-    node[parts[-1]] = value
-
-
-def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
-    """Apply ``--set key=value`` overrides to a raw experiment mapping."""
-    out = copy.deepcopy(data)
-    for item in sets or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise UserError(f"--set {item!r}: expected key=value, e.g. --set train.iterations=100")
-        set_dotted(out, key.strip(), parse_value(raw), where=f"--set {item}")
-    return out
-
-
-def load_raw(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied, name defaulted."""
-    path = Path(path)
-    data = apply_sets(_with_bases(path), sets)
-    data.setdefault("name", path.stem)
-    return data
-
-
-def validate_experiment(data: dict[str, Any], source: str) -> Experiment:
-    """Validate a raw experiment mapping (and every cell it expands to); ``source`` names it in errors."""
-    try:
-        experiment = Experiment.model_validate(data)
-    except ValidationError as err:
-        raise UserError(validation_message(source, err)) from None
-    _expand(experiment, source=source)  # validates every variant and dataset override
-    return experiment
-
-
-def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experiment:
-    """Read, merge with its base, apply ``--set`` overrides and validate an experiment file."""
-    return validate_experiment(load_raw(path, sets), str(path))
-
-
-def _expand(experiment: Experiment, source: str) -> list[CellConfig]:
-    protocol = experiment.model_dump(
-        mode="python", exclude={"name", "description", "grid", "dataset_overrides"}
-    )
-    cells: list[CellConfig] = []
-    grid = experiment.grid
-    for dataset in grid.datasets:
-        for loss in grid.losses:
-            for size in grid.sizes_for(dataset):
-                for variant, overrides in grid.variants.items():
-                    for seed in grid.seeds:
-                        raw: dict[str, Any] = copy.deepcopy(protocol)
-                        raw.update(
-                            experiment=experiment.name,
-                            loss=loss.model_dump(),
-                            dataset=dataset,
-                            embedding_size=size,
-                            seed=seed,
-                            variant=variant,
-                        )
-                        layers = (
-                            (f"dataset_overrides.{dataset}", experiment.dataset_overrides.get(dataset, {})),
-                            (f"grid.variants.{variant}", overrides or {}),
-                        )
-                        for where, layer in layers:
-                            if not isinstance(layer, dict):
-                                raise UserError(f"{source}: {where}: expected a mapping of dotted keys")
-                            for key, value in layer.items():
-                                set_dotted(raw, key, copy.deepcopy(value), where=f"{source}: {where}")
-                        try:
-                            cells.append(CellConfig.model_validate(raw))
-                        except ValidationError as err:
-                            where = f"{source} (cell {dataset}/{loss.name}/d{size}/{variant}/seed {seed})"
-                            raise UserError(validation_message(where, err)) from None
-    return cells
-
-
-def expand_cells(experiment: Experiment) -> list[CellConfig]:
-    """Every cell of the grid, in a fixed order (dataset, loss, size, variant, seed)."""
-    return _expand(experiment, source=experiment.name)
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """Parse ``--shard i/n`` (0-based i) into ``(i, n)``."""
-    try:
-        index_s, count_s = text.split("/")
-        index, count = int(index_s), int(count_s)
-    except ValueError:
-        raise UserError(f"--shard {text!r}: expected i/n with integers, e.g. --shard 0/4") from None
-    if count < 1 or not 0 <= index < count:
-        raise UserError(f"--shard {text!r}: need 0 <= i < n, e.g. --shard 0/4 ... --shard 3/4")
-    return index, count
-
-
-def shard_cells(cells: list[CellConfig], index: int, count: int) -> list[CellConfig]:
-    """The deterministic subset of cells shard ``index`` of ``count`` runs: every n-th cell of the grid."""
-    return cells[index::count]
-
-
-def data_root(cfg: CellConfig) -> str | None:
-    """The data root of a cell: the config field, else ``$HARNESS_DATA``."""
-    return cfg.data.root or os.environ.get("HARNESS_DATA")

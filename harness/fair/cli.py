@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -34,10 +33,10 @@ from harness.fair.studies import (
     study_state,
 )
 from harness.files import atomic_write_text
-from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
+from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.storage import open_storage, shown_url
-from harness.tune.workers import add_worker_arguments
+from harness.tune.workers import add_worker_arguments, storage_for, work_share
 
 EXIT_FAILED = 1
 
@@ -74,20 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)
-    from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
-    storage_url = args.storage or from_parent or default_storage(fair_dir)
+    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(fair_dir))
     storage = open_storage(storage_url, setup.fair.heartbeat)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
             with StopSignals().installed() as signals:
-                watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
-                try:
-                    fill_studies(
-                        setup, storage, fair_dir, worker=args.worker, progress=not args.quiet, signals=signals
-                    )
-                except Interrupted as stop:
-                    return stop.exit_code  # the parent reports the interruption
-            return 0
+                return work_share(signals, lambda: fill_studies(setup, storage, fair_dir, worker=args.worker,
+                                                                progress=not args.quiet, signals=signals))  # fmt: skip
         return _run(args, setup, storage, storage_url, fair_dir)
 
 

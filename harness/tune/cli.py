@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 import warnings
@@ -15,12 +14,12 @@ import yaml
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
-from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
+from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.storage import default_storage, open_storage, open_study, shown_url
 from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
-from harness.tune.workers import add_worker_arguments, run_workers, worker_commands
+from harness.tune.workers import add_worker_arguments, run_workers, storage_for, work_share, worker_commands
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
@@ -69,18 +68,12 @@ def _main(args: argparse.Namespace, signals: StopSignals) -> int:
     total = args.trials or setup.study.trials
     study_dir = Path(args.results) / setup.name
     study_dir.mkdir(parents=True, exist_ok=True)
-    from_parent = os.environ.get(STORAGE_ENV) if args.worker is not None else None
-    storage_url = args.storage or from_parent or default_storage(study_dir)
+    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(study_dir))
     storage = open_storage(storage_url, setup.study.heartbeat)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
-            watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
-            try:
-                run_worker(setup, storage, study_dir, total, worker=args.worker, progress=not args.quiet,
-                           signals=signals)  # fmt: skip
-            except Interrupted as stop:
-                return stop.exit_code  # the parent reports the interruption
-            return 0
+            return work_share(signals, lambda: run_worker(setup, storage, study_dir, total, worker=args.worker,
+                                                          progress=not args.quiet, signals=signals))  # fmt: skip
         return _run_study(args, setup, storage, storage_url, study_dir, total, signals)
 
 

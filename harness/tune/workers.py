@@ -6,8 +6,9 @@ import argparse
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
@@ -50,3 +51,19 @@ def run_workers(
         for p in processes:
             p.wait()
         raise
+
+
+def storage_for(given: str | None, worker: int | None, storage_env: str, default: str) -> str:
+    """``--storage`` when given, else in a worker the parent's URL (from ``storage_env``), else ``default``."""
+    from_parent = os.environ.get(storage_env) if worker is not None else None
+    return given or from_parent or default
+
+
+def work_share(signals: StopSignals, share: Callable[[], object]) -> int:
+    """Run a worker's ``share`` with its parent watched; the exit code: 0, or ``128 + signal`` after a stop."""
+    watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
+    try:
+        share()
+    except Interrupted as stop:
+        return stop.exit_code  # the parent reports the interruption
+    return 0

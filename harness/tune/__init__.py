@@ -23,7 +23,7 @@ At the end the parent writes ``best.yaml`` (an experiment file for ``python -m h
 
 Modules: ``schema`` (the tune file), ``storage`` (Optuna storages and studies), ``trials`` (training a
 trial, counting the study's places), ``outputs`` (best.yaml, summary, figures), ``interrupt`` (stop
-signals), ``cli`` (the command line and the worker processes).
+signals), ``workers`` (worker processes, shared with :mod:`harness.fair`), ``cli`` (the command line).
 """
 
 from harness.tune.cli import EXIT_FAILED_WORKER, STORAGE_ENV, build_parser, main

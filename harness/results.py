@@ -62,14 +62,18 @@ def now() -> str:
 
 
 def git_commit(cwd: Path | None = None) -> str | None:
-    """The current git commit of the harness checkout (with ``+dirty`` if modified), or None."""
+    """The current git commit of the harness checkout (with ``+dirty`` if its code is modified), or None.
+
+    Changes under ``results/`` do not count: they are what runs write (regenerating a committed
+    reference rewrites tracked files there), not the code that produced them.
+    """
     where = cwd or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, check=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
             cwd=where, capture_output=True, text=True, check=True, timeout=10,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):

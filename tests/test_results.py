@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,23 @@ def test_a_damaged_cell_file_names_the_cell_and_how_to_retrain_it(tmp_path: Path
     atomic_write_bytes(paths.final, b"{not json")
     with pytest.raises(DamagedFileError, match=r"final\.json: damaged file, .*retrain that cell"):
         tidy_rows(tmp_path)
+
+
+def test_git_commit_is_dirty_for_modified_code_not_for_results(tmp_path: Path) -> None:
+    from harness.results import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "results" / "cells.csv").write_text("a\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@example.org", "commit", "-qm", "init")
+    clean = git_commit(tmp_path)
+    assert clean is not None and not clean.endswith("+dirty")
+    (tmp_path / "results" / "cells.csv").write_text("b\n")  # a regenerated reference
+    assert git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == clean + "+dirty"

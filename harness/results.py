@@ -31,7 +31,7 @@ import torch
 from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError, UserError
+from harness.errors import DamagedFileError, UserError, filesystem_message
 
 # atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports (harness.run
 # still imports two of them from here); new code imports them from harness.files.
@@ -419,8 +419,8 @@ def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator
         raise UserError(f"{exp_dir}: another run has held the results folder's lock for {seconds:.0f} s; "
                         "wait for it to finish, then re-run") from None  # fmt: skip
     except OSError as err:
-        raise UserError(f"{exp_dir}: cannot write the results folder ({err.strerror or err}); fix its permissions "
-                        "or choose another one with --results") from None  # fmt: skip
+        raise UserError(filesystem_message(err) or f"{exp_dir}: cannot write the results folder "
+                        f"({err.strerror or err}); fix it or choose another one with --results") from None  # fmt: skip
     try:
         yield
     finally:

@@ -1,7 +1,7 @@
 """Calibration of a glyphs protocol from finished run folders: plateau, paired SD, seeds, CPU per cell.
 
 Reads the cells of one or more experiment folders (``<results>/<experiment>/cells/*``: config.json,
-evals.csv, final.json and, when the run was timed, cpu.json holding ``cpu_seconds`` and
+evals.csv, final.json (its timings hold the cell's ``cpu_seconds``) and, for the calibration runs, cpu.json holding ``cpu_seconds`` and
 ``eval_cpu_seconds``, the process CPU time, user + sys, of the cell and of its evaluations) and prints
 a Markdown table per folder:
 
@@ -90,7 +90,8 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
             "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
             "selected_iteration": final["selected_iteration"],
             "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
-            "cpu_seconds": cpu.get("cpu_seconds", math.nan),
+            # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
+            "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
             "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
         })  # fmt: skip
     if not cells:
@@ -186,7 +187,7 @@ def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float
     wall_line = f"- wall per cell (training and evaluation, load-dependent): {wall.mean():.1f} s mean"
     cpu = cells["cpu_seconds"].dropna()
     if cpu.empty:
-        return [wall_line, "- CPU per cell: not recorded (no cpu.json)"]
+        return [wall_line, "- CPU per cell: not recorded (no cpu.json, no cpu_seconds in final.json)"]
     evaluation = cells["eval_cpu_seconds"].dropna()
     images = protocol.iterations * protocol.batch
     lines = [wall_line, f"- CPU per cell (loaded machine): {cpu.mean():.1f} s mean ({cpu.min():.1f}-{cpu.max():.1f}), "

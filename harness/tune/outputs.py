@@ -77,6 +77,25 @@ def _readable_log_ticks(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+def _intermediate_values(setup: TuneSetup, study: Any, figures_dir: Path, report_plots: Any) -> list[Path]:
+    """The trials' validation curves in the report's style (colour by trial number, pruned trials grey)."""
+    rows = [
+        {"trial": trial.number, "state": trial.state.name.lower(), "step": step, "value": 100 * value}
+        for trial in study.get_trials(deepcopy=False) for step, value in trial.intermediate_values.items()
+    ]  # fmt: skip
+    if not rows:
+        return []
+    import pandas as pd
+
+    best = next(iter(study.best_trials), None) if any(row["state"] == "complete" for row in rows) else None
+    stem = figures_dir / "intermediate"
+    written = report_plots.intermediate_values(
+        pd.DataFrame(rows), best_trial=best.number if best else None, ylabel=f"validation {setup.metric} (%)",
+        title=f"Trials of {setup.name}: validation {setup.metric} at each evaluation", stem=stem,
+    )  # fmt: skip
+    return [path for path in written if path.suffix == ".png"]
+
+
 def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]:
     """Importance, optimisation history, slice, intermediate values and timeline as PNG (Agg backend)."""
     import matplotlib
@@ -86,12 +105,13 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
     import optuna
     from optuna.visualization import matplotlib as oplt
 
+    from harness.report import plots as report_plots
+
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     target = f"val {setup.metric}"
     plots = {
         "history": lambda: oplt.plot_optimization_history(study, target_name=target),
         "slice": lambda: oplt.plot_slice(study, target_name=target),
-        "intermediate": lambda: oplt.plot_intermediate_values(study),
         "timeline": lambda: oplt.plot_timeline(study),
     }
     if len(complete) >= 2:
@@ -99,10 +119,10 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
         plots = {"importance": lambda: oplt.plot_param_importances(study, evaluator=evaluator, target_name=target),
                  **plots}  # fmt: skip
     figures_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = _intermediate_values(setup, study, figures_dir, report_plots)
     for name, plot in plots.items():
-        with warnings.catch_warnings(), optuna_verbosity(logging.ERROR):  # "no complete trials" and the like
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), optuna_verbosity(logging.ERROR), report_plots.figure_style():
+            warnings.simplefilter("ignore")  # "no complete trials" and the like
             axes = plot()
         every = list(axes.flat) if hasattr(axes, "flat") else [axes]
         for ax in every:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-import losses
+from harness.results import loss_label
 
 PAPER_PRESETS = ("", "paper")
 """Presets whose hyperparameters are the paper's (empty: the loss's default, the paper's values)."""
@@ -15,10 +15,6 @@ TEST_SELECTED = "test-selected (opt-in, optimistic, as the official code)"
 """How a row whose checkpoint was selected on the test set (``train.select_on: test``) is labelled."""
 BIAS_LEGEND = ("↓: the choice biases our number down relative to the paper's; =: it matches the paper's protocol; "
                "±: direction unknown, usually small.")  # fmt: skip
-
-
-def _registry_label(loss: str) -> str:
-    return losses.info(loss).label if loss in losses.available() else loss
 
 
 def paper_mismatch(cell: pd.Series, config: dict | None) -> str:
@@ -33,7 +29,7 @@ def paper_mismatch(cell: pd.Series, config: dict | None) -> str:
     if preset not in PAPER_PRESETS:
         return f"preset {preset}"
     label = loss_config.get("label") or cell["loss_label"]
-    if label and label != _registry_label(str(cell["loss"])):
+    if label and label != loss_label(str(cell["loss"])):
         return f"own label {label!r}"
     hparams = loss_config.get("hparams") or {}
     if hparams:

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import losses
 from harness.errors import DamagedFileError, UserError
 from harness.files import read_json_if_exists
-from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, write_cells_table
+from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 """The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
@@ -112,14 +111,9 @@ def read_cells(experiment_dir: Path) -> pd.DataFrame:
         raise UserError(f"{path}, line {line}: value {fractions.iloc[line - 2]!r} is not a fraction in [0, 1]; "
                         "cells.csv stores fractions (the report converts to percent)")  # fmt: skip
     table["value"] = to_percent(fractions)
-    table["loss_label"] = table["loss_label"].where(table["loss_label"] != "", table["loss"].map(_registry_label))
+    table["loss_label"] = table["loss_label"].where(table["loss_label"] != "", table["loss"].map(loss_label))
     table["row"] = row_labels(table)
     return table
-
-
-def _registry_label(loss: str) -> str:
-    """The loss library's label for ``loss`` (the name itself for a loss it does not know)."""
-    return losses.info(loss).label if loss in losses.available() else loss
 
 
 def row_labels(table: pd.DataFrame) -> pd.Series:

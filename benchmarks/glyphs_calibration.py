@@ -24,7 +24,6 @@ folder with the most cells).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.files import read_json_if_exists
 from harness.report.tables import markdown_table, num
 from harness.stats import detectable_difference, seeds_needed
 
@@ -62,7 +62,7 @@ class Protocol:
 
 
 def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    return read_json_if_exists(path) or {}
 
 
 def loss_order(run_dir: Path) -> list[str]:

@@ -25,10 +25,18 @@ os.umask(_UMASK)
 REWRITE_IT = "delete it and re-run the command that wrote it"
 
 
+TEMPORARY_SUFFIX = ".tmp"
+
+
+def temporaries(folder: Path) -> list[Path]:
+    """The temporary files that atomic writes in ``folder`` left behind (a write killed before its rename)."""
+    return list(folder.glob(f".*{TEMPORARY_SUFFIX}"))
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder, fsync and rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes owner-only files; results are shared like any file
         with os.fdopen(fd, "wb") as handle:

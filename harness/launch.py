@@ -26,7 +26,8 @@ from typing import Any, Protocol
 from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag
 from harness.errors import UserError, one_line
-from harness.results import atomic_write_json, cell_paths, claim_cell, now
+from harness.files import atomic_write_json
+from harness.results import cell_paths, claim_cell, now
 
 FINISHED, FAILED, BUSY, DONE_ELSEWHERE = "finished", "failed", "busy", "done elsewhere"
 STOP_SECONDS = 30  # how long stopped workers get to leave before they are terminated

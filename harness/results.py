@@ -32,17 +32,12 @@ from filelock import FileLock, Timeout
 
 import losses
 from harness.errors import DamagedFileError, UserError, filesystem_message
-
-# atomic_save_npz, atomic_torch_save, atomic_write_bytes/json/text are transitional re-exports (harness.run
-# still imports two of them from here); new code imports them from harness.files.
-from harness.files import (  # noqa: F401
-    atomic_save_npz,
-    atomic_torch_save,
-    atomic_write_bytes,
+from harness.files import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     read_json_if_exists,
+    temporaries,
 )
 
 if TYPE_CHECKING:
@@ -429,7 +424,7 @@ def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator
 
 def remove_stale_temporaries(folder: Path) -> int:
     """Delete the temporary files that atomic writes in ``folder`` left behind (a killed run); returns how many."""
-    stale = list(folder.glob(".*.tmp"))
+    stale = temporaries(folder)
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)

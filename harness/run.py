@@ -21,6 +21,7 @@ from typing import Any
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
 from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, UserError, cli_main
+from harness.files import temporaries
 from harness.launch import (
     BUSY,
     DONE_ELSEWHERE,
@@ -118,7 +119,7 @@ def clean_leftovers(exp_dir: Path) -> None:
     for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
         paths = cell_paths(exp_dir, folder.name)
         stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == FINISHED
-        if stale_checkpoint or any(folder.glob(".*.tmp")):
+        if stale_checkpoint or temporaries(folder):
             with claim_cell(paths) as claimed:
                 if claimed:
                     remove_stale_temporaries(folder)

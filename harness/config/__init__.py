@@ -36,6 +36,7 @@ from harness.config.loading import (
 from harness.config.schema import (
     CELL_ID_VERSION,
     NON_NEGATIVE_HPARAMS,
+    NOT_TRAINING,
     CellConfig,
     DataConfig,
     EvalConfig,
@@ -52,6 +53,7 @@ from harness.config.schema import (
 __all__ = [
     "CELL_ID_VERSION",
     "NON_NEGATIVE_HPARAMS",
+    "NOT_TRAINING",
     "CellConfig",
     "DataConfig",
     "EvalConfig",

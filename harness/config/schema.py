@@ -349,6 +349,10 @@ def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kept.items() if value != {}}
 
 
+NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
+"""Fields of a cell's config that do not change what it trains (where the data lies, its folder): left out of
+its identity (the cell id, a tuning study's fingerprint)."""
+
 # Enters every cell id: bump it when the meaning of an existing schema default changes (see CellConfig.cell_id).
 CELL_ID_VERSION = 1
 
@@ -375,9 +379,8 @@ class CellConfig(Protocol):
         keeps the old behaviour) leaves every existing id, and its finished results, valid; changing what
         an existing default means must bump :data:`CELL_ID_VERSION` instead.
         """
-        exclude = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
         hashed = {
-            **_without_empty(self.model_dump(mode="json", exclude=exclude, exclude_defaults=True)),
+            **_without_empty(self.model_dump(mode="json", exclude=NOT_TRAINING, exclude_defaults=True)),
             "resolved_loss": self.resolved_loss(), "id_version": CELL_ID_VERSION,
         }  # fmt: skip
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]

@@ -8,6 +8,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
+from harness.config import NOT_TRAINING
 from harness.errors import UserError
 from harness.tune.schema import HeartbeatConfig, TuneSetup
 
@@ -93,9 +94,8 @@ def open_storage(url: str, heartbeat: HeartbeatConfig) -> Any:
 
 def _fingerprint(setup: TuneSetup) -> dict[str, Any]:
     """What must not change between runs of one study: the trial template and the search space."""
-    exclude = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
     return {
-        "template": setup.template.model_dump(mode="json", exclude=exclude),
+        "template": setup.template.model_dump(mode="json", exclude=NOT_TRAINING),
         "space": {k: v.model_dump() for k, v in setup.study.space.items()},
         "seeds": setup.seeds,
         **({"folds": setup.study.folds} if setup.study.folds else {}),  # class folds change the objective

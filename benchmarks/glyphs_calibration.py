@@ -85,15 +85,18 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
         curve = evals[(evals["split"] == "val") & (evals["metric"] == SELECT_METRIC)]
         curves.append(curve.assign(loss=loss, seed=seed)[["loss", "seed", "iteration", "value"]])
         cpu = _read_json(cell_dir / "cpu.json")
-        cells.append({
-            "loss": loss, "seed": seed,
-            "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
-            "selected_iteration": final["selected_iteration"],
-            "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
-            # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
-            "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
-            "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
-        })  # fmt: skip
+        cells.append(
+            {
+                "loss": loss,
+                "seed": seed,
+                "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
+                "selected_iteration": final["selected_iteration"],
+                "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
+                # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
+                "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
+                "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
+            }
+        )
     if not cells:
         raise SystemExit(f"{run_dir}: no finished cells under {run_dir / 'cells'}")
     order = loss_order(run_dir)
@@ -149,16 +152,20 @@ def summary_table(
     differences = paired_differences(cells, reference)
     rows = []
     for loss, group in cells.groupby("loss", sort=False):
-        rows.append({
-            "loss": loss,
-            "seeds": len(group),
-            "evaluations": int(curves[(curves["loss"] == loss)].groupby("seed").size().min()),
-            "plateau gain (pts)": plateau_gain(means[loss], protocol.iterations),
-            "selected iterations": " ".join(str(int(i)) for i in sorted(group["selected_iteration"])),
-            "test R@1 mean": group["test"].mean(),
-            "test R@1 SD": group["test"].std(ddof=1),
-            f"paired SD vs {reference}": differences[loss].std(ddof=1) if loss in differences else math.nan,
-        })  # fmt: skip
+        rows.append(
+            {
+                "loss": loss,
+                "seeds": len(group),
+                "evaluations": int(curves[(curves["loss"] == loss)].groupby("seed").size().min()),
+                "plateau gain (pts)": plateau_gain(means[loss], protocol.iterations),
+                "selected iterations": " ".join(str(int(i)) for i in sorted(group["selected_iteration"])),
+                "test R@1 mean": group["test"].mean(),
+                "test R@1 SD": group["test"].std(ddof=1),
+                f"paired SD vs {reference}": differences[loss].std(ddof=1)
+                if loss in differences
+                else math.nan,
+            }
+        )
     return pd.DataFrame(rows).set_index("loss")
 
 
@@ -190,14 +197,19 @@ def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float
         return [wall_line, "- CPU per cell: not recorded (no cpu.json, no cpu_seconds in final.json)"]
     evaluation = cells["eval_cpu_seconds"].dropna()
     images = protocol.iterations * protocol.batch
-    lines = [wall_line, f"- CPU per cell (loaded machine): {cpu.mean():.1f} s mean ({cpu.min():.1f}-{cpu.max():.1f}), "
-             f"of which evaluation {evaluation.mean():.1f} s; {images:,} training images per cell"]  # fmt: skip
+    lines = [
+        wall_line,
+        f"- CPU per cell (loaded machine): {cpu.mean():.1f} s mean ({cpu.min():.1f}-{cpu.max():.1f}), "
+        f"of which evaluation {evaluation.mean():.1f} s; {images:,} training images per cell",
+    ]
     if idle_images_per_s:
         share = float((cpu - evaluation.reindex(cpu.index).fillna(0)).mean() / cpu.mean())
         idle = images / idle_images_per_s / share
-        lines.append(f"- idle estimate: {images / idle_images_per_s:.1f} s training at {idle_images_per_s:,.0f} "
-                     f"images/s, {idle:.1f} core-s per cell with evaluation in its measured share "
-                     f"({1 - share:.0%})")  # fmt: skip
+        lines.append(
+            f"- idle estimate: {images / idle_images_per_s:.1f} s training at {idle_images_per_s:,.0f} "
+            f"images/s, {idle:.1f} core-s per cell with evaluation in its measured share "
+            f"({1 - share:.0%})"
+        )
     return lines
 
 
@@ -246,8 +258,10 @@ def plot(
         ax.errorbar(position + 0.2, values.mean(), yerr=values.std(ddof=1), fmt="o", color="C3", capsize=3)
     ax.axhline(0, color="grey", linewidth=1)
     ax.set_xticks(range(len(differences.columns)), differences.columns, rotation=30, fontsize=8)
-    ax.set(title=f"{protocol.name}: {reference} - row, test Recall@1 (dots: seeds; red: mean ± SD)",
-           ylabel="points")  # fmt: skip
+    ax.set(
+        title=f"{protocol.name}: {reference} - row, test Recall@1 (dots: seeds; red: mean ± SD)",
+        ylabel="points",
+    )
     ax.title.set_fontsize(9)
     fig.tight_layout()
     paired_path = out_dir / "calibration_paired.png"

@@ -54,9 +54,14 @@ STEP_TIMEOUTS = {"model": 120, "loss": 100, "eval": 120, "trainer": 120, "run": 
 
 
 def write_cub_tree(
-    root: Path, *, train_classes: int, test_classes: int, per_class: int, size: tuple[int, int] = (64, 48),
+    root: Path,
+    *,
+    train_classes: int,
+    test_classes: int,
+    per_class: int,
+    size: tuple[int, int] = (64, 48),
     seed: int = 0,
-) -> Path:  # fmt: skip
+) -> Path:
     """A CUB-200-2011 tree of real JPEG files under ``root/CUB_200_2011``: classes 1..train_classes and 101..
 
     The official layout (``images.txt``, ``image_class_labels.txt``, ``images/NNN.Name/*.jpg``), with
@@ -114,12 +119,17 @@ def cub_experiment(
     return {
         "name": name,
         "base": str(ROOT / "experiments" / "base.yaml"),
-        "grid": {"datasets": ["cub"], "embedding_sizes": [embedding_size], "seeds": [0],
-                 "losses": [{"name": "ms", "preset": "paper"}], "variants": {"paper": {}}},
+        "grid": {
+            "datasets": ["cub"],
+            "embedding_sizes": [embedding_size],
+            "seeds": [0],
+            "losses": [{"name": "ms", "preset": "paper"}],
+            "variants": {"paper": {}},
+        },
         "data": {"root": str(data_root), "strict_counts": False, **data},
         "model": {"weights": str(weights)},
         "train": train,
-    }  # fmt: skip
+    }
 
 
 # ----------------------------------------------------------------------------- steps in a subprocess
@@ -210,8 +220,13 @@ def measure_eval(*, quick: bool = False, device: str = "cuda") -> dict[str, Any]
             values = evaluate(on_gpu[0], on_gpu[1], ks=problem.ks, metrics=("recall", "map_at_r"), **gallery)
             _synchronize(where)
             times.append(time.perf_counter() - started)
-        row: dict[str, Any] = {"queries": problem.queries, "gallery": problem.gallery, "seconds": min(times),
-                               "first_seconds": times[0], "values": values}  # fmt: skip
+        row: dict[str, Any] = {
+            "queries": problem.queries,
+            "gallery": problem.gallery,
+            "seconds": min(times),
+            "first_seconds": times[0],
+            "values": values,
+        }
         if problem.gallery:  # ranks on the CPU (seconds there) must be the same query by query
             cpu_gallery = {"gallery": arrays[2], "gallery_labels": arrays[3]}
             gpu_ranks = first_correct_rank(*on_gpu[:2], **gallery).cpu()
@@ -240,8 +255,15 @@ def run_command(name: str, command: list[str], timeout: float, cwd: Path = ROOT)
     """Run ``command`` in its own process group; on timeout the whole group is killed."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         output, _ = process.communicate(timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
@@ -271,14 +293,28 @@ def loss_step(
     timeout: float, *, device: str = "cuda", sizes: tuple[int, ...] = (80, 256, 1000, 4000)
 ) -> Step:
     """benchmarks/loss_speed.py on ``device``; its table rows become figures (milliseconds per m)."""
-    command = [sys.executable, str(BENCHMARKS / "loss_speed.py"), "--device", device, "--budget", "2",
-               "--reference-max-m", "1000", "--sizes", *map(str, sizes)]  # fmt: skip
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "loss_speed.py"),
+        "--device",
+        device,
+        "--budget",
+        "2",
+        "--reference-max-m",
+        "1000",
+        "--sizes",
+        *map(str, sizes),
+    ]
     step, output = run_command("loss", command, timeout)
     lines = [line for line in output.splitlines() if line.startswith("|")]
     if step.status == "ok" and len(lines) > 2:
         header = [cell.strip() for cell in lines[0].strip("|").split("|")]
-        step.figures = {"rows": [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
-                                 for line in lines[2:]]}  # fmt: skip
+        step.figures = {
+            "rows": [
+                dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True))
+                for line in lines[2:]
+            ]
+        }
     step.output_tail = output[-3000:]
     return step
 
@@ -286,12 +322,33 @@ def loss_step(
 def trainer_step(timeout: float) -> Step:
     """benchmarks/train_speed.py with BN-Inception on synthetic images: the harness trainer against a bare loop."""
     workers = str(min(8, os.cpu_count() or 1))
-    command = [sys.executable, str(BENCHMARKS / "train_speed.py"), "--dataset", "synthetic", "--backbone",
-               "bninception", "--batch", "80", "--image-size", "224", "--iterations", "60", "--window", "10",
-               "--warmup", "20", "--repeats", "1", "--workers", workers]  # fmt: skip
+    command = [
+        sys.executable,
+        str(BENCHMARKS / "train_speed.py"),
+        "--dataset",
+        "synthetic",
+        "--backbone",
+        "bninception",
+        "--batch",
+        "80",
+        "--image-size",
+        "224",
+        "--iterations",
+        "60",
+        "--window",
+        "10",
+        "--warmup",
+        "20",
+        "--repeats",
+        "1",
+        "--workers",
+        workers,
+    ]
     step, output = run_command("trainer", command, timeout)
-    for key, pattern in (("bare_images_per_s", r"bare loop\s*:\s*([\d.]+)"),
-                         ("harness_images_per_s", r"harness trainer:\s*([\d.]+)")):  # fmt: skip
+    for key, pattern in (
+        ("bare_images_per_s", r"bare loop\s*:\s*([\d.]+)"),
+        ("harness_images_per_s", r"harness trainer:\s*([\d.]+)"),
+    ):
         found = re.search(pattern, output)
         if found:
             step.figures[key] = float(found.group(1))
@@ -317,20 +374,38 @@ def harness_run_step(
     """``python -m harness.run`` (under torchrun when ``processes > 1``) on a CUB JPEG tree at 224 px."""
     data_root, weights = folder / "data", folder / BNINCEPTION_FILE
     if not (data_root / "CUB_200_2011").is_dir():
-        write_cub_tree(data_root, train_classes=scale.train_classes, test_classes=scale.test_classes,
-                       per_class=scale.per_class, size=scale.jpeg_size)  # fmt: skip
+        write_cub_tree(
+            data_root,
+            train_classes=scale.train_classes,
+            test_classes=scale.test_classes,
+            per_class=scale.per_class,
+            size=scale.jpeg_size,
+        )
         save_bninception_weights(weights, batch_counters=True)
     experiment = cub_experiment(
-        f"gpu-check-{name}", data_root, weights, embedding_size=512,
-        data={"workers": min(8, (os.cpu_count() or 2) // processes), "classes_per_batch": scale.classes_per_batch},
+        f"gpu-check-{name}",
+        data_root,
+        weights,
+        embedding_size=512,
+        data={
+            "workers": min(8, (os.cpu_count() or 2) // processes),
+            "classes_per_batch": scale.classes_per_batch,
+        },
         train={"iterations": scale.iterations, "eval_every": scale.iterations, "log_every": 10},
-    )  # fmt: skip
+    )
     path = folder / f"{name}.yaml"
     path.write_text(json.dumps(experiment))  # JSON is YAML
     launcher = [sys.executable, "-m", "harness.run"]
     if processes > 1:
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                    "-m", "harness.run"]  # fmt: skip
+        launcher = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={processes}",
+            "-m",
+            "harness.run",
+        ]
     step, output = run_command(
         name, [*launcher, str(path), "--results", str(folder / "results"), "--quiet", "--no-report"], timeout
     )
@@ -338,9 +413,15 @@ def harness_run_step(
     if finals:
         final = json.loads(finals[0].read_text())
         test = final.get("metrics", {}).get("final", {}).get("test", {})
-        step.figures = {"processes": processes, "cell_status": final["status"], "reason": final.get("reason"),
-                        "world_size": final.get("world_size"), "device": final.get("device"),
-                        **final.get("timings", {}), "test_recall@1": test.get("recall@1")}  # fmt: skip
+        step.figures = {
+            "processes": processes,
+            "cell_status": final["status"],
+            "reason": final.get("reason"),
+            "world_size": final.get("world_size"),
+            "device": final.get("device"),
+            **final.get("timings", {}),
+            "test_recall@1": test.get("recall@1"),
+        }
     step.output_tail = output[-3000:]
     return step
 
@@ -353,11 +434,16 @@ def summary_lines(steps: list[Step]) -> list[str]:
         text = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
         lines.append(f"{step.name:9s} {step.status:8s} {step.seconds:6.1f} s  {text or step.reason}")
         if step.name == "loss":
-            lines += [f"          m={r.get('m')}: ms {r.get('ms (ms)')} ms, PML {r.get('PML (ms)')} ms, "
-                      f"matmuls {r.get('3 matmuls (ms)')} ms" for r in step.figures.get("rows", [])]  # fmt: skip
+            lines += [
+                f"          m={r.get('m')}: ms {r.get('ms (ms)')} ms, PML {r.get('PML (ms)')} ms, "
+                f"matmuls {r.get('3 matmuls (ms)')} ms"
+                for r in step.figures.get("rows", [])
+            ]
         if step.name == "eval":
-            lines += [f"          {k}: {v['seconds']:.2f} s on GPU, recall@1 {v['values']['recall@1']:.4f}"
-                      for k, v in step.figures.items()]  # fmt: skip
+            lines += [
+                f"          {k}: {v['seconds']:.2f} s on GPU, recall@1 {v['values']['recall@1']:.4f}"
+                for k, v in step.figures.items()
+            ]
         if step.status in ("failed", "timeout") and step.output_tail:
             lines.append("          " + step.output_tail.strip().splitlines()[-1][:300])
     return lines
@@ -378,8 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(measure_eval()))
         return 0
 
-    record: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "python": platform.python_version(),
-                              "torch": torch.__version__, "cpus": os.cpu_count()}  # fmt: skip
+    record: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+    }
     if not torch.cuda.is_available():
         print(NO_GPU)
         if args.out:
@@ -387,8 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     gpus = torch.cuda.device_count()
     record.update(gpu=torch.cuda.get_device_name(0), gpus=gpus, cuda=torch.version.cuda)
-    print(f"# gpu_check {record['date']}: {gpus} x {record['gpu']}, torch {torch.__version__}, "
-          f"CUDA {torch.version.cuda}, {os.cpu_count()} CPUs, budget {args.budget:.0f} s", flush=True)  # fmt: skip
+    print(
+        f"# gpu_check {record['date']}: {gpus} x {record['gpu']}, torch {torch.__version__}, "
+        f"CUDA {torch.version.cuda}, {os.cpu_count()} CPUs, budget {args.budget:.0f} s",
+        flush=True,
+    )
     deadline = time.perf_counter() + args.budget
     wanted = args.only or list(STEP_TIMEOUTS)
     steps: list[Step] = []
@@ -413,8 +506,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n# summary")
     print("\n".join(summary_lines(steps)))
     if args.out:
-        record["steps"] = {s.name: {"status": s.status, "seconds": s.seconds, "reason": s.reason,
-                                    "figures": s.figures, "output_tail": s.output_tail} for s in steps}  # fmt: skip
+        record["steps"] = {
+            s.name: {
+                "status": s.status,
+                "seconds": s.seconds,
+                "reason": s.reason,
+                "figures": s.figures,
+                "output_tail": s.output_tail,
+            }
+            for s in steps
+        }
         args.out.write_text(json.dumps(record, indent=2))
         print(f"figures: {args.out}")
     return 0

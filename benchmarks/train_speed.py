@@ -46,17 +46,31 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def make_cell(args: argparse.Namespace) -> CellConfig:
     backbone = args.backbone
-    return CellConfig.model_validate({
-        "experiment": "train-speed", "dataset": "glyphs" if args.dataset == "glyphs" else "cub",
-        "loss": {"name": args.loss}, "embedding_size": 64, "seed": 0,
-        "data": {"classes_per_batch": args.batch // 5, "samples_per_class": 5, "workers": args.workers,
-                 "val_fraction": 0.2, "image_size": args.image_size},
-        "model": {"backbone": backbone, "pretrained": False, "freeze_bn": backbone != "small_cnn"},
-        "optim": {"lr_backbone": 1e-3, "lr_head": 1e-3},
-        "train": {"iterations": args.iterations, "eval_every": args.iterations, "log_every": args.window,
-                  "select_on": "val"},
-        "evaluate": {"metrics": ["recall"], "ks": [1]},
-    })  # fmt: skip
+    return CellConfig.model_validate(
+        {
+            "experiment": "train-speed",
+            "dataset": "glyphs" if args.dataset == "glyphs" else "cub",
+            "loss": {"name": args.loss},
+            "embedding_size": 64,
+            "seed": 0,
+            "data": {
+                "classes_per_batch": args.batch // 5,
+                "samples_per_class": 5,
+                "workers": args.workers,
+                "val_fraction": 0.2,
+                "image_size": args.image_size,
+            },
+            "model": {"backbone": backbone, "pretrained": False, "freeze_bn": backbone != "small_cnn"},
+            "optim": {"lr_backbone": 1e-3, "lr_head": 1e-3},
+            "train": {
+                "iterations": args.iterations,
+                "eval_every": args.iterations,
+                "log_every": args.window,
+                "select_on": "val",
+            },
+            "evaluate": {"metrics": ["recall"], "ks": [1]},
+        }
+    )
 
 
 def bare_loop(cell: CellConfig, splits: DatasetSplits, iterations: int, window: int) -> list[float]:
@@ -126,7 +140,9 @@ def main() -> None:
     if splits is None:
         fake = SyntheticImages(4000, 400, args.image_size)
         held_out = SyntheticImages(200, 40, args.image_size)
-        splits = DatasetSplits(train=fake, val=held_out, test=held_out, eval_mode="leave_one_out", default_ks=(1,))
+        splits = DatasetSplits(
+            train=fake, val=held_out, test=held_out, eval_mode="leave_one_out", default_ks=(1,)
+        )
     device = pick_device()
     skip = args.warmup // args.window
     bare_rates, harness_rates = [], []
@@ -134,10 +150,14 @@ def main() -> None:
         bare_rates += bare_loop(cell, splits, args.iterations, args.window)[skip:]
         harness_rates += harness_loop(cell, splits)[skip:]
     bare, ours = statistics.median(bare_rates), statistics.median(harness_rates)
-    print(f"date {time.strftime('%Y-%m-%d')}; device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
-          f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
-          f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats")  # fmt: skip
-    print(f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} iterations)")
+    print(
+        f"date {time.strftime('%Y-%m-%d')}; device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
+        f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
+        f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats"
+    )
+    print(
+        f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} iterations)"
+    )
     print(f"harness trainer: {ours:8.1f} images/s (median of {len(harness_rates)} windows)")
     print(f"ratio harness/bare = {ours / bare:.3f}  (overhead {100 * (1 - ours / bare):+.1f}%; target <= 5%)")
 

@@ -53,7 +53,9 @@ def did_you_mean(value: str, choices: Iterable[str]) -> str:
     return "; expected one of " + ", ".join(repr(c) for c in options)
 
 
-_CHECK_PERMISSIONS = "check its permissions (and its folder's), or write the results elsewhere (--results DIR)"
+_CHECK_PERMISSIONS = (
+    "check its permissions (and its folder's), or write the results elsewhere (--results DIR)"
+)
 _FREE_SPACE = "free some space (or choose another --results folder); finished cells are kept, re-run to go on"
 _IN_THE_WAY = "a file or folder is in the way of one the harness writes; move it, or choose another path"
 USER_FIXABLE_ERRNOS: dict[int, str] = {

@@ -71,10 +71,14 @@ def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
 def _record_crash(task: CellTask, err: BaseException) -> str:
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
     reason = f"{type(err).__name__}: {err}"
-    atomic_write_json(paths.status, {"status": FAILED, "reason": reason, "finished": now(),
-                                     "traceback": traceback.format_exc()})  # fmt: skip
-    atomic_write_json(paths.final, {"cell_id": task.cell.cell_id, "status": FAILED, "reason": reason,
-                                    "metrics": {}, "finished": now()})  # fmt: skip
+    atomic_write_json(
+        paths.status,
+        {"status": FAILED, "reason": reason, "finished": now(), "traceback": traceback.format_exc()},
+    )
+    atomic_write_json(
+        paths.final,
+        {"cell_id": task.cell.cell_id, "status": FAILED, "reason": reason, "metrics": {}, "finished": now()},
+    )
     return reason
 
 
@@ -252,7 +256,9 @@ def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
     for slot in slots:
         hand_out(slot)
     while busy := [slot for slot in slots if slot.cell_id is not None]:
-        multiprocessing.connection.wait([slot.conn for slot in busy] + [slot.process.sentinel for slot in busy])
+        multiprocessing.connection.wait(
+            [slot.conn for slot in busy] + [slot.process.sentinel for slot in busy]
+        )
         for slot in busy:
             if slot.conn.poll():
                 payload = slot.conn.recv()
@@ -261,8 +267,12 @@ def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
                 yield payload
                 hand_out(slot)
             elif not slot.process.is_alive():
-                yield CellResult(slot.cell_id, FAILED, f"its worker process died (exit code {slot.process.exitcode}); "
-                                 "re-run to resume it from its last checkpoint")  # fmt: skip
+                yield CellResult(
+                    slot.cell_id,
+                    FAILED,
+                    f"its worker process died (exit code {slot.process.exitcode}); "
+                    "re-run to resume it from its last checkpoint",
+                )
                 slot.cell_id = None
     for task in reversed(todo):  # left when every worker died
         yield CellResult(task.cell.cell_id, FAILED, "not started: every worker process stopped; re-run")

@@ -53,23 +53,35 @@ def _metric_problem(cell: CellConfig) -> str | None:
     measured = [f"recall@{k}" for k in ks] * ("recall" in wanted) + [m for m in wanted if m != "recall"]
     if metric in measured:
         return None
-    return (f"train.select_metric: {metric!r} is not measured (evaluate.metrics {wanted}, ks {ks} give "
-            f"{', '.join(measured)}); pick one of those or add it to evaluate.metrics / evaluate.ks")  # fmt: skip
+    return (
+        f"train.select_metric: {metric!r} is not measured (evaluate.metrics {wanted}, ks {ks} give "
+        f"{', '.join(measured)}); pick one of those or add it to evaluate.metrics / evaluate.ks"
+    )
 
 
 def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]:
     problems = []
     if cell.train.select_on == "val" and cell.data.val_fraction == 0:
-        problems.append("train.select_on is 'val' but data.val_fraction is 0 (no validation split); "
-                        "set data.val_fraction > 0 or train.select_on: final (no selection)")  # fmt: skip
+        problems.append(
+            "train.select_on is 'val' but data.val_fraction is 0 (no validation split); "
+            "set data.val_fraction > 0 or train.select_on: final (no selection)"
+        )
     metric = _metric_problem(cell)
     if metric:
         problems.append(metric)
     weights = cell.model.weights
     if cell.model.pretrained and weights and not Path(weights).expanduser().is_file():
         problems.append(f"model.weights: file {weights} not found; give the path to the weights file")
-    key = repr((cell.dataset, data_root(cell), cell.data.strict_counts, cell.data.val_fraction,
-                cell.data.val_seed, sorted(cell.data.options.items())))  # fmt: skip
+    key = repr(
+        (
+            cell.dataset,
+            data_root(cell),
+            cell.data.strict_counts,
+            cell.data.val_fraction,
+            cell.data.val_seed,
+            sorted(cell.data.options.items()),
+        )
+    )
     if key not in classes:
         try:
             classes[key] = _training_classes(cell)
@@ -79,9 +91,11 @@ def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]
     if isinstance(found, str):
         problems.append(found)
     elif cell.data.classes_per_batch > found:
-        problems.append(f"data.classes_per_batch is {cell.data.classes_per_batch} but {cell.dataset} trains on "
-                        f"{found} classes (after data.val_fraction {cell.data.val_fraction}); use "
-                        f"data.classes_per_batch <= {found}")  # fmt: skip
+        problems.append(
+            f"data.classes_per_batch is {cell.data.classes_per_batch} but {cell.dataset} trains on "
+            f"{found} classes (after data.val_fraction {cell.data.val_fraction}); use "
+            f"data.classes_per_batch <= {found}"
+        )
     return problems
 
 

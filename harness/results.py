@@ -45,9 +45,22 @@ if TYPE_CHECKING:
 
 # The columns of cells.csv, in order: declared here once; the report reads them from here.
 CELLS_TABLE_COLUMNS = (
-    "experiment", "cell_id", "loss", "loss_label", "preset", "dataset", "embedding_size", "seed",
-    "variant", "status", "select_on", "weights", "split", "metric", "value",
-)  # fmt: skip
+    "experiment",
+    "cell_id",
+    "loss",
+    "loss_label",
+    "preset",
+    "dataset",
+    "embedding_size",
+    "seed",
+    "variant",
+    "status",
+    "select_on",
+    "weights",
+    "split",
+    "metric",
+    "value",
+)
 RETRAIN_CELL = "delete its cell folder and re-run the experiment to retrain that cell"
 
 
@@ -69,8 +82,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results"],
-            cwd=where, capture_output=True, text=True, check=True, timeout=10,
-        ).stdout.strip()  # fmt: skip
+            cwd=where,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return sha + ("+dirty" if dirty else "")
@@ -170,8 +187,13 @@ def cell_paths(exp_dir: Path, cell_id: str) -> CellPaths:
 
 
 CONFIG_FIELDS: dict[str, type] = {
-    "experiment": str, "loss": dict, "dataset": str, "embedding_size": int, "seed": int, "train": dict,
-}  # fmt: skip
+    "experiment": str,
+    "loss": dict,
+    "dataset": str,
+    "embedding_size": int,
+    "seed": int,
+    "train": dict,
+}
 """The fields of config.json that cells.csv is made of, with their JSON types."""
 GRID_FILE = "grid.json"
 REWRITE_GRID = "re-run `python -m harness.run` on the experiment file to rewrite it (finished cells are kept)"
@@ -201,12 +223,13 @@ def read_cell_json(path: Path, fields: dict[str, type]) -> dict[str, Any] | None
 def _check_metrics(path: Path, metrics: object) -> None:
     """A finished cell's ``metrics``: ``{weights: {split: {metric: number}}}``, else DamagedFileError."""
     ok = isinstance(metrics, dict) and all(
-        isinstance(splits, dict) and all(
+        isinstance(splits, dict)
+        and all(
             isinstance(values, dict) and all(isinstance(v, int | float) for v in values.values())
             for values in splits.values()
         )
         for splits in metrics.values()
-    )  # fmt: skip
+    )
     if not ok:
         raise _damaged(path, "'metrics' is not {weights: {split: {metric: number}}}")
 
@@ -284,8 +307,10 @@ def stale_cells_note(exp_dir: Path) -> str | None:
     if not stale:
         return None
     shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
-    return (f"{len(stale)} cell folder(s) under {exp_dir / 'cells'} are not in the current grid (another "
-            f"configuration ran into this folder): left out of cells.csv and the report: {shown}")  # fmt: skip
+    return (
+        f"{len(stale)} cell folder(s) under {exp_dir / 'cells'} are not in the current grid (another "
+        f"configuration ran into this folder): left out of cells.csv and the report: {shown}"
+    )
 
 
 def _result_rows(status: str, final: dict[str, Any]) -> list[dict[str, Any]]:
@@ -361,10 +386,15 @@ def cells_table_mismatch(exp_dir: Path) -> str | None:
     missing = [c for c in expected if c not in found]
     extra = [c for c in found if c not in expected]
     wrong = [c for c in expected if c in found and found[c] != expected[c]]
-    problems = [f"{len(ids)} {what} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})" for ids, what in (
-        (missing, "cell(s) of cells/ missing"), (extra, "cell(s) not in the current grid's cells/"),
-        (wrong, "cell(s) with a wrong number of rows"),
-    ) if ids]  # fmt: skip
+    problems = [
+        f"{len(ids)} {what} ({', '.join(ids[:3])}{', ...' if len(ids) > 3 else ''})"
+        for ids, what in (
+            (missing, "cell(s) of cells/ missing"),
+            (extra, "cell(s) not in the current grid's cells/"),
+            (wrong, "cell(s) with a wrong number of rows"),
+        )
+        if ids
+    ]
     return "; ".join(problems) or None
 
 
@@ -411,11 +441,16 @@ def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator
         exp_dir.mkdir(parents=True, exist_ok=True)
         lock.acquire(timeout=seconds)
     except Timeout:  # (an OSError too: caught first)
-        raise UserError(f"{exp_dir}: another run has held the results folder's lock for {seconds:.0f} s; "
-                        "wait for it to finish, then re-run") from None  # fmt: skip
+        raise UserError(
+            f"{exp_dir}: another run has held the results folder's lock for {seconds:.0f} s; "
+            "wait for it to finish, then re-run"
+        ) from None
     except OSError as err:
-        raise UserError(filesystem_message(err) or f"{exp_dir}: cannot write the results folder "
-                        f"({err.strerror or err}); fix it or choose another one with --results") from None  # fmt: skip
+        raise UserError(
+            filesystem_message(err)
+            or f"{exp_dir}: cannot write the results folder "
+            f"({err.strerror or err}); fix it or choose another one with --results"
+        ) from None
     try:
         yield
     finally:

@@ -46,9 +46,7 @@ from harness.results import (
 )
 
 EXIT_FAILED_CELLS = 1
-REGENERATE_REFERENCE = (
-    "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
-)
+REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
 
 
 def _jobs(text: str) -> int:
@@ -60,22 +58,39 @@ def _jobs(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
-        prog="python -m harness.run", description="Run an experiment grid (losses x datasets x sizes x seeds).",
+        prog="python -m harness.run",
+        description="Run an experiment grid (losses x datasets x sizes x seeds).",
         epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "
         f"Regenerate one, from a clean commit, with: {REGENERATE_REFERENCE}",
-    )  # fmt: skip
+    )
     parser.add_argument("experiment", help="experiment YAML file, e.g. experiments/glyphs-ablation.yaml")
-    parser.add_argument("--check", action="store_true", help="validate the file and list the grid, run nothing")
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a field, e.g. --set train.iterations=100 (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--check", action="store_true", help="validate the file and list the grid, run nothing"
+    )
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set train.iterations=100 (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
-    parser.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                        help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
-                             "(default: one per visible GPU, else CPU cores // train.threads)")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=_jobs,
+        default=None,
+        metavar="N",
+        help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
+        "(default: one per visible GPU, else CPU cores // train.threads)",
+    )
     parser.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based)")
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
-    parser.add_argument("--update-reference", action="store_true",
-                        help="allow writing into results/reference/<experiment>/ (regenerating a committed reference)")  # fmt: skip
+    parser.add_argument(
+        "--update-reference",
+        action="store_true",
+        help="allow writing into results/reference/<experiment>/ (regenerating a committed reference)",
+    )
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
@@ -100,11 +115,15 @@ def is_reference_folder(exp_dir: Path) -> bool:
 def check_destination(exp_dir: Path, update_reference: bool) -> None:
     """Refuse to write into a reference run without ``--update-reference`` (and the flag anywhere else)."""
     if is_reference_folder(exp_dir) and not update_reference:
-        raise UserError(f"{exp_dir} is a committed reference run, which a plain run never writes; run without "
-                        f"--results to write results/{exp_dir.name}/, or regenerate it: {REGENERATE_REFERENCE}")  # fmt: skip
+        raise UserError(
+            f"{exp_dir} is a committed reference run, which a plain run never writes; run without "
+            f"--results to write results/{exp_dir.name}/, or regenerate it: {REGENERATE_REFERENCE}"
+        )
     if update_reference and not is_reference_folder(exp_dir):
-        raise UserError(f"--update-reference: {exp_dir} is not a reference run (results/reference/<experiment>); "
-                        "drop the flag, or add --results results/reference")  # fmt: skip
+        raise UserError(
+            f"--update-reference: {exp_dir} is not a reference run (results/reference/<experiment>); "
+            "drop the flag, or add --results results/reference"
+        )
 
 
 def clean_leftovers(exp_dir: Path) -> None:
@@ -151,8 +170,11 @@ class CellsProgress:
             return
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.total - self.done)
-        print(f"[{self.done}/{self.total}] {note} (elapsed {_duration(elapsed)}, about {_duration(left)} left)",
-              file=self.out, flush=True)  # fmt: skip
+        print(
+            f"[{self.done}/{self.total}] {note} (elapsed {_duration(elapsed)}, about {_duration(left)} left)",
+            file=self.out,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -180,7 +202,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
             return EXIT_USER_ERROR
-        print(f"ok: {describe(experiment, all_cells)}" + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else ""))
+        print(
+            f"ok: {describe(experiment, all_cells)}"
+            + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+        )
         for cell in cells:
             status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
             print(f"  {cell.cell_id}  [{status}]")
@@ -190,8 +215,10 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = init_from_env()
     if ctx is not None and args.jobs and args.jobs > 1:
-        raise UserError(f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
-                        "processes; drop --jobs, or run without torchrun")  # fmt: skip
+        raise UserError(
+            f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
+            "processes; drop --jobs, or run without torchrun"
+        )
     main_rank = ctx is None or ctx.is_main
     try:
         if main_rank:
@@ -199,11 +226,16 @@ def main(argv: list[str] | None = None) -> int:
                 clean_leftovers(exp_dir)
                 record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
-        outcomes, skipped = run_cells(cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet,
-                                      ctx=ctx)  # fmt: skip
+        outcomes, skipped = run_cells(
+            cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet, ctx=ctx
+        )
     finally:
         shutdown(ctx)
-    failed = [(r.cell_id, r.reason or "unknown") for r in outcomes if r.status not in (FINISHED, BUSY, DONE_ELSEWHERE)]
+    failed = [
+        (r.cell_id, r.reason or "unknown")
+        for r in outcomes
+        if r.status not in (FINISHED, BUSY, DONE_ELSEWHERE)
+    ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
     summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
@@ -232,8 +264,10 @@ def run_cells(
     for cell in todo:  # missing data stops the run here, before any training, with one line
         load_splits(cell)
     width = min(jobs or default_jobs(todo), len(todo))
-    tasks = [CellTask(cell, exp_dir, f"{number}/{len(todo)}", force, final_mtime(exp_dir, cell.cell_id), progress)
-             for number, cell in enumerate(todo, 1)]  # fmt: skip
+    tasks = [
+        CellTask(cell, exp_dir, f"{number}/{len(todo)}", force, final_mtime(exp_dir, cell.cell_id), progress)
+        for number, cell in enumerate(todo, 1)
+    ]
     overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
     outcomes: list[CellResult] = []
     try:
@@ -248,25 +282,39 @@ def run_cells(
 
 
 def summarise(
-    exp_dir: Path, all_cells: list[CellConfig], outcomes: list[CellResult], skipped: int, *, write_report: bool
+    exp_dir: Path,
+    all_cells: list[CellConfig],
+    outcomes: list[CellResult],
+    skipped: int,
+    *,
+    write_report: bool,
 ) -> None:
     """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the report."""
     counts = Counter(result.status for result in outcomes)
     with folder_lock(exp_dir):
         table = write_cells_table(exp_dir)
-        pending = [c.cell_id for c in all_cells if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)]
+        pending = [
+            c.cell_id
+            for c in all_cells
+            if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)
+        ]
         busy = f"; {counts[BUSY]} cells are being trained by another run" if counts[BUSY] else ""
-        print(f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
-              f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
+            f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
+            file=sys.stderr,
+        )
         stale = stale_cells_note(exp_dir)
         if stale:
             print(f"stale: {stale}", file=sys.stderr)
         if not write_report:
             return
         if pending:
-            print(f"report not written: {len(pending)} cells not finished yet (other shards or runs?); "
-                  f"when they are: python -m harness.report {exp_dir}", file=sys.stderr)  # fmt: skip
+            print(
+                f"report not written: {len(pending)} cells not finished yet (other shards or runs?); "
+                f"when they are: python -m harness.report {exp_dir}",
+                file=sys.stderr,
+            )
             return
         from harness.report import write_report as write
 

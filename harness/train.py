@@ -33,8 +33,15 @@ from harness.models import freeze_batchnorm_statistics
 from harness.results import CellPaths, environment, load_checkpoint, now
 
 TRAIN_LOG_COLUMNS = (
-    "iteration", "loss", "pos_pairs", "neg_pairs", "pos_weight_mean", "neg_weight_mean", "lr", "images_per_s",
-)  # fmt: skip
+    "iteration",
+    "loss",
+    "pos_pairs",
+    "neg_pairs",
+    "pos_weight_mean",
+    "neg_weight_mean",
+    "lr",
+    "images_per_s",
+)
 EVAL_COLUMNS = ("iteration", "split", "metric", "value")
 
 EvalCallback = Callable[[int, dict[str, float]], None]
@@ -87,8 +94,16 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def embed(model: nn.Module, dataset: LabelledDataset, *, device: torch.device, batch_size: int, workers: int,
-          amp: torch.dtype | None, ctx: DistContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def embed(
+    model: nn.Module,
+    dataset: LabelledDataset,
+    *,
+    device: torch.device,
+    batch_size: int,
+    workers: int,
+    amp: torch.dtype | None,
+    ctx: DistContext | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embeddings (float32, CPU) and labels of a whole dataset, in dataset order; split across ranks."""
     net = _unwrap(model)
     was_training = net.training
@@ -110,7 +125,9 @@ def embed(model: nn.Module, dataset: LabelledDataset, *, device: torch.device, b
     local = torch.cat(chunks) if chunks else torch.zeros((0, dim), device=device)
     if ctx is not None:
         gathered = gather_rows(local, ctx.world_size)
-        order = torch.tensor([i for r in range(ctx.world_size) for i in range(r, len(dataset), ctx.world_size)])
+        order = torch.tensor(
+            [i for r in range(ctx.world_size) for i in range(r, len(dataset), ctx.world_size)]
+        )
         local = torch.empty_like(gathered)
         local[order] = gathered
     net.train(was_training)
@@ -118,14 +135,24 @@ def embed(model: nn.Module, dataset: LabelledDataset, *, device: torch.device, b
 
 
 def evaluate_split(
-    model: nn.Module, splits: DatasetSplits, split: str, cfg: CellConfig, device: torch.device, amp: torch.dtype | None,
+    model: nn.Module,
+    splits: DatasetSplits,
+    split: str,
+    cfg: CellConfig,
+    device: torch.device,
+    amp: torch.dtype | None,
     ctx: DistContext | None = None,
 ) -> dict[str, float]:
     """Metrics of one split: ``val`` (leave-one-out) or ``test`` (leave-one-out or query -> gallery)."""
     from harness.evaluate import evaluate
 
-    opts = {"device": device, "batch_size": cfg.evaluate.batch_size, "workers": cfg.data.workers, "amp": amp,
-            "ctx": ctx}  # fmt: skip
+    opts = {
+        "device": device,
+        "batch_size": cfg.evaluate.batch_size,
+        "workers": cfg.data.workers,
+        "amp": amp,
+        "ctx": ctx,
+    }
     ks = list(cfg.evaluate.ks or splits.default_ks)
     metrics = tuple(cfg.evaluate.metrics)
     if split == "test" and splits.eval_mode == "query_gallery":
@@ -176,11 +203,17 @@ class Progress:
 # ------------------------------------------------------------------------------------------ training
 
 
-def training_batches(splits: DatasetSplits, cfg: CellConfig, start: int, ctx: DistContext | None) -> Iterator[Any]:
+def training_batches(
+    splits: DatasetSplits, cfg: CellConfig, start: int, ctx: DistContext | None
+) -> Iterator[Any]:
     """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch."""
     sampler = build_batch_sampler(
-        cfg.data.sampler, splits.train.labels, cfg.data.classes_per_batch, cfg.data.samples_per_class,
-        seed=cfg.seed, start=start,
+        cfg.data.sampler,
+        splits.train.labels,
+        cfg.data.classes_per_batch,
+        cfg.data.samples_per_class,
+        seed=cfg.seed,
+        start=start,
     )
 
     class _Share:
@@ -208,7 +241,12 @@ def _grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 
 def _collect_pair_weights(
-    model: nn.Module, loss_fn: nn.Module, splits: DatasetSplits, cfg: CellConfig, device: torch.device, ctx: DistContext | None
+    model: nn.Module,
+    loss_fn: nn.Module,
+    splits: DatasetSplits,
+    cfg: CellConfig,
+    device: torch.device,
+    ctx: DistContext | None,
 ) -> dict[str, np.ndarray]:
     """The weights ``loss_fn`` gives the selected pairs of a few training batches (the GPW view)."""
     pos, neg = [], []
@@ -260,21 +298,42 @@ def _due(iteration: int, every: int, last: int) -> bool:
 def _check_selection(cfg: CellConfig, splits: DatasetSplits, evaluate_test: bool) -> None:
     """The selection split must exist and may be the test set only where the test set may be looked at."""
     if not evaluate_test and cfg.train.select_on == "test":
-        raise UserError("train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'")
+        raise UserError(
+            "train.select_on: 'test' is not allowed here (the test set is not looked at); use 'val'"
+        )
     if cfg.train.select_on == "val" and splits.val is None:
-        raise UserError("train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
-                        "(or select_on: final, no selection)")  # fmt: skip
+        raise UserError(
+            "train.select_on: 'val' needs a validation split; set data.val_fraction > 0 "
+            "(or select_on: final, no selection)"
+        )
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "rng", "train_log", "evals", "best", "iteration", "elapsed")
+CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "train_log",
+    "evals",
+    "best",
+    "iteration",
+    "elapsed",
+)
 """What a checkpoint holds (written by :meth:`_CellRun.checkpoint`, read back by :meth:`_CellRun.restore`)."""
 
 
 class _CellRun:
     """One cell in training: what it is built from, what it has logged, and the steps of :func:`train_cell`."""
 
-    def __init__(self, cfg: CellConfig, paths: CellPaths, ctx: DistContext | None, splits: DatasetSplits | None,
-                 evaluate_test: bool) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: CellConfig,
+        paths: CellPaths,
+        ctx: DistContext | None,
+        splits: DatasetSplits | None,
+        evaluate_test: bool,
+    ) -> None:
         self.cfg, self.paths, self.ctx, self.evaluate_test = cfg, paths, ctx, evaluate_test
         self.started, self.cpu_started = time.perf_counter(), time.process_time()
         self.main, self.world_size = ctx is None or ctx.is_main, ctx.world_size if ctx else 1
@@ -318,25 +377,34 @@ class _CellRun:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.paths.config, self.cfg.record())
             atomic_write_json(self.paths.env, {**environment(self.device), "world_size": self.world_size})
-            atomic_write_json(self.paths.status, {"status": "running", "reason": None, "started": now(),
-                                                  "resumed_from": self.start or None})  # fmt: skip
+            atomic_write_json(
+                self.paths.status,
+                {"status": "running", "reason": None, "started": now(), "resumed_from": self.start or None},
+            )
 
     def distribute(self) -> None:
         """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on GPU)."""
         if self.ctx is not None:
-            if not self.cfg.model.freeze_bn and self.device.type == "cuda":  # statistics over the whole P x M batch
+            if (
+                not self.cfg.model.freeze_bn and self.device.type == "cuda"
+            ):  # statistics over the whole P x M batch
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,
-            )  # fmt: skip
+            )
         self.parameters = [p for p in self.model.parameters() if p.requires_grad]
 
     def describe(self) -> str:
         """The device line the progress output starts with."""
         device, amp = self.device, self.amp
-        return (f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-                + (f", autocast {amp}" if amp else "") + (f", resuming at iteration {self.start}" if self.start else ""))  # fmt: skip
+        return (
+            f"device {device}"
+            + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+            + (f", autocast {amp}" if amp else "")
+            + (f", resuming at iteration {self.start}" if self.start else "")
+        )
 
     def step(self, iteration: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """One update on one batch; returns the loss (detached). A non-finite loss or gradient raises."""
@@ -372,11 +440,23 @@ class _CellRun:
             return
         seconds = time.perf_counter() - self.window_start
         stats = getattr(self.loss_fn, "last_stats", {})
-        row = {"iteration": iteration, "loss": float(loss), **{k: float(v) for k, v in stats.items()},
-               "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self.window_images / max(seconds, 1e-9)}  # fmt: skip
+        row = {
+            "iteration": iteration,
+            "loss": float(loss),
+            **{k: float(v) for k, v in stats.items()},
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "images_per_s": self.window_images / max(seconds, 1e-9),
+        }
         self.log.append(row)
-        bar.update(iteration, {"loss": f"{row['loss']:.4f}", "pos": f"{row.get('pos_pairs', 0):.0f}",
-                               "neg": f"{row.get('neg_pairs', 0):.0f}", "img/s": f"{row['images_per_s']:.0f}"})  # fmt: skip
+        bar.update(
+            iteration,
+            {
+                "loss": f"{row['loss']:.4f}",
+                "pos": f"{row.get('pos_pairs', 0):.0f}",
+                "neg": f"{row.get('neg_pairs', 0):.0f}",
+                "img/s": f"{row['images_per_s']:.0f}",
+            },
+        )
         self.window_start, self.window_images = time.perf_counter(), 0
 
     def evaluate_and_select(self, iteration: int, on_eval: EvalCallback | None, bar: Progress) -> None:
@@ -387,13 +467,19 @@ class _CellRun:
         eval_started = time.perf_counter()
         split, metric = cfg.train.select_on, cfg.train.select_metric
         values = evaluate_split(self.model, self.splits, split, cfg, self.device, self.amp, self.ctx)
-        self.evals.extend({"iteration": iteration, "split": split, "metric": k, "value": v} for k, v in values.items())
+        self.evals.extend(
+            {"iteration": iteration, "split": split, "metric": k, "value": v} for k, v in values.items()
+        )
         if metric not in values:
-            raise UserError(f"train.select_metric: {metric!r} is not measured; expected one of {sorted(values)}")
+            raise UserError(
+                f"train.select_metric: {metric!r} is not measured; expected one of {sorted(values)}"
+            )
         if values[metric] > self.best["value"]:
             self.best = {"iteration": iteration, "value": values[metric], "state": _state(self.model)}
-        bar.message(f"it {iteration}: {split} {metric} = {values[metric]:.4f} "
-                    f"(best {self.best['value']:.4f} at {self.best['iteration']})")  # fmt: skip
+        bar.message(
+            f"it {iteration}: {split} {metric} = {values[metric]:.4f} "
+            f"(best {self.best['value']:.4f} at {self.best['iteration']})"
+        )
         if on_eval is not None:
             on_eval(iteration, values)
         self.window_start += time.perf_counter() - eval_started  # images/s counts training time only
@@ -403,12 +489,21 @@ class _CellRun:
         every = self.cfg.train.checkpoint_every or self.cfg.train.eval_every
         if not self.main or iteration % every != 0 or iteration >= self.cfg.train.iterations:
             return
-        atomic_torch_save(self.paths.checkpoint, {
-            "iteration": iteration, "model": _unwrap(self.model).state_dict(),
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(), "rng": _rng_state(), "train_log": self.log, "evals": self.evals,
-            "best": self.best, "elapsed": self.elapsed_before + time.perf_counter() - self.started,
-        })  # fmt: skip
+        atomic_torch_save(
+            self.paths.checkpoint,
+            {
+                "iteration": iteration,
+                "model": _unwrap(self.model).state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": _rng_state(),
+                "train_log": self.log,
+                "evals": self.evals,
+                "best": self.best,
+                "elapsed": self.elapsed_before + time.perf_counter() - self.started,
+            },
+        )
         self._write_logs()
 
     def final_evaluation(self) -> dict[str, dict[str, dict[str, float]]]:
@@ -417,7 +512,10 @@ class _CellRun:
         names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
 
         def evaluate_all() -> dict[str, dict[str, float]]:
-            return {s: evaluate_split(self.model, self.splits, s, self.cfg, self.device, self.amp, self.ctx) for s in names}
+            return {
+                s: evaluate_split(self.model, self.splits, s, self.cfg, self.device, self.amp, self.ctx)
+                for s in names
+            }
 
         metrics = {"final": evaluate_all()}
         if self.best["state"] is not None and self.best["iteration"] != self.cfg.train.iterations:
@@ -426,7 +524,9 @@ class _CellRun:
             net.load_state_dict(final_state)
         else:
             metrics["selected"] = metrics["final"]
-        pair_weights = _collect_pair_weights(self.model, self.loss_fn, self.splits, self.cfg, self.device, self.ctx)
+        pair_weights = _collect_pair_weights(
+            self.model, self.loss_fn, self.splits, self.cfg, self.device, self.ctx
+        )
         if self.main:
             atomic_save_npz(self.paths.pair_weights, pair_weights)
             if self.cfg.train.keep_weights:
@@ -444,19 +544,33 @@ class _CellRun:
             self._write_logs()
             rates, best = [row["images_per_s"] for row in self.log], self.best
             no_selection = self.cfg.train.select_on == "final"  # the selected weights are the final ones
-            atomic_write_json(self.paths.final, {
-                "cell_id": self.cfg.cell_id, "status": status, "reason": reason, "resolved_loss": self.cfg.resolved_loss(),
-                "select_on": self.cfg.train.select_on,
-                "select_metric": None if no_selection else self.cfg.train.select_metric,
-                "selected_iteration": (self.cfg.train.iterations if metrics else None) if no_selection else best["iteration"],
-                "selected_value": best["value"] if best["iteration"] is not None else None,
-                "iterations": self.cfg.train.iterations, "metrics": metrics,
-                "timings": {"train_seconds": train_seconds, "final_eval_seconds": eval_seconds,
-                            # this process's CPU time since the cell (re)started: less load-sensitive than wall time
-                            "cpu_seconds": time.process_time() - self.cpu_started,
-                            "median_images_per_s": float(np.median(rates)) if rates else None},
-                "device": str(self.device), "world_size": self.world_size, "finished": now(),
-            })  # fmt: skip
+            atomic_write_json(
+                self.paths.final,
+                {
+                    "cell_id": self.cfg.cell_id,
+                    "status": status,
+                    "reason": reason,
+                    "resolved_loss": self.cfg.resolved_loss(),
+                    "select_on": self.cfg.train.select_on,
+                    "select_metric": None if no_selection else self.cfg.train.select_metric,
+                    "selected_iteration": (self.cfg.train.iterations if metrics else None)
+                    if no_selection
+                    else best["iteration"],
+                    "selected_value": best["value"] if best["iteration"] is not None else None,
+                    "iterations": self.cfg.train.iterations,
+                    "metrics": metrics,
+                    "timings": {
+                        "train_seconds": train_seconds,
+                        "final_eval_seconds": eval_seconds,
+                        # this process's CPU time since the cell (re)started: less load-sensitive than wall time
+                        "cpu_seconds": time.process_time() - self.cpu_started,
+                        "median_images_per_s": float(np.median(rates)) if rates else None,
+                    },
+                    "device": str(self.device),
+                    "world_size": self.world_size,
+                    "finished": now(),
+                },
+            )
             atomic_write_json(self.paths.status, {"status": status, "reason": reason, "finished": now()})
             self.paths.checkpoint.unlink(missing_ok=True)
         return CellOutcome(self.cfg.cell_id, status, reason, metrics, train_seconds)

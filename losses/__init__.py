@@ -10,4 +10,13 @@ from losses import zoo as _zoo  # noqa: F401  (registers the losses)
 from losses.gpw import GPWLoss
 from losses.registry import LossConfigError, LossInfo, SearchParam, available, build, info, register_loss
 
-__all__ = ["GPWLoss", "LossConfigError", "LossInfo", "SearchParam", "available", "build", "info", "register_loss"]
+__all__ = [
+    "GPWLoss",
+    "LossConfigError",
+    "LossInfo",
+    "SearchParam",
+    "available",
+    "build",
+    "info",
+    "register_loss",
+]

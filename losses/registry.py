@@ -75,8 +75,10 @@ def register_loss(
         keywords = set(inspect.signature(factory).parameters)
         strangers = [p.name for p in search_space if p.name not in keywords]
         if strangers or len({p.name for p in search_space}) != len(search_space):
-            raise RuntimeError(f"loss {name!r}: search space names {strangers or 'a parameter twice'}; "
-                               f"its keywords are {sorted(keywords)}")  # fmt: skip
+            raise RuntimeError(
+                f"loss {name!r}: search space names {strangers or 'a parameter twice'}; "
+                f"its keywords are {sorted(keywords)}"
+            )
         summary = (factory.__doc__ or "").strip().splitlines()[0] if factory.__doc__ else ""
         _REGISTRY[name] = LossInfo(name, label, equation, similarities, summary, factory, tuple(search_space))
         return factory

@@ -16,23 +16,30 @@ ROOT = Path(__file__).resolve().parent.parent
 # Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and fair-*.yaml
 # are studies and fair protocols, loaded by harness.tune and harness.fair and tested with them).
 RUNNABLE_EXPERIMENTS = sorted(
-    path for path in (ROOT / "experiments").glob("*.yaml")
+    path
+    for path in (ROOT / "experiments").glob("*.yaml")
     if path.name != "base.yaml" and not path.name.startswith(("tune", "fair"))
-)  # fmt: skip
+)
 
 # Two cells of a few seconds each on one CPU thread: 48 glyph classes (36 train incl. 12 val, the rest test).
 TINY_EXPERIMENT: dict[str, Any] = {
     "name": "tiny",
     "base": str(ROOT / "experiments" / "base.yaml"),
     "grid": {"datasets": ["glyphs"], "embedding_sizes": [16], "seeds": [0], "losses": ["ms", "binomial"]},
-    "data": {"image_size": 32, "workers": 0, "classes_per_batch": 8, "samples_per_class": 4, "val_fraction": 0.25,
-             "options": {"num_classes": 48, "instances_per_class": 10}},
+    "data": {
+        "image_size": 32,
+        "workers": 0,
+        "classes_per_batch": 8,
+        "samples_per_class": 4,
+        "val_fraction": 0.25,
+        "options": {"num_classes": 48, "instances_per_class": 10},
+    },
     "model": {"backbone": "small_cnn", "pretrained": False, "freeze_bn": False, "width": 8},
     "optim": {"lr_backbone": 0.002, "lr_head": 0.002, "weight_decay": 0.0},
     "schedule": {"milestones": [20], "gamma": 0.5},
     "train": {"iterations": 24, "eval_every": 8, "log_every": 4, "threads": 1},
     "evaluate": {"metrics": ["recall", "map_at_r"], "ks": [1, 2, 4]},
-}  # fmt: skip
+}
 
 # The study: section that turns the tiny experiment, narrowed to one MS cell, into a tune file.
 TINY_STUDY: dict[str, Any] = {

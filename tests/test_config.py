@@ -34,7 +34,9 @@ def write(tmp_path: Path, data: dict, name: str = "exp.yaml") -> Path:
     return path
 
 
-GRID = {"grid": {"losses": ["ms", "binomial"], "datasets": ["cars"], "embedding_sizes": [64], "seeds": [0, 1]}}
+GRID = {
+    "grid": {"losses": ["ms", "binomial"], "datasets": ["cars"], "embedding_sizes": [64], "seeds": [0, 1]}
+}
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
@@ -54,16 +56,30 @@ def test_every_shipped_experiment_instantiates(path: Path) -> None:
         if key in built:
             continue
         built.add(key)
-        model = build_model(cell.model.backbone, cell.embedding_size, pretrained=False, pooling=cell.model.pooling,
-                            in_channels=1 if cell.model.backbone == "small_cnn" else 3, width=cell.model.width)  # fmt: skip
+        model = build_model(
+            cell.model.backbone,
+            cell.embedding_size,
+            pretrained=False,
+            pooling=cell.model.pooling,
+            in_channels=1 if cell.model.backbone == "small_cnn" else 3,
+            width=cell.model.width,
+        )
         assert model.head.out_features == cell.embedding_size
 
 
 def test_shipped_ablation_has_every_table2_row() -> None:
     cells = expand_cells(load_experiment(ROOT / "experiments" / "ablation.yaml"))
     names = {c.loss.name for c in cells}
-    assert names == {"binomial", "lifted_star", "ms_mining", "binlifted", "ms_weighting", "binomial_m",
-                     "lifted_star_m", "ms"}  # fmt: skip
+    assert names == {
+        "binomial",
+        "lifted_star",
+        "ms_mining",
+        "binlifted",
+        "ms_weighting",
+        "binomial_m",
+        "lifted_star_m",
+        "ms",
+    }
     assert {c.dataset for c in cells} == {"cars"} and {c.embedding_size for c in cells} == {64}
     official = [c for c in cells if c.variant == "official"]
     assert official and all(c.train.select_on == "test" and c.data.image_size == 227 for c in official)
@@ -86,9 +102,15 @@ def test_set_accepts_yaml_values(tmp_path: Path) -> None:
 
 
 def test_variants_and_dataset_overrides(tmp_path: Path) -> None:
-    data = {**GRID, "grid": {**GRID["grid"], "datasets": ["cars", "sop"],
-                             "variants": {"a": {}, "b": {"train.iterations": 3}}},
-            "dataset_overrides": {"sop": {"data.classes_per_batch": 50}}}  # fmt: skip
+    data = {
+        **GRID,
+        "grid": {
+            **GRID["grid"],
+            "datasets": ["cars", "sop"],
+            "variants": {"a": {}, "b": {"train.iterations": 3}},
+        },
+        "dataset_overrides": {"sop": {"data.classes_per_batch": 50}},
+    }
     cells = expand_cells(load_experiment(write(tmp_path, data)))
     assert len(cells) == 2 * 2 * 2 * 2
     assert {c.data.classes_per_batch for c in cells if c.dataset == "sop"} == {50}
@@ -97,19 +119,33 @@ def test_variants_and_dataset_overrides(tmp_path: Path) -> None:
 
 
 def test_embedding_sizes_per_dataset(tmp_path: Path) -> None:
-    data = {"grid": {"losses": ["ms"], "datasets": ["cub", "sop"], "embedding_sizes": {"cub": [64], "sop": [64, 128]}}}
+    data = {
+        "grid": {
+            "losses": ["ms"],
+            "datasets": ["cub", "sop"],
+            "embedding_sizes": {"cub": [64], "sop": [64, 128]},
+        }
+    }
     cells = expand_cells(load_experiment(write(tmp_path, data)))
     assert sorted((c.dataset, c.embedding_size) for c in cells) == [("cub", 64), ("sop", 64), ("sop", 128)]
     with pytest.raises(UserError, match="no sizes for dataset 'sop'"):
-        load_experiment(write(tmp_path, {"grid": {**data["grid"], "embedding_sizes": {"cub": [64]}}}, "x.yaml"))
+        load_experiment(
+            write(tmp_path, {"grid": {**data["grid"], "embedding_sizes": {"cub": [64]}}}, "x.yaml")
+        )
 
 
 def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
     first = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID)))]
     again = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID)))]
-    moved = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["data.root=/elsewhere",
-                                                                                       "data.workers=0"]))]  # fmt: skip
-    changed = [c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["train.iterations=5"]))]
+    moved = [
+        c.cell_id
+        for c in expand_cells(
+            load_experiment(write(tmp_path, GRID), sets=["data.root=/elsewhere", "data.workers=0"])
+        )
+    ]
+    changed = [
+        c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["train.iterations=5"]))
+    ]
     assert first == again == moved
     assert not set(first) & set(changed)
     assert first[0].startswith("cars-ms-d64-s0-")
@@ -120,7 +156,9 @@ def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: 
     import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
 
     plain = expand_cells(load_experiment(write(tmp_path, GRID)))
-    explicit = expand_cells(load_experiment(write(tmp_path, GRID), sets=["data.val_folds=0", "train.amp=auto"]))
+    explicit = expand_cells(
+        load_experiment(write(tmp_path, GRID), sets=["data.val_folds=0", "train.amp=auto"])
+    )
     assert [c.cell_id for c in plain] == [c.cell_id for c in explicit]
     ids = {c.cell_id for c in plain}
     with pytest.MonkeyPatch.context() as patch:
@@ -129,13 +167,19 @@ def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: 
 
 
 def test_a_cell_records_its_loss_with_every_hyperparameter_resolved(tmp_path: Path) -> None:
-    data = {"grid": {**GRID["grid"], "losses": [{"name": "ms", "preset": "official", "hparams": {"beta": 45}},
-                                                 "contrastive"], "seeds": [0]}}  # fmt: skip
+    data = {
+        "grid": {
+            **GRID["grid"],
+            "losses": [{"name": "ms", "preset": "official", "hparams": {"beta": 45}}, "contrastive"],
+            "seeds": [0],
+        }
+    }
     ms, contrastive = expand_cells(load_experiment(write(tmp_path, data)))
     assert ms.resolved_loss() == {
-        "name": "ms", "preset": "official",
+        "name": "ms",
+        "preset": "official",
         "hparams": {"alpha": 2.0, "beta": 45.0, "lam": 0.5, "eps": 0.1},
-    }  # fmt: skip
+    }
     assert contrastive.resolved_loss() == {"name": "contrastive", "preset": "paper", "hparams": {"lam": 0.5}}
     record = ms.record()
     assert (record["cell_id"], record["resolved_loss"]) == (ms.cell_id, ms.resolved_loss())
@@ -152,9 +196,14 @@ def test_cell_id_changes_when_a_preset_value_changes(tmp_path: Path, monkeypatch
     monkeypatch.setitem(zoo.PRESETS["paper"], "beta", 45.0)
     after = {c.cell_id: c for c in cells}
     retrained = {c.loss.name + (c.loss.preset or "") for old_id, c in before.items() if old_id not in after}
-    assert retrained == {"ms"}  # the paper preset's cells; contrastive has no beta, the official preset kept 40
+    assert retrained == {
+        "ms"
+    }  # the paper preset's cells; contrastive has no beta, the official preset kept 40
     assert len(after) == len(before) == 6
-    assert {c.resolved_loss()["hparams"]["beta"] for c in after.values() if c.loss.name == "ms"} == {40.0, 45.0}
+    assert {c.resolved_loss()["hparams"]["beta"] for c in after.values() if c.loss.name == "ms"} == {
+        40.0,
+        45.0,
+    }
 
 
 def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) -> None:
@@ -170,20 +219,50 @@ def test_same_values_said_differently_keep_different_cell_ids(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("data", "sets", "expected"),
     [
-        ({"grid": {**GRID["grid"], "losses": ["ms", "binomial", "ms_weigting"]}}, [],
-         "grid.losses[2]: unknown loss 'ms_weigting'; did you mean 'ms_weighting'?"),
+        (
+            {"grid": {**GRID["grid"], "losses": ["ms", "binomial", "ms_weigting"]}},
+            [],
+            "grid.losses[2]: unknown loss 'ms_weigting'; did you mean 'ms_weighting'?",
+        ),
         (GRID, ["grid.datasets=[carz]"], "grid.datasets: unknown dataset 'carz'; did you mean 'cars'?"),
         (GRID, ["train.iterationz=5"], "train.iterationz: unknown field 'iterationz' in train"),
-        (GRID, ["train.iterations=-3"], "train.iterations: Input should be greater than or equal to 1 (got -3)"),
-        (GRID, ["train.select_on=tset"], "train.select_on: Input should be 'val', 'final' or 'test' (got 'tset')"),
+        (
+            GRID,
+            ["train.iterations=-3"],
+            "train.iterations: Input should be greater than or equal to 1 (got -3)",
+        ),
+        (
+            GRID,
+            ["train.select_on=tset"],
+            "train.select_on: Input should be 'val', 'final' or 'test' (got 'tset')",
+        ),
         (GRID, ["data.val_fraction=1.5"], "data.val_fraction: Input should be less than 1"),
-        (GRID, ["model.backbone=resnet"], "model.backbone: unknown backbone 'resnet'; did you mean 'resnet50'?"),
-        (GRID, ["optim.name=adamm"], "optim.name: unknown optimizer 'adamm'; did you mean 'adam' or 'adamw'?"),
-        (GRID, ["evaluate.metrics=[recall, mapr]"], "evaluate.metrics: unknown metric 'mapr'; did you mean 'map_at_r'?"),
+        (
+            GRID,
+            ["model.backbone=resnet"],
+            "model.backbone: unknown backbone 'resnet'; did you mean 'resnet50'?",
+        ),
+        (
+            GRID,
+            ["optim.name=adamm"],
+            "optim.name: unknown optimizer 'adamm'; did you mean 'adam' or 'adamw'?",
+        ),
+        (
+            GRID,
+            ["evaluate.metrics=[recall, mapr]"],
+            "evaluate.metrics: unknown metric 'mapr'; did you mean 'map_at_r'?",
+        ),
         (GRID, ["data.sampler=oficial"], "data.sampler: unknown sampler 'oficial'; did you mean 'official'?"),
-        ({**GRID, "dataset_overrides": {"soap": {}}}, [], "dataset_overrides: unknown dataset 'soap'; did you mean"),
-        ({"grid": {**GRID["grid"], "losses": [{"name": "ms", "hparams": {"alpah": 2}}]}}, [],
-         "grid.losses[0]: loss 'ms' rejects its settings"),
+        (
+            {**GRID, "dataset_overrides": {"soap": {}}},
+            [],
+            "dataset_overrides: unknown dataset 'soap'; did you mean",
+        ),
+        (
+            {"grid": {**GRID["grid"], "losses": [{"name": "ms", "hparams": {"alpah": 2}}]}},
+            [],
+            "grid.losses[0]: loss 'ms' rejects its settings",
+        ),
         (GRID, ["train"], "--set 'train': expected key=value"),
     ],
 )
@@ -242,19 +321,33 @@ def test_shards_partition_the_grid(tmp_path: Path) -> None:
 
 def test_cli_check_and_errors(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_DATA"}
-    glyphs = {"grid": {**GRID["grid"], "datasets": ["glyphs"]}, "model": {"backbone": "small_cnn", "pretrained": False}}
+    glyphs = {
+        "grid": {**GRID["grid"], "datasets": ["glyphs"]},
+        "model": {"backbone": "small_cnn", "pretrained": False},
+    }
     good = write(tmp_path, glyphs)
-    ok = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(good)], capture_output=True, text=True,
-                        cwd=ROOT, env=env)  # fmt: skip
+    ok = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--check", str(good)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     assert ok.returncode == 0, ok.stderr
     assert "4 cells" in ok.stdout
-    no_data = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(write(tmp_path, GRID, "cars.yaml"))],
-                             capture_output=True, text=True, cwd=ROOT, env=env)  # fmt: skip
+    no_data = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--check", str(write(tmp_path, GRID, "cars.yaml"))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    )
     assert no_data.returncode == 2 and no_data.stderr.count("\n") == 1
     assert "Cars-196: no data root given; set HARNESS_DATA=DIR" in no_data.stderr
     bad = write(tmp_path, {"grid": {**GRID["grid"], "losses": ["ms_weigting"]}}, "bad.yaml")
-    out = subprocess.run([sys.executable, "-m", "harness.run", "--check", str(bad)], capture_output=True, text=True,
-                         cwd=ROOT)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "harness.run", "--check", str(bad)], capture_output=True, text=True, cwd=ROOT
+    )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0
     assert "did you mean 'ms_weighting'?" in out.stderr

@@ -390,12 +390,27 @@ def test_glyphs_dispatches_to_the_glyph_builder(tmp_path: Path, monkeypatch: pyt
     fake.build_glyph_splits = lambda cache_dir, **kwargs: calls.append((cache_dir, kwargs)) or "splits"
     monkeypatch.setitem(sys.modules, "harness.data.glyphs", fake)
     splits = build_splits(
-        "glyphs", None, cache_dir=tmp_path, image_size=32, convention="grey", val_fraction=0.2, val_seed=4,
-        strict_counts=True, crop_scale=(0.5, 1.0), num_classes=40,
-    )  # fmt: skip
+        "glyphs",
+        None,
+        cache_dir=tmp_path,
+        image_size=32,
+        convention="grey",
+        val_fraction=0.2,
+        val_seed=4,
+        strict_counts=True,
+        crop_scale=(0.5, 1.0),
+        num_classes=40,
+    )
     assert splits == "splits"
-    options = {"val_fraction": 0.2, "val_seed": 4, "val_folds": 0, "val_fold": 0, "image_size": 32, "convention": "grey",
-               "num_classes": 40}  # fmt: skip
+    options = {
+        "val_fraction": 0.2,
+        "val_seed": 4,
+        "val_folds": 0,
+        "val_fold": 0,
+        "image_size": 32,
+        "convention": "grey",
+        "num_classes": 40,
+    }
     assert calls == [(tmp_path, options)]
 
 

@@ -97,9 +97,13 @@ def test_each_fold_is_the_validation_set_of_its_split() -> None:
 
 @pytest.mark.parametrize(
     ("n_classes", "folds", "fold", "message"),
-    [(9, 1, 0, "at least 2 class folds"), (9, 5, 0, "folds of 1 classes"), (3, 2, 0, "folds of 1 classes"),
-     (9, 3, 3, "val_fold is 3; expected a fold number from 0 to 2")],
-)  # fmt: skip
+    [
+        (9, 1, 0, "at least 2 class folds"),
+        (9, 5, 0, "folds of 1 classes"),
+        (3, 2, 0, "folds of 1 classes"),
+        (9, 3, 3, "val_fold is 3; expected a fold number from 0 to 2"),
+    ],
+)
 def test_bad_folds_are_one_line_user_errors(n_classes: int, folds: int, fold: int, message: str) -> None:
     with pytest.raises(UserError, match=message) as caught:
         split_classes(labels_for(n_classes), 0.0, seed=0, folds=folds, fold=fold)
@@ -134,11 +138,19 @@ def test_without_folds_the_fold_settings_are_left_out_of_dumps(tiny_experiment: 
 
 @pytest.mark.parametrize(
     ("sets", "message"),
-    [({"data.val_folds": 3}, "val_folds 3 holds out 1/3 of the training classes; set data.val_fraction: 0.33"),
-     ({"data.val_folds": 1}, "1 fold would leave no training classes"),
-     ({"data.val_fold": 1}, "val_fold: 1 needs data.val_folds"),
-     ({"data.val_folds": 4, "data.val_fraction": 0.25, "data.val_fold": 4}, "is not a fold of val_folds 4")],
-)  # fmt: skip
+    [
+        (
+            {"data.val_folds": 3},
+            "val_folds 3 holds out 1/3 of the training classes; set data.val_fraction: 0.33",
+        ),
+        ({"data.val_folds": 1}, "1 fold would leave no training classes"),
+        ({"data.val_fold": 1}, "val_fold: 1 needs data.val_folds"),
+        (
+            {"data.val_folds": 4, "data.val_fraction": 0.25, "data.val_fold": 4},
+            "is not a fold of val_folds 4",
+        ),
+    ],
+)
 def test_fold_settings_are_checked_in_one_line(
     tiny_experiment: WriteExperiment, sets: dict, message: str
 ) -> None:

@@ -33,7 +33,6 @@ def test_cli_main_prints_one_line_and_exits_2(capsys: pytest.CaptureFixture[str]
     assert capsys.readouterr().err == "error: train.iterations: must be >= 1 (got -3)\n"
 
 
-
 def test_did_you_mean_names_the_close_matches_else_every_choice() -> None:
     names = ("cub", "cars", "sop", "inshop", "glyphs")
     assert did_you_mean("glyph", names) == "; did you mean 'glyphs'?"

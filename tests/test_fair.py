@@ -38,8 +38,13 @@ FAIR = {
     "pruner": {"name": "none"},
 }
 # The re-runs: 4 iterations, R@1 only, seeds 0 and 1 (the grid), so both runs take seconds.
-RERUN = {"grid.seeds": [0, 1], "train.iterations": 4, "train.eval_every": 4, "evaluate.metrics": ["recall"],
-         "evaluate.ks": [1]}  # fmt: skip
+RERUN = {
+    "grid.seeds": [0, 1],
+    "train.iterations": 4,
+    "train.eval_every": 4,
+    "evaluate.metrics": ["recall"],
+    "evaluate.ks": [1],
+}
 
 
 @pytest.fixture()
@@ -83,8 +88,9 @@ def test_a_search_space_naming_no_keyword_is_refused_at_registration() -> None:
         """A factory without a gamma."""
         return losses.build("triplet", lam=lam)
 
-    decorate = losses.register_loss(label="x", equation="-", similarities="S",
-                                    search_space=(losses.SearchParam("gamma", 0.1, 1.0),))  # fmt: skip
+    decorate = losses.register_loss(
+        label="x", equation="-", similarities="S", search_space=(losses.SearchParam("gamma", 0.1, 1.0),)
+    )
     with pytest.raises(RuntimeError, match="search space names"):
         decorate(unregistered)
     assert "unregistered" not in losses.available()
@@ -147,8 +153,16 @@ class FakeTrainer:
         self.calls: list[str] = []
         self.data: list[Any] = []  # the data settings of every cell trained
 
-    def __call__(self, cfg: Any, paths: CellPaths, *, on_eval: Any = None, evaluate_test: bool = True,
-                 progress: bool = True, ctx: Any = None) -> CellOutcome:  # fmt: skip
+    def __call__(
+        self,
+        cfg: Any,
+        paths: CellPaths,
+        *,
+        on_eval: Any = None,
+        evaluate_test: bool = True,
+        progress: bool = True,
+        ctx: Any = None,
+    ) -> CellOutcome:
         assert evaluate_test is False, "a study must never evaluate the test set"
         self.calls.append(cfg.loss.name)
         self.data.append(cfg.data)
@@ -226,8 +240,11 @@ def test_with_folds_a_trial_trains_every_class_fold_and_scores_their_mean(
 def test_fold_mistakes_in_fair_and_tune_files_are_one_line(fair_file: Any, tiny_tune_file: Any) -> None:
     for make, message in [
         (lambda: load_fair(fair_file(folds=1)), "1 fold would leave no training classes"),
-        (lambda: load_tune(tiny_tune_file({"data.val_folds": 4}, folds=2)), "data.val_folds already fixes one fold"),
-    ]:  # fmt: skip
+        (
+            lambda: load_tune(tiny_tune_file({"data.val_folds": 4}, folds=2)),
+            "data.val_folds already fixes one fold",
+        ),
+    ]:
         with pytest.raises(UserError, match=message) as caught:
             make()
         assert "\n" not in str(caught.value)
@@ -291,11 +308,14 @@ def test_a_real_fair_run_tunes_reruns_reports_and_resumes_without_new_work(
         assert {p: p.stat().st_mtime_ns for p in (fair_dir / run / "cells").glob("*/final.json")} == stamps
 
 
-@pytest.mark.parametrize("path", sorted(Path(__file__).resolve().parents[1].glob("experiments/fair*.yaml")),
-                         ids=lambda p: p.name)  # fmt: skip
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).resolve().parents[1].glob("experiments/fair*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_fair_file_loads(path: Path) -> None:
     setup = load_fair(path)
     assert setup.studies, "a fair file must declare at least one study"
-    assert len({study.setup.study.trials for study in setup.studies}) == 1, "every loss gets the same trial budget"
+    assert len({study.setup.study.trials for study in setup.studies}) == 1, (
+        "every loss gets the same trial budget"
+    )
     for study in setup.studies:
         assert study.setup.template.train.select_on == "val", "studies must never select on the test set"

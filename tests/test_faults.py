@@ -102,8 +102,17 @@ def test_a_rerun_with_another_configuration_reports_only_the_current_grid(
     assert test_r1.groupby("row")["seed"].count().to_dict() == {"Binomial": 2, "MS": 2}  # n = seeds, not 4
     report = write_report(exp_dir, reference=False).read_text()
     assert "stale: 4 cell folder(s)" in report and all(cell in report for cell in first[:4])
-    code, err = cli(run.main, str(path), "--results", str(exp_dir.parent), "--jobs", "1", "--no-report",
-                    "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(
+        run.main,
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     assert code == 0 and "stale: 4 cell folder(s)" in err and "4 already finished" in err
 
 
@@ -174,8 +183,17 @@ def test_a_damaged_config_json_stops_the_table_with_one_line(
     paths = _finished_cell(exp_dir)
     paths.config.write_text(json.dumps({"cell_id": paths.root.name}))
     before = (exp_dir / "cells.csv").read_bytes()
-    code, err = cli(run.main, str(path), "--results", str(exp_dir.parent), "--jobs", "1", "--no-report",
-                    "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(
+        run.main,
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     _one_line_error(code, err, str(paths.config), "field 'experiment' is missing")
     assert (exp_dir / "cells.csv").read_bytes() == before
 
@@ -201,8 +219,17 @@ def test_a_corrupt_checkpoint_stops_the_run_with_one_line_and_deleting_it_restar
     paths.final.unlink()
     paths.status.write_text(json.dumps({"status": "running", "reason": None}))
     paths.checkpoint.write_bytes(b"PK\x03\x04 cut short")
-    argv = (str(path), "--results", str(exp_dir.parent), "--jobs", "1", "--no-report", "--quiet",
-            "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    argv = (
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--quiet",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     code, err = cli(run.main, *argv)
     _one_line_error(code, err, str(paths.checkpoint), "delete it to restart the cell from scratch")
     paths.checkpoint.unlink()
@@ -219,11 +246,27 @@ def test_a_finished_cell_that_still_says_running_counts_as_finished(
     paths.checkpoint.write_bytes(b"left over")
     assert paths.status_value() == "finished"
     assert {r["status"] for r in tidy_rows(exp_dir) if r["cell_id"] == paths.root.name} == {"finished"}
-    code, err = cli(run.main, str(path), "--results", str(exp_dir.parent), "--check",
-                    "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(
+        run.main,
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--check",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     assert code == 0
-    code, err = cli(run.main, str(path), "--results", str(exp_dir.parent), "--jobs", "1", "--no-report",
-                    "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(
+        run.main,
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--jobs",
+        "1",
+        "--no-report",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     assert code == 0 and "0 cells finished, 4 already finished" in err
 
 
@@ -337,8 +380,11 @@ def _refuse(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
-            and not p.name.endswith(".lock")}  # fmt: skip
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
+    }
 
 
 @pytest.mark.parametrize(
@@ -350,8 +396,16 @@ def test_rerunning_a_finished_folder_that_cannot_be_written_loses_nothing(
     path, exp_dir = results_copy
     before = _snapshot(exp_dir)
     _refuse(monkeypatch, number)
-    code, err = cli(run.main, str(path), "--results", str(exp_dir.parent), "--jobs", "1",
-                    "--set", f"train.iterations={SECOND_ITERATIONS}")  # fmt: skip
+    code, err = cli(
+        run.main,
+        str(path),
+        "--results",
+        str(exp_dir.parent),
+        "--jobs",
+        "1",
+        "--set",
+        f"train.iterations={SECOND_ITERATIONS}",
+    )
     _one_line_error(code, err, str(exp_dir), errno.errorcode[number], part)
     assert _snapshot(exp_dir) == before  # no partial file replaced a good one, no temporary file left
 

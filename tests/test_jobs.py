@@ -33,8 +33,14 @@ def final_metrics(exp_dir: Path, cell_id: str) -> dict:
 
 
 def start_cli(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "harness.run", *args], cwd=ROOT, env=ONE_THREAD, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-m", "harness.run", *args],
+        cwd=ROOT,
+        env=ONE_THREAD,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def trainings(stderr: str, cell_id: str) -> int:
@@ -69,8 +75,11 @@ def test_a_cell_held_by_another_run_is_skipped_untouched_then_picked_up(
     exp_dir = tmp_path / "results" / "tiny"
     held, free = (cell_paths(exp_dir, cell_id) for cell_id in cell_ids(exp))
     held.root.mkdir(parents=True)
-    theirs = {held.status: b'{"status": "running"}', held.checkpoint: b"another run's checkpoint",
-              held.root / ".final.json.x1.tmp": b"another run writing"}  # fmt: skip
+    theirs = {
+        held.status: b'{"status": "running"}',
+        held.checkpoint: b"another run's checkpoint",
+        held.root / ".final.json.x1.tmp": b"another run writing",
+    }
     for path, data in theirs.items():
         path.write_bytes(data)
     args = [str(exp), "--results", str(tmp_path / "results"), "--jobs", "1"]
@@ -78,10 +87,15 @@ def test_a_cell_held_by_another_run_is_skipped_untouched_then_picked_up(
         assert claimed
         assert run.main(args) == 0
         err = capsys.readouterr().err
-        assert "1 cells finished, 0 already finished (skipped), 0 failed; 1 cells are being trained by another run" in err
+        assert (
+            "1 cells finished, 0 already finished (skipped), 0 failed; 1 cells are being trained by another run"
+            in err
+        )
         assert "report not written: 1 cells not finished yet" in err
         assert trainings(err, held.root.name) == 0 and trainings(err, free.root.name) == 1
-        assert {path: path.read_bytes() for path in theirs} == theirs  # nothing of theirs read, resumed or cleaned
+        assert {
+            path: path.read_bytes() for path in theirs
+        } == theirs  # nothing of theirs read, resumed or cleaned
         assert free.status_value() == "finished"
 
     # the other run died (kill -9): its lock is gone, and what it left is cleaned or resumed
@@ -99,7 +113,9 @@ def test_a_cell_held_by_another_run_is_skipped_untouched_then_picked_up(
     assert not [p for p in exp_dir.rglob("*.tmp")]
 
 
-def test_two_runs_on_one_folder_train_each_cell_exactly_once(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+def test_two_runs_on_one_folder_train_each_cell_exactly_once(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
     exp = tiny_experiment({**SHORT, "grid.seeds": [0, 1]})
     args = [str(exp), "--results", str(tmp_path / "results"), "--jobs", "1", "--no-report"]
     first, second = start_cli(*args), start_cli(*args)
@@ -117,9 +133,15 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in found.read_text().split()] if found.exists() else []
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes")
-def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
-    exp = tiny_experiment({"train.iterations": 100000, "train.eval_every": 100000, "train.checkpoint_every": 4})
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
+)
+def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    exp = tiny_experiment(
+        {"train.iterations": 100000, "train.eval_every": 100000, "train.checkpoint_every": 4}
+    )
     exp_dir = tmp_path / "results" / "tiny"
     proc = start_cli(str(exp), "--results", str(tmp_path / "results"), "--jobs", "2")
     try:
@@ -146,7 +168,9 @@ def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(tmp_path: P
             assert claimed
 
 
-def test_default_jobs_follow_the_machine(monkeypatch: pytest.MonkeyPatch, tiny_experiment: WriteExperiment) -> None:
+def test_default_jobs_follow_the_machine(
+    monkeypatch: pytest.MonkeyPatch, tiny_experiment: WriteExperiment
+) -> None:
     exp = tiny_experiment()
     cells = expand_cells(load_experiment(exp))
     monkeypatch.setattr(launch, "visible_gpus", lambda: [])

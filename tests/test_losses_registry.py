@@ -90,8 +90,12 @@ def test_bad_hyperparameters_raise_one_line_errors(hparams: dict, message: str) 
 
 def test_presets_and_overrides() -> None:
     assert losses.build("ms").hparams == {
-        "preset": "paper", "alpha": 2.0, "beta": 50.0, "lam": 1.0, "eps": 0.1
-    }  # fmt: skip
+        "preset": "paper",
+        "alpha": 2.0,
+        "beta": 50.0,
+        "lam": 1.0,
+        "eps": 0.1,
+    }
     official = losses.build("ms", preset="official").hparams
     assert (official["alpha"], official["beta"], official["lam"], official["eps"]) == (2.0, 40.0, 0.5, 0.1)
     assert losses.build("ms", preset="official", beta=45).hparams["beta"] == 45.0

@@ -98,7 +98,10 @@ def test_a_weights_file_that_does_not_fit_is_one_line_naming_the_mismatch(
         tmp_path, reshaped
     )
     other = _refusal(tmp_path, {"something": torch.zeros(3)})  # the 69 BatchNorm counters may be absent
-    assert f"does not match the model ({len(state) - 69} missing, e.g. " in other and "1 unexpected, e.g. 'something'" in other
+    assert (
+        f"does not match the model ({len(state) - 69} missing, e.g. " in other
+        and "1 unexpected, e.g. 'something'" in other
+    )
     assert "holds no state dict" in _refusal(tmp_path, [1, 2, 3])
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"not a checkpoint")
@@ -133,7 +136,9 @@ def test_backbone_registry_names_each_backbone_with_its_input_convention() -> No
 
 
 def test_unknown_backbone_is_one_line_with_the_close_match() -> None:
-    with pytest.raises(UserError, match=r"model.backbone: unknown backbone 'bninceptoin'; did you mean 'bninception'\?"):
+    with pytest.raises(
+        UserError, match=r"model.backbone: unknown backbone 'bninceptoin'; did you mean 'bninception'\?"
+    ):
         build_model("bninceptoin", 8, pretrained=False)
 
 

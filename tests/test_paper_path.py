@@ -45,18 +45,27 @@ def paper_rows(dataset: str, size: int) -> list[dict[str, str]]:
     rows = []
     for table in sorted((ROOT / "results" / "paper").glob("table*.csv")):
         with table.open(newline="") as handle:
-            rows += [r for r in csv.DictReader(handle) if r["dataset"] == dataset and r["loss"] == "ms"
-                     and int(r["embedding_size"]) == size and r["table"] != "2"]  # fmt: skip
+            rows += [
+                r
+                for r in csv.DictReader(handle)
+                if r["dataset"] == dataset
+                and r["loss"] == "ms"
+                and int(r["embedding_size"]) == size
+                and r["table"] != "2"
+            ]
     return rows
 
 
 def paper_experiment(folder: Path, data_root: Path, weights: Path) -> Path:
     """The paper's protocol (experiments/base.yaml: 224 px, frozen BN, Adam, val carve-out), two iterations."""
     experiment = gpu_check.cub_experiment(
-        "paper-path", data_root, weights, embedding_size=EMBEDDING_SIZE,
+        "paper-path",
+        data_root,
+        weights,
+        embedding_size=EMBEDDING_SIZE,
         data={"workers": 0, "classes_per_batch": 2, "samples_per_class": 2},
         train={"iterations": 2, "eval_every": 2, "log_every": 1, "threads": 2},
-    )  # fmt: skip
+    )
     path = folder / "paper-path.yaml"
     path.write_text(yaml.safe_dump(experiment, sort_keys=False))
     return path
@@ -73,8 +82,11 @@ def test_paper_protocol_cell_runs_from_jpegs_and_real_weights_to_the_report(tmp_
 
     done = subprocess.run(
         [sys.executable, "-m", "harness.run", str(experiment), "--results", str(results), "--quiet"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
 
     cells = list((results / "paper-path" / "cells").iterdir())
@@ -90,11 +102,16 @@ def test_paper_protocol_cell_runs_from_jpegs_and_real_weights_to_the_report(tmp_
     report = (results / "paper-path" / "report.md").read_text()
     expected = paper_rows("cub", EMBEDDING_SIZE)
     assert {r["k"] for r in expected} == {"1", "2", "4", "8", "16", "32"}
-    table_rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in report.splitlines()
-                  if line.startswith("|")]  # fmt: skip
+    table_rows = [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in report.splitlines()
+        if line.startswith("|")
+    ]
     for row in expected:  # a table row of the report holds MS, this K and the paper's value
-        assert any("MS" in cells and row["k"] in cells and any(c.startswith(row["recall"]) for c in cells)
-                   for cells in table_rows), f"the paper's MS R@{row['k']} = {row['recall']} is not in the report"  # fmt: skip
+        assert any(
+            "MS" in cells and row["k"] in cells and any(c.startswith(row["recall"]) for c in cells)
+            for cells in table_rows
+        ), f"the paper's MS R@{row['k']} = {row['recall']} is not in the report"
 
 
 def test_cub_tree_is_read_by_the_loader_as_the_official_layout(tmp_path: Path) -> None:
@@ -111,8 +128,13 @@ def test_cub_tree_is_read_by_the_loader_as_the_official_layout(tmp_path: Path) -
 def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    done = subprocess.run([sys.executable, str(GPU_CHECK), "--out", str(out)], env=env, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(GPU_CHECK), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines() == [gpu_check.NO_GPU] == ["no GPU: not measured on GPU"]
     assert json.loads(out.read_text())["gpu"] is None
@@ -125,8 +147,9 @@ def test_gpu_check_steps_run_on_cpu_at_small_sizes(tmp_path: Path) -> None:
     assert {"train_bf16_images_per_s", "train_fp32_images_per_s", "inference_bf16_images_per_s"} <= set(model)
     loss = gpu_check.loss_step(300, device="cpu", sizes=(80,))
     assert loss.status == "ok" and loss.figures["rows"][0]["m"] == "80"
-    tiny = gpu_check.RunScale(train_classes=10, test_classes=3, per_class=2, jpeg_size=(64, 48),
-                              classes_per_batch=2, iterations=2)  # fmt: skip
+    tiny = gpu_check.RunScale(
+        train_classes=10, test_classes=3, per_class=2, jpeg_size=(64, 48), classes_per_batch=2, iterations=2
+    )
     run = gpu_check.harness_run_step("run", 600, 1, tmp_path, tiny)
     assert run.status == "ok", run.output_tail
     assert run.figures["cell_status"] == "finished" and run.figures["device"] == "cpu"

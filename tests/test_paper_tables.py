@@ -8,7 +8,17 @@ import pandas as pd
 import pytest
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
-COLUMNS = ["table", "dataset", "method", "loss", "implemented", "similarities", "embedding_size", "k", "recall"]
+COLUMNS = [
+    "table",
+    "dataset",
+    "method",
+    "loss",
+    "implemented",
+    "similarities",
+    "embedding_size",
+    "k",
+    "recall",
+]
 KEY = ["table", "dataset", "method", "embedding_size", "k"]
 
 
@@ -47,12 +57,25 @@ def test_table2_is_the_cars_ablation_at_64(paper):
     assert set(table2.embedding_size) == {64}
     methods = list(dict.fromkeys(table2.method))
     assert methods == [
-        "Binomial", "LiftedStruct*", "MS mining", "BinLifted", "MS weighting", "Binomial_m", "LiftedStruct*_m", "MS",
+        "Binomial",
+        "LiftedStruct*",
+        "MS mining",
+        "BinLifted",
+        "MS weighting",
+        "Binomial_m",
+        "LiftedStruct*_m",
+        "MS",
     ]
     similarities = table2.drop_duplicates("method").set_index("method")["similarities"].to_dict()
     assert similarities == {
-        "Binomial": "S", "LiftedStruct*": "N", "MS mining": "P", "BinLifted": "SN",
-        "MS weighting": "SN", "Binomial_m": "SP", "LiftedStruct*_m": "NP", "MS": "SNP",
+        "Binomial": "S",
+        "LiftedStruct*": "N",
+        "MS mining": "P",
+        "BinLifted": "SN",
+        "MS weighting": "SN",
+        "Binomial_m": "SP",
+        "LiftedStruct*_m": "NP",
+        "MS": "SNP",
     }
     assert (paper[paper.table != 2].similarities == "").all()
 
@@ -61,17 +84,36 @@ def test_loss_names_and_implemented(paper):
     implemented = paper[paper.implemented]
     assert (implemented.loss != "").all() and (paper[~paper.implemented].loss == "").all()
     assert dict(zip(implemented.method, implemented.loss, strict=True)) == {
-        "Binomial": "binomial", "LiftedStruct*": "lifted_star", "MS mining": "ms_mining",
-        "BinLifted": "binlifted", "MS weighting": "ms_weighting", "Binomial_m": "binomial_m",
-        "LiftedStruct*_m": "lifted_star_m", "MS": "ms",
+        "Binomial": "binomial",
+        "LiftedStruct*": "lifted_star",
+        "MS mining": "ms_mining",
+        "BinLifted": "binlifted",
+        "MS weighting": "ms_weighting",
+        "Binomial_m": "binomial_m",
+        "LiftedStruct*_m": "lifted_star_m",
+        "MS": "ms",
     }
     others = set(paper[~paper.implemented].method)
-    assert others == {"Clustering", "ProxyNCA", "Smart Mining", "Margin", "HDC", "HTL", "ABIER", "ABE", "FashionNet"}
+    assert others == {
+        "Clustering",
+        "ProxyNCA",
+        "Smart Mining",
+        "Margin",
+        "HDC",
+        "HTL",
+        "ABIER",
+        "ABE",
+        "FashionNet",
+    }
 
 
 def _recall(paper: pd.DataFrame, table: int, dataset: str, method: str, size: int) -> list[float]:
-    rows = paper[(paper.table == table) & (paper.dataset == dataset) & (paper.method == method)
-                 & (paper.embedding_size == size)]
+    rows = paper[
+        (paper.table == table)
+        & (paper.dataset == dataset)
+        & (paper.method == method)
+        & (paper.embedding_size == size)
+    ]
     return rows.sort_values("k")["recall"].tolist()
 
 

@@ -87,11 +87,15 @@ def test_each_checkpoint_rule_is_labelled_with_its_bias() -> None:
 def test_a_final_weights_cell_trains_without_selection_and_the_report_says_so(
     tmp_path: Path, tiny_experiment: WriteExperiment
 ) -> None:
-    exp = tiny_experiment({
-        "grid.losses": ["ms"],
-        "grid.variants": {"paper": {"data.val_fraction": 0.0, "train.select_on": "final"},
-                          "official": {"data.val_fraction": 0.0, "train.select_on": "test"}},
-    })  # fmt: skip
+    exp = tiny_experiment(
+        {
+            "grid.losses": ["ms"],
+            "grid.variants": {
+                "paper": {"data.val_fraction": 0.0, "train.select_on": "final"},
+                "official": {"data.val_fraction": 0.0, "train.select_on": "test"},
+            },
+        }
+    )
     results = tmp_path / "results"
     assert run.main([str(exp), "--results", str(results), "--quiet"]) == 0
     folders = {

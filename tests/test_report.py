@@ -68,18 +68,29 @@ def build_results(root: Path, spec: Spec) -> Path:
     for dataset, size, loss, variant, seed in grid:
         cell_id = f"{dataset}-{loss}-d{size}{'' if variant == 'default' else '-' + variant}-s{seed}-0000abcd"
         failed = (loss, dataset, size, seed) in spec.failed
-        base = {"experiment": spec.name, "cell_id": cell_id, "loss": loss, "loss_label": LABELS[loss],
-                "preset": "official" if variant == "official" else "paper" if loss == "ms" else "",
-                "dataset": dataset, "embedding_size": size,
-                "seed": seed, "variant": variant, "status": "failed" if failed else "finished",
-                "select_on": "test" if variant == "official" else spec.select_on}  # fmt: skip
+        base = {
+            "experiment": spec.name,
+            "cell_id": cell_id,
+            "loss": loss,
+            "loss_label": LABELS[loss],
+            "preset": "official" if variant == "official" else "paper" if loss == "ms" else "",
+            "dataset": dataset,
+            "embedding_size": size,
+            "seed": seed,
+            "variant": variant,
+            "status": "failed" if failed else "finished",
+            "select_on": "test" if variant == "official" else spec.select_on,
+        }
         metrics = {} if failed else _metrics(loss, size, seed, spec.ks, spec.selected_is_final)
         _write_cell(exp_dir / "cells" / cell_id, spec, base, metrics, loss)
         if failed:
             rows.append({**base, "weights": "", "split": "", "metric": "", "value": ""})
         for weights, splits in metrics.items():
             for split, values in splits.items():
-                rows += [{**base, "weights": weights, "split": split, "metric": m, "value": v} for m, v in values.items()]
+                rows += [
+                    {**base, "weights": weights, "split": split, "metric": m, "value": v}
+                    for m, v in values.items()
+                ]
     with (exp_dir / "cells.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -92,7 +103,9 @@ def _metrics(
 ) -> dict[str, dict[str, dict[str, float]]]:
     out = {}
     for weights in ("final", "selected"):
-        test = {f"recall@{k}": _recall(loss, size, seed, k, "final" if selected_is_final else weights) for k in ks}
+        test = {
+            f"recall@{k}": _recall(loss, size, seed, k, "final" if selected_is_final else weights) for k in ks
+        }
         test |= {"map_at_r": round(test["recall@1"] / 3, 6), "nmi": 0.6 + 0.01 * seed}
         out[weights] = {"test": test, "val": {m: round(v * 0.98, 6) for m, v in test.items()}}
     return out
@@ -102,28 +115,55 @@ def _write_cell(folder: Path, spec: Spec, base: dict, metrics: dict, loss: str) 
     folder.mkdir(parents=True)
     status = base["status"]
     reason = "non-finite loss at iteration 40" if status == "failed" else None
-    (folder / "config.json").write_text(json.dumps({
-        "cell_id": base["cell_id"], "loss": {"name": loss, "preset": base["preset"] or None, "label": None, "hparams": {}},
-        "data": {"val_fraction": 0.0 if base["select_on"] == "test" else 0.2},
-        "train": {"select_on": base["select_on"], "amp": "auto"},
-    }))  # fmt: skip
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "cell_id": base["cell_id"],
+                "loss": {"name": loss, "preset": base["preset"] or None, "label": None, "hparams": {}},
+                "data": {"val_fraction": 0.0 if base["select_on"] == "test" else 0.2},
+                "train": {"select_on": base["select_on"], "amp": "auto"},
+            }
+        )
+    )
     (folder / "status.json").write_text(json.dumps({"status": status, "reason": reason}))
-    (folder / "final.json").write_text(json.dumps({
-        "cell_id": base["cell_id"], "status": status, "reason": reason, "select_on": base["select_on"],
-        "select_metric": "recall@1", "selected_iteration": 80, "iterations": 100, "metrics": metrics,
-        "timings": {"train_seconds": 1.0},
-    }))  # fmt: skip
-    if status != "finished" or (spec.cell_files is not None and base["embedding_size"] not in spec.cell_files):
+    (folder / "final.json").write_text(
+        json.dumps(
+            {
+                "cell_id": base["cell_id"],
+                "status": status,
+                "reason": reason,
+                "select_on": base["select_on"],
+                "select_metric": "recall@1",
+                "selected_iteration": 80,
+                "iterations": 100,
+                "metrics": metrics,
+                "timings": {"train_seconds": 1.0},
+            }
+        )
+    )
+    if status != "finished" or (
+        spec.cell_files is not None and base["embedding_size"] not in spec.cell_files
+    ):
         return
     seed = base["seed"]
     iterations = np.arange(10, 101, 10)
-    pd.DataFrame({
-        "iteration": iterations, "loss": 2.0 / np.sqrt(iterations) + 0.01 * seed,
-        "pos_pairs": 40 + iterations // 10, "neg_pairs": 600 - 3 * iterations,
-        "pos_weight_mean": 0.1, "neg_weight_mean": 0.05, "lr": 1e-5, "images_per_s": 500.0,
-    }).to_csv(folder / "train_log.csv", index=False)  # fmt: skip
-    evals = [{"iteration": int(it), "split": base["select_on"], "metric": m, "value": v * it / 100}
-             for it in iterations[1::2] for m, v in metrics["final"]["val"].items()]  # fmt: skip
+    pd.DataFrame(
+        {
+            "iteration": iterations,
+            "loss": 2.0 / np.sqrt(iterations) + 0.01 * seed,
+            "pos_pairs": 40 + iterations // 10,
+            "neg_pairs": 600 - 3 * iterations,
+            "pos_weight_mean": 0.1,
+            "neg_weight_mean": 0.05,
+            "lr": 1e-5,
+            "images_per_s": 500.0,
+        }
+    ).to_csv(folder / "train_log.csv", index=False)
+    evals = [
+        {"iteration": int(it), "split": base["select_on"], "metric": m, "value": v * it / 100}
+        for it in iterations[1::2]
+        for m, v in metrics["final"]["val"].items()
+    ]
     pd.DataFrame(evals).to_csv(folder / "evals.csv", index=False)
     rng = np.random.default_rng(seed)
     if loss == "ms_mining":  # equal weights: a constant distribution must still draw
@@ -164,10 +204,18 @@ def test_full_report_writes_every_figure(full):
     assert (exp_dir / "report.md").is_file()
     stems = {p.stem for p in (exp_dir / "figures").glob("*.png")}
     assert stems == {
-        "ablation_cars_d64", "ablation_cars_d512", "recall_at_k_cars_d64", "recall_at_k_cars_d512",
-        "embedding_size_cars", "training_cars_d64", "pair_weights_cars_d64", "forest_cars_d64", "forest_cars_d512",
-        "critical_difference_cars_d64", "critical_difference_cars_d512",
-    }  # fmt: skip
+        "ablation_cars_d64",
+        "ablation_cars_d512",
+        "recall_at_k_cars_d64",
+        "recall_at_k_cars_d512",
+        "embedding_size_cars",
+        "training_cars_d64",
+        "pair_weights_cars_d64",
+        "forest_cars_d64",
+        "forest_cars_d512",
+        "critical_difference_cars_d64",
+        "critical_difference_cars_d512",
+    }
     for stem in stems:
         _assert_png(exp_dir / "figures" / f"{stem}.png")
         _assert_svg(exp_dir / "figures" / f"{stem}.svg")
@@ -175,24 +223,42 @@ def test_full_report_writes_every_figure(full):
     assert sorted(Path(link).stem for link in links) == sorted(stems)
     # the 512 cells stored no logs: those two figures are skipped, each with its reason
     assert "*Training curves: Cars-196, embedding 512*: skipped: no readable `train_log.csv`" in text
-    assert "*Pair weights at the end of training: Cars-196, embedding 512*: skipped: no `pair_weights.npz`" in text
-    assert "`evals.csv` missing or unreadable in 8 finished cell(s)" in text and "(missing) and 2 more" in text
+    assert (
+        "*Pair weights at the end of training: Cars-196, embedding 512*: skipped: no `pair_weights.npz`"
+        in text
+    )
+    assert (
+        "`evals.csv` missing or unreadable in 8 finished cell(s)" in text and "(missing) and 2 more" in text
+    )
     assert text.count("skipped:") == 2
 
 
 def test_full_report_tables_and_verdicts(full):
     _, text = full
-    for needed in ("## Results against the paper", "validation-selected weights", "final weights (last iteration)",
-                   "## Other metrics", "map_at_r", "## Between losses", "Friedman over 3 losses and 3 seeds",
-                   "Kendall tau", "## Appendix: checkpoint selection per cell", "`val` (18 cells)",
-                   "**Recall@1 is the primary verdict**", "selected its checkpoint on the test set"):  # fmt: skip
+    for needed in (
+        "## Results against the paper",
+        "validation-selected weights",
+        "final weights (last iteration)",
+        "## Other metrics",
+        "map_at_r",
+        "## Between losses",
+        "Friedman over 3 losses and 3 seeds",
+        "Kendall tau",
+        "## Appendix: checkpoint selection per cell",
+        "`val` (18 cells)",
+        "**Recall@1 is the primary verdict**",
+        "selected its checkpoint on the test set",
+    ):
         assert needed in text, needed
     assert text.index("## At a glance") < text.index("## Runs") < text.index("## Results against the paper")
     # ours in percent next to the paper: MS at d=64 is 77.3 +- 0.4 over seeds (final weights); its prediction
     # interval for one run, 77.3 -+ 4.303 * 0.4 * sqrt(4/3), holds the paper's 77.3 and TOST shows +-2 points
     final = text.split("### final weights")[1]
     ms_row = next(line for line in final.splitlines() if line.startswith("| d=64 | MS | 1 |"))
-    assert "| 3 | 77.30 [75.31, 79.29] | 77.3 (T2, 3) | +0.0 | **consistent** | reproduced within ±2 points |" in ms_row
+    assert (
+        "| 3 | 77.30 [75.31, 79.29] | 77.3 (T2, 3) | +0.0 | **consistent** | reproduced within ±2 points |"
+        in ms_row
+    )
     assert ms_row.endswith("| 80% of training classes ↓; final weights ↓ |")
     binomial = next(line for line in final.splitlines() if line.startswith("| d=64 | Binomial | 1 |"))
     assert "71.9 (T2)" in binomial and "| **below** | – |" in binomial
@@ -223,17 +289,31 @@ def test_full_report_ranking_agrees_with_table2(full):
 @pytest.fixture(scope="module")
 def sparse(tmp_path_factory) -> tuple[Path, str]:
     """glyphs and cars at one size, one seed, no cell files, K=1 only."""
-    spec = Spec(name="sparse", datasets=("glyphs", "cars"), seeds=(0,), ks=(1,), cell_files=(),
-                losses=("binomial", "ms_mining", "ms", "triplet"), select_on="test")  # fmt: skip
+    spec = Spec(
+        name="sparse",
+        datasets=("glyphs", "cars"),
+        seeds=(0,),
+        ks=(1,),
+        cell_files=(),
+        losses=("binomial", "ms_mining", "ms", "triplet"),
+        select_on="test",
+    )
     exp_dir = build_results(tmp_path_factory.mktemp("results"), spec)
     return exp_dir, report.write_report(exp_dir).read_text()
 
 
 def test_sparse_report_skips_figures_with_reasons(sparse):
     exp_dir, text = sparse
-    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {"ablation_cars_d64", "ablation_glyphs_d64"}
-    for reason in ("no embedding-size sweep in this experiment (size 64 only)", "fewer than two K values measured",
-                   "no readable `train_log.csv` or `evals.csv`", "no `pair_weights.npz`"):  # fmt: skip
+    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {
+        "ablation_cars_d64",
+        "ablation_glyphs_d64",
+    }
+    for reason in (
+        "no embedding-size sweep in this experiment (size 64 only)",
+        "fewer than two K values measured",
+        "no readable `train_log.csv` or `evals.csv`",
+        "no `pair_weights.npz`",
+    ):
         assert reason in text, reason
     assert "missing or unreadable in 8 finished cell(s)" in text
 
@@ -242,13 +322,20 @@ def test_sparse_report_single_seed_and_glyphs(sparse):
     _, text = sparse
     against_paper = text.split("## Results against the paper")[1].split("\n## ")[0]
     ms_cars = next(line for line in against_paper.splitlines() if line.startswith("| d=64 | MS | 1 | 1 |"))
-    assert "| **no test** | – | all training classes =; test-selected (opt-in, optimistic, as the official code) = |" in ms_cars
+    assert (
+        "| **no test** | – | all training classes =; test-selected (opt-in, optimistic, as the official code) = |"
+        in ms_cars
+    )
     # glyphs has no paper values: no rows of '–' for it against the paper, and no verdict
     assert "glyphs" not in against_paper and "no paper value" not in text
     assert "*Paired differences against MS: glyphs, embedding 64*: skipped: fewer than 2 common seeds" in text
     assert "no test (1 common seed)" in text
     # the glyphs ablation is still ranked against Table 2 by loss (Triplet is not in Table 2)
-    section = text.split("## Between losses")[1].split("### glyphs (synthetic, no paper numbers), d=64, test-selected")[1].split("###")[0]
+    section = (
+        text.split("## Between losses")[1]
+        .split("### glyphs (synthetic, no paper numbers), d=64, test-selected")[1]
+        .split("###")[0]
+    )
     assert "Kendall tau" in section and re.search(r"\| 1 \| 3 \| 0\.333 \|", section)
     assert "no test: 1 complete block(s)" in section  # Friedman with one seed
     # test-set selection is flagged as optimistic
@@ -266,13 +353,18 @@ def test_variants_with_their_own_selection(tmp_path):
     spec = Spec(losses=("ms",), ks=(1,), cell_files=(), variants=("paper", "official"))
     text = report.write_report(build_results(tmp_path, spec)).read_text()
     assert "`test` (3 cells), `val` (3 cells)" in text and "optimistic" in text
-    assert "### selected weights (best recall@1 on the split each variant selects on: official on test; paper on val)" in text
+    assert (
+        "### selected weights (best recall@1 on the split each variant selects on: official on test; paper on val)"
+        in text
+    )
     final = text.split("### final weights")[1]
     # the official preset has no paper row: only the paper variant is judged against the paper's MS row
     assert "| d=64, variant paper | MS [paper] | 1 | 3 |" in final
     assert "variant official | MS" not in final.split("## Other metrics")[0]
-    assert ("No paper row for this configuration (not judged): MS [official] (variant official): preset official."
-            in text)  # fmt: skip
+    assert (
+        "No paper row for this configuration (not judged): MS [official] (variant official): preset official."
+        in text
+    )
     assert "- variants: official, paper" in text or "- variants: paper, official" in text
 
 
@@ -305,12 +397,19 @@ def test_equal_selected_and_final_weights_are_shown_once(tmp_path):
     assert "selected checkpoint gives the same results as the final weights" in text
     title = "selected = final weights (the selected checkpoint is the last one in every cell)"
     assert text.count(title) == 4  # at a glance, against the paper, other metrics, between losses: each once
-    assert "validation-selected weights (best" not in text and "### final weights (last iteration)" not in text
+    assert (
+        "validation-selected weights (best" not in text and "### final weights (last iteration)" not in text
+    )
     ms_row = next(line for line in text.splitlines() if line.startswith("| d=64 | MS | 1 |"))
     assert "| 3 | 77.30 [" in ms_row and text.count("| d=64 | MS | 1 |") == 1
     assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {
-        "ablation_cars_d64", "recall_at_k_cars_d64", "training_cars_d64", "pair_weights_cars_d64", "forest_cars_d64",
-        "critical_difference_cars_d64"}
+        "ablation_cars_d64",
+        "recall_at_k_cars_d64",
+        "training_cars_d64",
+        "pair_weights_cars_d64",
+        "forest_cars_d64",
+        "critical_difference_cars_d64",
+    }
 
 
 # ------------------------------------------------------------------ agreement with a committed reference run
@@ -331,7 +430,11 @@ def test_reference_agreement_section(tmp_path):
     exp_dir = build_results(tmp_path / "runs", Spec(ks=(1,), cell_files=()))
     reference = _shifted_copy(exp_dir, tmp_path / "reference", "binomial", -0.05)
     text = report.write_report(exp_dir, reference=reference).read_text()
-    assert text.index("## At a glance") < text.index("## Agreement with the committed reference") < text.index("## Runs")
+    assert (
+        text.index("## At a glance")
+        < text.index("## Agreement with the committed reference")
+        < text.index("## Runs")
+    )
     section = text.split("## Agreement with the committed reference")[1].split("\n## ")[0]
     assert "Welch's two-sample t-test" in section and "Verdicts: agrees: 2, differs: 1." in section
     binomial = next(line for line in section.splitlines() if "| Binomial |" in line)
@@ -361,7 +464,10 @@ def test_cli_options_all_pairs_margin_reference(tmp_path, capsys):
     assert ok.value.code == 0
     text = (exp_dir / "report.md").read_text()
     assert "every pair of losses (`--all-pairs`)" in text and "| Binomial | MS mining | 3 |" in text
-    assert "within ±0.5" in text and "reproduced within ±0.5 points" not in text.split("| d=64 | MS | 1 |")[0][-2:]
+    assert (
+        "within ±0.5" in text
+        and "reproduced within ±0.5 points" not in text.split("| d=64 | MS | 1 |")[0][-2:]
+    )
     with pytest.raises(SystemExit) as bad:
         cli_main(report.main, [str(exp_dir), "--margin", "0"])
     assert bad.value.code == 2 and "--margin 0.0" in capsys.readouterr().err
@@ -369,10 +475,24 @@ def test_cli_options_all_pairs_margin_reference(tmp_path, capsys):
 
 def test_intermediate_values_plot_for_a_tuning_study(tmp_path):
     steps = [150, 300, 450]
-    rows = [{"trial": t, "state": "pruned" if t % 3 == 1 else "complete", "step": s, "value": 0.4 + 0.01 * t + 0.1 * i}
-            for t in range(23) for i, s in enumerate(steps) if not (t % 3 == 1 and i == 2)]  # fmt: skip
-    png, svg = plots.intermediate_values(pd.DataFrame(rows), best_trial=21, ylabel="val recall@1", title="Study x",
-                                         stem=tmp_path / "intermediate")  # fmt: skip
+    rows = [
+        {
+            "trial": t,
+            "state": "pruned" if t % 3 == 1 else "complete",
+            "step": s,
+            "value": 0.4 + 0.01 * t + 0.1 * i,
+        }
+        for t in range(23)
+        for i, s in enumerate(steps)
+        if not (t % 3 == 1 and i == 2)
+    ]
+    png, svg = plots.intermediate_values(
+        pd.DataFrame(rows),
+        best_trial=21,
+        ylabel="val recall@1",
+        title="Study x",
+        stem=tmp_path / "intermediate",
+    )
     _assert_png(png)
     _assert_svg(svg)
     assert "best: trial 21" in svg.read_text()  # the legend names the best trial (SVG text, not paths)
@@ -394,7 +514,10 @@ def test_unreadable_cell_files_are_listed_not_fatal(tmp_path):
         "pair_weights.npz": ["cars-ms-d64-s1-0000abcd (BadZipFile)"],
     }
     assert set(files.train_log["seed"]) == {0} and set(files.weights["kind"]) == {"positive", "negative"}
-    assert files.evals["value"].between(0, 100).all() and files.finals["cars-ms-d64-s1-0000abcd"]["status"] == "finished"
+    assert (
+        files.evals["value"].between(0, 100).all()
+        and files.finals["cars-ms-d64-s1-0000abcd"]["status"] == "finished"
+    )
 
 
 def test_all_failed_cells_still_give_a_report(tmp_path):
@@ -407,19 +530,42 @@ def test_all_failed_cells_still_give_a_report(tmp_path):
 
 
 def test_row_labels_disambiguate_presets():
-    table = pd.DataFrame({"loss_label": ["MS", "MS", "Binomial"], "loss": ["ms", "ms", "binomial"],
-                          "preset": ["paper", "official", ""]})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "loss_label": ["MS", "MS", "Binomial"],
+            "loss": ["ms", "ms", "binomial"],
+            "preset": ["paper", "official", ""],
+        }
+    )
     assert report.row_labels(table).tolist() == ["MS [paper]", "MS [official]", "Binomial"]
 
 
 def test_row_order_follows_the_rows_of_table2():
     table2 = report.table_loss_order(report.load_paper_tables())
-    assert table2 == ["binomial", "lifted_star", "ms_mining", "binlifted", "ms_weighting", "binomial_m",
-                      "lifted_star_m", "ms"]  # fmt: skip
-    rows = pd.DataFrame({"row": ["Triplet", "MS [paper]", "MS [official]", "Binomial", "My mining"],
-                         "loss": ["triplet", "ms", "ms", "binomial", "ms_mining"]})  # fmt: skip
+    assert table2 == [
+        "binomial",
+        "lifted_star",
+        "ms_mining",
+        "binlifted",
+        "ms_weighting",
+        "binomial_m",
+        "lifted_star_m",
+        "ms",
+    ]
+    rows = pd.DataFrame(
+        {
+            "row": ["Triplet", "MS [paper]", "MS [official]", "Binomial", "My mining"],
+            "loss": ["triplet", "ms", "ms", "binomial", "ms_mining"],
+        }
+    )
     # by the loss's Table 2 row (not its label), presets of one loss alphabetically, others last
-    assert report.row_order(rows, table2) == ["Binomial", "My mining", "MS [official]", "MS [paper]", "Triplet"]
+    assert report.row_order(rows, table2) == [
+        "Binomial",
+        "My mining",
+        "MS [official]",
+        "MS [paper]",
+        "Triplet",
+    ]
     assert report.row_order(rows, []) == ["Binomial", "MS [official]", "MS [paper]", "My mining", "Triplet"]
 
 
@@ -432,7 +578,9 @@ def test_empty_loss_label_comes_from_the_loss_registry(tmp_path):
 
 def test_paper_reference_merges_tables_2_and_3():
     reference = report.paper_reference(report.load_paper_tables())
-    ms = reference[(reference.loss == "ms") & (reference.dataset == "cars") & (reference.embedding_size == 64)]
+    ms = reference[
+        (reference.loss == "ms") & (reference.dataset == "cars") & (reference.embedding_size == 64)
+    ]
     assert ms.set_index("k").loc[1, "tables"] == "2, 3" and ms.set_index("k").loc[16, "tables"] == "3"
     assert ms.set_index("k").loc[1, "recall"] == 77.3
     assert not reference.duplicated(["dataset", "loss", "embedding_size", "k"]).any()
@@ -465,9 +613,18 @@ GOOD_ROW = "e,c1,ms,MS,,cars,64,0,default,finished,val,final,test,recall@1,0.77"
         (lambda p: _cells_csv(p, ""), "the file is empty"),
         (lambda p: _cells_csv(p, HEADER + "\n"), "the table has no rows"),
         (lambda p: _cells_csv(p, "experiment,cell_id\ne,c1\n"), "missing column(s) loss, loss_label"),
-        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "77.0") + "\n"), "not a fraction in [0, 1]"),
-        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace(",64,", ",big,") + "\n"), "'embedding_size' has 'big'"),
-        (lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "n/a") + "\n"), "expected a number"),
+        (
+            lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "77.0") + "\n"),
+            "not a fraction in [0, 1]",
+        ),
+        (
+            lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace(",64,", ",big,") + "\n"),
+            "'embedding_size' has 'big'",
+        ),
+        (
+            lambda p: _cells_csv(p, HEADER + "\n" + GOOD_ROW.replace("0.77", "n/a") + "\n"),
+            "expected a number",
+        ),
     ],
 )
 def test_bad_input_is_one_line_user_error(tmp_path, make, message):
@@ -508,7 +665,17 @@ def test_cli_waits_for_the_results_folder_lock(tmp_path, monkeypatch):
 
 
 def test_cli_module_exits_2_without_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "harness.report", str(tmp_path)], capture_output=True, text=True,
-                            cwd=ROOT, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "harness.report", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert result.returncode == 2
-    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert (
+        result.stderr.startswith("error: ")
+        and result.stderr.count("\n") == 1
+        and "Traceback" not in result.stderr
+    )

@@ -62,9 +62,14 @@ def _cell(exp_dir: Path, name: str, config: dict, final: dict | None) -> CellPat
 
 
 CONFIG = {
-    "experiment": "x", "loss": {"name": "lifted_star", "preset": None}, "dataset": "glyphs",
-    "embedding_size": 8, "seed": 0, "variant": "default", "train": {"select_on": "val"},
-}  # fmt: skip
+    "experiment": "x",
+    "loss": {"name": "lifted_star", "preset": None},
+    "dataset": "glyphs",
+    "embedding_size": 8,
+    "seed": 0,
+    "variant": "default",
+    "train": {"select_on": "val"},
+}
 
 
 def test_tidy_rows_label_losses_from_the_registry_and_spread_metrics(tmp_path: Path) -> None:
@@ -79,8 +84,11 @@ def test_tidy_rows_label_losses_from_the_registry_and_spread_metrics(tmp_path: P
     ]
     (pending,) = [r for r in rows if r["cell_id"] == "b"]
     assert (pending["loss_label"], pending["preset"], pending["status"], pending["value"]) == (
-        "mine", "official", "pending", "",
-    )  # fmt: skip
+        "mine",
+        "official",
+        "pending",
+        "",
+    )
 
 
 def test_cells_table_has_the_declared_columns_in_order(tmp_path: Path) -> None:

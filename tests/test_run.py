@@ -32,19 +32,34 @@ def final_metrics(cell: Path) -> dict:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "harness.run", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=300, env=ONE_THREAD)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "harness.run", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env=ONE_THREAD,
+    )
 
 
-def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+def test_grid_runs_end_to_end_and_writes_every_result(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
     exp = tiny_experiment()
     results = tmp_path / "results"
     assert run.main([str(exp), "--results", str(results), "--quiet", "--no-report"]) == 0
     cells = cells_of(results)
     assert len(cells) == 2
     for cell in cells.values():
-        for name in ("config.json", "env.json", "status.json", "train_log.csv", "evals.csv", "final.json",
-                     "pair_weights.npz"):  # fmt: skip
+        for name in (
+            "config.json",
+            "env.json",
+            "status.json",
+            "train_log.csv",
+            "evals.csv",
+            "final.json",
+            "pair_weights.npz",
+        ):
             assert (cell / name).is_file(), name
         assert not (cell / "checkpoint.pt").exists()
         final = json.loads((cell / "final.json").read_text())
@@ -60,7 +75,9 @@ def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, tiny_exper
         assert [int(r["iteration"]) for r in log] == [4, 8, 12, 16, 20, 24]
         assert all(float(r["pos_pairs"]) > 0 for r in log)
         evals = list(csv.DictReader((cell / "evals.csv").open()))
-        assert {r["split"] for r in evals} == {"val"}, "training never looks at the test set when selecting on val"
+        assert {r["split"] for r in evals} == {"val"}, (
+            "training never looks at the test set when selecting on val"
+        )
         env = json.loads((cell / "env.json").read_text())
         assert env["device"] == "cpu" and env["packages"]["torch"]
     table = list(csv.DictReader((results / "tiny" / "cells.csv").open()))
@@ -69,7 +86,9 @@ def test_grid_runs_end_to_end_and_writes_every_result(tmp_path: Path, tiny_exper
     assert {r["loss_label"] for r in table} == {"MS", "Binomial"}
 
 
-def test_same_seed_gives_the_same_metrics_and_reruns_skip(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
+def test_same_seed_gives_the_same_metrics_and_reruns_skip(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
     exp = tiny_experiment({"grid.losses": ["ms"]})
     first, second = tmp_path / "a", tmp_path / "b"
     assert run.main([str(exp), "--results", str(first), "--quiet", "--no-report"]) == 0
@@ -115,11 +134,16 @@ def test_non_finite_loss_fails_the_cell_and_the_grid_goes_on(
     monkeypatch.setattr(LossSpec, "build", poisoned)
     exp = tiny_experiment()
     results = tmp_path / "results"
-    code = run.main([str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1"])  # patched here
+    code = run.main(
+        [str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1"]
+    )  # patched here
     assert code == run.EXIT_FAILED_CELLS
     err = capsys.readouterr().err
     assert "1 failed" in err and "non-finite loss" in err
-    finals = {name.split("-")[1]: json.loads((p / "final.json").read_text()) for name, p in cells_of(results).items()}
+    finals = {
+        name.split("-")[1]: json.loads((p / "final.json").read_text())
+        for name, p in cells_of(results).items()
+    }
     assert finals["ms"]["status"] == "finished"
     assert finals["binomial"]["status"] == "failed"
     assert "non-finite loss (nan) at iteration 5" in finals["binomial"]["reason"]
@@ -163,15 +187,36 @@ def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
 ) -> None:
     from harness.results import CellPaths
 
-    exp = tiny_experiment({"grid.losses": ["binomial", "ms"], "train.iterations": 32, "train.eval_every": 8,
-                           "train.checkpoint_every": 2})  # fmt: skip
+    exp = tiny_experiment(
+        {
+            "grid.losses": ["binomial", "ms"],
+            "train.iterations": 32,
+            "train.eval_every": 8,
+            "train.checkpoint_every": 2,
+        }
+    )
     reference = tmp_path / "reference"
     assert run.main([str(exp), "--results", str(reference), "--quiet", "--no-report", "--jobs", "1"]) == 0
 
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "harness.run", str(exp), "--results", str(results), "--quiet",
-                             "--no-report", "--jobs", "1"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=ONE_THREAD)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "harness.run",
+            str(exp),
+            "--results",
+            str(results),
+            "--quiet",
+            "--no-report",
+            "--jobs",
+            "1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=ONE_THREAD,
+    )
     cells = results / "tiny" / "cells"
 
     def finished_and_mid_training() -> tuple[list[Path], list[Path]]:
@@ -206,7 +251,9 @@ def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
     out = run_cli(str(exp), "--results", str(results), "--quiet", "--no-report", "--jobs", "1")
     assert out.returncode == 0, out.stderr
     assert "1 cells finished, 1 already finished (skipped)" in out.stderr
-    assert not [p for p in cells.rglob("*") if p.name.endswith(".tmp")], "the re-run cleans what the kill left"
+    assert not [p for p in cells.rglob("*") if p.name.endswith(".tmp")], (
+        "the re-run cleans what the kill left"
+    )
     assert (finished / "final.json").read_bytes() == finished_before
     assert CellPaths(finished).status_value() == "finished"  # final.json decides, whatever status.json says
     assert json.loads((interrupted / "status.json").read_text())["status"] == "finished"
@@ -221,20 +268,43 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_two_process_gloo_training_matches_one_process(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
-    exp = tiny_experiment({
-        "grid.losses": ["ms"], "train.iterations": 6, "train.eval_every": 6, "train.log_every": 1,
-        "model.freeze_bn": True,  # BN statistics of a half batch would differ per rank
-        "data.options.train_shift": 0,  # random shifts too
-    })  # fmt: skip
+def test_two_process_gloo_training_matches_one_process(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    exp = tiny_experiment(
+        {
+            "grid.losses": ["ms"],
+            "train.iterations": 6,
+            "train.eval_every": 6,
+            "train.log_every": 1,
+            "model.freeze_bn": True,  # BN statistics of a half batch would differ per rank
+            "data.options.train_shift": 0,  # random shifts too
+        }
+    )
     single = tmp_path / "single"
     assert run.main([str(exp), "--results", str(single), "--quiet", "--no-report"]) == 0
     double = tmp_path / "double"
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-         "-m", "harness.run", str(exp), "--results", str(double), "--quiet", "--no-report"],
-        capture_output=True, text=True, cwd=ROOT, env=ONE_THREAD, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={_free_port()}",
+            "-m",
+            "harness.run",
+            str(exp),
+            "--results",
+            str(double),
+            "--quiet",
+            "--no-report",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=ONE_THREAD,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     (one,), (two,) = cells_of(single).values(), cells_of(double).values()
     assert json.loads((two / "final.json").read_text())["world_size"] == 2

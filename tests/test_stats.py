@@ -318,9 +318,15 @@ def test_planned_comparisons_against_scipy_and_statsmodels():
         assert row.detectable == pytest.approx(
             stats.detectable_difference(np.std(d, ddof=1), 5, comparisons=3)
         )
-        boot = sps.bootstrap((BLOCK["MS"].to_numpy(), BLOCK[b].to_numpy()), lambda x, y, axis: np.mean(x - y, axis=axis),
-                             paired=True, vectorized=True, n_resamples=2000, method="BCa",
-                             random_state=np.random.default_rng(7)).confidence_interval  # fmt: skip
+        boot = sps.bootstrap(
+            (BLOCK["MS"].to_numpy(), BLOCK[b].to_numpy()),
+            lambda x, y, axis: np.mean(x - y, axis=axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=2000,
+            method="BCa",
+            random_state=np.random.default_rng(7),
+        ).confidence_interval
         assert (row.bca_low, row.bca_high) == pytest.approx((boot.low, boot.high))
         assert row.bca_low <= row.mean_diff <= row.bca_high
     assert table.loc["Binomial", "decision"] == "MS better"
@@ -351,7 +357,10 @@ def test_planned_comparisons_all_pairs_and_edge_cases():
     result = stats.planned_comparisons(BLOCK, all_pairs=True, n_resamples=500)
     assert result.comparisons == 6
     assert list(zip(result.table.a, result.table.b, strict=True))[:3] == [
-        ("MS", "Binomial"), ("MS", "LiftedStruct*"), ("MS", "BinLifted")]  # fmt: skip
+        ("MS", "Binomial"),
+        ("MS", "LiftedStruct*"),
+        ("MS", "BinLifted"),
+    ]
     assert result.table["detectable"].iloc[1] == pytest.approx(
         stats.detectable_difference(result.table["sd_diff"].iloc[1], 5, comparisons=6)
     )

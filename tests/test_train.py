@@ -33,8 +33,12 @@ def test_the_optimizer_registry_holds_every_optimizer_with_a_summary() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZER_CLASSES))
-def test_each_optimizer_gets_backbone_and_head_learning_rates(tiny_experiment: WriteExperiment, name: str) -> None:
-    cell = with_optim(tiny_cells(tiny_experiment)[0], name=name, lr_backbone=0.01, lr_head=0.1, weight_decay=0.5)
+def test_each_optimizer_gets_backbone_and_head_learning_rates(
+    tiny_experiment: WriteExperiment, name: str
+) -> None:
+    cell = with_optim(
+        tiny_cells(tiny_experiment)[0], name=name, lr_backbone=0.01, lr_head=0.1, weight_decay=0.5
+    )
     model = build_model(cell, in_channels=1)
     optimizer = build_optimizer(cell, model)
     assert type(optimizer) is OPTIMIZER_CLASSES[name]
@@ -83,4 +87,7 @@ def test_a_cell_trains_on_given_splits_and_records_its_resolved_loss(
     assert outcome.metrics["final"]["test"] == outcome.metrics["final"]["val"]
     final, config = json.loads(paths.final.read_text()), json.loads(paths.config.read_text())
     assert final["resolved_loss"] == config["resolved_loss"] == cell.resolved_loss()
-    assert final["resolved_loss"]["name"] == "ms" and set(final["resolved_loss"]["hparams"]) >= {"alpha", "beta"}
+    assert final["resolved_loss"]["name"] == "ms" and set(final["resolved_loss"]["hparams"]) >= {
+        "alpha",
+        "beta",
+    }

@@ -129,8 +129,12 @@ def test_embedding_runs_the_model_in_eval_mode_and_restores_its_mode(
     )
     model.eval()
     with torch.no_grad():
-        expected = torch.cat([model(torch.stack([dataset[i][0] for i in range(start, min(start + 16, len(dataset)))]))
-                              for start in range(0, len(dataset), 16)])  # fmt: skip
+        expected = torch.cat(
+            [
+                model(torch.stack([dataset[i][0] for i in range(start, min(start + 16, len(dataset)))]))
+                for start in range(0, len(dataset), 16)
+            ]
+        )
     torch.testing.assert_close(embeddings, expected)
     assert torch.equal(labels, torch.as_tensor(dataset.labels))
 
@@ -139,8 +143,17 @@ def test_the_lr_drops_after_the_milestone_update(
     tmp_path: Path, tiny_experiment: WriteExperiment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """docs/official-differences.md (row 6): milestone m means updates 1..m at the rate, m+1 on at rate x gamma."""
-    cell = ms_cell(tiny_experiment, {"train.iterations": 7, "train.eval_every": 7, "schedule.milestones": [4],
-                                     "schedule.gamma": 0.5, "optim.lr_backbone": 0.004, "optim.lr_head": 0.002})  # fmt: skip
+    cell = ms_cell(
+        tiny_experiment,
+        {
+            "train.iterations": 7,
+            "train.eval_every": 7,
+            "schedule.milestones": [4],
+            "schedule.gamma": 0.5,
+            "optim.lr_backbone": 0.004,
+            "optim.lr_head": 0.002,
+        },
+    )
     rates_used: list[list[float]] = []
     build_optimizer = train.build_optimizer
 
@@ -248,8 +261,14 @@ def test_inshop_queries_its_gallery_in_one_label_space(
     references, _ = embed(model, gallery, **options)
     torch.testing.assert_close(call["embeddings"], queries)
     torch.testing.assert_close(call["gallery"], references)
-    expected = measure(queries, torch.as_tensor(query.labels), ks=[1, 2, 4], metrics=tuple(cell.evaluate.metrics),
-                       gallery=references, gallery_labels=torch.as_tensor(gallery.labels))  # fmt: skip
+    expected = measure(
+        queries,
+        torch.as_tensor(query.labels),
+        ks=[1, 2, 4],
+        metrics=tuple(cell.evaluate.metrics),
+        gallery=references,
+        gallery_labels=torch.as_tensor(gallery.labels),
+    )
     assert result == pytest.approx(expected, rel=1e-6)
 
 

@@ -61,8 +61,16 @@ class FakeTrainer:
         peak = 1.0 - abs(math.log(float(hparams["alpha"]) / 2.0)) / 3.0 - 0.2 * float(hparams["lam"])
         return max(0.0, peak) * iteration / ITERATIONS
 
-    def __call__(self, cfg: Any, paths: CellPaths, *, on_eval: Any = None, evaluate_test: bool = True,
-                 progress: bool = True, ctx: Any = None) -> CellOutcome:  # fmt: skip
+    def __call__(
+        self,
+        cfg: Any,
+        paths: CellPaths,
+        *,
+        on_eval: Any = None,
+        evaluate_test: bool = True,
+        progress: bool = True,
+        ctx: Any = None,
+    ) -> CellOutcome:
         assert evaluate_test is False, "a study must never evaluate the test set"
         self.calls.append((paths.root.name, dict(cfg.loss.hparams)))
         paths.root.mkdir(parents=True, exist_ok=True)
@@ -91,7 +99,9 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTrainer:
     trainer = FakeTrainer()
     monkeypatch.setattr(train, "train_cell", trainer)
     monkeypatch.setattr(builders, "load_splits", lambda cfg: None)
-    monkeypatch.setattr(tune_outputs, "write_figures", lambda *args, **kwargs: [])  # slow; one test draws them
+    monkeypatch.setattr(
+        tune_outputs, "write_figures", lambda *args, **kwargs: []
+    )  # slow; one test draws them
     return trainer
 
 
@@ -172,8 +182,12 @@ def test_trials_is_the_total_a_rerun_continues_to_and_never_passes(
 def test_successive_halving_prunes_and_marks_the_trial_folder(
     tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment
 ) -> None:
-    pruner = {"name": "successive_halving", "min_resource": EVAL_EVERY, "reduction_factor": 2,
-              "min_early_stopping_rate": 0}  # fmt: skip
+    pruner = {
+        "name": "successive_halving",
+        "min_resource": EVAL_EVERY,
+        "reduction_factor": 2,
+        "min_early_stopping_rate": 0,
+    }
     results = tmp_path / "results"
     assert run(tune_file(pruner=pruner, trials=6), results) == 0
     trials = trials_of(results)
@@ -194,8 +208,11 @@ def test_a_trial_beyond_the_total_is_marked_surplus_and_not_counted(
     setup = load_tune(tune_file())
     study = optuna.create_study(direction="maximize")
     for value in (0.1, 0.2):
-        study.add_trial(optuna.trial.create_trial(value=value, params={"alpha": 1.0, "lam": 0.5},
-                                                  distributions=study_distributions()))  # fmt: skip
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=value, params={"alpha": 1.0, "lam": 0.5}, distributions=study_distributions()
+            )
+        )
     objective = Objective(setup, tmp_path / "study", total=2, progress=False)
     study.optimize(objective, n_trials=1, catch=(SurplusTrial,))
     last = study.trials[-1]
@@ -268,7 +285,9 @@ def test_an_interrupted_trial_fails_is_not_counted_and_the_next_run_retries_it_i
     path, results = tune_file(), tmp_path / "results"
     assert run(path, results, "--trials", "3") == 130
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("interrupted by SIGINT: 1 running trial(s) recorded as failed")
+    assert len(lines) == 1 and lines[0].startswith(
+        "interrupted by SIGINT: 1 running trial(s) recorded as failed"
+    )
     trials = trials_of(results)
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["interrupted"] == "SIGINT" and counted_trials(trials) == trials[:1]

@@ -123,8 +123,11 @@ def test_the_command_line_turns_mistakes_into_one_line_and_exit_2(
 ) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({**mutate("study.space.alpha", {"low": 3, "high": 1}), "base": None}))
-    for argv in ([str(path)], [str(ROOT / "experiments" / "tune-ms.yaml"), "--workers", "0"],
-                 [str(ROOT / "experiments" / "tune-ms.yaml"), "--set", "study.trials=0"]):  # fmt: skip
+    for argv in (
+        [str(path)],
+        [str(ROOT / "experiments" / "tune-ms.yaml"), "--workers", "0"],
+        [str(ROOT / "experiments" / "tune-ms.yaml"), "--set", "study.trials=0"],
+    ):
         with pytest.raises(SystemExit) as stop:
             cli_main(main, argv)
         assert stop.value.code == 2

@@ -70,7 +70,9 @@ def check_each_trial_once(trials: list[Any], total: int, study_dir: Path) -> Non
     assert all(t.state == TrialState.FAIL for t in surplus)
 
 
-def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(tmp_path: Path, tune_file: Path) -> None:
+def test_two_workers_on_the_default_sqlite_file_record_each_trial_once(
+    tmp_path: Path, tune_file: Path
+) -> None:
     name = "two-workers"
     assert run_workers(tune_file, tmp_path / "results", name, 3) == 0
     study_dir = tmp_path / "results" / name
@@ -93,7 +95,9 @@ def test_two_workers_on_a_journal_file_record_each_trial_once_and_a_rerun_tops_u
     assert run_workers(tune_file, tmp_path / "results", name, 3, "--storage", journal) == 0
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     check_each_trial_once(trials, 3, tmp_path / "results" / name)
-    assert run_workers(tune_file, tmp_path / "results", name, 4, "--storage", journal) == 0  # one trial left for two workers
+    assert (
+        run_workers(tune_file, tmp_path / "results", name, 4, "--storage", journal) == 0
+    )  # one trial left for two workers
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
     check_each_trial_once(trials, 4, tmp_path / "results" / name)
 
@@ -132,15 +136,33 @@ def test_two_workers_on_postgresql_record_each_trial_once(tmp_path: Path, tune_f
 
 # ------------------------------------------------------------------------------- stop signals, real processes
 
-ENDLESS = {**WORKERS_PROTOCOL, "train.iterations": 100_000, "train.eval_every": 50, "train.log_every": 50,
-           "study.pruner": {"name": "none"}}  # fmt: skip  # a trial that surely outlives the test
+ENDLESS = {
+    **WORKERS_PROTOCOL,
+    "train.iterations": 100_000,
+    "train.eval_every": 50,
+    "train.log_every": 50,
+    "study.pruner": {"name": "none"},
+}  # a trial that surely outlives the test
 
 
 def start_study(tune_file: Path, results: Path, workers: int) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "harness.tune", str(tune_file), "--results", str(results), "--workers",
-               str(workers), "--trials", "3", "--quiet"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "harness.tune",
+        str(tune_file),
+        "--results",
+        str(results),
+        "--workers",
+        str(workers),
+        "--trials",
+        "3",
+        "--quiet",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_running_trials(study_dir: Path, count: int, proc: subprocess.Popen[str]) -> None:
@@ -201,7 +223,9 @@ def test_a_stop_signal_fails_the_running_trials_writes_the_summary_and_leaves_no
     assert f"{workers} interrupted, not counted" in (study_dir / "summary.md").read_text()
 
 
-def test_workers_stop_when_their_parent_is_killed_outright(tmp_path: Path, tiny_tune_file: WriteExperiment) -> None:
+def test_workers_stop_when_their_parent_is_killed_outright(
+    tmp_path: Path, tiny_tune_file: WriteExperiment
+) -> None:
     study_dir = tmp_path / "results" / "tiny"
     proc = start_study(tiny_tune_file(ENDLESS), tmp_path / "results", 2)
     pids: list[int] = []

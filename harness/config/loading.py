@@ -81,7 +81,9 @@ def _yaml_text(path: Path) -> str:
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a text file (byte {err.start} is not UTF-8); save it as UTF-8 text") from None
+        raise UserError(
+            f"{path}: not a text file (byte {err.start} is not UTF-8); save it as UTF-8 text"
+        ) from None
     if "\x00" in text:
         raise UserError(f"{path}: not a text file (it holds NUL bytes); save it as UTF-8 text")
     return text
@@ -90,7 +92,9 @@ def _yaml_text(path: Path) -> str:
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line UserError."""
     try:
-        return yaml.load(_yaml_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+        return yaml.load(
+            _yaml_text(path), Loader=_UniqueKeyLoader
+        )  # a SafeLoader subclass: no arbitrary objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -58,7 +58,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-NON_NEGATIVE_HPARAMS = {"lam": "lambda, the similarity threshold or margin", "eps": "epsilon, the mining margin"}
+NON_NEGATIVE_HPARAMS = {
+    "lam": "lambda, the similarity threshold or margin",
+    "eps": "epsilon, the mining margin",
+}
 """Loss hyperparameters that are distances or margins: a negative value is a mistake, not a setting."""
 
 
@@ -158,13 +161,17 @@ class DataConfig(_Strict):
         if folds == 1:
             raise ValueError("val_folds: 1 fold would leave no training classes; use 0 (off) or at least 2")
         if not folds and fold:
-            raise ValueError(f"val_fold: {fold} needs data.val_folds (class folds are off); set val_folds or "
-                             "remove val_fold")  # fmt: skip
+            raise ValueError(
+                f"val_fold: {fold} needs data.val_folds (class folds are off); set val_folds or "
+                "remove val_fold"
+            )
         if folds and fold >= folds:
             raise ValueError(f"val_fold: {fold} is not a fold of val_folds {folds}; use 0 to {folds - 1}")
         if folds and abs(self.val_fraction - 1 / folds) > 0.005:
-            raise ValueError(f"val_fraction: {self.val_fraction} but val_folds {folds} holds out 1/{folds} of the "
-                             f"training classes; set data.val_fraction: {round(1 / folds, 2)}")  # fmt: skip
+            raise ValueError(
+                f"val_fraction: {self.val_fraction} but val_folds {folds} holds out 1/{folds} of the "
+                f"training classes; set data.val_fraction: {round(1 / folds, 2)}"
+            )
         return self
 
     @model_serializer(mode="wrap")
@@ -198,10 +205,14 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
         if self.weights is not None and self.backbone == "small_cnn":
-            raise ValueError("weights: small_cnn trains from scratch and would ignore model.weights; remove it")
+            raise ValueError(
+                "weights: small_cnn trains from scratch and would ignore model.weights; remove it"
+            )
         if self.weights is not None and not self.pretrained:
-            raise ValueError("weights: model.pretrained is false, so model.weights would be ignored; "
-                             "set model.pretrained: true or remove model.weights")  # fmt: skip
+            raise ValueError(
+                "weights: model.pretrained is false, so model.weights would be ignored; "
+                "set model.pretrained: true or remove model.weights"
+            )
         return self
 
 
@@ -319,7 +330,9 @@ class Grid(_Strict):
         if isinstance(self.embedding_sizes, dict):
             for name in self.datasets:
                 if name not in self.embedding_sizes:
-                    raise ValueError(f"embedding_sizes: no sizes for dataset {name!r}; give a list for each dataset")
+                    raise ValueError(
+                        f"embedding_sizes: no sizes for dataset {name!r}; give a list for each dataset"
+                    )
         return self
 
     def sizes_for(self, dataset: str) -> list[int]:
@@ -381,8 +394,9 @@ class CellConfig(Protocol):
         """
         hashed = {
             **_without_empty(self.model_dump(mode="json", exclude=NOT_TRAINING, exclude_defaults=True)),
-            "resolved_loss": self.resolved_loss(), "id_version": CELL_ID_VERSION,
-        }  # fmt: skip
+            "resolved_loss": self.resolved_loss(),
+            "id_version": CELL_ID_VERSION,
+        }
         digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
         preset = f"-{self.loss.preset}" if self.loss.preset else ""
         variant = "" if self.variant == "default" else f"-{self.variant}"
@@ -401,4 +415,8 @@ class CellConfig(Protocol):
 
     def record(self) -> dict[str, Any]:
         """What a cell's config.json holds: its id, its config and :meth:`resolved_loss`."""
-        return {"cell_id": self.cell_id, **self.model_dump(mode="json"), "resolved_loss": self.resolved_loss()}
+        return {
+            "cell_id": self.cell_id,
+            **self.model_dump(mode="json"),
+            "resolved_loss": self.resolved_loss(),
+        }

@@ -92,8 +92,20 @@ def build_splits(
         from harness.data.glyphs import build_glyph_splits
 
         parameters = inspect.signature(build_glyph_splits).parameters
-        accepted = [p for p in parameters if p not in (
-            "cache_dir", "val_fraction", "val_seed", "val_folds", "val_fold", "image_size", "convention")]  # fmt: skip
+        accepted = [
+            p
+            for p in parameters
+            if p
+            not in (
+                "cache_dir",
+                "val_fraction",
+                "val_seed",
+                "val_folds",
+                "val_fold",
+                "image_size",
+                "convention",
+            )
+        ]
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
         if unknown:

@@ -115,7 +115,9 @@ def split_classes(
     all_idx = np.arange(len(labels), dtype=np.int64)
     if folds:
         if not 0 <= fold < folds:
-            raise UserError(f"val_fold is {fold}; expected a fold number from 0 to {folds - 1} (val_folds {folds})")  # fmt: skip
+            raise UserError(
+                f"val_fold is {fold}; expected a fold number from 0 to {folds - 1} (val_folds {folds})"
+            )
         in_val = np.isin(labels, class_folds(labels, folds, seed)[fold])
         return all_idx[~in_val], all_idx[in_val]
     if not 0.0 <= fraction < 1.0:

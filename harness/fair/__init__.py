@@ -29,7 +29,22 @@ from harness.fair.schema import FairConfig, FairSetup, LossStudy, load_fair, stu
 from harness.fair.studies import StudyState, default_storage, fill_studies, study_state, worker_order
 
 __all__ = [
-    "FairConfig", "FairSetup", "LossStudy", "StudyState", "build_parser", "default_experiment", "default_storage",
-    "fill_studies", "load_fair", "main", "study_key", "study_state", "test_block", "tuned_experiment",
-    "tuned_vs_default", "validate_fair", "worker_order", "write_fair_report",
-]  # fmt: skip
+    "FairConfig",
+    "FairSetup",
+    "LossStudy",
+    "StudyState",
+    "build_parser",
+    "default_experiment",
+    "default_storage",
+    "fill_studies",
+    "load_fair",
+    "main",
+    "study_key",
+    "study_state",
+    "test_block",
+    "tuned_experiment",
+    "tuned_vs_default",
+    "validate_fair",
+    "worker_order",
+    "write_fair_report",
+]

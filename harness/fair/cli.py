@@ -48,17 +48,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
     )
     parser.add_argument("file", help="fair file: an experiment YAML with a fair: section")
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="Optuna storage shared by every study: an SQLAlchemy URL or journal:FILE "
-                             "(default: sqlite:///<results>/<name>/studies.db)")  # fmt: skip
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage shared by every study: an SQLAlchemy URL or journal:FILE "
+        "(default: sqlite:///<results>/<name>/studies.db)",
+    )
     parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes filling the studies")
-    parser.add_argument("--jobs", type=int, default=None, metavar="N",
-                        help="cells trained at once by the test re-runs (harness.run --jobs)")  # fmt: skip
-    parser.add_argument("--studies-only", action="store_true",
-                        help="fill the studies and stop (another machine joining the storage)")  # fmt: skip
-    parser.add_argument("--defaults", default=None, metavar="DIR",
-                        help="experiment folder holding (or to hold) the default-hyperparameter cells, e.g. a "
-                             "finished run of the same grid (default: <results>/<name>/default)")  # fmt: skip
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cells trained at once by the test re-runs (harness.run --jobs)",
+    )
+    parser.add_argument(
+        "--studies-only",
+        action="store_true",
+        help="fill the studies and stop (another machine joining the storage)",
+    )
+    parser.add_argument(
+        "--defaults",
+        default=None,
+        metavar="DIR",
+        help="experiment folder holding (or to hold) the default-hyperparameter cells, e.g. a "
+        "finished run of the same grid (default: <results>/<name>/default)",
+    )
     add_worker_arguments(parser, set_example="fair.trials=4")
     return parser
 
@@ -78,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
             with StopSignals().installed() as signals:
-                return work_share(signals, lambda: fill_studies(setup, storage, fair_dir, worker=args.worker,
-                                                                progress=not args.quiet, signals=signals))  # fmt: skip
+                return work_share(
+                    signals,
+                    lambda: fill_studies(
+                        setup, storage, fair_dir, worker=args.worker, progress=not args.quiet, signals=signals
+                    ),
+                )
         return _run(args, setup, storage, storage_url, fair_dir)
 
 
@@ -88,8 +108,14 @@ def _log(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _run_studies(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: str, fair_dir: Path,
-                 signals: StopSignals) -> int:  # fmt: skip
+def _run_studies(
+    args: argparse.Namespace,
+    setup: FairSetup,
+    storage: Any,
+    storage_url: str,
+    fair_dir: Path,
+    signals: StopSignals,
+) -> int:
     """Fill every study to the budget (in this process or ``--workers`` processes); write their outputs
     (also when stopped: then it returns ``128 + signal``)."""
     from harness.builders import load_splits
@@ -102,8 +128,11 @@ def _run_studies(args: argparse.Namespace, setup: FairSetup, storage: Any, stora
     retried = prepare_studies(setup, storage)
     resolved = {**setup.experiment.model_dump(mode="json"), "fair": setup.fair.model_dump(mode="json")}
     atomic_write_text(fair_dir / "fair.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    _log(args, f"{setup.name}: {len(setup.studies)} studies of {setup.fair.trials} trials on "
-               f"{shown_url(storage_url)}, {args.workers} worker(s)")  # fmt: skip
+    _log(
+        args,
+        f"{setup.name}: {len(setup.studies)} studies of {setup.fair.trials} trials on "
+        f"{shown_url(storage_url)}, {args.workers} worker(s)",
+    )
     if retried:
         _log(args, f"retrying interrupted trial(s) {', '.join(retried)} in their folders")
     codes, stop = [0], None
@@ -113,8 +142,15 @@ def _run_studies(args: argparse.Namespace, setup: FairSetup, storage: Any, stora
         elif args.workers == 1:
             fill_studies(setup, storage, fair_dir, worker=0, progress=not args.quiet, signals=signals)
         else:
-            codes = spawn_workers(args.file, args.sets, args.results, storage_url, args.workers,
-                                  quiet=args.quiet, signals=signals)  # fmt: skip
+            codes = spawn_workers(
+                args.file,
+                args.sets,
+                args.results,
+                storage_url,
+                args.workers,
+                quiet=args.quiet,
+                signals=signals,
+            )
     except Interrupted as err:
         stop = err
     import optuna
@@ -126,8 +162,11 @@ def _run_studies(args: argparse.Namespace, setup: FairSetup, storage: Any, stora
             study.setup, loaded, study_dir(fair_dir, study), storage_url=storage_url, seconds=seconds
         )
     if stop is not None:
-        print(f"interrupted by {stop.name}: running trials recorded as failed; the next run retries them and "
-              "goes on", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted by {stop.name}: running trials recorded as failed; the next run retries them and "
+            "goes on",
+            file=sys.stderr,
+        )
         return stop.exit_code
     bad = [code for code in codes if code != 0]
     return 0 if not bad else (2 if 2 in bad else EXIT_FAILED)
@@ -141,22 +180,36 @@ def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: 
     states = [study_state(study, storage) for study in setup.studies]
     for state in states:
         c = state.counts
-        _log(args, f"  {state.study.key}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
-                   f"{c.get('fail', 0)} failed of {setup.fair.trials}")  # fmt: skip
+        _log(
+            args,
+            f"  {state.study.key}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
+            f"{c.get('fail', 0)} failed of {setup.fair.trials}",
+        )
     if code != 0 or args.studies_only:
         return code
     unsettled = [s.study.key for s in states if not s.settled]
     if unsettled:
-        print(f"studies {', '.join(unsettled)} still have trials running elsewhere; run this command again when "
-              "they finish for the re-runs and the report", file=sys.stderr)  # fmt: skip
+        print(
+            f"studies {', '.join(unsettled)} still have trials running elsewhere; run this command again when "
+            "they finish for the re-runs and the report",
+            file=sys.stderr,
+        )
         return 0
     defaults = Path(args.defaults) if args.defaults else fair_dir / DEFAULT
-    default_file = write_experiment(default_experiment(setup, defaults.name), fair_dir / "default.yaml",
-                                    f"Written by harness.fair: {setup.name} at default hyperparameters.")  # fmt: skip
-    tuned_file = write_experiment(tuned_experiment(setup, states), fair_dir / "tuned.yaml",
-                                  f"Written by harness.fair: {setup.name} at each study's best values.")  # fmt: skip
-    codes = [run_experiment(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet),
-             run_experiment(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet)]  # fmt: skip
+    default_file = write_experiment(
+        default_experiment(setup, defaults.name),
+        fair_dir / "default.yaml",
+        f"Written by harness.fair: {setup.name} at default hyperparameters.",
+    )
+    tuned_file = write_experiment(
+        tuned_experiment(setup, states),
+        fair_dir / "tuned.yaml",
+        f"Written by harness.fair: {setup.name} at each study's best values.",
+    )
+    codes = [
+        run_experiment(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet),
+        run_experiment(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet),
+    ]
     report = write_fair_report(setup, states, defaults, fair_dir / TUNED, fair_dir)
     print(f"fair report: {report}", file=sys.stderr)
     return EXIT_FAILED if any(codes) else 0

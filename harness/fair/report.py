@@ -61,8 +61,10 @@ def tuned_vs_default(default: pd.DataFrame, tuned: pd.DataFrame, keys: list[str]
         rows.append(planned_comparisons(pair, control="tuned").table.iloc[0].to_dict() | {"key": key})
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p"].to_numpy(dtype=float))
-    table["detectable"] = [detectable_difference(sd, int(n), comparisons=len(keys))
-                           for sd, n in zip(table["sd_diff"], table["n"], strict=True)]  # fmt: skip
+    table["detectable"] = [
+        detectable_difference(sd, int(n), comparisons=len(keys))
+        for sd, n in zip(table["sd_diff"], table["n"], strict=True)
+    ]
     table["decision"] = [_decision(row) for row in table.to_dict("records")]
     return table
 
@@ -84,13 +86,23 @@ def _budget_section(setup: FairSetup, states: list[StudyState]) -> list[str]:
     rows = []
     for state in states:
         defaults = state.study.spec.resolved()["hparams"]
-        values = ", ".join(f"{name} {state.best_params[name]:.4g} (default {defaults.get(name, '–')})"
-                           for name in state.study.setup.study.space if name in state.best_params)  # fmt: skip
+        values = ", ".join(
+            f"{name} {state.best_params[name]:.4g} (default {defaults.get(name, '–')})"
+            for name in state.study.setup.study.space
+            if name in state.best_params
+        )
         c = state.counts
-        rows.append([esc(state.study.key), c.get("complete", 0), c.get("pruned", 0), c.get("fail", 0),
-                     f"{c['total']} / {setup.fair.trials}", num(None if state.best_value is None else
-                                                               100 * state.best_value),
-                     values or "no complete trial: default values kept"])  # fmt: skip
+        rows.append(
+            [
+                esc(state.study.key),
+                c.get("complete", 0),
+                c.get("pruned", 0),
+                c.get("fail", 0),
+                f"{c['total']} / {setup.fair.trials}",
+                num(None if state.best_value is None else 100 * state.best_value),
+                values or "no complete trial: default values kept",
+            ]
+        )
     header = ["loss", "complete", "pruned", "failed", "used / budget", "best val R@1", "tuned values"]
     return ["## Budget and tuned values", "", markdown_table(header, rows), ""]
 
@@ -98,14 +110,28 @@ def _budget_section(setup: FairSetup, states: list[StudyState]) -> list[str]:
 def _comparison_section(default: pd.DataFrame, tuned: pd.DataFrame, setup: FairSetup) -> list[str]:
     keys = [s.key for s in setup.studies]
     table = tuned_vs_default(default, tuned, keys).set_index("key")
-    rows = [[esc(k), _mean_ci(default[k]), _mean_ci(tuned[k]),
-             f"{num(table.at[k, 'mean_diff'], sign=True)} [{num(table.at[k, 'ci_low'], sign=True)}, "
-             f"{num(table.at[k, 'ci_high'], sign=True)}]", p_value(table.at[k, "p_holm"]), table.at[k, "decision"]]
-            for k in keys]  # fmt: skip
+    rows = [
+        [
+            esc(k),
+            _mean_ci(default[k]),
+            _mean_ci(tuned[k]),
+            f"{num(table.at[k, 'mean_diff'], sign=True)} [{num(table.at[k, 'ci_low'], sign=True)}, "
+            f"{num(table.at[k, 'ci_high'], sign=True)}]",
+            p_value(table.at[k, "p_holm"]),
+            table.at[k, "decision"],
+        ]
+        for k in keys
+    ]
     header = ["loss", "default", "tuned", "tuned − default [95% CI]", "p (Holm)", "decision"]
-    return ["## Default and tuned, side by side (test Recall@1, %)", "",
-            f"Mean over seeds {list(default.index)} with 95% t intervals; paired over seeds, Holm over the "
-            f"{len(keys)} losses.", "", markdown_table(header, rows), ""]  # fmt: skip
+    return [
+        "## Default and tuned, side by side (test Recall@1, %)",
+        "",
+        f"Mean over seeds {list(default.index)} with 95% t intervals; paired over seeds, Holm over the "
+        f"{len(keys)} losses.",
+        "",
+        markdown_table(header, rows),
+        "",
+    ]
 
 
 def _decisions_section(default: pd.DataFrame, tuned: pd.DataFrame, control: str) -> list[str]:
@@ -118,14 +144,24 @@ def _decisions_section(default: pd.DataFrame, tuned: pd.DataFrame, control: str)
         ]
     before = planned_comparisons(default.dropna(axis=1, how="all"), control=control).table.set_index("b")
     after = planned_comparisons(tuned.dropna(axis=1, how="all"), control=control).table.set_index("b")
-    rows = [[esc(f"{control} − {other}"),
-             f"{num(before.at[other, 'mean_diff'], sign=True)}: {before.at[other, 'decision']}",
-             f"{num(after.at[other, 'mean_diff'], sign=True)}: {after.at[other, 'decision']}"]
-            for other in after.index if other in before.index]  # fmt: skip
-    return [f"## {control} against each other loss, before and after tuning", "",
-            "Paired over seeds, Holm over the comparisons of each column; the decision names the better loss or "
-            "the smallest difference the design detects with 80% power.", "",
-            markdown_table(["comparison", "default hyperparameters", "tuned"], rows), ""]  # fmt: skip
+    rows = [
+        [
+            esc(f"{control} − {other}"),
+            f"{num(before.at[other, 'mean_diff'], sign=True)}: {before.at[other, 'decision']}",
+            f"{num(after.at[other, 'mean_diff'], sign=True)}: {after.at[other, 'decision']}",
+        ]
+        for other in after.index
+        if other in before.index
+    ]
+    return [
+        f"## {control} against each other loss, before and after tuning",
+        "",
+        "Paired over seeds, Holm over the comparisons of each column; the decision names the better loss or "
+        "the smallest difference the design detects with 80% power.",
+        "",
+        markdown_table(["comparison", "default hyperparameters", "tuned"], rows),
+        "",
+    ]
 
 
 def _paper_order(setup: FairSetup) -> pd.Series:
@@ -134,8 +170,11 @@ def _paper_order(setup: FairSetup) -> pd.Series:
     rows = (
         paper[(paper["table"] == ORDER_TABLE) & (paper["k"] == 1)].drop_duplicates("loss").set_index("loss")
     )
-    values = {s.key: float(rows.at[s.spec.name, "recall"]) for s in setup.studies
-              if s.spec.name in rows.index and s.spec.preset in (None, "paper")}  # fmt: skip
+    values = {
+        s.key: float(rows.at[s.spec.name, "recall"])
+        for s in setup.studies
+        if s.spec.name in rows.index and s.spec.preset in (None, "paper")
+    }
     return pd.Series(values, dtype=float)
 
 
@@ -143,12 +182,28 @@ def _ranking_section(default: pd.DataFrame, tuned: pd.DataFrame, setup: FairSetu
     means_default, means_tuned, paper = default.mean(), tuned.mean(), _paper_order(setup)
     rank_default = means_default.rank(ascending=False)
     rank_tuned = means_tuned.rank(ascending=False)
-    rows = [[esc(s.key), num(rank_default.get(s.key, math.nan), 1), num(rank_tuned.get(s.key, math.nan), 1),
-             num(paper.rank(ascending=False).get(s.key, math.nan), 1)] for s in setup.studies]  # fmt: skip
-    pairs = [("default vs tuned", means_default, means_tuned), ("default vs paper Table 2", means_default, paper),
-             ("tuned vs paper Table 2", means_tuned, paper)]  # fmt: skip
-    lines = ["## How the ranking moves", "", markdown_table(["loss", "rank default", "rank tuned", "rank paper"], rows),
-             "", "Kendall tau-b (scipy) between the rankings of mean test Recall@1:", ""]  # fmt: skip
+    rows = [
+        [
+            esc(s.key),
+            num(rank_default.get(s.key, math.nan), 1),
+            num(rank_tuned.get(s.key, math.nan), 1),
+            num(paper.rank(ascending=False).get(s.key, math.nan), 1),
+        ]
+        for s in setup.studies
+    ]
+    pairs = [
+        ("default vs tuned", means_default, means_tuned),
+        ("default vs paper Table 2", means_default, paper),
+        ("tuned vs paper Table 2", means_tuned, paper),
+    ]
+    lines = [
+        "## How the ranking moves",
+        "",
+        markdown_table(["loss", "rank default", "rank tuned", "rank paper"], rows),
+        "",
+        "Kendall tau-b (scipy) between the rankings of mean test Recall@1:",
+        "",
+    ]
     for what, a, b in pairs:
         agreement = rank_agreement(a, b)
         detail = agreement.note or f"tau {num(agreement.tau)}, p {p_value(agreement.p)}"
@@ -161,24 +216,30 @@ def _folds_words(setup: FairSetup) -> str:
     k = setup.fair.folds
     if not k:
         return ""
-    return (f" and {k} class-disjoint folds of the training classes, each validating a model trained on the "
-            "other folds; the re-runs train on all training classes less the grid's validation classes")  # fmt: skip
+    return (
+        f" and {k} class-disjoint folds of the training classes, each validating a model trained on the "
+        "other folds; the re-runs train on all training classes less the grid's validation classes"
+    )
 
 
-def write_fair_report(setup: FairSetup, states: list[StudyState], default_dir: Path, tuned_dir: Path,
-                      fair_dir: Path) -> Path:  # fmt: skip
+def write_fair_report(
+    setup: FairSetup, states: list[StudyState], default_dir: Path, tuned_dir: Path, fair_dir: Path
+) -> Path:
     """``<fair_dir>/report.md`` from the studies' states and the two re-run folders."""
     default, tuned = test_block(default_dir, setup), test_block(tuned_dir, setup)
     first = setup.studies[0].setup
     per = "seed and fold" if setup.fair.folds else "seed"
-    lines = [f"# Fair comparison: {setup.name}", "",
-             f"- Every loss tuned with the same budget: {setup.fair.trials} trials, pruner "
-             f"{setup.fair.pruner.name}, TPE seed {setup.fair.sampler.seed}; objective: validation "
-             f"{first.metric} (mean over trial seeds {setup.fair.seeds}{_folds_words(setup)}; the test set is "
-             f"never looked at), {first.template.train.iterations} iterations per {per}.",
-             f"- Then default and tuned hyperparameters re-run over seeds {list(setup.experiment.grid.seeds)} "
-             f"on the test set: `{default_dir}` and `{tuned_dir}` (their own report.md has every metric).",
-             ""]  # fmt: skip
+    lines = [
+        f"# Fair comparison: {setup.name}",
+        "",
+        f"- Every loss tuned with the same budget: {setup.fair.trials} trials, pruner "
+        f"{setup.fair.pruner.name}, TPE seed {setup.fair.sampler.seed}; objective: validation "
+        f"{first.metric} (mean over trial seeds {setup.fair.seeds}{_folds_words(setup)}; the test set is "
+        f"never looked at), {first.template.train.iterations} iterations per {per}.",
+        f"- Then default and tuned hyperparameters re-run over seeds {list(setup.experiment.grid.seeds)} "
+        f"on the test set: `{default_dir}` and `{tuned_dir}` (their own report.md has every metric).",
+        "",
+    ]
     lines += _budget_section(setup, states)
     lines += _comparison_section(default, tuned, setup)
     lines += _decisions_section(default, tuned, _control(setup))

@@ -32,8 +32,10 @@ def default_experiment(setup: FairSetup, name: str = DEFAULT) -> dict[str, Any]:
 def tuned_experiment(setup: FairSetup, states: list[StudyState]) -> dict[str, Any]:
     """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its own)."""
     doc = _resolved(setup, TUNED)
-    doc["description"] = (f"fair run {setup.name}: every loss at the best values of its study "
-                          f"({setup.fair.trials} trials, val {setup.studies[0].setup.metric}), on the test set")  # fmt: skip
+    doc["description"] = (
+        f"fair run {setup.name}: every loss at the best values of its study "
+        f"({setup.fair.trials} trials, val {setup.studies[0].setup.metric}), on the test set"
+    )
     for state in states:
         entry = doc["grid"]["losses"][state.study.index]
         entry["hparams"] = {**entry.get("hparams", {}), **state.best_params}

@@ -102,12 +102,16 @@ def _one_of_each(experiment: Experiment, source: str) -> None:
     g = experiment.grid
     sizes = g.sizes_for(g.datasets[0]) if len(g.datasets) == 1 else []
     if len(g.datasets) != 1 or len(sizes) != 1 or len(g.variants) != 1:
-        raise UserError(f"{source}: grid: a fair file compares losses within one block, got datasets {g.datasets}, "
-                        f"sizes {g.embedding_sizes}, variants {list(g.variants)}; keep one of each "
-                        "(one fair file per dataset and size)")  # fmt: skip
+        raise UserError(
+            f"{source}: grid: a fair file compares losses within one block, got datasets {g.datasets}, "
+            f"sizes {g.embedding_sizes}, variants {list(g.variants)}; keep one of each "
+            "(one fair file per dataset and size)"
+        )
     if len(g.seeds) < 2:
-        raise UserError(f"{source}: grid.seeds: the tuned and default losses are compared over seeds, got "
-                        f"{g.seeds}; give at least 2 seeds")  # fmt: skip
+        raise UserError(
+            f"{source}: grid.seeds: the tuned and default losses are compared over seeds, got "
+            f"{g.seeds}; give at least 2 seeds"
+        )
 
 
 def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str, key: str) -> dict[str, Any]:
@@ -118,11 +122,16 @@ def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str,
     raw["grid"]["losses"] = [copy.deepcopy(loss_raw)]
     raw["grid"]["seeds"] = [fair.seeds[0]]
     study: dict[str, Any] = {
-        "name": name, "trials": fair.trials, "seeds": list(fair.seeds), "folds": fair.folds,
-        "sampler": fair.sampler.model_dump(), "pruner": fair.pruner.resolved(),
-        "importance": fair.importance.resolved(), "heartbeat": fair.heartbeat.model_dump(),
+        "name": name,
+        "trials": fair.trials,
+        "seeds": list(fair.seeds),
+        "folds": fair.folds,
+        "sampler": fair.sampler.model_dump(),
+        "pruner": fair.pruner.resolved(),
+        "importance": fair.importance.resolved(),
+        "heartbeat": fair.heartbeat.model_dump(),
         "best_seeds": list(base["grid"]["seeds"]),
-    }  # fmt: skip
+    }
     if key in fair.spaces:
         study["space"] = {param: bounds.model_dump() for param, bounds in fair.spaces[key].items()}
     raw["study"] = study
@@ -133,8 +142,10 @@ def validate_fair(raw: dict[str, Any], source: str) -> FairSetup:
     """Validate a raw fair mapping (an experiment plus ``fair:``); every mistake is one line."""
     raw = dict(raw)
     if "fair" not in raw:
-        raise UserError(f"{source}: no fair: section; a fair file is an experiment file plus fair: "
-                        "(see experiments/fair-glyphs.yaml)")  # fmt: skip
+        raise UserError(
+            f"{source}: no fair: section; a fair file is an experiment file plus fair: "
+            "(see experiments/fair-glyphs.yaml)"
+        )
     try:
         fair = _FairSection.model_validate({"fair": raw.pop("fair")}).fair
     except ValidationError as err:

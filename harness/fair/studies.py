@@ -55,8 +55,15 @@ def fill_studies(
     Raises :class:`Interrupted` after a stop signal, once the running trial is recorded as failed.
     """
     for study in worker_order(setup.studies, worker):
-        run_worker(study.setup, storage, study_dir(fair_dir, study), setup.fair.trials, worker=worker,
-                   progress=progress, signals=signals)  # fmt: skip
+        run_worker(
+            study.setup,
+            storage,
+            study_dir(fair_dir, study),
+            setup.fair.trials,
+            worker=worker,
+            progress=progress,
+            signals=signals,
+        )
 
 
 def spawn_workers(
@@ -102,8 +109,11 @@ def study_state(study: LossStudy, storage: Any) -> StudyState:
 
     loaded = optuna.load_study(study_name=study.name, storage=storage)
     counts = study_counts(loaded)
-    complete = [t for t in counted_trials(loaded.get_trials(deepcopy=False))
-                if t.state == optuna.trial.TrialState.COMPLETE]  # fmt: skip
+    complete = [
+        t
+        for t in counted_trials(loaded.get_trials(deepcopy=False))
+        if t.state == optuna.trial.TrialState.COMPLETE
+    ]
     if not complete:
         return StudyState(study, counts, None, {}, None)
     best = max(complete, key=lambda t: (t.value, -t.number))

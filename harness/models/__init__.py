@@ -50,8 +50,9 @@ def build_model(
 ) -> EmbeddingModel:
     """Build an embedding model; ``weights`` overrides the default local pretrained-weights path."""
     entry = backbone_entry(backbone)
-    options = BackboneOptions(pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels,
-                              width=width)  # fmt: skip
+    options = BackboneOptions(
+        pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels, width=width
+    )
     module, features = entry.factory(options)
     return EmbeddingModel(module, features, embedding_size)
 

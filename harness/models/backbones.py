@@ -83,11 +83,15 @@ def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> N
     the official BN-Inception file): they keep their initial value, as torch's own loading leaves them.
     """
     if not path.is_file():
-        raise DataError(f"{what} pretrained weights not found at {path}; {hint}, or set model.pretrained: false")
+        raise DataError(
+            f"{what} pretrained weights not found at {path}; {hint}, or set model.pretrained: false"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file is a user-fixable data problem
-        raise DataError(f"{what} weights file {path} is unreadable ({type(err).__name__}); replace it") from None
+        raise DataError(
+            f"{what} weights file {path} is unreadable ({type(err).__name__}); replace it"
+        ) from None
     if isinstance(state, Mapping) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -95,7 +99,9 @@ def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> N
     own = module.state_dict()
     mismatches = _mismatches(own, state)
     if mismatches:
-        raise DataError(f"{what} weights file {path} does not match the model ({'; '.join(mismatches)}); {hint}")
+        raise DataError(
+            f"{what} weights file {path} does not match the model ({'; '.join(mismatches)}); {hint}"
+        )
     counters = {k: own[k] for k in own if k.endswith(BN_COUNTER) and k not in state}
     module.load_state_dict({**counters, **state}, strict=True)
 
@@ -112,8 +118,10 @@ def _mismatches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tenso
         found.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]!r}")
     if reshaped:
         k = reshaped[0]
-        found.append(f"{len(reshaped)} of another shape, e.g. {k!r} {tuple(state[k].shape)} "
-                     f"instead of {tuple(own[k].shape)}")  # fmt: skip
+        found.append(
+            f"{len(reshaped)} of another shape, e.g. {k!r} {tuple(state[k].shape)} "
+            f"instead of {tuple(own[k].shape)}"
+        )
     return found
 
 
@@ -155,7 +163,9 @@ def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
         if options.weights:
             path = Path(options.weights).expanduser()
         else:
-            found = [torch_hub_checkpoints() / f for f in RESNET50_FILES if (torch_hub_checkpoints() / f).is_file()]
+            found = [
+                torch_hub_checkpoints() / f for f in RESNET50_FILES if (torch_hub_checkpoints() / f).is_file()
+            ]
             path = found[0] if found else torch_hub_checkpoints() / RESNET50_FILES[0]
         load_state_file(
             net,

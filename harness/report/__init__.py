@@ -63,7 +63,7 @@ __all__ = [
     "table_loss_order",
     "to_percent",
     "write_report",
-]  # fmt: skip
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,22 +72,44 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m harness.report",
         description="Write report.md and figures/ for one experiment from its stored results (no training).",
     )
-    parser.add_argument("experiment_dir", type=Path, help="results directory of one experiment (has cells.csv)")
+    parser.add_argument(
+        "experiment_dir", type=Path, help="results directory of one experiment (has cells.csv)"
+    )
     parser.add_argument("--paper", type=Path, default=None, help=f"the paper's tables (default: {PAPER_DIR})")
-    parser.add_argument("--all-pairs", action="store_true",
-                        help="compare every pair of losses (Holm over all pairs) instead of the planned comparisons, "
-                             "MS against each other loss")  # fmt: skip
-    parser.add_argument("--margin", type=float, default=DEFAULT_MARGIN, metavar="POINTS",
-                        help="equivalence margin of the paper verdicts: 'reproduced within ±POINTS points' is "
-                             f"printed only when two one-sided tests show it (default: {DEFAULT_MARGIN:g})")  # fmt: skip
+    parser.add_argument(
+        "--all-pairs",
+        action="store_true",
+        help="compare every pair of losses (Holm over all pairs) instead of the planned comparisons, "
+        "MS against each other loss",
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        metavar="POINTS",
+        help="equivalence margin of the paper verdicts: 'reproduced within ±POINTS points' is "
+        f"printed only when two one-sided tests show it (default: {DEFAULT_MARGIN:g})",
+    )
     reference = parser.add_mutually_exclusive_group()
-    reference.add_argument("--reference", type=Path, default=None, metavar="DIR",
-                           help="a committed reference run of this experiment to check agreement with, row by row "
-                                f"(default: {REFERENCE_ROOT}/<experiment>/ when it exists)")  # fmt: skip
+    reference.add_argument(
+        "--reference",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a committed reference run of this experiment to check agreement with, row by row "
+        f"(default: {REFERENCE_ROOT}/<experiment>/ when it exists)",
+    )
     reference.add_argument("--no-reference", action="store_true", help="no agreement section")
     args = parser.parse_args(argv)
     exp_dir = args.experiment_dir  # a run may be writing into a folder with cells/: wait for its lock
     with folder_lock(exp_dir) if (exp_dir / "cells").is_dir() else contextlib.nullcontext():
-        print(write_report(args.experiment_dir, paper_dir=args.paper, all_pairs=args.all_pairs, margin=args.margin,
-                           reference=False if args.no_reference else args.reference))  # fmt: skip
+        print(
+            write_report(
+                args.experiment_dir,
+                paper_dir=args.paper,
+                all_pairs=args.all_pairs,
+                margin=args.margin,
+                reference=False if args.no_reference else args.reference,
+            )
+        )
     return 0

@@ -33,14 +33,31 @@ def forest(differences: pd.DataFrame, *, xlabel: str, title: str, stem: Path) ->
         ys = np.arange(n)[::-1].astype(float)
         for y, r in zip(ys, differences.itertuples(), strict=True):
             if math.isfinite(r.detectable):
-                ax.fill_betweenx([y - 0.38, y + 0.38], -r.detectable, r.detectable, color=_DETECTABLE_COLOUR,
-                                 linewidth=0, zorder=1)  # fmt: skip
+                ax.fill_betweenx(
+                    [y - 0.38, y + 0.38],
+                    -r.detectable,
+                    r.detectable,
+                    color=_DETECTABLE_COLOUR,
+                    linewidth=0,
+                    zorder=1,
+                )
             if not math.isnan(r.ci_low):
-                ax.plot([r.ci_low, r.ci_high], [y, y], color=_T_COLOUR, linewidth=3.2, solid_capstyle="butt", zorder=3)
+                ax.plot(
+                    [r.ci_low, r.ci_high],
+                    [y, y],
+                    color=_T_COLOUR,
+                    linewidth=3.2,
+                    solid_capstyle="butt",
+                    zorder=3,
+                )
             if not math.isnan(r.bca_low):
-                ax.plot([r.bca_low, r.bca_high], [y - 0.2, y - 0.2], color=_BCA_COLOUR, linewidth=1.6, zorder=3)
+                ax.plot(
+                    [r.bca_low, r.bca_high], [y - 0.2, y - 0.2], color=_BCA_COLOUR, linewidth=1.6, zorder=3
+                )
             ax.plot([r.diff], [y], marker="o", markersize=7, color="black", zorder=4)
-            ax.annotate(r.decision, xy=(1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=8.5)
+            ax.annotate(
+                r.decision, xy=(1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=8.5
+            )
         ax.axvline(0.0, color="black", linewidth=1.0, zorder=2)
         ax.set_yticks(ys)
         ax.set_yticklabels(list(differences["label"]))
@@ -48,17 +65,31 @@ def forest(differences: pd.DataFrame, *, xlabel: str, title: str, stem: Path) ->
         ax.set_xlabel(xlabel)
         ax.set_title(title, loc="left")
         ax.grid(axis="y", visible=False)
-        handles = [Line2D([], [], marker="o", color="black", linestyle="none", label="mean paired difference"),
-                   Line2D([], [], color=_T_COLOUR, linewidth=3.2, label="95% t interval"),
-                   Line2D([], [], color=_BCA_COLOUR, linewidth=1.6, label="95% BCa bootstrap interval"),
-                   Patch(color=_DETECTABLE_COLOUR, label="± D: smaller true differences\ngo undetected (80% power)")]  # fmt: skip
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.1 - 0.7 / (n + 2)), ncol=2,
-                  frameon=False, fontsize=8.5)  # fmt: skip
+        handles = [
+            Line2D([], [], marker="o", color="black", linestyle="none", label="mean paired difference"),
+            Line2D([], [], color=_T_COLOUR, linewidth=3.2, label="95% t interval"),
+            Line2D([], [], color=_BCA_COLOUR, linewidth=1.6, label="95% BCa bootstrap interval"),
+            Patch(color=_DETECTABLE_COLOUR, label="± D: smaller true differences\ngo undetected (80% power)"),
+        ]
+        ax.legend(
+            handles=handles,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.1 - 0.7 / (n + 2)),
+            ncol=2,
+            frameon=False,
+            fontsize=8.5,
+        )
         return save_figure(fig, stem)
 
 
 def critical_difference(
-    ranks: pd.Series, pvalues: pd.DataFrame, *, critical_difference: float, styles: Styles, title: str, stem: Path
+    ranks: pd.Series,
+    pvalues: pd.DataFrame,
+    *,
+    critical_difference: float,
+    styles: Styles,
+    title: str,
+    stem: Path,
 ) -> list[Path]:
     """scikit-posthocs' critical-difference diagram: the average rank of each loss (1 = best) on one axis,
     losses joined by a bar when the post-hoc test does not separate them; a scale bar of length CD."""
@@ -66,18 +97,38 @@ def critical_difference(
     with figure_style():
         fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(ranks) + 1.9))
         scikit_posthocs.critical_difference_diagram(
-            ranks, pvalues, ax=ax, color_palette=palette, label_fmt_left="{label} ({rank:.2f})",
-            label_fmt_right="({rank:.2f}) {label}", marker_props={"s": 40, "zorder": 3},
-            elbow_props={"linewidth": 1.2}, crossbar_props={"linewidth": 3.0, "color": "black", "alpha": 0.7},
+            ranks,
+            pvalues,
+            ax=ax,
+            color_palette=palette,
+            label_fmt_left="{label} ({rank:.2f})",
+            label_fmt_right="({rank:.2f}) {label}",
+            marker_props={"s": 40, "zorder": 3},
+            elbow_props={"linewidth": 1.2},
+            crossbar_props={"linewidth": 3.0, "color": "black", "alpha": 0.7},
             label_props={"fontsize": 9},
-        )  # fmt: skip
+        )
         ax.grid(False)  # grid lines would run through the labels
         if math.isfinite(critical_difference):  # a scale bar of length CD under the diagram, from rank 1
             ends = [1.0, 1.0 + critical_difference]
-            ax.plot(ends, [-0.06, -0.06], color=PAPER_STYLE["color"], linewidth=2.0, marker="|", markersize=9,
-                    transform=ax.get_xaxis_transform(), clip_on=False)  # fmt: skip
-            ax.annotate(f"critical difference (Nemenyi, 5%) = {critical_difference:.2f} ranks", xy=(ends[1], -0.06),
-                        xycoords=ax.get_xaxis_transform(), xytext=(8, 0), textcoords="offset points",
-                        va="center", fontsize=8.5)  # fmt: skip
+            ax.plot(
+                ends,
+                [-0.06, -0.06],
+                color=PAPER_STYLE["color"],
+                linewidth=2.0,
+                marker="|",
+                markersize=9,
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+            )
+            ax.annotate(
+                f"critical difference (Nemenyi, 5%) = {critical_difference:.2f} ranks",
+                xy=(ends[1], -0.06),
+                xycoords=ax.get_xaxis_transform(),
+                xytext=(8, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=8.5,
+            )
         ax.set_title(title, loc="left", pad=26)
         return save_figure(fig, stem)

@@ -58,8 +58,10 @@ def blocks(ctx: ReportContext) -> list[Block]:
         rows = ctx.ordered(block["row"])
         seeds = block.pivot_table(index="seed", columns="row", values="value", aggfunc="mean")[rows]
         dataset, size, variant, weights = key
-        title = (f"{DATASET_NAMES.get(dataset, dataset)}, {size_variant(size, variant, ctx.many_variants)}, "
-                 f"{ctx.weights_titles[weights]}")  # fmt: skip
+        title = (
+            f"{DATASET_NAMES.get(dataset, dataset)}, {size_variant(size, variant, ctx.many_variants)}, "
+            f"{ctx.weights_titles[weights]}"
+        )
         out.append(Block(key, title, seeds, _control(ctx, block, rows)))
     return out
 
@@ -76,9 +78,18 @@ def _differences(table: pd.DataFrame, control: str) -> pd.DataFrame:
         sign = -1.0 if flip else 1.0
         low, high = sorted((sign * r.ci_low, sign * r.ci_high))
         bca_low, bca_high = sorted((sign * r.bca_low, sign * r.bca_high))
-        rows.append({"label": r.b if flip else f"{r.a} − {r.b}", "diff": sign * r.mean_diff, "ci_low": low,
-                     "ci_high": high, "bca_low": bca_low, "bca_high": bca_high, "detectable": r.detectable,
-                     "decision": r.decision})  # fmt: skip
+        rows.append(
+            {
+                "label": r.b if flip else f"{r.a} − {r.b}",
+                "diff": sign * r.mean_diff,
+                "ci_low": low,
+                "ci_high": high,
+                "bca_low": bca_low,
+                "bca_high": bca_high,
+                "detectable": r.detectable,
+                "decision": r.decision,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -91,18 +102,24 @@ def _design_sentence(planned: stats.PlannedComparisons, n: int) -> str:
     m = planned.comparisons
     detectable = stats.detectable_difference(pooled, n, power=POWER, comparisons=m)
     if pooled == 0:
-        return f"The paired differences have no spread over the {n} seeds: every difference is detected exactly."
+        return (
+            f"The paired differences have no spread over the {n} seeds: every difference is detected exactly."
+        )
     needed = stats.seeds_needed(TARGET_DIFFERENCE, pooled, power=POWER, comparisons=m)
-    return (f"**Design: {n} seeds, {m} comparison(s) (Holm); pooled paired SD {pooled:.2f} points. Minimum "
-            f"detectable difference D = {detectable:.1f} points** (two-sided paired t, 80% power, level 0.05/{m}); "
-            f"detecting {TARGET_DIFFERENCE:.1f} points would need **{needed} seeds**.")  # fmt: skip
+    return (
+        f"**Design: {n} seeds, {m} comparison(s) (Holm); pooled paired SD {pooled:.2f} points. Minimum "
+        f"detectable difference D = {detectable:.1f} points** (two-sided paired t, 80% power, level 0.05/{m}); "
+        f"detecting {TARGET_DIFFERENCE:.1f} points would need **{needed} seeds**."
+    )
 
 
 def _cell(mean: float, low: float, high: float) -> str:
     return num(mean, 1) if math.isnan(low) else f"{mean:.1f} ± {(high - low) / 2:.1f}"
 
 
-def _lead_table(ctx: ReportContext, block: Block, planned: stats.PlannedComparisons, compared: pd.DataFrame) -> str:
+def _lead_table(
+    ctx: ReportContext, block: Block, planned: stats.PlannedComparisons, compared: pd.DataFrame
+) -> str:
     dataset, size, variant, weights = block.key
     part = select(compared, dataset=dataset, embedding_size=size, variant=variant, weights=weights)
     metrics = [m for m in METRIC_NAMES if m in set(part["metric"])]
@@ -112,22 +129,37 @@ def _lead_table(ctx: ReportContext, block: Block, planned: stats.PlannedComparis
         if block.control in (r.a, r.b) and r.a != r.b:
             other, sign = (r.b, -1.0) if r.a == block.control else (r.a, 1.0)
             low, high = sorted((sign * r.ci_low, sign * r.ci_high))
-            versus[other] = [f"{num(sign * r.mean_diff, 1, sign=True)} [{num(low, 1, sign=True)}, "
-                             f"{num(high, 1, sign=True)}]", p_value(r.p_holm), r.decision]  # fmt: skip
+            versus[other] = [
+                f"{num(sign * r.mean_diff, 1, sign=True)} [{num(low, 1, sign=True)}, "
+                f"{num(high, 1, sign=True)}]",
+                p_value(r.p_holm),
+                r.decision,
+            ]
     rows = []
     for row in [block.control, *(r for r in block.seeds.columns if r != block.control)]:
-        values = [_cell(v.mean, v.ci_low, v.ci_high) if (v := by_row.get(row, {}).get(m)) else "–" for m in metrics]
+        values = [
+            _cell(v.mean, v.ci_low, v.ci_high) if (v := by_row.get(row, {}).get(m)) else "–" for m in metrics
+        ]
         label = f"{esc(row)} (control)" if row == block.control else esc(row)
         rows.append([label, int(block.seeds[row].notna().sum()), *values, *versus.get(row, ["–", "–", "–"])])
-    header = ["loss", "n", *(f"{METRIC_NAMES[m]} %" for m in metrics), f"R@1 − {esc(block.control)} [95% CI]",
-              "Holm p", "decision"]  # fmt: skip
+    header = [
+        "loss",
+        "n",
+        *(f"{METRIC_NAMES[m]} %" for m in metrics),
+        f"R@1 − {esc(block.control)} [95% CI]",
+        "Holm p",
+        "decision",
+    ]
     return markdown_table(header, rows)
 
 
-def _lead_figures(ctx: ReportContext, block: Block, planned: stats.PlannedComparisons) -> list[Figure | Skipped]:
+def _lead_figures(
+    ctx: ReportContext, block: Block, planned: stats.PlannedComparisons
+) -> list[Figure | Skipped]:
     dataset, size, variant, _ = block.key
     name = f"{DATASET_NAMES.get(dataset, dataset).split(' (')[0]}, embedding {size}" + (
-        f", variant {variant}" if ctx.many_variants else "")
+        f", variant {variant}" if ctx.many_variants else ""
+    )
     stem_tail = (dataset, f"d{size}", variant_slug(variant))
     out: list[Figure | Skipped] = []
     differences = _differences(planned.table, block.control)
@@ -137,25 +169,43 @@ def _lead_figures(ctx: ReportContext, block: Block, planned: stats.PlannedCompar
     else:
         against = "the row" if not ctx.options.all_pairs else "A"
         files = comparison_plots.forest(
-            differences, xlabel=f"test Recall@1 of {against} − {block.control if against == 'the row' else 'B'} "
-            "(points, same seeds)", title=title, stem=ctx.exp_dir / "figures" / slug("forest", *stem_tail),
-        )  # fmt: skip
-        out.append(Figure(title, files, "Right of 0: better than the control. Grey: ±D, the true difference this "
-                                        "design detects with 80% power; an interval inside it settles nothing."))
+            differences,
+            xlabel=f"test Recall@1 of {against} − {block.control if against == 'the row' else 'B'} "
+            "(points, same seeds)",
+            title=title,
+            stem=ctx.exp_dir / "figures" / slug("forest", *stem_tail),
+        )
+        out.append(
+            Figure(
+                title,
+                files,
+                "Right of 0: better than the control. Grey: ±D, the true difference this "
+                "design detects with 80% power; an interval inside it settles nothing.",
+            )
+        )
     ranking = stats.friedman_ranking(block.seeds)
     title = f"Critical-difference diagram: {name}"
     if ranking.friedman.note:
         out.append(Skipped(title, f"Friedman {ranking.friedman.note}"))
     else:
         files = comparison_plots.critical_difference(
-            ranking.ranks, ranking.pvalues, critical_difference=ranking.critical_difference,
-            styles=plots.label_styles(ctx.order), title=f"{title} (average rank over {ranking.friedman.n} seeds)",
+            ranking.ranks,
+            ranking.pvalues,
+            critical_difference=ranking.critical_difference,
+            styles=plots.label_styles(ctx.order),
+            title=f"{title} (average rank over {ranking.friedman.n} seeds)",
             stem=ctx.exp_dir / "figures" / slug("critical_difference", *stem_tail),
-        )  # fmt: skip
+        )
         f = ranking.friedman
-        out.append(Figure(title, files, f"Friedman over {f.k} losses and {f.n} seeds: chi² = {f.statistic:.2f}, "
-                                        f"p = {p_value(f.p)}. Average rank per loss (1 = best); a bar joins losses "
-                                        "the Nemenyi post-hoc test does not separate at 5% (Demšar 2006)."))  # fmt: skip
+        out.append(
+            Figure(
+                title,
+                files,
+                f"Friedman over {f.k} losses and {f.n} seeds: chi² = {f.statistic:.2f}, "
+                f"p = {p_value(f.p)}. Average rank per loss (1 = best); a bar joins losses "
+                "the Nemenyi post-hoc test does not separate at 5% (Demšar 2006).",
+            )
+        )
     return out
 
 
@@ -167,13 +217,19 @@ def _primary_blocks(ctx: ReportContext, all_blocks: list[Block]) -> list[Block]:
 
 def lead_section(ctx: ReportContext, compared: pd.DataFrame, all_blocks: list[Block]) -> str:
     """The report's first section: per block one compact table, the forest plot and the CD diagram."""
-    scope = ("every pair of losses (`--all-pairs`), Holm over all pairs" if ctx.options.all_pairs else
-             "the planned comparisons: the control (MS) against each other loss, Holm over them (every pair: "
-             "`--all-pairs`)")  # fmt: skip
-    lines = ["## At a glance", "",
-             "Test set, mean ± half-width of the 95% t interval over seeds (%). Decisions from " + scope + ": "
-             "paired t-test over the seeds both losses have; *no difference larger than D detectable* means "
-             "the design could not have seen a smaller true difference, not that the losses are equal."]  # fmt: skip
+    scope = (
+        "every pair of losses (`--all-pairs`), Holm over all pairs"
+        if ctx.options.all_pairs
+        else "the planned comparisons: the control (MS) against each other loss, Holm over them (every pair: "
+        "`--all-pairs`)"
+    )
+    lines = [
+        "## At a glance",
+        "",
+        "Test set, mean ± half-width of the 95% t interval over seeds (%). Decisions from " + scope + ": "
+        "paired t-test over the seeds both losses have; *no difference larger than D detectable* means "
+        "the design could not have seen a smaller true difference, not that the losses are equal.",
+    ]
     for block in _primary_blocks(ctx, all_blocks):
         lines += ["", f"### {esc(block.title)}", ""]
         if block.seeds.shape[1] < 2:
@@ -195,9 +251,13 @@ def _kendall_rows(ctx: ReportContext, compared: pd.DataFrame, key: tuple) -> lis
         ours = select(recall, k=k, dataset=dataset, embedding_size=size, variant=variant, weights=weights)
         if ours.empty:
             continue
-        table2 = paper[(paper["table"] == ORDER_TABLE) & (paper["k"] == k) & paper["implemented"].astype(bool)]
+        table2 = paper[
+            (paper["table"] == ORDER_TABLE) & (paper["k"] == k) & paper["implemented"].astype(bool)
+        ]
         by_loss = dict(zip(table2["loss"], table2["recall"], strict=True))
-        theirs = pd.Series({r: by_loss[loss_of[r]] for r in ours["row"] if loss_of.get(r) in by_loss}, dtype=float)
+        theirs = pd.Series(
+            {r: by_loss[loss_of[r]] for r in ours["row"] if loss_of.get(r) in by_loss}, dtype=float
+        )
         agreement = stats.rank_agreement(ours.set_index("row")["mean"], theirs)
         rows.append([k, agreement.n, num(agreement.tau, 3), p_value(agreement.p), agreement.note or "–"])
     return rows
@@ -205,12 +265,15 @@ def _kendall_rows(ctx: ReportContext, compared: pd.DataFrame, key: tuple) -> lis
 
 def between_losses_section(ctx: ReportContext, compared: pd.DataFrame, all_blocks: list[Block]) -> str:
     """Every comparison in full per block and kind of weights: intervals, p-values, D, Friedman, ranking."""
-    lines = ["## Between losses in detail (Recall@1, test set)", "",
-             "Per block: each comparison's mean paired difference with its 95% t and BCa bootstrap (scipy, "
-             "9,999 resamples, fixed seed) intervals, paired t p-value, Holm-adjusted p, D (the smallest true "
-             "difference detected with 80% power at level 0.05 / comparisons) and the decision; Friedman with "
-             "average ranks and the Nemenyi critical difference; Kendall's tau between our mean Recall@K per "
-             "loss and the paper's Table 2 (Cars-196, embedding 64) over the Table 2 rows we ran."]  # fmt: skip
+    lines = [
+        "## Between losses in detail (Recall@1, test set)",
+        "",
+        "Per block: each comparison's mean paired difference with its 95% t and BCa bootstrap (scipy, "
+        "9,999 resamples, fixed seed) intervals, paired t p-value, Holm-adjusted p, D (the smallest true "
+        "difference detected with 80% power at level 0.05 / comparisons) and the decision; Friedman with "
+        "average ranks and the Nemenyi critical difference; Kendall's tau between our mean Recall@K per "
+        "loss and the paper's Table 2 (Cars-196, embedding 64) over the Table 2 rows we ran.",
+    ]
     notes = []
     body = []
     for block in all_blocks:
@@ -220,28 +283,66 @@ def between_losses_section(ctx: ReportContext, compared: pd.DataFrame, all_block
             continue
         ranking = stats.friedman_ranking(block.seeds)
         f = ranking.friedman
-        body.append(f"- Friedman over {f.k} losses and {f.n} seeds: " + (
-            f"chi² = {f.statistic:.2f}, p = {p_value(f.p)}; average ranks: "
-            + ", ".join(f"{esc(r)} {v:.2f}" for r, v in ranking.ranks.items())
-            + f"; Nemenyi critical difference {ranking.critical_difference:.2f}"
-            if not f.note else f"{f.note} (treatments = losses, blocks = seeds)"))  # fmt: skip
+        body.append(
+            f"- Friedman over {f.k} losses and {f.n} seeds: "
+            + (
+                f"chi² = {f.statistic:.2f}, p = {p_value(f.p)}; average ranks: "
+                + ", ".join(f"{esc(r)} {v:.2f}" for r, v in ranking.ranks.items())
+                + f"; Nemenyi critical difference {ranking.critical_difference:.2f}"
+                if not f.note
+                else f"{f.note} (treatments = losses, blocks = seeds)"
+            )
+        )
         kendall = _kendall_rows(ctx, compared, block.key)
         if kendall and ctx.paper.empty:
             body.append("- Ranking against Table 2: no paper tables found.")
         elif kendall:
-            body += ["- Ranking against the paper's Table 2:", "",
-                     markdown_table(["K", "rows in common", "Kendall tau", "p", "note"], kendall), ""]  # fmt: skip
+            body += [
+                "- Ranking against the paper's Table 2:",
+                "",
+                markdown_table(["K", "rows in common", "Kendall tau", "p", "note"], kendall),
+                "",
+            ]
         planned = _comparisons(ctx, block)
         if planned.wilcoxon_note:
             notes.append(planned.wilcoxon_note)
         with_wilcoxon = planned.table["p_wilcoxon"].notna().any()
-        rows = [[esc(r.a), esc(r.b), r.n, num(r.mean_diff, sign=True), f"[{num(r.ci_low, sign=True)}, "
-                 f"{num(r.ci_high, sign=True)}]", f"[{num(r.bca_low, sign=True)}, {num(r.bca_high, sign=True)}]",
-                 p_value(r.p), p_value(r.p_holm), *([p_value(r.p_wilcoxon_holm)] if with_wilcoxon else []),
-                 num(r.detectable, 1), r.decision] for r in planned.table.itertuples()]  # fmt: skip
-        body += ["- Comparisons:", "", markdown_table(
-            ["A", "B", "seeds", "A − B (pts)", "95% t CI", "95% BCa CI", "paired t p", "Holm p",
-             *(["Wilcoxon Holm p"] if with_wilcoxon else []), "D", "decision"], rows)]  # fmt: skip
+        rows = [
+            [
+                esc(r.a),
+                esc(r.b),
+                r.n,
+                num(r.mean_diff, sign=True),
+                f"[{num(r.ci_low, sign=True)}, {num(r.ci_high, sign=True)}]",
+                f"[{num(r.bca_low, sign=True)}, {num(r.bca_high, sign=True)}]",
+                p_value(r.p),
+                p_value(r.p_holm),
+                *([p_value(r.p_wilcoxon_holm)] if with_wilcoxon else []),
+                num(r.detectable, 1),
+                r.decision,
+            ]
+            for r in planned.table.itertuples()
+        ]
+        body += [
+            "- Comparisons:",
+            "",
+            markdown_table(
+                [
+                    "A",
+                    "B",
+                    "seeds",
+                    "A − B (pts)",
+                    "95% t CI",
+                    "95% BCa CI",
+                    "paired t p",
+                    "Holm p",
+                    *(["Wilcoxon Holm p"] if with_wilcoxon else []),
+                    "D",
+                    "decision",
+                ],
+                rows,
+            ),
+        ]
     if notes:
         lines += ["", sorted(set(notes), key=len)[0] + " It is left out wherever that holds."]
     return "\n".join(lines + body)
@@ -261,35 +362,78 @@ def reference_section(ctx: ReportContext) -> str:
     if not shown:
         return ""
     weights = shown[0]
-    ours = ctx.finished[(ctx.finished["split"] == "test") & (ctx.finished["metric"] == "recall@1")
-                        & (ctx.finished["weights"] == weights)]  # fmt: skip
-    theirs = theirs[(theirs["status"] == "finished") & (theirs["split"] == "test") & (theirs["metric"] == "recall@1")
-                    & (theirs["weights"] == weights)]  # fmt: skip
+    ours = ctx.finished[
+        (ctx.finished["split"] == "test")
+        & (ctx.finished["metric"] == "recall@1")
+        & (ctx.finished["weights"] == weights)
+    ]
+    theirs = theirs[
+        (theirs["status"] == "finished")
+        & (theirs["split"] == "test")
+        & (theirs["metric"] == "recall@1")
+        & (theirs["weights"] == weights)
+    ]
     agreement = stats.reference_agreement(ours, theirs, by=keys)
-    lines = ["## Agreement with the committed reference", "",
-             f"This run against `{reference_dir}` (test Recall@1, {ctx.weights_titles[weights].split(' (')[0]}), "
-             "row by row: **Welch's two-sample t-test** over the seeds of each run (the runs are independent "
-             "samples; another machine rounds differently), Holm-corrected across the rows; the difference "
-             "ours − reference with its 95% Welch interval. *agrees*: no difference at the corrected 5% level "
-             "(within seed noise); *differs*: a difference beyond seed noise."]  # fmt: skip
+    lines = [
+        "## Agreement with the committed reference",
+        "",
+        f"This run against `{reference_dir}` (test Recall@1, {ctx.weights_titles[weights].split(' (')[0]}), "
+        "row by row: **Welch's two-sample t-test** over the seeds of each run (the runs are independent "
+        "samples; another machine rounds differently), Holm-corrected across the rows; the difference "
+        "ours − reference with its 95% Welch interval. *agrees*: no difference at the corrected 5% level "
+        "(within seed noise); *differs*: a difference beyond seed noise.",
+    ]
     if agreement.empty:
         return "\n".join([*lines, "", "No row of this run is in the reference run: nothing to compare."])
     verdicts = agreement["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in verdicts.items()) + "."]
-    ids = {side: frame.groupby(keys)["cell_id"].agg(frozenset) for side, frame in (("ours", ours), ("ref", theirs))}
+    ids = {
+        side: frame.groupby(keys)["cell_id"].agg(frozenset)
+        for side, frame in (("ours", ours), ("ref", theirs))
+    }
     changed = [k for k in ids["ours"].index.intersection(ids["ref"].index) if ids["ours"][k] != ids["ref"][k]]
     if changed:
-        lines.append(f"- {len(changed)} row(s) ran under other cell ids than the reference (the id hashes the resolved "
-                     "config): their configurations differ, so a difference there is expected.")  # fmt: skip
+        lines.append(
+            f"- {len(changed)} row(s) ran under other cell ids than the reference (the id hashes the resolved "
+            "config): their configurations differ, so a difference there is expected."
+        )
     agreement["_rank"] = agreement["row"].map({r: i for i, r in enumerate(ctx.order)})
-    rows = [[DATASET_NAMES.get(r.dataset, r.dataset).split(" (")[0], size_variant(r.embedding_size, r.variant,
-             ctx.many_variants), esc(r.row), f"{r.n} / {r.n_reference}", num(r.mean, 1), num(r.mean_reference, 1),
-             f"{num(r.diff, 2, sign=True)} [{num(r.ci_low, 2, sign=True)}, {num(r.ci_high, 2, sign=True)}]",
-             p_value(r.p), p_value(r.p_holm), f"**{r.verdict}**"]
-            for r in agreement.sort_values(["dataset", "embedding_size", "variant", "_rank"]).itertuples()]  # fmt: skip
-    return "\n".join([*lines, "", markdown_table(
-        ["dataset", "size", "loss", "seeds (ours / ref)", "ours %", "reference %", "diff [95% CI]", "Welch p",
-         "Holm p", "verdict"], rows)])  # fmt: skip
+    rows = [
+        [
+            DATASET_NAMES.get(r.dataset, r.dataset).split(" (")[0],
+            size_variant(r.embedding_size, r.variant, ctx.many_variants),
+            esc(r.row),
+            f"{r.n} / {r.n_reference}",
+            num(r.mean, 1),
+            num(r.mean_reference, 1),
+            f"{num(r.diff, 2, sign=True)} [{num(r.ci_low, 2, sign=True)}, {num(r.ci_high, 2, sign=True)}]",
+            p_value(r.p),
+            p_value(r.p_holm),
+            f"**{r.verdict}**",
+        ]
+        for r in agreement.sort_values(["dataset", "embedding_size", "variant", "_rank"]).itertuples()
+    ]
+    return "\n".join(
+        [
+            *lines,
+            "",
+            markdown_table(
+                [
+                    "dataset",
+                    "size",
+                    "loss",
+                    "seeds (ours / ref)",
+                    "ours %",
+                    "reference %",
+                    "diff [95% CI]",
+                    "Welch p",
+                    "Holm p",
+                    "verdict",
+                ],
+                rows,
+            ),
+        ]
+    )
 
 
 def default_reference(exp_dir: Path, experiment: str, root: Path) -> Path | None:

@@ -95,13 +95,27 @@ def _ablation_figure(
     paper = paper[paper["row"].isin(present)][["row", "recall"]]
     paper = paper.assign(_rank=paper["row"].map(present.index)).sort_values("_rank").drop(columns="_rank")
     files = plots.ablation_dots(
-        r1[["row", "weights", "value"]], paper, order=present, weights_labels=dict(_panels(ctx, r1)),
-        title=f"{title} (seeds, mean, 95% t CI)", ylabel="Recall@1 on the test set (%)", stem=stem,
-    )  # fmt: skip
-    caption = ("Paper values (black diamonds): " + ", ".join(f"{esc(r)} {v:.1f}" for r, v in zip(paper['row'], paper['recall'], strict=True))
-               + "." if len(paper) else "No paper values for this dataset and size.")  # fmt: skip
-    return Figure(title, files, caption + " Hollow dots: one seed each; bars: the mean with its 95% t interval (no bars drawn "
-                                  "from an arbitrary floor: the y axis spans the data).")
+        r1[["row", "weights", "value"]],
+        paper,
+        order=present,
+        weights_labels=dict(_panels(ctx, r1)),
+        title=f"{title} (seeds, mean, 95% t CI)",
+        ylabel="Recall@1 on the test set (%)",
+        stem=stem,
+    )
+    caption = (
+        "Paper values (black diamonds): "
+        + ", ".join(f"{esc(r)} {v:.1f}" for r, v in zip(paper["row"], paper["recall"], strict=True))
+        + "."
+        if len(paper)
+        else "No paper values for this dataset and size."
+    )
+    return Figure(
+        title,
+        files,
+        caption + " Hollow dots: one seed each; bars: the mean with its 95% t interval (no bars drawn "
+        "from an arbitrary floor: the y axis spans the data).",
+    )
 
 
 def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure | Skipped:
@@ -115,20 +129,35 @@ def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure |
     panels = _panels(ctx, ours)
     paper_panels = pd.concat([paper.assign(weights=w) for w, _ in panels], ignore_index=True)
     files = plots.recall_curves(
-        ours, paper_panels, panels=panels, panel_column="weights", order=ctx.ordered(ours["row"]), styles=styles,
-        title=title, stem=figures_dir / slug("recall_at_k", dataset, f"d{size}", variant_slug(variant)),
-    )  # fmt: skip
-    caption = (f"Dashed: the paper (Table(s) {_tables_of(paper)})." if len(paper) else
-               "No paper values for these losses at this dataset and size.")  # fmt: skip
-    return Figure(title, files, caption + " Each loss has its own marker and is shifted a little along K, so "
-                                          "that equal curves do not hide each other.")
+        ours,
+        paper_panels,
+        panels=panels,
+        panel_column="weights",
+        order=ctx.ordered(ours["row"]),
+        styles=styles,
+        title=title,
+        stem=figures_dir / slug("recall_at_k", dataset, f"d{size}", variant_slug(variant)),
+    )
+    caption = (
+        f"Dashed: the paper (Table(s) {_tables_of(paper)})."
+        if len(paper)
+        else "No paper values for these losses at this dataset and size."
+    )
+    return Figure(
+        title,
+        files,
+        caption + " Each loss has its own marker and is shifted a little along K, so "
+        "that equal curves do not hide each other.",
+    )
 
 
 def _size_figures(ctx, recall, reference, styles, figures_dir) -> list[Figure | Skipped]:
     out: list[Figure | Skipped] = []
     r1 = recall[recall["k"] == 1]
     for (dataset, variant), block in r1.groupby(["dataset", "variant"], sort=True):
-        name = DATASET_NAMES.get(dataset, dataset).split(" (")[0] + (f", variant {variant}" if ctx.many_variants else "")
+        name = DATASET_NAMES.get(dataset, dataset).split(" (")[0] + (
+            f", variant {variant}" if ctx.many_variants else ""
+        )
         title = f"Recall@1 against embedding size: {name}"
         sizes = sorted(set(block["embedding_size"]))
         if len(sizes) < 2:
@@ -136,14 +165,23 @@ def _size_figures(ctx, recall, reference, styles, figures_dir) -> list[Figure | 
             continue
         paper = select(reference, dataset=dataset, k=1)
         paper = paper[paper["row"].isin(set(block["row"]))]
-        note = ("The paper gives its embedding-size study (Fig. 3) only as a figure; the paper points are the "
-                f"printed values of Table(s) {_tables_of(paper)} at the sizes it reports." if len(paper) else
-                "No paper values for these losses on this dataset.")  # fmt: skip
+        note = (
+            "The paper gives its embedding-size study (Fig. 3) only as a figure; the paper points are the "
+            f"printed values of Table(s) {_tables_of(paper)} at the sizes it reports."
+            if len(paper)
+            else "No paper values for these losses on this dataset."
+        )
         files = plots.embedding_size_curves(
-            block, paper, panels=_panels(ctx, block), panel_column="weights", order=ctx.ordered(block["row"]),
-            styles=styles, title=title, note=note,
+            block,
+            paper,
+            panels=_panels(ctx, block),
+            panel_column="weights",
+            order=ctx.ordered(block["row"]),
+            styles=styles,
+            title=title,
+            note=note,
             stem=figures_dir / slug("embedding_size", dataset, variant_slug(variant)),
-        )  # fmt: skip
+        )
         out.append(Figure(title, files, note))
     return out
 
@@ -161,28 +199,48 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
             out.append(Skipped(title, "no readable `train_log.csv` or `evals.csv` in the finished cells"))
         else:
             split = sorted(set(ev["split"])) if len(ev) else ["val"]
-            label = {"val": "the validation split", "test": "the test split"}.get("/".join(split), "/".join(split))
+            label = {"val": "the validation split", "test": "the test split"}.get(
+                "/".join(split), "/".join(split)
+            )
             files = plots.training_curves(
-                log, ev, order=ctx.ordered([*log.get("row", []), *ev.get("row", [])]), styles=styles,
-                eval_label=label, title=title,
+                log,
+                ev,
+                order=ctx.ordered([*log.get("row", []), *ev.get("row", [])]),
+                styles=styles,
+                eval_label=label,
+                title=title,
                 stem=figures_dir / slug("training", dataset, f"d{size}", variant_slug(variant)),
-            )  # fmt: skip
-            out.append(Figure(title, files, f"Recall@1 measured during training on {label} (x ticks: the "
-                                            "iterations evaluated); lines: mean over seeds, bands: ±1 SD. The "
-                                            "training loss of each loss is divided by its first logged value "
-                                            "(in the legend), so losses of different scales share one axis."))  # fmt: skip
+            )
+            out.append(
+                Figure(
+                    title,
+                    files,
+                    f"Recall@1 measured during training on {label} (x ticks: the "
+                    "iterations evaluated); lines: mean over seeds, bands: ±1 SD. The "
+                    "training loss of each loss is divided by its first logged value "
+                    "(in the legend), so losses of different scales share one axis.",
+                )
+            )
         title = f"Pair weights at the end of training: {name}"
         if len(wt) == 0 or not (wt["weight"] > 0).any():
             out.append(Skipped(title, "no `pair_weights.npz` with non-zero weights in the finished cells"))
         else:
             files = plots.pair_weight_distributions(
-                wt, order=ctx.ordered(wt["row"]), title=title,
+                wt,
+                order=ctx.ordered(wt["row"]),
+                title=title,
                 stem=figures_dir / slug("pair_weights", dataset, f"d{size}", variant_slug(variant)),
-            )  # fmt: skip
-            out.append(Figure(title, files, "The GPW view: the weight |∂L/∂S| each loss gives the selected "
-                                            "positive and negative pairs of a few training batches after the "
-                                            "last iteration (all seeds pooled); positive and negative pairs "
-                                            "each on their own log axis."))  # fmt: skip
+            )
+            out.append(
+                Figure(
+                    title,
+                    files,
+                    "The GPW view: the weight |∂L/∂S| each loss gives the selected "
+                    "positive and negative pairs of a few training batches after the "
+                    "last iteration (all seeds pooled); positive and negative pairs "
+                    "each on their own log axis.",
+                )
+            )
     return out
 
 

@@ -45,9 +45,17 @@ def label_styles(labels: Sequence[str]) -> dict[str, LineStyle]:
     each other stay apart: tab10 without its grey (grey and black mark the legends' style keys), tab20
     for more than 9 labels; markers and dash patterns cycle at other periods than the colours."""
     tab10 = sns.color_palette("tab10", 10)
-    colours = [c for i, c in enumerate(tab10) if i != 7] if len(labels) <= 9 else sns.color_palette("tab20", 20)
-    return {label: {"color": tuple(colours[i % len(colours)]), "marker": _MARKERS[i % len(_MARKERS)],
-                    "linestyle": _DASHES[i % len(_DASHES)]} for i, label in enumerate(labels)}  # fmt: skip
+    colours = (
+        [c for i, c in enumerate(tab10) if i != 7] if len(labels) <= 9 else sns.color_palette("tab20", 20)
+    )
+    return {
+        label: {
+            "color": tuple(colours[i % len(colours)]),
+            "marker": _MARKERS[i % len(_MARKERS)],
+            "linestyle": _DASHES[i % len(_DASHES)],
+        }
+        for i, label in enumerate(labels)
+    }
 
 
 @contextmanager
@@ -68,7 +76,9 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
     return [png, svg]
 
 
-def legend_outside(ax: plt.Axes, handles: list | None = None, labels: list[str] | None = None, **kwargs) -> None:
+def legend_outside(
+    ax: plt.Axes, handles: list | None = None, labels: list[str] | None = None, **kwargs
+) -> None:
     if handles is None:
         handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
@@ -83,8 +93,14 @@ def _log_ticks(ax: plt.Axes, values: Sequence[int], base: int = 2) -> None:
 
 
 def ablation_dots(
-    runs: pd.DataFrame, paper: pd.DataFrame, *, order: Sequence[str], weights_labels: Mapping[str, str],
-    title: str, ylabel: str, stem: Path,
+    runs: pd.DataFrame,
+    paper: pd.DataFrame,
+    *,
+    order: Sequence[str],
+    weights_labels: Mapping[str, str],
+    title: str,
+    ylabel: str,
+    stem: Path,
 ) -> list[Path]:
     """Each seed as a small dot, the mean over seeds with its 95% t CI as a larger marker and bar, per loss
     and kind of weights (dodged side by side), the paper's value as a black diamond.
@@ -104,13 +120,31 @@ def ablation_dots(
                 if not len(values):
                     continue
                 x = i + offsets[kind]
-                ax.plot(np.full(len(values), x), values, linestyle="none", marker="o", markersize=3.5, alpha=0.55,
-                        markerfacecolor="none", color=colours[kind])  # fmt: skip
+                ax.plot(
+                    np.full(len(values), x),
+                    values,
+                    linestyle="none",
+                    marker="o",
+                    markersize=3.5,
+                    alpha=0.55,
+                    markerfacecolor="none",
+                    color=colours[kind],
+                )
                 mean = float(values.mean())
                 low, high = t_interval(values)
                 err = None if math.isnan(low) else [[mean - low], [high - mean]]
-                ax.errorbar([x], [mean], yerr=err, marker="_", markersize=16, markeredgewidth=2.2, capsize=4,
-                            linestyle="none", color=colours[kind], zorder=4)  # fmt: skip
+                ax.errorbar(
+                    [x],
+                    [mean],
+                    yerr=err,
+                    marker="_",
+                    markersize=16,
+                    markeredgewidth=2.2,
+                    capsize=4,
+                    linestyle="none",
+                    color=colours[kind],
+                    zorder=4,
+                )
         positions = {row: i for i, row in enumerate(order)}
         for row, value in zip(paper["row"], paper["recall"], strict=True):
             ax.plot([positions[row]], [value], **PAPER_STYLE)
@@ -120,10 +154,14 @@ def ablation_dots(
         ax.set_xlabel("loss (paper's ablation row)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        handles = [Line2D([], [], color=colours[k], marker="_", markersize=14, markeredgewidth=2.2, linestyle="none")
-                   for k in kinds]  # fmt: skip
+        handles = [
+            Line2D([], [], color=colours[k], marker="_", markersize=14, markeredgewidth=2.2, linestyle="none")
+            for k in kinds
+        ]
         labels = [f"{weights_labels[k]}: mean, 95% CI" for k in kinds]
-        handles.append(Line2D([], [], color="grey", marker="o", markerfacecolor="none", markersize=4, linestyle="none"))
+        handles.append(
+            Line2D([], [], color="grey", marker="o", markerfacecolor="none", markersize=4, linestyle="none")
+        )
         labels.append("one seed")
         if len(paper):
             handles.append(Line2D([], [], **PAPER_STYLE))
@@ -139,8 +177,15 @@ def _band(ax: plt.Axes, x: np.ndarray, low: np.ndarray, high: np.ndarray, colour
 
 
 def recall_curves(
-    summary: pd.DataFrame, paper: pd.DataFrame, *, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], styles: Styles, title: str, stem: Path,
+    summary: pd.DataFrame,
+    paper: pd.DataFrame,
+    *,
+    panels: Sequence[tuple[object, str]],
+    panel_column: str,
+    order: Sequence[str],
+    styles: Styles,
+    title: str,
+    stem: Path,
 ) -> list[Path]:
     """Recall@K against K, one panel per ``panels`` entry (value of ``panel_column``, panel title).
 
@@ -151,16 +196,36 @@ def recall_curves(
     """
     ks = sorted({int(k) for k in summary["k"]})
     return _ours_vs_paper(
-        summary, paper, x="k", ticks=ks, base=10 if max(ks) > 64 else 2, xlabel="K (log scale)",
-        ylabel="Recall@K on the test set (%)", ours_label="ours (band: 95% CI)",
+        summary,
+        paper,
+        x="k",
+        ticks=ks,
+        base=10 if max(ks) > 64 else 2,
+        xlabel="K (log scale)",
+        ylabel="Recall@K on the test set (%)",
+        ours_label="ours (band: 95% CI)",
         paper_style={"linestyle": "--", "marker": "s", "markersize": 5, "markerfacecolor": "white"},
-        panels=panels, panel_column=panel_column, order=order, styles=styles, title=title, note="", stem=stem,
-    )  # fmt: skip
+        panels=panels,
+        panel_column=panel_column,
+        order=order,
+        styles=styles,
+        title=title,
+        note="",
+        stem=stem,
+    )
 
 
 def embedding_size_curves(
-    summary: pd.DataFrame, paper: pd.DataFrame, *, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], styles: Styles, title: str, note: str, stem: Path,
+    summary: pd.DataFrame,
+    paper: pd.DataFrame,
+    *,
+    panels: Sequence[tuple[object, str]],
+    panel_column: str,
+    order: Sequence[str],
+    styles: Styles,
+    title: str,
+    note: str,
+    stem: Path,
 ) -> list[Path]:
     """Recall@1 against embedding size: ours with 95% CI error bars, the paper's points as hollow diamonds.
 
@@ -169,26 +234,61 @@ def embedding_size_curves(
     """
     sizes = sorted({int(s) for s in summary["embedding_size"]} | {int(s) for s in paper["embedding_size"]})
     return _ours_vs_paper(
-        summary, paper, x="embedding_size", ticks=sizes, base=2, xlabel="embedding size (dimensions, log scale)",
-        ylabel="Recall@1 on the test set (%)", ours_label="ours (95% CI)",
-        paper_style={"linestyle": "none", "marker": "D", "markersize": 8, "markerfacecolor": "white",
-                     "markeredgewidth": 1.6},
-        panels=panels, panel_column=panel_column, order=order, styles=styles, title=title, note=note, stem=stem,
-    )  # fmt: skip
+        summary,
+        paper,
+        x="embedding_size",
+        ticks=sizes,
+        base=2,
+        xlabel="embedding size (dimensions, log scale)",
+        ylabel="Recall@1 on the test set (%)",
+        ours_label="ours (95% CI)",
+        paper_style={
+            "linestyle": "none",
+            "marker": "D",
+            "markersize": 8,
+            "markerfacecolor": "white",
+            "markeredgewidth": 1.6,
+        },
+        panels=panels,
+        panel_column=panel_column,
+        order=order,
+        styles=styles,
+        title=title,
+        note=note,
+        stem=stem,
+    )
 
 
 def _ours_vs_paper(
-    summary: pd.DataFrame, paper: pd.DataFrame, *, x: str, ticks: Sequence[int], base: int, xlabel: str,
-    ylabel: str, ours_label: str, paper_style: dict, panels: Sequence[tuple[object, str]], panel_column: str,
-    order: Sequence[str], styles: Styles, title: str, note: str, stem: Path,
+    summary: pd.DataFrame,
+    paper: pd.DataFrame,
+    *,
+    x: str,
+    ticks: Sequence[int],
+    base: int,
+    xlabel: str,
+    ylabel: str,
+    ours_label: str,
+    paper_style: dict,
+    panels: Sequence[tuple[object, str]],
+    panel_column: str,
+    order: Sequence[str],
+    styles: Styles,
+    title: str,
+    note: str,
+    stem: Path,
 ) -> list[Path]:
     """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper."""
     with figure_style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True)
+        fig, axes = plt.subplots(
+            1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True
+        )
         for ax, (panel, panel_title) in zip(axes[0], panels, strict=True):
             ours = summary[summary[panel_column] == panel]
             theirs = paper[paper[panel_column] == panel] if panel_column in paper else paper
-            shift = dict(zip(order, base ** (_DODGE * (np.arange(len(order)) - (len(order) - 1) / 2)), strict=True))
+            shift = dict(
+                zip(order, base ** (_DODGE * (np.arange(len(order)) - (len(order) - 1) / 2)), strict=True)
+            )
             for row in order:
                 mine = ours[ours["row"] == row].sort_values(x)
                 xs, mean = mine[x].to_numpy(float) * shift[row], mine["mean"].to_numpy(float)
@@ -207,7 +307,9 @@ def _ours_vs_paper(
             ax.set_title(panel_title)
         axes[0][0].set_ylabel(ylabel)
         shown = [r for r in order if (summary["row"] == r).any() or (paper["row"] == r).any()]
-        handles = [Line2D([], [], color=styles[r]["color"], marker=styles[r]["marker"], linewidth=2) for r in shown]
+        handles = [
+            Line2D([], [], color=styles[r]["color"], marker=styles[r]["marker"], linewidth=2) for r in shown
+        ]
         handles.append(Line2D([], [], color="black", linewidth=2))
         labels = [*shown, ours_label]
         if len(paper):
@@ -248,7 +350,9 @@ def _mean_sd_lines(ax: plt.Axes, binned: pd.DataFrame, rows: Sequence[str], styl
         per_iteration = binned[binned["row"] == row].groupby("iteration")["y"]
         mean, sd = per_iteration.mean(), per_iteration.std(ddof=1).fillna(0.0)
         xs = mean.index.to_numpy(float)
-        step = max(1, len(xs) // _MARKS_PER_LINE)  # markers staggered between rows: equal lines stay told apart
+        step = max(
+            1, len(xs) // _MARKS_PER_LINE
+        )  # markers staggered between rows: equal lines stay told apart
         ax.plot(xs, mean.to_numpy(), markevery=(i % step, step), markersize=4, linewidth=1.4, **styles[row])
         _band(ax, xs, (mean - sd).to_numpy(), (mean + sd).to_numpy(), styles[row]["color"])
 
@@ -260,15 +364,24 @@ def _name_constant_lines(ax: plt.Axes, binned: pd.DataFrame, rows: Sequence[str]
         values = binned.loc[binned["row"] == row, "y"].to_numpy(float)
         if len(values) and np.ptp(values) == 0:
             constant.setdefault(float(values[0]), []).append(row)
-    notes = [f"at {value:g} throughout: " + ", ".join(together) for value, together in constant.items()
-             if len(together) > 1]  # fmt: skip
+    notes = [
+        f"at {value:g} throughout: " + ", ".join(together)
+        for value, together in constant.items()
+        if len(together) > 1
+    ]
     if notes:
         ax.set_title(textwrap.fill("; ".join(notes), 70), fontsize="small", loc="left")
 
 
 def training_curves(
-    train_log: pd.DataFrame, evals: pd.DataFrame, *, order: Sequence[str], styles: Styles, eval_label: str,
-    title: str, stem: Path,
+    train_log: pd.DataFrame,
+    evals: pd.DataFrame,
+    *,
+    order: Sequence[str],
+    styles: Styles,
+    eval_label: str,
+    title: str,
+    stem: Path,
 ) -> list[Path]:
     """Four panels over iterations: training loss, R@1 during training, mined positive and negative pairs.
 
@@ -353,12 +466,23 @@ def pair_weight_distributions(
     kinds = [k for k in ("positive", "negative") if (drawn["kind"] == k).any()]
     colours = {"positive": "#4C72B0", "negative": "#DD8452"}
     with figure_style():
-        fig, axes = plt.subplots(len(kinds), 1, figsize=(max(6.0, 1.1 * len(present) + 2.0), 3.4 * len(kinds)),
-                                 squeeze=False)  # fmt: skip
+        fig, axes = plt.subplots(
+            len(kinds), 1, figsize=(max(6.0, 1.1 * len(present) + 2.0), 3.4 * len(kinds)), squeeze=False
+        )
         for ax, kind in zip(axes[:, 0], kinds, strict=True):
-            sns.violinplot(drawn[drawn["kind"] == kind], x="row", y="weight", order=present, log_scale=True,
-                           inner="quart", density_norm="width", cut=0, linewidth=0.8, color=colours[kind],
-                           ax=ax)  # fmt: skip
+            sns.violinplot(
+                drawn[drawn["kind"] == kind],
+                x="row",
+                y="weight",
+                order=present,
+                log_scale=True,
+                inner="quart",
+                density_norm="width",
+                cut=0,
+                linewidth=0.8,
+                color=colours[kind],
+                ax=ax,
+            )
             ax.set_xticks(range(len(present)))
             ax.set_xticklabels([f"{r}\n{counts.get((r, kind), 0)} pairs" for r in present])
             ax.set_xlabel("")
@@ -385,14 +509,28 @@ def intermediate_values(
     with figure_style():
         fig, ax = plt.subplots(figsize=(8.0, 4.6))
         for trial, curve in values.sort_values("step").groupby("trial"):
-            state, steps, ys = str(curve["state"].iloc[0]), curve["step"].to_numpy(float), curve["value"].to_numpy(float)
+            state, steps, ys = (
+                str(curve["state"].iloc[0]),
+                curve["step"].to_numpy(float),
+                curve["value"].to_numpy(float),
+            )
             if trial == best_trial:
                 ax.plot(steps, ys, color="black", linewidth=2.4, marker="o", markersize=4, zorder=5)
             elif state == "pruned":
                 ax.plot(steps, ys, color="0.6", linewidth=0.9, marker="o", markersize=2.5, zorder=2)
-                ax.plot(steps[-1:], ys[-1:], color="0.35", marker="x", markersize=6, linestyle="none", zorder=3)
+                ax.plot(
+                    steps[-1:], ys[-1:], color="0.35", marker="x", markersize=6, linestyle="none", zorder=3
+                )
             else:
-                ax.plot(steps, ys, color=colour_map(norm(trial)), linewidth=1.3, marker="o", markersize=3, zorder=4)
+                ax.plot(
+                    steps,
+                    ys,
+                    color=colour_map(norm(trial)),
+                    linewidth=1.3,
+                    marker="o",
+                    markersize=3,
+                    zorder=4,
+                )
         _iteration_ticks(ax, values["step"])
         ax.set_xlabel("training iteration (evaluation step)")
         ax.set_ylabel(ylabel)
@@ -402,8 +540,10 @@ def intermediate_values(
         bar.set_label("trial number (completed trials)")
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
-        handles = [Line2D([], [], color=colour_map(0.6), linewidth=1.3),
-                   Line2D([], [], color="0.6", marker="x", markeredgecolor="0.35", linewidth=0.9)]  # fmt: skip
+        handles = [
+            Line2D([], [], color=colour_map(0.6), linewidth=1.3),
+            Line2D([], [], color="0.6", marker="x", markeredgecolor="0.35", linewidth=0.9),
+        ]
         labels = ["completed", "pruned (× where stopped)"]
         if best_trial is not None:
             handles.append(Line2D([], [], color="black", linewidth=2.4))

@@ -9,12 +9,16 @@ from harness.results import loss_label
 PAPER_PRESETS = ("", "paper")
 """Presets whose hyperparameters are the paper's (empty: the loss's default, the paper's values)."""
 
-PAPER_BIAS = ("the paper selected its checkpoint on the test set (its numbers are optimistic: biases the paper's "
-              "up, ours look lower)")  # fmt: skip
+PAPER_BIAS = (
+    "the paper selected its checkpoint on the test set (its numbers are optimistic: biases the paper's "
+    "up, ours look lower)"
+)
 TEST_SELECTED = "test-selected (opt-in, optimistic, as the official code)"
 """How a row whose checkpoint was selected on the test set (``train.select_on: test``) is labelled."""
-BIAS_LEGEND = ("↓: the choice biases our number down relative to the paper's; =: it matches the paper's protocol; "
-               "±: direction unknown, usually small.")  # fmt: skip
+BIAS_LEGEND = (
+    "↓: the choice biases our number down relative to the paper's; =: it matches the paper's protocol; "
+    "±: direction unknown, usually small."
+)
 
 
 def paper_mismatch(cell: pd.Series, config: dict | None) -> str:
@@ -37,7 +41,6 @@ def paper_mismatch(cell: pd.Series, config: dict | None) -> str:
     return ""
 
 
-
 def protocol_biases(config: dict | None, env: dict | None, weights: str, *, coincide: bool) -> str:
     """The protocol one cell's ``weights`` view ran with, each choice marked with its bias against the paper.
 
@@ -50,7 +53,9 @@ def protocol_biases(config: dict | None, env: dict | None, weights: str, *, coin
     train = config.get("train") or {}
     parts = []
     if fraction is not None:
-        parts.append(f"{100 * (1 - fraction):.0f}% of training classes ↓" if fraction > 0 else "all training classes =")
+        parts.append(
+            f"{100 * (1 - fraction):.0f}% of training classes ↓" if fraction > 0 else "all training classes ="
+        )
     if weights == "final" or coincide or train.get("select_on") == "final":
         parts.append("final weights ↓")
     elif train.get("select_on") == "test":

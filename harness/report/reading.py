@@ -20,14 +20,27 @@ PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 OPTIONAL_CELLS_COLUMNS = {"variant": "default"}
 """Columns of cells.csv older results may lack, with the value they stand for."""
 REQUIRED_CELLS_COLUMNS = tuple(c for c in CELLS_TABLE_COLUMNS if c not in OPTIONAL_CELLS_COLUMNS)
-PAPER_COLUMNS = ("table", "dataset", "method", "loss", "implemented", "similarities", "embedding_size", "k", "recall")
+PAPER_COLUMNS = (
+    "table",
+    "dataset",
+    "method",
+    "loss",
+    "implemented",
+    "similarities",
+    "embedding_size",
+    "k",
+    "recall",
+)
 ORDER_TABLE = 2
 """The paper table whose row order orders the losses in every table and figure (the ablation)."""
 
 DATASET_NAMES = {
-    "cub": "CUB-200-2011", "cars": "Cars-196", "sop": "Stanford Online Products", "inshop": "In-Shop",
+    "cub": "CUB-200-2011",
+    "cars": "Cars-196",
+    "sop": "Stanford Online Products",
+    "inshop": "In-Shop",
     "glyphs": "glyphs (synthetic, no paper numbers)",
-}  # fmt: skip
+}
 WEIGHTS_ORDER = ("selected", "final")
 FIGURE_FAMILY = ("dataset", "embedding_size", "variant")
 """One ablation, training-curve and pair-weight figure per value of these columns."""
@@ -57,7 +70,9 @@ def _read_csv(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: the file is empty; expected a CSV header and rows") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise UserError(f"{path}: cannot be read as CSV ({first}); expected a comma-separated table with a header line") from None
+        raise UserError(
+            f"{path}: cannot be read as CSV ({first}); expected a comma-separated table with a header line"
+        ) from None
 
 
 def _numbers(table: pd.DataFrame, column: str, path: Path, *, integer: bool, allow_empty: bool) -> pd.Series:
@@ -69,8 +84,10 @@ def _numbers(table: pd.DataFrame, column: str, path: Path, *, integer: bool, all
         bad |= values.notna() & (values != values.round())
     if bad.any():
         line = int(np.flatnonzero(bad.to_numpy())[0]) + 2
-        raise UserError(f"{path}, line {line}: column {column!r} has {table[column].iloc[line - 2]!r}; "
-                        f"expected {'an integer' if integer else 'a number'}")  # fmt: skip
+        raise UserError(
+            f"{path}, line {line}: column {column!r} has {table[column].iloc[line - 2]!r}; "
+            f"expected {'an integer' if integer else 'a number'}"
+        )
     return values.astype("int64") if integer else values.astype(float)
 
 
@@ -95,11 +112,15 @@ def read_cells(experiment_dir: Path) -> pd.DataFrame:
     table = _read_csv(path)
     missing = [c for c in REQUIRED_CELLS_COLUMNS if c not in table.columns]
     if missing:
-        raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected the columns of "
-                        f"docs/ARCHITECTURE.md ({', '.join(REQUIRED_CELLS_COLUMNS)})")  # fmt: skip
+        raise UserError(
+            f"{path}: missing column(s) {', '.join(missing)}; expected the columns of "
+            f"docs/ARCHITECTURE.md ({', '.join(REQUIRED_CELLS_COLUMNS)})"
+        )
     if table.empty:
-        raise UserError(f"{path}: the table has no rows; expected one row per (cell, weights, split, metric) "
-                        "(has any cell of the experiment run?)")  # fmt: skip
+        raise UserError(
+            f"{path}: the table has no rows; expected one row per (cell, weights, split, metric) "
+            "(has any cell of the experiment run?)"
+        )
     for column, default in OPTIONAL_CELLS_COLUMNS.items():
         table[column] = table[column].replace("", default) if column in table.columns else default
     table["embedding_size"] = _numbers(table, "embedding_size", path, integer=True, allow_empty=False)
@@ -108,8 +129,10 @@ def read_cells(experiment_dir: Path) -> pd.DataFrame:
     outside = fractions.notna() & ~fractions.between(-1e-9, 1.0 + 1e-9)
     if outside.any():
         line = int(np.flatnonzero(outside.to_numpy())[0]) + 2
-        raise UserError(f"{path}, line {line}: value {fractions.iloc[line - 2]!r} is not a fraction in [0, 1]; "
-                        "cells.csv stores fractions (the report converts to percent)")  # fmt: skip
+        raise UserError(
+            f"{path}, line {line}: value {fractions.iloc[line - 2]!r} is not a fraction in [0, 1]; "
+            "cells.csv stores fractions (the report converts to percent)"
+        )
     table["value"] = to_percent(fractions)
     table["loss_label"] = table["loss_label"].where(table["loss_label"] != "", table["loss"].map(loss_label))
     table["row"] = row_labels(table)
@@ -149,7 +172,9 @@ def load_paper_tables(paper_dir: Path = PAPER_DIR) -> pd.DataFrame:
         table = _read_csv(path)
         missing = [c for c in PAPER_COLUMNS if c not in table.columns]
         if missing:
-            raise UserError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PAPER_COLUMNS)}")
+            raise UserError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(PAPER_COLUMNS)}"
+            )
         for column in ("table", "embedding_size", "k"):
             table[column] = _numbers(table, column, path, integer=True, allow_empty=False).astype(int)
         table["recall"] = _numbers(table, "recall", path, integer=False, allow_empty=False)
@@ -171,14 +196,17 @@ def paper_reference(paper: pd.DataFrame) -> pd.DataFrame:
     if implemented.empty:
         return pd.DataFrame(columns=[*keys, "recall", "tables"])
     grouped = implemented.groupby(keys, as_index=False).agg(
-        recall=("recall", "first"), distinct=("recall", "nunique"),
+        recall=("recall", "first"),
+        distinct=("recall", "nunique"),
         tables=("table", lambda t: ", ".join(str(v) for v in sorted(set(t)))),
-    )  # fmt: skip
+    )
     clash = grouped[grouped["distinct"] > 1]
     if len(clash):
         first = clash.iloc[0]
-        raise UserError(f"paper tables {first['tables']} give different values for {first['loss']} on "
-                        f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/")  # fmt: skip
+        raise UserError(
+            f"paper tables {first['tables']} give different values for {first['loss']} on "
+            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/"
+        )
     return grouped.drop(columns="distinct")
 
 
@@ -205,7 +233,10 @@ class CellFiles:
 
 
 def _cell_json(
-    folder: Path, problems: dict[str, list[str]], cell_id: object, names: tuple[str, ...] = ("final.json", "status.json")
+    folder: Path,
+    problems: dict[str, list[str]],
+    cell_id: object,
+    names: tuple[str, ...] = ("final.json", "status.json"),
 ) -> dict | None:
     """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and skipped."""
     for name in names:
@@ -232,13 +263,20 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
     envs: dict[str, dict] = {}
     for cell_id, info in meta.iterrows():
         folder = Path(experiment_dir) / "cells" / str(cell_id)
-        for into, names in ((finals, ("final.json", "status.json")), (configs, ("config.json",)), (envs, ("env.json",))):
+        for into, names in (
+            (finals, ("final.json", "status.json")),
+            (configs, ("config.json",)),
+            (envs, ("env.json",)),
+        ):
             data = _cell_json(folder, problems, cell_id, names)
             if data is not None:
                 into[str(cell_id)] = data
         if info["status"] != "finished":
             continue
-        tags = {"cell_id": cell_id, **{c: info[c] for c in ("row", "dataset", "embedding_size", "variant", "seed")}}
+        tags = {
+            "cell_id": cell_id,
+            **{c: info[c] for c in ("row", "dataset", "embedding_size", "variant", "seed")},
+        }
         try:
             log = pd.read_csv(folder / "train_log.csv")
             log["iteration"], log["loss"] = log["iteration"].astype(float), log["loss"].astype(float)
@@ -252,10 +290,16 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
             problems.setdefault("evals.csv", []).append(_problem(cell_id, err))
         try:
-            with (folder / "pair_weights.npz").open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
+            with (
+                (folder / "pair_weights.npz").open("rb") as handle,
+                np.load(handle, allow_pickle=False) as npz,
+            ):
                 for key, kind in (("pos", "positive"), ("neg", "negative")):
-                    weights.append(pd.DataFrame({"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind,
-                                                 **tags}))  # fmt: skip
+                    weights.append(
+                        pd.DataFrame(
+                            {"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind, **tags}
+                        )
+                    )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
     return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, configs, envs, problems)
@@ -266,7 +310,9 @@ def _problem(cell_id: object, err: Exception) -> str:
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "seed", "iteration"])
+    return (
+        pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["row", "seed", "iteration"])
+    )
 
 
 REFERENCE_ROOT = PAPER_DIR.parent / "reference"

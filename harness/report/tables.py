@@ -85,8 +85,14 @@ def _cell_protocols(ctx: ReportContext, test: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for (cell_id, weights), cell in test.groupby(["cell_id", "weights"], sort=False):
         config, env = ctx.files.configs.get(cell_id), ctx.files.envs.get(cell_id)
-        rows.append({"cell_id": cell_id, "weights": weights, "mismatch": paper_mismatch(cell.iloc[0], config),
-                     "protocol": protocol_biases(config, env, weights, coincide=ctx.coincide)})  # fmt: skip
+        rows.append(
+            {
+                "cell_id": cell_id,
+                "weights": weights,
+                "mismatch": paper_mismatch(cell.iloc[0], config),
+                "protocol": protocol_biases(config, env, weights, coincide=ctx.coincide),
+            }
+        )
     return pd.DataFrame(rows, columns=["cell_id", "weights", "mismatch", "protocol"])
 
 
@@ -104,8 +110,17 @@ def comparison(ctx: ReportContext) -> pd.DataFrame:
     """
     test = ctx.finished[ctx.finished["split"] == "test"]
     summary = stats.summarize(test, CELL_GROUP)
-    empty = {"paper": math.nan, "tables": "", "low": math.nan, "high": math.nan, "diff": math.nan, "verdict": "",
-             "equivalent": False, "mismatch": "", "protocol": ""}  # fmt: skip
+    empty = {
+        "paper": math.nan,
+        "tables": "",
+        "low": math.nan,
+        "high": math.nan,
+        "diff": math.nan,
+        "verdict": "",
+        "equivalent": False,
+        "mismatch": "",
+        "protocol": "",
+    }
     recall = with_k(test)
     if ctx.reference.empty or recall.empty:
         return summary.assign(**empty)
@@ -113,25 +128,39 @@ def comparison(ctx: ReportContext) -> pd.DataFrame:
     with_paper = recall.merge(ctx.reference, on=["dataset", "loss", "embedding_size", "k"], how="left")
     rows = []
     for key, group in with_paper.groupby(list(CELL_GROUP), sort=False):
-        row = {**dict(zip(CELL_GROUP, key, strict=True)), **empty, "mismatch": _joined(group["mismatch"]),
-               "protocol": _joined(group["protocol"])}  # fmt: skip
+        row = {
+            **dict(zip(CELL_GROUP, key, strict=True)),
+            **empty,
+            "mismatch": _joined(group["mismatch"]),
+            "protocol": _joined(group["protocol"]),
+        }
         paper = group["recall"].iloc[0]
         if not math.isnan(paper) and not row["mismatch"]:
             verdict = stats.paper_verdict(group["value"], float(paper), margin=ctx.options.margin)
-            row.update(paper=float(paper), tables=group["tables"].iloc[0], low=verdict["low"], high=verdict["high"],
-                       diff=verdict["diff"], verdict=verdict["verdict"], equivalent=verdict["equivalent"])  # fmt: skip
+            row.update(
+                paper=float(paper),
+                tables=group["tables"].iloc[0],
+                low=verdict["low"],
+                high=verdict["high"],
+                diff=verdict["diff"],
+                verdict=verdict["verdict"],
+                equivalent=verdict["equivalent"],
+            )
         elif not math.isnan(paper):
             row["tables"] = group["tables"].iloc[0]
         rows.append(row)
     verdicts = pd.DataFrame(rows, columns=[*CELL_GROUP, *empty])
-    return summary.merge(verdicts, on=list(CELL_GROUP), how="left").fillna({"verdict": "", "tables": "",
-                                                                            "mismatch": "", "protocol": ""})
+    return summary.merge(verdicts, on=list(CELL_GROUP), how="left").fillna(
+        {"verdict": "", "tables": "", "mismatch": "", "protocol": ""}
+    )
 
 
 def _order_frame(frame: pd.DataFrame, order: list[str]) -> pd.DataFrame:
     """Rows in report order: dataset, size, variant, loss (Table 2 order), K."""
-    ranked = frame.assign(_ds=frame["dataset"].map({d: i for i, d in enumerate(datasets(frame))}),
-                          _rank=frame["row"].map({row: i for i, row in enumerate(order)}))  # fmt: skip
+    ranked = frame.assign(
+        _ds=frame["dataset"].map({d: i for i, d in enumerate(datasets(frame))}),
+        _rank=frame["row"].map({row: i for i, row in enumerate(order)}),
+    )
     keys = ["_ds", "embedding_size", "variant", "_rank", *(["k"] if "k" in frame else [])]
     return ranked.sort_values(keys).drop(columns=["_ds", "_rank"])
 
@@ -141,11 +170,20 @@ def _paper_rows(ctx: ReportContext, part: pd.DataFrame) -> list[list[object]]:
     rows = []
     for r in _order_frame(part, ctx.order).itertuples():
         within = f"reproduced within ±{margin:g} points" if r.equivalent else "–"
-        rows.append([
-            size_variant(r.embedding_size, r.variant, ctx.many_variants), esc(r.row), r.k, r.n,
-            _mean_ci(r.mean, r.low, r.high), f"{r.paper:.1f} (T{r.tables})", num(r.diff, 1, sign=True),
-            f"**{r.verdict}**" if r.k == 1 else r.verdict, within, esc(r.protocol) or "–",
-        ])  # fmt: skip
+        rows.append(
+            [
+                size_variant(r.embedding_size, r.variant, ctx.many_variants),
+                esc(r.row),
+                r.k,
+                r.n,
+                _mean_ci(r.mean, r.low, r.high),
+                f"{r.paper:.1f} (T{r.tables})",
+                num(r.diff, 1, sign=True),
+                f"**{r.verdict}**" if r.k == 1 else r.verdict,
+                within,
+                esc(r.protocol) or "–",
+            ]
+        )
     return rows
 
 
@@ -161,7 +199,8 @@ def paper_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
     judged = recall[recall["paper"].notna()]
     margin = ctx.options.margin
     lines = [
-        "## Results against the paper (Recall@K, test set, %)", "",
+        "## Results against the paper (Recall@K, test set, %)",
+        "",
         "The paper reports one run per number, so the question is whether ONE new run of ours would land where "
         "it did. Ours: mean over n seeds [95% prediction interval for one run: mean ± t·s·√(1 + 1/n)]. "
         "Verdict: **consistent** = the paper's value lies inside that interval; **below** / **above** = outside "
@@ -173,12 +212,19 @@ def paper_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
         f"- Known bias of every comparison: {PAPER_BIAS}. Each row names its own protocol. " + BIAS_LEGEND,
         f"- {PROTOCOL_NOTES}",
         "- A cell is judged only against the paper row of the loss, preset and label it ran.",
-    ]  # fmt: skip
-    unjudged = recall[has_paper & recall["mismatch"].astype(bool)].drop_duplicates(["row", "variant", "mismatch"])
+    ]
+    unjudged = recall[has_paper & recall["mismatch"].astype(bool)].drop_duplicates(
+        ["row", "variant", "mismatch"]
+    )
     if len(unjudged):
-        lines.append("- No paper row for this configuration (not judged): " + "; ".join(
-            f"{esc(r.row)}{f' (variant {esc(r.variant)})' if ctx.many_variants else ''}: {esc(r.mismatch)}"
-            for r in _order_frame(unjudged, ctx.order).itertuples()) + ".")  # fmt: skip
+        lines.append(
+            "- No paper row for this configuration (not judged): "
+            + "; ".join(
+                f"{esc(r.row)}{f' (variant {esc(r.variant)})' if ctx.many_variants else ''}: {esc(r.mismatch)}"
+                for r in _order_frame(unjudged, ctx.order).itertuples()
+            )
+            + "."
+        )
     for weights in weights_shown(judged):
         part = judged[judged["weights"] == weights]
         verdicts = part.loc[part["k"] == 1, "verdict"].value_counts()
@@ -186,10 +232,26 @@ def paper_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
         if len(verdicts):
             lines += ["Recall@1 verdicts: " + ", ".join(f"{v}: {n}" for v, n in verdicts.items()) + ".", ""]
         for dataset in datasets(part):
-            lines += [f"**{DATASET_NAMES.get(dataset, dataset)}**", "",
-                      markdown_table(["size", "loss", "K", "n", "ours % [95% PI]", "paper %", "diff", "verdict",
-                                      f"within ±{margin:g}", "protocol"],
-                                     _paper_rows(ctx, part[part["dataset"] == dataset])), ""]  # fmt: skip
+            lines += [
+                f"**{DATASET_NAMES.get(dataset, dataset)}**",
+                "",
+                markdown_table(
+                    [
+                        "size",
+                        "loss",
+                        "K",
+                        "n",
+                        "ours % [95% PI]",
+                        "paper %",
+                        "diff",
+                        "verdict",
+                        f"within ±{margin:g}",
+                        "protocol",
+                    ],
+                    _paper_rows(ctx, part[part["dataset"] == dataset]),
+                ),
+                "",
+            ]
     return "\n".join(lines).rstrip()
 
 
@@ -207,9 +269,17 @@ def other_metrics_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
         rows = []
         for key, group in _order_frame(part, ctx.order).groupby(keys, sort=False):
             values = group.set_index("metric")
-            rows.append([DATASET_NAMES.get(key[0], key[0]).split(" (")[0],
-                         size_variant(key[1], key[2], ctx.many_variants), esc(key[3]), int(values["n"].max()),
-                         *(_mean_ci(*values.loc[m, ["mean", "ci_low", "ci_high"]]) if m in values.index else "–"
-                           for m in metrics)])  # fmt: skip
+            rows.append(
+                [
+                    DATASET_NAMES.get(key[0], key[0]).split(" (")[0],
+                    size_variant(key[1], key[2], ctx.many_variants),
+                    esc(key[3]),
+                    int(values["n"].max()),
+                    *(
+                        _mean_ci(*values.loc[m, ["mean", "ci_low", "ci_high"]]) if m in values.index else "–"
+                        for m in metrics
+                    ),
+                ]
+            )
         lines += [markdown_table(["dataset", "size", "loss", "n", *metrics], rows), ""]
     return "\n".join(lines).rstrip()

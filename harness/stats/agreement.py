@@ -27,8 +27,20 @@ DIFFERS = "differs"
 NO_AGREEMENT_TEST = "no test"
 """Agreement verdict when either run has fewer than 2 seeds of the row."""
 
-AGREEMENT_COLUMNS = ("n", "n_reference", "mean", "mean_reference", "diff", "ci_low", "ci_high", "t", "df", "p",
-                     "p_holm", "verdict")  # fmt: skip
+AGREEMENT_COLUMNS = (
+    "n",
+    "n_reference",
+    "mean",
+    "mean_reference",
+    "diff",
+    "ci_low",
+    "ci_high",
+    "t",
+    "df",
+    "p",
+    "p_holm",
+    "verdict",
+)
 
 
 def _welch(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float, float, float]:
@@ -42,8 +54,13 @@ def _welch(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float
         warnings.simplefilter("ignore")  # one constant side: scipy still gives the right Welch answer
         result = stats.ttest_ind(ours, reference, equal_var=False)
         interval = result.confidence_interval(CONFIDENCE)
-    return (float(result.statistic), float(result.df), float(result.pvalue), float(interval.low),
-            float(interval.high))  # fmt: skip
+    return (
+        float(result.statistic),
+        float(result.df),
+        float(result.pvalue),
+        float(interval.low),
+        float(interval.high),
+    )
 
 
 def reference_agreement(
@@ -75,9 +92,14 @@ def reference_agreement(
     rows = []
     for key in sorted(set(ours_groups) & set(ref_groups), key=str):
         mine, theirs = ours_groups[key], ref_groups[key]
-        row = {**dict(zip(keys, key, strict=True)), "n": mine.size, "n_reference": theirs.size,
-               "mean": float(mine.mean()), "mean_reference": float(theirs.mean()),
-               "diff": float(mine.mean() - theirs.mean())}  # fmt: skip
+        row = {
+            **dict(zip(keys, key, strict=True)),
+            "n": mine.size,
+            "n_reference": theirs.size,
+            "mean": float(mine.mean()),
+            "mean_reference": float(theirs.mean()),
+            "diff": float(mine.mean() - theirs.mean()),
+        }
         if mine.size < 2 or theirs.size < 2:
             row.update(t=math.nan, df=math.nan, p=math.nan, ci_low=math.nan, ci_high=math.nan)
         else:

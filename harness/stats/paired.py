@@ -108,10 +108,15 @@ def bca_interval(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate resamples (3 seeds) warn and give NaN
         result = stats.bootstrap(
-            (a, b), lambda x, y, axis: np.mean(x - y, axis=axis), paired=True, vectorized=True,
-            n_resamples=n_resamples, confidence_level=CONFIDENCE, method="BCa",
+            (a, b),
+            lambda x, y, axis: np.mean(x - y, axis=axis),
+            paired=True,
+            vectorized=True,
+            n_resamples=n_resamples,
+            confidence_level=CONFIDENCE,
+            method="BCa",
             random_state=np.random.default_rng(random_state),
-        )  # fmt: skip
+        )
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 
 
@@ -195,19 +200,46 @@ def planned_comparisons(
             a_values, b_values, n_resamples=n_resamples, random_state=random_state
         )
         sd = sample_std(diffs)
-        rows.append({
-            "a": a, "b": b, "n": test.n, "mean_diff": test.mean_diff, "sd_diff": sd,
-            "ci_low": ci_low, "ci_high": ci_high, "bca_low": bca_low, "bca_high": bca_high, "p": test.p_t,
-            "p_wilcoxon": test.p_w if wilcoxon_min_p(test.n) < level else math.nan,
-            "detectable": detectable_difference(sd, test.n, alpha=alpha, power=power, comparisons=comparisons),
-        })  # fmt: skip
+        rows.append(
+            {
+                "a": a,
+                "b": b,
+                "n": test.n,
+                "mean_diff": test.mean_diff,
+                "sd_diff": sd,
+                "ci_low": ci_low,
+                "ci_high": ci_high,
+                "bca_low": bca_low,
+                "bca_high": bca_high,
+                "p": test.p_t,
+                "p_wilcoxon": test.p_w if wilcoxon_min_p(test.n) < level else math.nan,
+                "detectable": detectable_difference(
+                    sd, test.n, alpha=alpha, power=power, comparisons=comparisons
+                ),
+            }
+        )
     p_holm = holm([row["p"] for row in rows])
     p_wilcoxon_holm = holm([row["p_wilcoxon"] for row in rows])
     for row, adjusted, adjusted_w in zip(rows, p_holm, p_wilcoxon_holm, strict=True):
         row.update(p_holm=float(adjusted), p_wilcoxon_holm=float(adjusted_w))
         row["decision"] = _decision(row, alpha)
-    columns = ["a", "b", "n", "mean_diff", "sd_diff", "ci_low", "ci_high", "bca_low", "bca_high", "p", "p_holm",
-               "p_wilcoxon", "p_wilcoxon_holm", "detectable", "decision"]  # fmt: skip
+    columns = [
+        "a",
+        "b",
+        "n",
+        "mean_diff",
+        "sd_diff",
+        "ci_low",
+        "ci_high",
+        "bca_low",
+        "bca_high",
+        "p",
+        "p_holm",
+        "p_wilcoxon",
+        "p_wilcoxon_holm",
+        "detectable",
+        "decision",
+    ]
     table = pd.DataFrame(rows, columns=columns)
     omitted = [row["n"] for row in rows if row["n"] >= 2 and math.isnan(row["p_wilcoxon"])]
     note = ""

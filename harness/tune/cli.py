@@ -33,14 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m harness.tune", description="Optuna study over one cell's loss hyperparameters."
     )
     parser.add_argument("file", help="tune file: an experiment YAML with a study: section")
-    parser.add_argument("--storage", default=None, metavar="URL",
-                        help="Optuna storage: an SQLAlchemy URL (postgresql://..., sqlite:///...) or journal:FILE "
-                             "(default: sqlite:///<results>/<study>/study.db)")  # fmt: skip
+    parser.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage: an SQLAlchemy URL (postgresql://..., sqlite:///...) or journal:FILE "
+        "(default: sqlite:///<results>/<study>/study.db)",
+    )
     parser.add_argument(
         "--workers", type=int, default=1, metavar="N", help="processes sharing the study (default 1)"
     )
-    parser.add_argument("--trials", type=int, default=None, metavar="N",
-                        help="total trials the study should hold (default: study.trials of the file)")  # fmt: skip
+    parser.add_argument(
+        "--trials",
+        type=int,
+        default=None,
+        metavar="N",
+        help="total trials the study should hold (default: study.trials of the file)",
+    )
     add_worker_arguments(parser, set_example="train.iterations=100")
     return parser
 
@@ -72,13 +81,30 @@ def _main(args: argparse.Namespace, signals: StopSignals) -> int:
     storage = open_storage(storage_url, setup.study.heartbeat)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
-            return work_share(signals, lambda: run_worker(setup, storage, study_dir, total, worker=args.worker,
-                                                          progress=not args.quiet, signals=signals))  # fmt: skip
+            return work_share(
+                signals,
+                lambda: run_worker(
+                    setup,
+                    storage,
+                    study_dir,
+                    total,
+                    worker=args.worker,
+                    progress=not args.quiet,
+                    signals=signals,
+                ),
+            )
         return _run_study(args, setup, storage, storage_url, study_dir, total, signals)
 
 
-def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage_url: str, study_dir: Path,
-               total: int, signals: StopSignals) -> int:  # fmt: skip
+def _run_study(
+    args: argparse.Namespace,
+    setup: TuneSetup,
+    storage: Any,
+    storage_url: str,
+    study_dir: Path,
+    total: int,
+    signals: StopSignals,
+) -> int:
     """The parent: check the data, prepare the study, run the workers, write the outputs (also when stopped)."""
     import optuna
 
@@ -94,8 +120,10 @@ def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage
     atomic_write_text(study_dir / "tune.yaml", yaml.safe_dump(resolved, sort_keys=False))
     counts = study_counts(study)
     log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    log(f"study {setup.name} on {shown_url(storage_url)}: {counts['total']} of {total} trials there; "
-        f"{args.workers} worker(s)")  # fmt: skip
+    log(
+        f"study {setup.name} on {shown_url(storage_url)}: {counts['total']} of {total} trials there; "
+        f"{args.workers} worker(s)"
+    )
     retried = retry_interrupted(study, total)
     if retried:
         log(f"retrying interrupted trial(s) {', '.join(map(str, retried))} in their folders")
@@ -114,13 +142,18 @@ def _run_study(args: argparse.Namespace, setup: TuneSetup, storage: Any, storage
         setup, study, study_dir, storage_url=storage_url, seconds=time.perf_counter() - started
     )
     counts = study_counts(study)
-    line = (f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-            f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
-            + (f"; best: {outputs['best']}" if outputs["best"] else ""))  # fmt: skip
+    line = (
+        f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+        f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
+        + (f"; best: {outputs['best']}" if outputs["best"] else "")
+    )
     if stop is not None:
         waiting = len(interrupted_trials(study.get_trials(deepcopy=False)))
-        print(f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run retries "
-              f"them; {line}", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run retries "
+            f"them; {line}",
+            file=sys.stderr,
+        )
         return stop.exit_code
     print(line, file=sys.stderr)
     bad = [(k, c) for k, c in enumerate(codes) if c != 0]

@@ -43,9 +43,11 @@ def write_best(setup: TuneSetup, study: Any, study_dir: Path) -> Path | None:
     path = study_dir / "best.yaml"
     doc = best_experiment(setup, dict(best.params))
     validate_experiment(json.loads(json.dumps(doc)), str(path))
-    header = (f"# Written by harness.tune: study {setup.name}, trial {best.number}, val {setup.metric} "
-              f"{best.value:.4f}.\n# Re-run over seeds {setup.study.best_seeds} on the test set:\n"
-              f"#   python -m harness.run {path}\n")  # fmt: skip
+    header = (
+        f"# Written by harness.tune: study {setup.name}, trial {best.number}, val {setup.metric} "
+        f"{best.value:.4f}.\n# Re-run over seeds {setup.study.best_seeds} on the test set:\n"
+        f"#   python -m harness.run {path}\n"
+    )
     atomic_write_text(path, header + yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -81,8 +83,9 @@ def _intermediate_values(setup: TuneSetup, study: Any, figures_dir: Path, report
     """The trials' validation curves in the report's style (colour by trial number, pruned trials grey)."""
     rows = [
         {"trial": trial.number, "state": trial.state.name.lower(), "step": step, "value": 100 * value}
-        for trial in study.get_trials(deepcopy=False) for step, value in trial.intermediate_values.items()
-    ]  # fmt: skip
+        for trial in study.get_trials(deepcopy=False)
+        for step, value in trial.intermediate_values.items()
+    ]
     if not rows:
         return []
     import pandas as pd
@@ -90,9 +93,12 @@ def _intermediate_values(setup: TuneSetup, study: Any, figures_dir: Path, report
     best = next(iter(study.best_trials), None) if any(row["state"] == "complete" for row in rows) else None
     stem = figures_dir / "intermediate"
     written = report_plots.intermediate_values(
-        pd.DataFrame(rows), best_trial=best.number if best else None, ylabel=f"validation {setup.metric} (%)",
-        title=f"Trials of {setup.name}: validation {setup.metric} at each evaluation", stem=stem,
-    )  # fmt: skip
+        pd.DataFrame(rows),
+        best_trial=best.number if best else None,
+        ylabel=f"validation {setup.metric} (%)",
+        title=f"Trials of {setup.name}: validation {setup.metric} at each evaluation",
+        stem=stem,
+    )
     return [path for path in written if path.suffix == ".png"]
 
 
@@ -116,8 +122,10 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
     }
     if len(complete) >= 2:
         evaluator = setup.study.importance.build()
-        plots = {"importance": lambda: oplt.plot_param_importances(study, evaluator=evaluator, target_name=target),
-                 **plots}  # fmt: skip
+        plots = {
+            "importance": lambda: oplt.plot_param_importances(study, evaluator=evaluator, target_name=target),
+            **plots,
+        }
     figures_dir.mkdir(parents=True, exist_ok=True)
     written = _intermediate_values(setup, study, figures_dir, report_plots)
     for name, plot in plots.items():
@@ -177,9 +185,12 @@ def write_summary(
         lines.append("No trial completed yet, so there is no best trial and no best.yaml.")
     else:
         params = ", ".join(f"{k} = {_fmt(v)}" for k, v in best.params.items())
-        lines += [f"**Best**: trial {best.number}, val {setup.metric} = {best.value:.4f}; {params}.", "",
-                  f"Re-run it over seeds {setup.study.best_seeds} on the test set: "
-                  f"`python -m harness.run {study_dir / 'best.yaml'}`"]  # fmt: skip
+        lines += [
+            f"**Best**: trial {best.number}, val {setup.metric} = {best.value:.4f}; {params}.",
+            "",
+            f"Re-run it over seeds {setup.study.best_seeds} on the test set: "
+            f"`python -m harness.run {study_dir / 'best.yaml'}`",
+        ]
     lines += ["", f"## Importance ({setup.study.importance.describe()})", ""]
     values = importances(setup, study)
     if values is None:
@@ -187,14 +198,31 @@ def write_summary(
     else:
         lines += ["| hyperparameter | importance |", "|---|---|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in values.items()]
-    lines += ["", "## Trials", "", "| trial | state | value | " + " | ".join(names) + " | last step | seconds | note |",
-              "|" + "---|" * (len(names) + 6)]  # fmt: skip
+    lines += [
+        "",
+        "## Trials",
+        "",
+        "| trial | state | value | " + " | ".join(names) + " | last step | seconds | note |",
+        "|" + "---|" * (len(names) + 6),
+    ]
     retried = retried_numbers(study.trials)
     for t in study.trials:
-        note = ("surplus (not counted)" if t.user_attrs.get("surplus") else
-                "stale, retried" if t.number in retried else t.user_attrs.get("fail_reason", ""))  # fmt: skip
-        cells = [str(t.number), t.state.name.lower(), _fmt(t.value), *(_fmt(t.params.get(n)) for n in names),
-                 _fmt(t.last_step), _fmt(t.duration.total_seconds() if t.duration else None), note]  # fmt: skip
+        note = (
+            "surplus (not counted)"
+            if t.user_attrs.get("surplus")
+            else "stale, retried"
+            if t.number in retried
+            else t.user_attrs.get("fail_reason", "")
+        )
+        cells = [
+            str(t.number),
+            t.state.name.lower(),
+            _fmt(t.value),
+            *(_fmt(t.params.get(n)) for n in names),
+            _fmt(t.last_step),
+            _fmt(t.duration.total_seconds() if t.duration else None),
+            note,
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     if figures:
         lines += ["", "## Figures", ""] + [f"![{p.stem}](figures/{p.name})" for p in figures]

@@ -85,8 +85,9 @@ class _Kinded(_Strict):
             raise ValueError(f"{cls.WHAT} {kind!r} takes no {', '.join(foreign)}{takes}")
         missing = [key for key in own if key in cls.REQUIRED and key not in given]
         if missing:
-            raise ValueError(f"{cls.WHAT} {kind!r} needs {', '.join(missing)} written out "
-                             f"(it takes {', '.join(own)})")  # fmt: skip
+            raise ValueError(
+                f"{cls.WHAT} {kind!r} needs {', '.join(missing)} written out (it takes {', '.join(own)})"
+            )
         return value
 
     @property
@@ -158,8 +159,10 @@ class ImportanceConfig(_Kinded):
             try:
                 import sklearn  # noqa: F401
             except ImportError:
-                raise ValueError("evaluator 'fanova' needs scikit-learn, which the harness does not install; "
-                                 "use 'ped_anova'") from None  # fmt: skip
+                raise ValueError(
+                    "evaluator 'fanova' needs scikit-learn, which the harness does not install; "
+                    "use 'ped_anova'"
+                ) from None
         return self
 
     def build(self) -> Any:
@@ -307,28 +310,38 @@ def _check_protocol(setup: TuneSetup) -> None:
     """The template may only select on validation data, and the pruner's resources must fit a trial."""
     train, src = setup.template.train, setup.source
     if train.select_on != "val":
-        raise UserError(f"{src}: train.select_on: a study optimises validation data only, got {train.select_on!r}; "
-                        "set train.select_on: val (the test set is for best.yaml's re-run)")  # fmt: skip
+        raise UserError(
+            f"{src}: train.select_on: a study optimises validation data only, got {train.select_on!r}; "
+            "set train.select_on: val (the test set is for best.yaml's re-run)"
+        )
     if setup.study.folds and setup.template.data.val_folds:
-        raise UserError(f"{src}: study.folds: {setup.study.folds} class folds per seed, but data.val_folds already "
-                        "fixes one fold; remove data.val_folds (the study sets each fold)")  # fmt: skip
+        raise UserError(
+            f"{src}: study.folds: {setup.study.folds} class folds per seed, but data.val_folds already "
+            "fixes one fold; remove data.val_folds (the study sets each fold)"
+        )
     if setup.template.data.val_fraction <= 0 and not setup.study.folds:
-        raise UserError(f"{src}: data.val_fraction: a study needs validation classes, got "
-                        f"{setup.template.data.val_fraction}; set it above 0, e.g. 0.2")  # fmt: skip
+        raise UserError(
+            f"{src}: data.val_fraction: a study needs validation classes, got "
+            f"{setup.template.data.val_fraction}; set it above 0, e.g. 0.2"
+        )
     pruner = setup.study.pruner
     for key in ("min_resource", "max_resource"):
         value = getattr(pruner, key)
         if isinstance(value, int) and value > setup.steps:
-            raise UserError(f"{src}: study.pruner.{key}: {value} is beyond the {setup.steps} iterations a trial "
-                            f"trains ({len(setup.runs)} run(s): seeds x folds x train.iterations); lower it")  # fmt: skip
+            raise UserError(
+                f"{src}: study.pruner.{key}: {value} is beyond the {setup.steps} iterations a trial "
+                f"trains ({len(setup.runs)} run(s): seeds x folds x train.iterations); lower it"
+            )
 
 
 def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     """Validate a raw tune mapping (an experiment plus ``study:``); every mistake is one line."""
     raw = dict(raw)
     if "study" not in raw:
-        raise UserError(f"{source}: no study: section; a tune file is an experiment file plus study: "
-                        "(see experiments/tune-glyphs.yaml)")  # fmt: skip
+        raise UserError(
+            f"{source}: no study: section; a tune file is an experiment file plus study: "
+            "(see experiments/tune-glyphs.yaml)"
+        )
     section = {"study": raw.pop("study")}
     experiment = validate_experiment(raw, source)
     try:
@@ -372,10 +385,13 @@ def best_experiment(setup: TuneSetup, best_params: dict[str, float]) -> dict[str
         "description": f"best hyperparameters of study {setup.name} (val {setup.metric}), over several seeds",
         **protocol,
         "grid": {
-            "losses": [loss], "datasets": [t.dataset], "embedding_sizes": [t.embedding_size],
-            "seeds": list(setup.study.best_seeds), "variants": {t.variant: {}},
+            "losses": [loss],
+            "datasets": [t.dataset],
+            "embedding_sizes": [t.embedding_size],
+            "seeds": list(setup.study.best_seeds),
+            "variants": {t.variant: {}},
         },
-    }  # fmt: skip
+    }
     for key, value in setup.study.best_set.items():
         set_dotted(doc, key, copy.deepcopy(value), where=f"{setup.source}: study.best_set")
     return doc

@@ -82,14 +82,19 @@ def open_storage(url: str, heartbeat: HeartbeatConfig) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
-                with_installed_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat.interval,
-                grace_period=heartbeat.grace_period, **_retry_callback(heartbeat.max_retry),
-            )  # fmt: skip
+                with_installed_driver(url),
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat.interval,
+                grace_period=heartbeat.grace_period,
+                **_retry_callback(heartbeat.max_retry),
+            )
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"--storage {shown_url(url)}: cannot open it ({first}); expected a reachable database "
-                        "URL such as sqlite:///study.db or postgresql://user:password@host/db, "
-                        "or journal:FILE") from None  # fmt: skip
+        raise UserError(
+            f"--storage {shown_url(url)}: cannot open it ({first}); expected a reachable database "
+            "URL such as sqlite:///study.db or postgresql://user:password@host/db, "
+            "or journal:FILE"
+        ) from None
 
 
 def _fingerprint(setup: TuneSetup) -> dict[str, Any]:
@@ -122,13 +127,19 @@ def open_study(setup: TuneSetup, storage: Any, sampler_seed: int) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         sampler = optuna.samplers.TPESampler(
-            multivariate=sampler_cfg.multivariate, constant_liar=sampler_cfg.constant_liar,
-            n_startup_trials=sampler_cfg.n_startup_trials, seed=sampler_seed,
-        )  # fmt: skip
+            multivariate=sampler_cfg.multivariate,
+            constant_liar=sampler_cfg.constant_liar,
+            n_startup_trials=sampler_cfg.n_startup_trials,
+            seed=sampler_seed,
+        )
     study = optuna.create_study(
-        study_name=setup.name, storage=storage, sampler=sampler, pruner=setup.study.pruner.build(),
-        direction="maximize", load_if_exists=True,
-    )  # fmt: skip
+        study_name=setup.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=setup.study.pruner.build(),
+        direction="maximize",
+        load_if_exists=True,
+    )
     fingerprint = json.loads(json.dumps(_fingerprint(setup)))
     stored = study.user_attrs.get("fingerprint")
     if stored is None:
@@ -136,8 +147,10 @@ def open_study(setup: TuneSetup, storage: Any, sampler_seed: int) -> Any:
         study.set_user_attr("objective", f"val {setup.metric}")
     elif stored != fingerprint:
         changed = ", ".join(_differences(stored, fingerprint)[:4])
-        raise UserError(f"{setup.source}: study {setup.name!r} in this storage was made with other settings "
-                        f"({changed}); give the study a new name (--set study.name=...) or restore them")  # fmt: skip
+        raise UserError(
+            f"{setup.source}: study {setup.name!r} in this storage was made with other settings "
+            f"({changed}); give the study a new name (--set study.name=...) or restore them"
+        )
     return study
 
 

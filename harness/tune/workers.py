@@ -13,8 +13,14 @@ from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 
 def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
     """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet, --worker."""
-    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a field, e.g. --set {set_example} (repeatable)")  # fmt: skip
+    parser.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a field, e.g. --set {set_example} (repeatable)",
+    )
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)

@@ -128,6 +128,7 @@ def cub_experiment(
         },
         "data": {"root": str(data_root), "strict_counts": False, **data},
         "model": {"weights": str(weights)},
+        "schedule": {"milestones": []},  # the base's lr steps (1,200 and 2,400) lie beyond these short runs
         "train": train,
     }
 

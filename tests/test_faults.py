@@ -31,7 +31,12 @@ from harness.results import (
 
 Runner = Callable[..., tuple[int, str]]
 FIRST_ITERATIONS, SECOND_ITERATIONS = 8, 12
-TINY_GRID = {"grid.seeds": [0, 1], "train.iterations": FIRST_ITERATIONS, "train.eval_every": 4}
+TINY_GRID = {
+    "grid.seeds": [0, 1],
+    "train.iterations": FIRST_ITERATIONS,
+    "train.eval_every": 4,
+    "schedule.milestones": [4],
+}
 
 
 @pytest.fixture()
@@ -331,32 +336,108 @@ def test_a_binary_or_utf16_experiment_file_is_one_line(
 # ------------------------------------------------------------------------ checks that need no training
 
 
-@pytest.mark.parametrize(
-    ("overrides", "part"),
-    [
-        ({"data.classes_per_batch": 19}, "data.classes_per_batch is 19 but glyphs trains on 18 classes"),
-        ({"train.select_metric": "recall@8"}, "train.select_metric: 'recall@8' is not measured"),
-        ({"train.select_metric": "nmi"}, "'nmi' is not measured"),
-        ({"data.val_fraction": 0.0}, "no validation split"),
-        (
-            {"grid.datasets": ["cub"], "data.root": "/no/such/root"},
-            "the data root /no/such/root does not exist",
-        ),
-        (
-            {"model.backbone": "resnet50", "model.pretrained": True, "model.weights": "/no/w.pt"},
-            "/no/w.pt not found",
-        ),
-    ],
-)
+def _only_line(code: int, err: str, *parts: str) -> str:
+    """:func:`_one_line_error`, and that line is all the command printed on stderr."""
+    line = _one_line_error(code, err, *parts)
+    assert err.splitlines() == [line], err
+    return line
+
+
+MS_PAPER = {"name": "ms", "preset": "paper"}
+NOT_A_NUMBER = "a boolean is not a number"
+AXIS = "which the grid sets"
+SAME_OVERRIDES = "have the same overrides"
+NAME_CHARS = "use ASCII letters, digits"
+NOT_IN_GRID = "is not in grid.datasets"
+
+# Settings of the tiny experiment (dotted keys, as --set) that must stop --check and a run with one line.
+CONFIG_FAULTS = [
+    # types are never coerced: a boolean or a quoted number is not a number, a number is not a switch
+    ({"train.iterations": True}, ("train.iterations", NOT_A_NUMBER)),
+    ({"train.iterations": "20"}, ("train.iterations", "got '20'", "without quotes")),
+    ({"train.iterations": 20.5}, ("train.iterations", "whole number")),
+    ({"data.val_fraction": True}, ("data.val_fraction", NOT_A_NUMBER)),
+    ({"data.crop_scale": [True, 1.0]}, ("data.crop_scale[0]", NOT_A_NUMBER)),
+    ({"grid.seeds": [True]}, ("grid.seeds[0]", NOT_A_NUMBER)),
+    ({"grid.embedding_sizes": [True]}, ("grid.embedding_sizes", NOT_A_NUMBER)),
+    ({"model.freeze_bn": 1}, ("model.freeze_bn", "write true or false")),
+    ({"grid.losses": [{"name": "ms", "hparams": {"alpha": True}}]}, ("alpha must be a number", "True")),
+    ({"grid.losses": [{"name": "ms", "hparams": {"beta": "50"}}]}, ("beta must be a number", "'50'")),
+    # protocols that would do nothing, or not what they say
+    ({"schedule.milestones": [30]}, ("schedule.milestones: 30", "never change the learning rate", "1 .. 23")),
+    ({"schedule.milestones": [-4]}, ("schedule.milestones: -4", "never change")),
+    ({"schedule.milestones": [12, 6]}, ("schedule.milestones", "strictly increasing")),
+    ({"schedule.milestones": [6, 6]}, ("schedule.milestones", "strictly increasing")),
+    ({"data.crop_scale": [0.9, 0.5]}, ("data.crop_scale", "0 < smallest <= largest <= 1")),
+    ({"data.crop_scale": [0.0, 1.0]}, ("data.crop_scale", "0 < smallest")),
+    ({"data.crop_scale": [0.5, 1.5]}, ("data.crop_scale", "largest <= 1")),
+    ({"train.eval_every": 30}, ("train.eval_every: 30", "selects nothing", "train.select_on: final")),
+    ({"optim.momentum": 0.5}, ("optim.momentum: 0.5", "adam has no momentum", "sgd")),
+    ({"evaluate.ks": [1, 1, 2]}, ("evaluate.ks", "K 1 is listed twice")),
+    # grids that would train one thing twice, or report two things under one name
+    ({"grid.losses": ["ms", MS_PAPER]}, ("grid.losses", "[1] trains the same loss as [0]")),
+    ({"grid.losses": ["ms", {"name": "ms", "hparams": {"beta": 50}}]}, ("[1] trains the same loss as [0]",)),
+    ({"grid.losses": ["ms", {"name": "ms", "hparams": {"beta": 45}}]}, ("under one label 'MS'", "own label")),
+    (
+        {"grid.losses": [{"name": "ms", "label": "A"}, {"name": "binomial", "label": "A"}]},
+        ("grid.losses", "under one label 'A'"),
+    ),
+    (
+        {"grid.variants": {"a": {"data.workers": 1}, "b": {"data.workers": 1}}},
+        ("'a' and 'b'", SAME_OVERRIDES),
+    ),
+    ({"grid.variants": {"a": {}, "b": {}}}, ("grid.variants", SAME_OVERRIDES)),
+    ({"grid.variants": {"a": {"seed": 3}}}, ("variant 'a' overrides 'seed'", AXIS)),
+    ({"grid.variants": {"a": {"loss.name": "binomial"}}}, ("overrides 'loss.name'", AXIS)),
+    ({"grid.variants": {"a": {"loss": MS_PAPER}}}, ("overrides 'loss'", AXIS)),
+    ({"grid.variants": {"a": {"embedding_size": 8}}}, ("overrides 'embedding_size'", AXIS)),
+    ({"grid.variants": {"a": {"experiment": "other"}}}, ("overrides 'experiment'", AXIS)),
+    ({"grid.variants": {"a": {"variant": "b"}}}, ("overrides 'variant'", AXIS)),
+    (
+        {"dataset_overrides": {"glyphs": {"seed": 1}}},
+        ("dataset_overrides", "'glyphs' overrides 'seed'", AXIS),
+    ),
+    ({"dataset_overrides": {"cub": {"data.workers": 1}}}, ("dataset_overrides", "'cub'", NOT_IN_GRID)),
+    ({"grid.embedding_sizes": {"glyphs": [16], "sop": [16]}}, ("grid.embedding_sizes", "'sop'", NOT_IN_GRID)),
+    # names that become folders and cell ids
+    ({"grid.variants": {"a/b": {}}}, ("grid.variants", "got 'a/b'", NAME_CHARS)),
+    ({"grid.variants": {"": {}}}, ("grid.variants", "got ''", NAME_CHARS)),
+    ({"grid.variants": {"two words": {}}}, ("got 'two words'", NAME_CHARS)),
+    ({"grid.variants": {"caf\u00e9": {}}}, ("grid.variants", NAME_CHARS)),
+    ({"grid.variants": {"a..b": {}}}, ("'a..b'", "'..' has no place")),
+    ({"grid.variants": {"v" * 101: {}}}, ("grid.variants", "at most 100 characters")),
+    ({"name": "reference"}, ("name", "'reference' is reserved", "committed reference runs")),
+    ({"name": "paper"}, ("name", "'paper' is reserved")),
+    ({"name": "../elsewhere"}, ("name", NAME_CHARS)),
+    ({"name": ""}, ("name", NAME_CHARS)),
+]
+
+PREFLIGHT_FAULTS = [
+    ({"data.classes_per_batch": 19}, ("data.classes_per_batch is 19 but glyphs trains on 18 classes",)),
+    ({"train.select_metric": "recall@8"}, ("train.select_metric: 'recall@8' is not measured",)),
+    ({"train.select_metric": "nmi"}, ("'nmi' is not measured",)),
+    ({"data.val_fraction": 0.0}, ("no validation split",)),
+    (
+        {"grid.datasets": ["cub"], "data.root": "/no/such/root"},
+        ("the data root /no/such/root does not exist",),
+    ),
+    (
+        {"model.backbone": "resnet50", "model.pretrained": True, "model.weights": "/no/w.pt"},
+        ("/no/w.pt not found",),
+    ),
+]
+
+
+@pytest.mark.parametrize(("overrides", "parts"), CONFIG_FAULTS + PREFLIGHT_FAULTS)
 def test_check_finds_what_would_stop_the_grid_before_any_training(
-    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, part: str
+    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, parts: tuple[str, ...]
 ) -> None:
     path = tiny_experiment(overrides)
     root = tmp_path / "results"
     code, err = cli(run.main, str(path), "--check", "--results", str(root))
-    _one_line_error(code, err, part)
+    _only_line(code, err, *parts)
     code, err = cli(run.main, str(path), "--results", str(root), "--jobs", "1")
-    _one_line_error(code, err, part)
+    _only_line(code, err, *parts)
     assert not root.exists()  # nothing was trained or written
 
 

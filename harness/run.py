@@ -20,7 +20,7 @@ from typing import Any
 
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
 from harness.distributed import init_from_env, shutdown
-from harness.errors import EXIT_USER_ERROR, UserError, cli_main
+from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import (
     BUSY,
@@ -57,7 +57,7 @@ def _jobs(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.run",
         description="Run an experiment grid (losses x datasets x sizes x seeds).",
         epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "

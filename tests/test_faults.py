@@ -17,6 +17,7 @@ from conftest import write_tiny_experiment
 from harness import files, run
 from harness.config import expand_cells, load_experiment
 from harness.errors import EXIT_USER_ERROR, DamagedFileError, UserError, cli_main
+from harness.fair.cli import main as fair_main
 from harness.report import main as report_main
 from harness.report import read_cells, write_report
 from harness.results import (
@@ -28,6 +29,7 @@ from harness.results import (
     tidy_rows,
     write_cells_table,
 )
+from harness.tune.cli import main as tune_main
 
 Runner = Callable[..., tuple[int, str]]
 FIRST_ITERATIONS, SECOND_ITERATIONS = 8, 12
@@ -439,6 +441,38 @@ def test_check_finds_what_would_stop_the_grid_before_any_training(
     code, err = cli(run.main, str(path), "--results", str(root), "--jobs", "1")
     _only_line(code, err, *parts)
     assert not root.exists()  # nothing was trained or written
+
+
+# ------------------------------------------------------------------------------- command-line mistakes
+
+RUN, TUNE, FAIR, REPORT = (
+    "python -m harness.run",
+    "python -m harness.tune",
+    "python -m harness.fair",
+    "python -m harness.report",
+)
+ARGUMENT_FAULTS = [
+    (run.main, ["exp.yaml", "--jobs", "0"], (RUN, "argument --jobs: '0'", "at least 1")),
+    (run.main, ["exp.yaml", "--jobs", "two"], (RUN, "argument --jobs: 'two'")),
+    (run.main, ["exp.yaml", "--shard", "-1/2"], (RUN, "argument --shard: expected one argument")),
+    (run.main, ["exp.yaml", "--chek"], (RUN, "unrecognized arguments: --chek")),
+    (run.main, [], (RUN, "the following arguments are required: experiment")),
+    (tune_main, ["tune.yaml", "--workers", "two"], (TUNE, "argument --workers: invalid int value: 'two'")),
+    (tune_main, ["tune.yaml", "--trails", "4"], (TUNE, "unrecognized arguments: --trails")),
+    (fair_main, ["fair.yaml", "--jobs", "x"], (FAIR, "argument --jobs: invalid int value: 'x'")),
+    (fair_main, [], (FAIR, "the following arguments are required: file")),
+    (report_main, ["results/x", "--margin", "wide"], (REPORT, "argument --margin: invalid float value")),
+    (report_main, ["results/x", "--reference", "a", "--no-reference"], (REPORT, "not allowed with argument")),
+]
+
+
+@pytest.mark.parametrize(("main", "argv", "parts"), ARGUMENT_FAULTS)
+def test_a_command_line_mistake_is_one_error_line_with_the_help_hint(
+    cli: Runner, main: Callable[[list[str] | None], int | None], argv: list[str], parts: tuple[str, ...]
+) -> None:
+    code, err = cli(main, *argv)
+    line = _only_line(code, err, *parts)
+    assert line.endswith(f"(see {parts[0]} --help)") and "usage:" not in err
 
 
 # --------------------------------------------------------------------------------- filesystem faults

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
+from harness.errors import ArgumentParser, UserError
 from harness.fair.report import write_fair_report
 from harness.fair.reruns import (
     DEFAULT,
@@ -43,7 +43,7 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.fair",
         description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from harness.errors import UserError
+from harness.errors import ArgumentParser, UserError
 from harness.files import atomic_write_text
 from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
@@ -29,7 +29,7 @@ STORAGE_ENV = "HARNESS_TUNE_STORAGE"  # how a worker process learns its parent's
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.tune", description="Optuna study over one cell's loss hyperparameters."
     )
     parser.add_argument("file", help="tune file: an experiment YAML with a study: section")

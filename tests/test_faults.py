@@ -16,7 +16,7 @@ from conftest import write_tiny_experiment
 
 from harness import files, run
 from harness.config import expand_cells, load_experiment
-from harness.errors import EXIT_USER_ERROR, DamagedFileError, UserError, cli_main
+from harness.errors import EXIT_USER_ERROR, DamagedFileError, DataError, UserError, cli_main
 from harness.fair.cli import main as fair_main
 from harness.report import main as report_main
 from harness.report import read_cells, write_report
@@ -29,7 +29,9 @@ from harness.results import (
     tidy_rows,
     write_cells_table,
 )
+from harness.tune import counted_trials
 from harness.tune.cli import main as tune_main
+from harness.tune.trials import interrupted_trials
 
 Runner = Callable[..., tuple[int, str]]
 FIRST_ITERATIONS, SECOND_ITERATIONS = 8, 12
@@ -473,6 +475,50 @@ def test_a_command_line_mistake_is_one_error_line_with_the_help_hint(
     code, err = cli(main, *argv)
     line = _only_line(code, err, *parts)
     assert line.endswith(f"(see {parts[0]} --help)") and "usage:" not in err
+
+
+# ------------------------------------------------------------------------------------- tune faults
+
+TUNE_FAULTS = [
+    ({"study.seeds": [-1]}, ("study.seeds[0]", "greater than or equal to 0", "got -1")),
+    ({"study.seeds": [True]}, ("study.seeds[0]", NOT_A_NUMBER)),
+    ({"study.name": "reference"}, ("study.name", "'reference' is reserved")),
+    ({"data.classes_per_batch": 40}, ("data.classes_per_batch is 40 but glyphs trains on 18 classes",)),
+]
+
+
+@pytest.mark.parametrize(("overrides", "parts"), TUNE_FAULTS)
+def test_a_tune_fault_is_one_line_before_any_trial(
+    tiny_tune_file: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, parts: tuple[str, ...]
+) -> None:
+    path = tiny_tune_file(overrides)
+    results = tmp_path / "results"
+    code, err = cli(tune_main, str(path), "--results", str(results), "--quiet")
+    _only_line(code, err, *parts)
+    assert not list(results.glob("*/trials"))  # no trial started
+
+
+def test_a_user_error_inside_a_trial_is_one_line_and_the_trial_is_retried_later(
+    tiny_tune_file: Callable[..., Path], tmp_path: Path, cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What only training finds (here: a damaged image) stops the study with its own line, never inside
+    Optuna's logged traceback; the trial counts as interrupted, so the next run retries it."""
+    import optuna
+
+    from harness import train
+
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise DataError("glyphs: cannot read image x.png (truncated); delete the glyph cache")
+
+    monkeypatch.setattr(train, "train_cell", damaged)
+    path = tiny_tune_file()
+    results = tmp_path / "results"
+    code, err = cli(tune_main, str(path), "--results", str(results), "--quiet")
+    _only_line(code, err, "cannot read image x.png", "delete the glyph cache")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results / 'tiny' / 'study.db'}")
+    (trial,) = study.get_trials()
+    assert trial.user_attrs["interrupted"] == "a user error" and "x.png" in trial.user_attrs["fail_reason"]
+    assert counted_trials(study.get_trials()) == [] and interrupted_trials(study.get_trials()) == [trial]
 
 
 # --------------------------------------------------------------------------------- filesystem faults

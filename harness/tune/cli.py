@@ -14,6 +14,7 @@ import yaml
 
 from harness.errors import ArgumentParser, UserError
 from harness.files import atomic_write_text
+from harness.preflight import require_preflight
 from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
@@ -111,6 +112,7 @@ def _run_study(
     from harness.builders import load_splits
 
     started = time.perf_counter()
+    require_preflight(setup.experiment, [setup.template])  # what --check finds stops here, before any trial
     load_splits(setup.template)  # a missing dataset stops here with one line, before any trial
     study = open_study(setup, storage, setup.study.sampler.seed)
     with warnings.catch_warnings():

@@ -68,6 +68,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="validate the file and list the grid, run nothing"
     )
     parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every listed image of the real datasets before anything runs (slow; a progress bar)",
+    )
+    parser.add_argument(
         "--set",
         dest="sets",
         action="append",
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = shard_cells(cells, index, count)
     exp_dir = experiment_dir(args.results, experiment.name)
     if args.check:
-        problems = preflight(experiment, cells)
+        problems = preflight(experiment, cells, decode=args.decode)
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
@@ -210,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
             print(f"  {cell.cell_id}  [{status}]")
         return 0
-    require_preflight(experiment, cells)
+    require_preflight(experiment, cells, decode=args.decode)
     check_destination(exp_dir, args.update_reference)
 
     ctx = init_from_env()

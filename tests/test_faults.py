@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_tiny_experiment
+from test_data_loaders import make_cub, replace_line, share_cub_image
 
 from harness import files, run
 from harness.config import expand_cells, load_experiment
@@ -422,13 +423,20 @@ PREFLIGHT_FAULTS = [
     ({"train.select_metric": "nmi"}, ("'nmi' is not measured",)),
     ({"data.val_fraction": 0.0}, ("no validation split",)),
     (
-        {"grid.datasets": ["cub"], "data.root": "/no/such/root"},
+        {"grid.datasets": ["cub"], "data.root": "/no/such/root", "data.options": {}},
         ("the data root /no/such/root does not exist",),
     ),
     (
         {"model.backbone": "resnet50", "model.pretrained": True, "model.weights": "/no/w.pt"},
         ("/no/w.pt not found",),
     ),
+    ({"data.options.num_clases": 48}, ("unknown data option 'num_clases'", "did you mean 'num_classes'?")),
+    ({"data.cache_dir": f"{os.devnull}/glyphs"}, ("data.cache_dir", f"{os.devnull} is not a folder")),
+    (
+        {"data.samples_per_class": 11},
+        ("data.samples_per_class is 11", "no glyphs training class has more than 10"),
+    ),
+    ({"evaluate.ks": [1, 60]}, ("evaluate.ks: K 60", "the 59 images a val query is ranked against")),
 ]
 
 
@@ -443,6 +451,98 @@ def test_check_finds_what_would_stop_the_grid_before_any_training(
     code, err = cli(run.main, str(path), "--results", str(root), "--jobs", "1")
     _only_line(code, err, *parts)
     assert not root.exists()  # nothing was trained or written
+
+
+# ------------------------------------------------------------------------------ dataset faults at --check
+
+# The tiny experiment on the CUB fixture tree of test_data_loaders (4 train classes x 3 images, half of them
+# validation classes; 3 test classes): it passes --check as it is.
+ON_CUB = {
+    "grid.datasets": ["cub"],
+    "data.strict_counts": False,
+    "data.options": {},
+    "data.classes_per_batch": 2,
+    "data.samples_per_class": 2,
+    "data.val_fraction": 0.5,
+    "evaluate.ks": [1, 2],
+}
+BIRD = Path("images") / "001.Bird_1"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:120])
+
+
+DATA_FAULTS = [
+    (
+        lambda f: (f / BIRD / "Bird_1_0.jpg").unlink(),
+        {},
+        ("1 of 6 image files are missing or empty", "Bird_1_0.jpg (missing)"),
+    ),
+    (
+        lambda f: [
+            (f / "images" / name).write_bytes(b"")
+            for name in (
+                "001.Bird_1/Bird_1_1.jpg",
+                "002.Bird_2/Bird_2_0.jpg",
+                "002.Bird_2/Bird_2_1.jpg",
+                "002.Bird_2/Bird_2_2.jpg",
+            )
+        ],
+        {},
+        ("image files are missing or empty", "Bird_1_1.jpg (empty), ", "and 1 more; restore them from"),
+    ),
+    (lambda f: share_cub_image(f), {}, ("listed twice", "class 1 (train) and class 101 (test)", "leaks")),
+    (lambda f: replace_line(f / "image_class_labels.txt", 2, "2 2"), {}, ("in the folder of class 1",)),
+    (
+        lambda f: ((f / "image_class_labels.txt").unlink(), os.mkfifo(f / "image_class_labels.txt")),
+        {},
+        ("image_class_labels.txt is a FIFO, not a regular file",),
+    ),
+    (lambda f: None, {"data.samples_per_class": 4}, ("data.samples_per_class is 4", "more than 3 images")),
+    (
+        lambda f: None,
+        {"evaluate.ks": [1, 2, 8]},
+        ("evaluate.ks: K 8", "the 5 images a val query is ranked against"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("damage", "overrides", "parts"), DATA_FAULTS)
+def test_check_finds_a_damaged_dataset_before_any_training(
+    tiny_experiment: Callable[..., Path],
+    tmp_path: Path,
+    cli: Runner,
+    damage: Callable[[Path], object],
+    overrides: dict,
+    parts: tuple[str, ...],
+) -> None:
+    damage(make_cub(tmp_path / "data"))
+    path = tiny_experiment({**ON_CUB, "data.root": str(tmp_path / "data"), **overrides})
+    root = tmp_path / "results"
+    for argv in (["--check"], ["--jobs", "1"]):
+        code, err = cli(run.main, str(path), "--results", str(root), *argv)
+        _only_line(code, err, *parts)
+    assert not root.exists()
+
+
+def test_check_decode_finds_a_truncated_image_that_a_stat_cannot(
+    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner
+) -> None:
+    folder = make_cub(tmp_path / "data")
+    _truncate(folder / BIRD / "Bird_1_2.jpg")
+    (folder / BIRD / "Bird_1_0.jpg").write_bytes(b"not a jpeg at all")
+    path = tiny_experiment({**ON_CUB, "data.root": str(tmp_path / "data")})
+    code, err = cli(run.main, str(path), "--check")
+    assert code == 0, err  # both files are there and not empty
+    code, err = cli(run.main, str(path), "--check", "--decode")
+    _only_line(
+        code,
+        err,
+        "2 of 6 image files are unreadable",
+        "Bird_1_0.jpg (cannot identify image file",
+        "Bird_1_2.jpg (",
+    )
 
 
 # ------------------------------------------------------------------------------- command-line mistakes

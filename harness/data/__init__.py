@@ -8,7 +8,7 @@ cache folder. See docs/data.md for the layouts, splits, transforms and sampling 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.data.cars import CARS
@@ -45,6 +45,7 @@ __all__ = [
     "build_batch_sampler",
     "build_splits",
     "build_transform",
+    "check_options",
     "class_folds",
     "relabel",
     "split_classes",
@@ -87,32 +88,9 @@ def build_splits(
     if convention is None:
         convention = "grey" if name == "glyphs" else "bninception"
     if name == "glyphs":
-        import inspect
-
         from harness.data.glyphs import build_glyph_splits
 
-        parameters = inspect.signature(build_glyph_splits).parameters
-        accepted = [
-            p
-            for p in parameters
-            if p
-            not in (
-                "cache_dir",
-                "val_fraction",
-                "val_seed",
-                "val_folds",
-                "val_fold",
-                "image_size",
-                "convention",
-            )
-        ]
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
-        if unknown:
-            raise UserError(
-                f"unknown data option {unknown[0]!r} for dataset 'glyphs' (config data.options)"
-                f"{did_you_mean(unknown[0], accepted)}"
-            )
+        check_options(name, glyph_options)
         return build_glyph_splits(
             cache_dir,
             val_fraction=val_fraction,
@@ -125,11 +103,7 @@ def build_splits(
         )
     if name not in OFFICIAL:
         raise UserError(f"unknown dataset {name!r}{did_you_mean(str(name).lower(), DATASETS)}")
-    if glyph_options:
-        raise UserError(
-            f"unknown data option(s) {', '.join(map(repr, glyph_options))} for dataset {name!r} (config "
-            "data.options); the real datasets take resize_size and train_resize"
-        )
+    check_options(name, glyph_options)
     options = {"image_size": image_size, "crop_scale": crop_scale, "resize_size": resize_size}
     return build_official_splits(
         OFFICIAL[name],
@@ -144,12 +118,39 @@ def build_splits(
     )
 
 
-def verify_images(splits: DatasetSplits, *, decode: bool = False) -> None:
-    """Check every image file of ``splits`` exists (``decode=True``: also decode each one, slow).
+OFFICIAL_OPTIONS = ("resize_size", "train_resize")
+"""The ``data.options`` the real datasets take (keyword arguments of :func:`build_splits` for the transforms)."""
 
-    :func:`build_splits` already checks existence; ``decode=True`` finds damaged or truncated files up
-    front instead of mid-training. Raises a one-line DataError naming the first bad file.
+
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise a one-line UserError for a ``data.options`` key dataset ``name`` does not take (a typo)."""
+    if name == "glyphs":
+        import inspect
+
+        from harness.data.glyphs import build_glyph_splits
+
+        given_by_fields = ("cache_dir", "val_fraction", "val_seed", "val_folds", "val_fold", "image_size")
+        parameters = inspect.signature(build_glyph_splits).parameters
+        accepted = [p for p in parameters if p not in (*given_by_fields, "convention")]
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return  # a builder taking any keyword checks its own
+    else:
+        accepted = list(OFFICIAL_OPTIONS)
+    unknown = [key for key in options if key not in accepted]
+    if unknown:
+        raise UserError(
+            f"unknown data option {unknown[0]!r} for dataset {name!r} (config data.options)"
+            f"{did_you_mean(str(unknown[0]), accepted)}"
+        )
+
+
+def verify_images(splits: DatasetSplits, *, decode: bool = False, progress: bool = False) -> None:
+    """Check every image file of ``splits`` is a non-empty file (``decode=True``: also decode each one, slow).
+
+    :func:`build_splits` already checks the files; ``decode=True`` finds damaged or truncated files up
+    front instead of mid-training (``progress``: a tqdm bar on a terminal). Raises a one-line DataError
+    naming the first few bad files and how many there are.
     """
     for dataset in (splits.train, splits.val, splits.test, splits.query, splits.gallery):
         if isinstance(dataset, ImageDataset):
-            dataset.verify(decode=decode)
+            dataset.verify(decode=decode, progress=progress)

@@ -1,7 +1,13 @@
-"""A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors."""
+"""A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors.
+
+:func:`verify_files` checks a list of image files up front (each is a non-empty regular file; with
+``decode`` each one decodes), so a missing or damaged image stops ``--check`` instead of a run.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +29,12 @@ class ImageReadError(DataError):
     traceback; this keeps only the original message (the traceback's last line).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "") -> None:
         marker = f"{type(self).__name__}: "
         if "Original Traceback" in message and marker in message:
             message = message.rsplit(marker, 1)[1]
         super().__init__(message)
+        self.reason = reason or "unreadable"  # why, in a few words
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -79,7 +86,8 @@ class ImageDataset(torch.utils.data.Dataset):
             reason = " ".join(str(err).split()) or type(err).__name__
             raise ImageReadError(
                 f"{self.title}: cannot read image {path} ({reason}); the file is missing or damaged: "
-                f"restore it from {self.source}"
+                f"restore it from {self.source}",
+                reason,
             ) from None
 
     def _to_rgb(self, image: Image.Image, path: Path) -> Image.Image:
@@ -94,18 +102,55 @@ class ImageDataset(torch.utils.data.Dataset):
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ImageReadError(
                 f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), which cannot be "
-                "read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file"
+                "read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file",
+                f"{image.mode} pixels, not 8-bit",
             )
         return image.convert("RGB")
 
-    def verify(self, *, decode: bool = False) -> None:
-        """Check that every image file exists (cheap); with ``decode=True`` also decode each one (slow)."""
-        missing = [name for name in self.files if not (self.root / name).is_file()]
-        if missing:
-            raise DataError(
-                f"{self.title}: {len(missing):,} of {len(self.files):,} image files are missing under "
-                f"{self.root}, first {self.root / missing[0]}; restore them from {self.source}"
-            )
-        if decode:
-            for index in range(len(self.files)):
-                self.load(index)
+    def verify(self, *, decode: bool = False, progress: bool = False) -> None:
+        """:func:`verify_files` on this dataset's images."""
+        verify_files(self, decode=decode, progress=progress)
+
+
+SHOWN_FILES = 3
+"""How many of the bad files a :func:`verify_files` error names (the count covers every one)."""
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image file (missing, empty, not a regular file), or None; never opens it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    return "empty" if info.st_size == 0 else None
+
+
+def verify_files(images: ImageDataset, *, decode: bool = False, progress: bool = False) -> None:
+    """Check every listed image: a non-empty regular file (one ``stat`` each); ``decode``: it also decodes.
+
+    One DataError for all the bad files: how many, the first :data:`SHOWN_FILES` with the reason, where
+    to get them. ``progress`` shows a tqdm bar while decoding.
+    """
+    bad = [(name, why) for name in images.files if (why := file_problem(images.root / name))]
+    what = "missing or empty"
+    if not bad and decode:
+        from tqdm import tqdm
+
+        what = "unreadable"
+        bar = tqdm(range(len(images)), desc=f"decoding {images.title}", disable=None if progress else True)
+        for index in bar:  # disable=None: a bar only on a terminal
+            try:
+                images.load(index)
+            except ImageReadError as err:
+                bad.append((images.files[index], err.reason))
+    if bad:
+        shown = ", ".join(f"{name} ({why})" for name, why in bad[:SHOWN_FILES])
+        more = f" and {len(bad) - SHOWN_FILES:,} more" if len(bad) > SHOWN_FILES else ""
+        raise DataError(
+            f"{images.title}: {len(bad):,} of {len(images.files):,} image files are {what} under "
+            f"{images.root}: {shown}{more}; restore them from {images.source}"
+        )

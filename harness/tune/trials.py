@@ -182,7 +182,9 @@ class Objective:
                     )
             except Interrupted as stop:
                 return self._interrupted(trial, paths, stop)
-            except UserError as err:  # the user's to fix (a setting, the data): one line, not Optuna's traceback
+            except (
+                UserError
+            ) as err:  # the user's to fix (a setting, the data): one line, not Optuna's traceback
                 return self._stopped_by(trial, err)
             except (optuna.TrialPruned, KeyboardInterrupt):
                 raise

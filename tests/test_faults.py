@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 from conftest import write_tiny_experiment
-from test_data_loaders import make_cub, replace_line, share_cub_image
+from test_data_loaders import LIST_FILE_FAULTS, make_cub, replace_line, share_cub_image
 
 from harness import files, run
 from harness.config import expand_cells, load_experiment
@@ -35,6 +35,7 @@ from harness.tune.cli import main as tune_main
 from harness.tune.trials import interrupted_trials
 
 Runner = Callable[..., tuple[int, str]]
+ROOT = Path(__file__).resolve().parent.parent
 FIRST_ITERATIONS, SECOND_ITERATIONS = 8, 12
 TINY_GRID = {
     "grid.seeds": [0, 1],
@@ -338,6 +339,29 @@ def test_a_binary_or_utf16_experiment_file_is_one_line(
     _one_line_error(code, err, str(path), part, "save it as UTF-8 text")
 
 
+DEEP = 5000
+TOO_DEEP = "nested more than 50 levels deep; flatten the file"
+# Experiment files no parser should choke on: each is one line, never a RecursionError.
+TEXT_FAULTS = [
+    (GRID + "data: " + "[" * DEEP + "]" * DEEP + "\n", (TOO_DEEP,)),
+    (GRID + "data: " + "{a: " * DEEP + "1" + "}" * DEEP + "\n", (TOO_DEEP,)),
+    ("".join(" " * level + "k:\n" for level in range(DEEP)), (TOO_DEEP,)),
+    (GRID + "description: &loop [1, *loop]\n", (TOO_DEEP,)),
+    (GRID + "train: {iterations: 1e3}\n", ("train.iterations", "got 1000.0", "write a whole number")),
+    (GRID + "optim: {lr_head: '1e-3'}\n", ("optim.lr_head", "got '1e-3'", "without quotes")),
+]
+
+
+@pytest.mark.parametrize(("text", "parts"), TEXT_FAULTS)
+def test_a_malformed_experiment_file_is_one_line(
+    tmp_path: Path, cli: Runner, text: str, parts: tuple[str, ...]
+) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    code, err = cli(run.main, str(path), "--check")
+    _only_line(code, err, str(path), *parts)
+
+
 # ------------------------------------------------------------------------ checks that need no training
 
 
@@ -619,6 +643,25 @@ def test_a_user_error_inside_a_trial_is_one_line_and_the_trial_is_retried_later(
     (trial,) = study.get_trials()
     assert trial.user_attrs["interrupted"] == "a user error" and "x.png" in trial.user_attrs["fail_reason"]
     assert counted_trials(study.get_trials()) == [] and interrupted_trials(study.get_trials()) == [trial]
+
+
+# ------------------------------------------------------------------------------- the corpus, documented
+
+FAULT_CORPORA = {
+    "experiment settings and files": CONFIG_FAULTS + PREFLIGHT_FAULTS + TEXT_FAULTS,
+    "dataset trees": DATA_FAULTS + LIST_FILE_FAULTS,
+    "command lines": ARGUMENT_FAULTS,
+    "tune files": TUNE_FAULTS,
+}
+
+
+def test_docs_give_the_size_of_the_fault_corpus() -> None:
+    """docs/running.md states how many malformed inputs the tests above refuse with one line: kept true here."""
+    text = " ".join((ROOT / "docs" / "running.md").read_text().split())
+    total = sum(len(cases) for cases in FAULT_CORPORA.values())
+    assert f"**{total} cases, all one line**" in text
+    for label, cases in FAULT_CORPORA.items():
+        assert f"{len(cases)} {label}" in text, label
 
 
 # --------------------------------------------------------------------------------- filesystem faults

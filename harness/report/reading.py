@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from harness.errors import DamagedFileError, UserError
-from harness.files import read_json_if_exists
+from harness.records import CellStatus, EnvRecord, FinalRecord, Record, StatusRecord, read_record, record_dict
 from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -224,6 +224,7 @@ class CellFiles:
     evals: pd.DataFrame
     weights: pd.DataFrame
     finals: dict[str, dict]
+    """cell id -> its final.json, else its status.json (the fields the file holds)."""
     configs: dict[str, dict] = field(default_factory=dict)
     """cell id -> its config.json (cells whose file is missing or damaged are absent)."""
     envs: dict[str, dict] = field(default_factory=dict)
@@ -232,21 +233,30 @@ class CellFiles:
     """file name -> the finished cells where it is missing or unreadable."""
 
 
+CELL_RECORDS: dict[str, type[Record]] = {
+    "final.json": FinalRecord,
+    "status.json": StatusRecord,
+    "config.json": Record,  # the whole resolved config, any JSON object (the report reads a few fields)
+    "env.json": EnvRecord,
+}
+"""The cell files the report reads, with the record each is checked as (:mod:`harness.records`)."""
+
+
 def _cell_json(
     folder: Path,
     problems: dict[str, list[str]],
     cell_id: object,
     names: tuple[str, ...] = ("final.json", "status.json"),
 ) -> dict | None:
-    """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and skipped."""
+    """The first of ``names`` a cell has, checked and as a mapping; a damaged one is listed in ``problems`` and skipped."""
     for name in names:
         try:
-            data = read_json_if_exists(folder / name)
+            record = read_record(folder / name, CELL_RECORDS[name])
         except (DamagedFileError, OSError) as err:
             problems.setdefault(name, []).append(_problem(cell_id, err))
             continue
-        if isinstance(data, dict):
-            return data
+        if record is not None:
+            return record_dict(record)
     return None
 
 
@@ -271,7 +281,7 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
             data = _cell_json(folder, problems, cell_id, names)
             if data is not None:
                 into[str(cell_id)] = data
-        if info["status"] != "finished":
+        if info["status"] != CellStatus.FINISHED:
             continue
         tags = {
             "cell_id": cell_id,

@@ -15,7 +15,9 @@ is a :class:`~harness.errors.DamagedFileError` naming the file and what to do; t
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import io
 import platform
 import socket
@@ -28,12 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError, UserError, filesystem_message
-from harness.files import atomic_write_csv, atomic_write_text, temporaries
+from harness.errors import DamagedFileError, UserError, cli_main, filesystem_message
+from harness.files import atomic_save_npz, atomic_write_csv, atomic_write_text, temporaries
 from harness.records import (
     CellStatus,
     ConfigRecord,
@@ -147,7 +150,7 @@ class CellPaths:
     train_log = _CellFile("train_log.csv")
     evals = _CellFile("evals.csv")
     final = _CellFile("final.json")
-    pair_weights = _CellFile("pair_weights.npz")
+    pair_weights = _CellFile("pair_weights.npz")  # in a reference folder: aggregated, see read_pair_weights
     checkpoint = _CellFile("checkpoint.pt")
     # the lock a run holds while it trains the cell (see :func:`claim_cell`); no result
     lock = _CellFile("cell.lock")
@@ -427,3 +430,91 @@ def remove_stale_temporaries(folder: Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+# ------------------------------------------------------------------------------------ reference folders
+
+PAIR_WEIGHTS_FILE = "pair_weights.npz"
+"""A cell's pair weights; in a reference folder, the aggregate of its cells' pair weights."""
+CELL_HOLDERS = ("cells", "trials")
+"""The folders whose subfolders are cells: a run's ``cells/<id>/``, a study's ``trials/<n>/``."""
+UNREAD_CELL_FILES = ("train.log",)
+"""Cell files no report reads (a worker's output under ``--jobs N``): left out of a reference folder."""
+PAIR_KINDS = ("pos", "neg")
+
+
+def read_pair_weights(paths: CellPaths) -> dict[str, np.ndarray]:
+    """A cell's pair weights (``pos``, ``neg``): its own pair_weights.npz, else its entry in the aggregate
+    beside the folder holding the cell (``<exp>/pair_weights.npz``, key ``cells/<id>/pos``; see
+    :func:`aggregate_reference`).
+
+    FileNotFoundError when neither holds them; a damaged file raises what ``numpy.load`` raises.
+    """
+    source, prefix = paths.pair_weights, ""
+    if not source.is_file():
+        source = paths.root.parent.parent / PAIR_WEIGHTS_FILE
+        prefix = f"{paths.root.parent.name}/{paths.root.name}/"
+    with source.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
+        if prefix and prefix + PAIR_KINDS[0] not in npz.files:
+            raise FileNotFoundError(errno.ENOENT, "no pair weights for this cell", str(paths.pair_weights))
+        return {kind: np.asarray(npz[prefix + kind]) for kind in PAIR_KINDS}
+
+
+def _aggregate_pair_weights(holder: Path, cells: Path) -> Path | None:
+    """Move the pair_weights.npz of every cell under ``cells`` into ``holder/pair_weights.npz``, keyed by
+    the cell folder relative to ``holder``; entries already there are kept while their folder exists."""
+    target = holder / PAIR_WEIGHTS_FILE
+    arrays: dict[str, np.ndarray] = {}
+    if target.is_file():
+        with np.load(target, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files if (holder / key).parent.is_dir()}
+    found = sorted(cells.rglob(PAIR_WEIGHTS_FILE))
+    for path in found:
+        folder = path.parent.relative_to(holder).as_posix()
+        with np.load(path, allow_pickle=False) as npz:
+            arrays.update({f"{folder}/{kind}": npz[kind] for kind in PAIR_KINDS})
+    if not found:
+        return None
+    atomic_save_npz(target, dict(sorted(arrays.items())))
+    for path in found:
+        path.unlink()
+    return target
+
+
+def aggregate_reference(folder: Path) -> list[Path]:
+    """Shrink a reference folder to what the reports read: one pair_weights.npz per run (and per study)
+    instead of one per cell, and no :data:`UNREAD_CELL_FILES`; returns the aggregates written.
+
+    Every folder below ``folder`` (itself included) holding ``cells/`` or ``trials/`` gets the aggregate
+    of its cells' pair weights; :func:`read_pair_weights` reads a cell's entry there. Run again after
+    cells were added or retrained: their new files replace their entries.
+    """
+    written = []
+    for cells in sorted(d for name in CELL_HOLDERS for d in folder.rglob(name) if d.is_dir()):
+        aggregate = _aggregate_pair_weights(cells.parent, cells)
+        if aggregate is not None:
+            written.append(aggregate)
+    for name in UNREAD_CELL_FILES:
+        for path in folder.rglob(name):
+            path.unlink()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.results --aggregate DIR``: :func:`aggregate_reference` on an existing folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.results",
+        description="Shrink a committed reference folder to what the reports read: one pair_weights.npz "
+        "per run and per study instead of one per cell, no train.log.",
+    )
+    parser.add_argument("--aggregate", type=Path, required=True, metavar="DIR", help="the reference folder")
+    folder = parser.parse_args(argv).aggregate
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; expected a results folder, e.g. results/reference/<name>")
+    written = aggregate_reference(folder)
+    print(f"{len(written)} pair-weight aggregate(s) written under {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

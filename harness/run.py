@@ -26,6 +26,7 @@ from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
 from harness.preflight import preflight, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
+    aggregate_reference,
     cell_paths,
     claim_cell,
     experiment_dir,
@@ -229,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
+    if args.update_reference:  # a committed reference keeps what the reports read, pair weights aggregated
+        with folder_lock(exp_dir):
+            aggregate_reference(exp_dir)
     summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
     if failed:
         print("failed cells:", file=sys.stderr)

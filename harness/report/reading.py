@@ -12,7 +12,14 @@ import pandas as pd
 
 from harness.errors import DamagedFileError, UserError
 from harness.records import CellStatus, EnvRecord, FinalRecord, Record, StatusRecord, read_record, record_dict
-from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
+from harness.results import (
+    CELLS_TABLE_COLUMNS,
+    CellPaths,
+    cells_table_mismatch,
+    loss_label,
+    read_pair_weights,
+    write_cells_table,
+)
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 """The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
@@ -300,16 +307,13 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
             problems.setdefault("evals.csv", []).append(_problem(cell_id, err))
         try:
-            with (
-                (folder / "pair_weights.npz").open("rb") as handle,
-                np.load(handle, allow_pickle=False) as npz,
-            ):
-                for key, kind in (("pos", "positive"), ("neg", "negative")):
-                    weights.append(
-                        pd.DataFrame(
-                            {"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind, **tags}
-                        )
+            arrays = read_pair_weights(CellPaths(folder))  # the cell's own file, or a reference's aggregate
+            for key, kind in (("pos", "positive"), ("neg", "negative")):
+                weights.append(
+                    pd.DataFrame(
+                        {"weight": np.asarray(arrays[key], dtype=float).ravel(), "kind": kind, **tags}
                     )
+                )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
     return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, configs, envs, problems)

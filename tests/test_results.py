@@ -190,3 +190,14 @@ def test_aggregate_command_names_a_missing_folder(tmp_path: Path) -> None:
 
     with pytest.raises(UserError, match="no such folder"):
         main(["--aggregate", str(tmp_path / "absent")])
+
+
+def test_the_committed_reference_holds_aggregated_pair_weights_for_every_finished_cell() -> None:
+    reference = Path(__file__).resolve().parent.parent / "results" / "reference"
+    assert not list(reference.rglob("*/cells/*/pair_weights.npz"))
+    assert not list(reference.rglob("trials/**/pair_weights.npz")) and not list(reference.rglob("train.log"))
+    finished = [p for p in reference.rglob("cells/*") if CellPaths(p).status_value() == "finished"]
+    assert finished
+    for folder in finished:
+        arrays = read_pair_weights(CellPaths(folder))
+        assert arrays["pos"].size and arrays["neg"].size

@@ -1,6 +1,7 @@
-"""The records a cell folder holds (final, status, env, config, grid): typed, and read and written only here.
+"""The records of a results folder (final, status, env, grid JSON files): typed, read and written through here.
 
-Each JSON file of a results folder has one pydantic model here, and :class:`CellStatus` names every
+Each JSON record of a results folder has one pydantic model here (config.json only as the fields
+cells.csv reads: the file itself is ``CellConfig.record()``), and :class:`CellStatus` names every
 status a cell or a run's task can have. :func:`write_record` writes a record atomically with the
 fields its writer set (so a record written by the crash recorder holds fewer fields than the
 trainer's, and the JSON on disk stays what it was); :func:`read_record` reads one back, checked: a

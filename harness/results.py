@@ -128,6 +128,10 @@ def environment(device: torch.device, world_size: int = 1) -> EnvRecord:
     return EnvRecord(**info)
 
 
+PAIR_WEIGHTS_FILE = "pair_weights.npz"
+"""A cell's pair weights; in a reference folder, the aggregate of its cells' pair weights."""
+
+
 class _CellFile:
     """A :class:`CellPaths` attribute: the path of one named file in the cell's folder."""
 
@@ -150,7 +154,7 @@ class CellPaths:
     train_log = _CellFile("train_log.csv")
     evals = _CellFile("evals.csv")
     final = _CellFile("final.json")
-    pair_weights = _CellFile("pair_weights.npz")  # in a reference folder: aggregated, see read_pair_weights
+    pair_weights = _CellFile(PAIR_WEIGHTS_FILE)  # in a reference folder: aggregated, see read_pair_weights
     checkpoint = _CellFile("checkpoint.pt")
     # the lock a run holds while it trains the cell (see :func:`claim_cell`); no result
     lock = _CellFile("cell.lock")
@@ -176,10 +180,6 @@ class CellPaths:
     def read_status(self) -> StatusRecord | None:
         """status.json, checked; None when absent."""
         return read_record(self.status, StatusRecord, remedy=RETRAIN_CELL)
-
-    def read_env(self) -> EnvRecord | None:
-        """env.json, checked; None when absent."""
-        return read_record(self.env, EnvRecord, remedy=RETRAIN_CELL)
 
     def read_config(self) -> ConfigRecord | None:
         """config.json, checked for the fields cells.csv needs; None when absent."""
@@ -434,8 +434,6 @@ def remove_stale_temporaries(folder: Path) -> int:
 
 # ------------------------------------------------------------------------------------ reference folders
 
-PAIR_WEIGHTS_FILE = "pair_weights.npz"
-"""A cell's pair weights; in a reference folder, the aggregate of its cells' pair weights."""
 CELL_HOLDERS = ("cells", "trials")
 """The folders whose subfolders are cells: a run's ``cells/<id>/``, a study's ``trials/<n>/``."""
 UNREAD_CELL_FILES = ("train.log",)

@@ -33,7 +33,9 @@ import pandas as pd
 import yaml
 
 from harness.files import read_json_if_exists
+from harness.records import CellStatus
 from harness.report.tables import markdown_table, num
+from harness.results import CellPaths
 from harness.stats import detectable_difference, seeds_needed
 
 SELECT_METRIC = "recall@1"
@@ -65,6 +67,11 @@ def _read_json(path: Path) -> dict:
     return read_json_if_exists(path) or {}
 
 
+def _seconds(value: float | None) -> float:
+    """A timing of final.json, NaN where the record lacks it."""
+    return math.nan if value is None else value
+
+
 def loss_order(run_dir: Path) -> list[str]:
     """The grid's loss names in the experiment's order (Table 2's rows for glyphs-ablation)."""
     experiment = yaml.safe_load((run_dir / "experiment.yaml").read_text())
@@ -75,8 +82,8 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
     """The protocol, the validation curves (loss, seed, iteration, value) and one row per finished cell."""
     curves, cells, configs = [], [], []
     for cell_dir in sorted((run_dir / "cells").iterdir()):
-        final = _read_json(cell_dir / "final.json")
-        if final.get("status") != "finished":
+        final = CellPaths(cell_dir).read_final()
+        if final is None or final.status != CellStatus.FINISHED or final.timings is None:
             continue
         config = _read_json(cell_dir / "config.json")
         configs.append(config)
@@ -89,11 +96,12 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
             {
                 "loss": loss,
                 "seed": seed,
-                "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
-                "selected_iteration": final["selected_iteration"],
-                "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
+                "test": 100 * final.metrics["selected"]["test"][SELECT_METRIC],
+                "selected_iteration": final.selected_iteration,
+                "wall_seconds": _seconds(final.timings.train_seconds)
+                + _seconds(final.timings.final_eval_seconds),
                 # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
-                "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
+                "cpu_seconds": cpu.get("cpu_seconds", _seconds(final.timings.cpu_seconds)),
                 "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
             }
         )

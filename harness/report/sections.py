@@ -8,6 +8,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
+from harness.records import ENDED, CellStatus
 from harness.report.decisions import (
     between_losses_section,
     blocks,
@@ -135,7 +136,7 @@ def _runs_section(ctx: ReportContext) -> str:
     stale = stale_cells_note(ctx.exp_dir)
     if stale:
         lines.append(f"- stale: {esc(stale)}")
-    not_done = per_cell[~per_cell["status"].isin(["finished", "failed"])]
+    not_done = per_cell[~per_cell["status"].isin(ENDED)]
     if len(not_done):
         lines.append(
             f"- {len(not_done)} cell(s) not finished ({', '.join(sorted(set(not_done['status'])))}): "
@@ -149,7 +150,7 @@ def _runs_section(ctx: ReportContext) -> str:
             f"- {dupes} result(s) repeat a (loss, dataset, size, variant, seed): they count as extra runs "
             "in the per-cell statistics and are averaged per seed in the paired tests."
         )
-    failed = per_cell[per_cell["status"] == "failed"]
+    failed = per_cell[per_cell["status"] == CellStatus.FAILED]
     if len(failed):
         rows = [
             [
@@ -249,7 +250,9 @@ def load_context(
             "columns are empty (pass --paper DIR)."
         )
     )
-    finished = cells[(cells["status"] == "finished") & cells["value"].notna() & (cells["metric"] != "")]
+    finished = cells[
+        (cells["status"] == CellStatus.FINISHED) & cells["value"].notna() & (cells["metric"] != "")
+    ]
     files: CellFiles = read_cell_files(exp_dir, cells)
     coincide = weights_coincide(finished)
     if coincide:

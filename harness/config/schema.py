@@ -219,7 +219,7 @@ class ModelConfig(_Strict):
 class OptimConfig(_Strict):
     """Optimiser with separate learning rates for backbone and head."""
 
-    name: str = "adam"  # a key of harness.builders.OPTIMIZERS
+    name: str = "adam"  # a key of harness.optimizers.OPTIMIZERS
     lr_backbone: float = Field(3e-5, gt=0)
     lr_head: float = Field(3e-5, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -228,7 +228,7 @@ class OptimConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from harness.builders import OPTIMIZERS  # lazily: builders imports torch
+        from harness.optimizers import OPTIMIZERS  # lazily: the factories import torch
 
         return _known_name("optimizer", name, sorted(OPTIMIZERS))
 

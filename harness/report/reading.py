@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.data import DATASETS
 from harness.errors import DamagedFileError, UserError
 from harness.files import read_json_if_exists
 from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
@@ -34,13 +35,8 @@ PAPER_COLUMNS = (
 ORDER_TABLE = 2
 """The paper table whose row order orders the losses in every table and figure (the ablation)."""
 
-DATASET_NAMES = {
-    "cub": "CUB-200-2011",
-    "cars": "Cars-196",
-    "sop": "Stanford Online Products",
-    "inshop": "In-Shop",
-    "glyphs": "glyphs (synthetic, no paper numbers)",
-}
+DATASET_NAMES = {name: entry.title for name, entry in DATASETS.items()}
+"""The title of each registered dataset, in the paper's order (the order of the report's tables)."""
 WEIGHTS_ORDER = ("selected", "final")
 FIGURE_FAMILY = ("dataset", "embedding_size", "variant")
 """One ablation, training-curve and pair-weight figure per value of these columns."""

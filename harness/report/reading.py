@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from harness.errors import DamagedFileError, UserError
 from harness.files import read_json_if_exists
 from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
-"""The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
+PAPER_DIR = Path(str(resources.files("harness").joinpath("paper")))
+"""The paper's tables, shipped as package data (``harness/paper/table{2,3,4,5}.csv``)."""
 
 OPTIONAL_CELLS_COLUMNS = {"variant": "default"}
 """Columns of cells.csv older results may lack, with the value they stand for."""
@@ -201,7 +202,7 @@ def paper_reference(paper: pd.DataFrame) -> pd.DataFrame:
         first = clash.iloc[0]
         raise UserError(
             f"paper tables {first['tables']} give different values for {first['loss']} on "
-            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/"
+            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix harness/paper/"
         )
     return grouped.drop(columns="distinct")
 
@@ -311,7 +312,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     )
 
 
-REFERENCE_ROOT = PAPER_DIR.parent / "reference"
+REFERENCE_ROOT = Path(__file__).resolve().parents[2] / "results" / "reference"
 """Committed reference runs of a checkout: ``results/reference/<experiment>/``."""
 DEFAULT_MARGIN = 2.0
 """Equivalence margin (points) for "reproduced within +-m points"."""

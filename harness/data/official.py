@@ -299,18 +299,15 @@ def register_official(spec: OfficialDataset) -> DatasetEntry:
     """Register ``spec`` in :data:`~harness.data.registry.DATASETS`: its metadata and the shared builder."""
 
     def build(request: DatasetRequest) -> DatasetSplits:
-        options = {
-            "image_size": request.image_size,
-            "crop_scale": request.crop_scale,
-            "resize_size": request.option(entry, "resize_size"),
-        }
-        train_resize = request.option(entry, "train_resize")
-        convention = request.convention
+        given = {**OFFICIAL_OPTIONS, **request.options}
+        train_resize, convention = given["train_resize"], request.convention
+        shape = {"image_size": request.image_size, "crop_scale": request.crop_scale}
+        shape["resize_size"] = given["resize_size"]
         return build_official_splits(
             spec,
             request.root,
-            train_transform=build_transform(convention, train=True, train_resize=train_resize, **options),
-            eval_transform=build_transform(convention, train=False, **options),
+            train_transform=build_transform(convention, train=True, train_resize=train_resize, **shape),
+            eval_transform=build_transform(convention, train=False, **shape),
             val_fraction=request.val_fraction,
             val_seed=request.val_seed,
             val_folds=request.val_folds,

@@ -36,11 +36,7 @@ class DatasetRequest:
     cache_dir: str | os.PathLike[str] | None = None
     strict_counts: bool = True
     crop_scale: tuple[float, ...] = (0.08, 1.0)
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-    def option(self, entry: DatasetEntry, key: str) -> Any:
-        """Option ``key`` as given, else the entry's default for it."""
-        return self.options.get(key, entry.options[key])
+    options: Mapping[str, Any] = field(default_factory=dict)  # only those given: defaults are the builder's
 
 
 DatasetBuilder = Callable[[DatasetRequest], "DatasetSplits"]

@@ -201,7 +201,7 @@ class ModelConfig(_Strict):
     def _known_backbone(cls, name: str) -> str:
         from harness.models import BACKBONES
 
-        return _known_name("backbone", name, sorted(BACKBONES))
+        return BACKBONES.check(name)
 
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
@@ -231,7 +231,7 @@ class OptimConfig(_Strict):
     def _known_optimizer(cls, name: str) -> str:
         from harness.optimizers import OPTIMIZERS  # lazily: the factories import torch
 
-        return _known_name("optimizer", name, sorted(OPTIMIZERS))
+        return OPTIMIZERS.check(name)
 
 
 class ScheduleConfig(_Strict):

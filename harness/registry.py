@@ -26,7 +26,7 @@ def summary_of(factory: Callable[..., Any]) -> str:
 
 
 class Registry(MutableMapping[str, T], Generic[T]):
-    """Entries of one kind by name: ``kind`` names them in messages, ``where`` is the config key they come from.
+    """Entries of one kind by name: ``kind`` names them in messages, ``where`` is their config key.
 
     ``entry_type`` builds an entry from ``name=``, ``summary=``, ``factory=`` and the metadata given to
     :meth:`register`. Registering a name twice is a programming error (RuntimeError), not a replacement.
@@ -55,11 +55,11 @@ class Registry(MutableMapping[str, T], Generic[T]):
         return self._entries[name]
 
     def unknown(self, name: str) -> str:
-        """``"unknown <kind> 'x'; did you mean ...?"`` for a name that is not registered (names are lower case)."""
+        """``"unknown <kind> 'x'; did you mean ...?"`` for an unregistered name (names are lower case)."""
         return f"unknown {self.kind} {name!r}{did_you_mean(str(name).lower(), list(self._entries))}"
 
     def check(self, name: str) -> str:
-        """``name`` when it is registered, else ValueError (pydantic turns it into a one-line config error)."""
+        """``name`` when it is registered, else ValueError (pydantic makes it a one-line config error)."""
         if name not in self._entries:
             raise ValueError(self.unknown(name))
         return name

@@ -67,7 +67,7 @@ def build_splits(
     crop_scale: Sequence[float] = (0.08, 1.0),
     **options: Any,
 ) -> DatasetSplits:
-    """Build the train / val / test (or query + gallery) datasets of benchmark ``name`` (a key of :data:`DATASETS`).
+    """Build the train / val / test (or query + gallery) datasets of benchmark ``name`` (in :data:`DATASETS`).
 
     ``root``: the data root holding the dataset's official folder, or the dataset folder itself; None
     means ``$HARNESS_DATA``. ``strict_counts=False`` accepts image and class counts other than the

@@ -1,4 +1,4 @@
-"""The dataset registry: each benchmark's builder with its title, evaluation mode, default K values and options.
+"""The dataset registry: each benchmark's builder with its title, evaluation mode, default K and options.
 
 A builder is a function ``name(request: DatasetRequest) -> DatasetSplits`` (its docstring's first line
 is its summary). :func:`harness.data.build_splits` looks the name up, fills the benchmark's default image
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetRequest:
-    """What a dataset builder is given: the data settings of a cell, its options checked against the entry's."""
+    """What a dataset builder is given: a cell's data settings, its options checked against the entry's."""
 
     root: str | os.PathLike[str] | None
     image_size: int

@@ -238,7 +238,7 @@ def load_context(
     cells = read_cells(exp_dir)
     if paper_dir is not None and not Path(paper_dir).is_dir():
         raise UserError(
-            f"{paper_dir}: no such directory; expected the paper's tables (table2.csv ... as in harness/paper/)"
+            f"{paper_dir}: no such directory; expected the paper's tables (table2.csv ..., as harness/paper/)"
         )
     paper = load_paper_tables(Path(paper_dir) if paper_dir is not None else PAPER_DIR)
     paper_note = (

@@ -42,7 +42,7 @@ SELECT_METRIC = "recall@1"
 
 
 @dataclass(frozen=True)
-class Protocol:
+class RunProtocol:
     """What one run folder trained: the settings that shape its learning curves."""
 
     name: str
@@ -78,7 +78,7 @@ def loss_order(run_dir: Path) -> list[str]:
     return [loss if isinstance(loss, str) else loss["name"] for loss in experiment["grid"]["losses"]]
 
 
-def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
+def load_runs(run_dir: Path) -> tuple[RunProtocol, pd.DataFrame, pd.DataFrame]:
     """The protocol, the validation curves (loss, seed, iteration, value) and one row per finished cell."""
     curves, cells, configs = [], [], []
     for cell_dir in sorted((run_dir / "cells").iterdir()):
@@ -114,7 +114,7 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
         return frame.assign(_order=key).sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
 
     first = configs[0]
-    protocol = Protocol(
+    protocol = RunProtocol(
         name=run_dir.name,
         iterations=first["train"]["iterations"],
         eval_every=first["train"]["eval_every"],
@@ -153,7 +153,7 @@ def paired_differences(cells: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def summary_table(
-    protocol: Protocol, curves: pd.DataFrame, cells: pd.DataFrame, reference: str
+    protocol: RunProtocol, curves: pd.DataFrame, cells: pd.DataFrame, reference: str
 ) -> pd.DataFrame:
     """One row per loss: seeds, evaluations, plateau gain, selected iterations, test R@1, paired SD."""
     means = mean_curves(curves)
@@ -196,7 +196,7 @@ def power_lines(differences: pd.DataFrame, args: argparse.Namespace) -> list[str
     return lines
 
 
-def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float | None) -> list[str]:
+def cost_lines(protocol: RunProtocol, cells: pd.DataFrame, idle_images_per_s: float | None) -> list[str]:
     """CPU seconds per cell as measured (loaded machine) and, given the idle throughput, the idle estimate."""
     wall = cells["wall_seconds"]
     wall_line = f"- wall per cell (training and evaluation, load-dependent): {wall.mean():.1f} s mean"
@@ -222,7 +222,7 @@ def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float
 
 
 def plot(
-    results: list[tuple[Protocol, pd.DataFrame, pd.DataFrame]], reference: str, out_dir: Path
+    results: list[tuple[RunProtocol, pd.DataFrame, pd.DataFrame]], reference: str, out_dir: Path
 ) -> list[Path]:
     """calibration_curves.png and calibration_paired.png under ``out_dir``."""
     import matplotlib

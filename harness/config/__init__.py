@@ -45,7 +45,7 @@ from harness.config.schema import (
     LossSpec,
     ModelConfig,
     OptimConfig,
-    Protocol,
+    ProtocolConfig,
     ScheduleConfig,
     TrainConfig,
 )
@@ -62,7 +62,7 @@ __all__ = [
     "LossSpec",
     "ModelConfig",
     "OptimConfig",
-    "Protocol",
+    "ProtocolConfig",
     "ScheduleConfig",
     "TrainConfig",
     "apply_sets",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import sys
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness.data import DATASETS
 from harness.errors import DamagedFileError, UserError
 from harness.records import CellStatus, EnvRecord, FinalRecord, Record, StatusRecord, read_record, record_dict
 from harness.results import (
@@ -21,8 +23,8 @@ from harness.results import (
     write_cells_table,
 )
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
-"""The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
+PAPER_DIR = Path(str(resources.files("harness").joinpath("paper")))
+"""The paper's tables, shipped as package data (``harness/paper/table{2,3,4,5}.csv``)."""
 
 OPTIONAL_CELLS_COLUMNS = {"variant": "default"}
 """Columns of cells.csv older results may lack, with the value they stand for."""
@@ -41,13 +43,8 @@ PAPER_COLUMNS = (
 ORDER_TABLE = 2
 """The paper table whose row order orders the losses in every table and figure (the ablation)."""
 
-DATASET_NAMES = {
-    "cub": "CUB-200-2011",
-    "cars": "Cars-196",
-    "sop": "Stanford Online Products",
-    "inshop": "In-Shop",
-    "glyphs": "glyphs (synthetic, no paper numbers)",
-}
+DATASET_NAMES = {name: entry.title for name, entry in DATASETS.items()}
+"""The title of each registered dataset, in the paper's order (the order of the report's tables)."""
 WEIGHTS_ORDER = ("selected", "final")
 FIGURE_FAMILY = ("dataset", "embedding_size", "variant")
 """One ablation, training-curve and pair-weight figure per value of these columns."""
@@ -212,7 +209,8 @@ def paper_reference(paper: pd.DataFrame) -> pd.DataFrame:
         first = clash.iloc[0]
         raise UserError(
             f"paper tables {first['tables']} give different values for {first['loss']} on "
-            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/"
+            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; "
+            "fix harness/paper/"
         )
     return grouped.drop(columns="distinct")
 
@@ -329,7 +327,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     )
 
 
-REFERENCE_ROOT = PAPER_DIR.parent / "reference"
+REFERENCE_ROOT = Path(__file__).resolve().parents[2] / "results" / "reference"
 """Committed reference runs of a checkout: ``results/reference/<experiment>/``."""
 DEFAULT_MARGIN = 2.0
 """Equivalence margin (points) for "reproduced within +-m points"."""

@@ -239,7 +239,7 @@ def load_context(
     cells = read_cells(exp_dir)
     if paper_dir is not None and not Path(paper_dir).is_dir():
         raise UserError(
-            f"{paper_dir}: no such directory; expected the paper's tables (results/paper/table2.csv ...)"
+            f"{paper_dir}: no such directory; expected the paper's tables (table2.csv ..., as harness/paper/)"
         )
     paper = load_paper_tables(Path(paper_dir) if paper_dir is not None else PAPER_DIR)
     paper_note = (
@@ -301,7 +301,7 @@ def write_report(
 ) -> Path:
     """Write ``<experiment_dir>/report.md`` and ``<experiment_dir>/figures/``; return the report's path.
 
-    ``paper_dir`` defaults to the checkout's ``results/paper/``; when that is absent the report is
+    ``paper_dir`` defaults to the package's ``harness/paper/``; when that is absent the report is
     written without the paper's columns (and says so). An explicitly given ``paper_dir`` must exist.
     ``all_pairs``: compare every pair of losses instead of MS against each other loss. ``margin``:
     the equivalence margin (points) of the paper verdicts. ``reference``: the committed reference run

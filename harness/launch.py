@@ -26,10 +26,9 @@ from typing import Any, Protocol
 from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag
 from harness.errors import UserError, one_line
-from harness.files import atomic_write_json
+from harness.records import CellOutcome, CellStatus, FinalRecord, StatusRecord, write_record
 from harness.results import cell_paths, claim_cell, now
 
-FINISHED, FAILED, BUSY, DONE_ELSEWHERE = "finished", "failed", "busy", "done elsewhere"
 STOP_SECONDS = 30  # how long stopped workers get to leave before they are terminated
 
 
@@ -45,19 +44,10 @@ class CellTask:
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class CellResult:
-    """What became of a task: finished, failed (with the reason), busy (another run holds it) or done elsewhere."""
-
-    cell_id: str
-    status: str
-    reason: str | None = None
-
-
 class Launcher(Protocol):
     """Trains tasks somewhere and yields each one's result as it completes (in any order)."""
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]: ...
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]: ...
 
 
 def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
@@ -71,13 +61,17 @@ def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
 def _record_crash(task: CellTask, err: BaseException) -> str:
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
     reason = f"{type(err).__name__}: {err}"
-    atomic_write_json(
+    write_record(
         paths.status,
-        {"status": FAILED, "reason": reason, "finished": now(), "traceback": traceback.format_exc()},
+        StatusRecord(
+            status=CellStatus.FAILED, reason=reason, finished=now(), traceback=traceback.format_exc()
+        ),
     )
-    atomic_write_json(
+    write_record(
         paths.final,
-        {"cell_id": task.cell.cell_id, "status": FAILED, "reason": reason, "metrics": {}, "finished": now()},
+        FinalRecord(
+            cell_id=task.cell.cell_id, status=CellStatus.FAILED, reason=reason, metrics={}, finished=now()
+        ),
     )
     return reason
 
@@ -85,12 +79,12 @@ def _record_crash(task: CellTask, err: BaseException) -> str:
 def _still_to_train(task: CellTask) -> bool:
     """Under the cell's lock: False when another run finished (or re-ran, with --force) the cell meanwhile."""
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
-    if paths.status_value() != FINISHED:
+    if paths.status_value() != CellStatus.FINISHED:
         return True
     return task.force and final_mtime(task.exp_dir, task.cell.cell_id) == task.final_seen
 
 
-def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
+def train_task(task: CellTask, ctx: DistContext | None = None) -> CellOutcome:
     """Claim, train and record one cell; under torchrun the main rank claims and every rank follows."""
     from harness.train import train_cell
 
@@ -98,9 +92,9 @@ def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
     paths = cell_paths(task.exp_dir, cell_id)
     with claim_cell(paths) if main else _NOT_CLAIMED as claimed:
         if broadcast_flag(main and not claimed, ctx):
-            return CellResult(cell_id, BUSY)
+            return CellOutcome(cell_id, CellStatus.BUSY)
         if broadcast_flag(main and not _still_to_train(task), ctx):
-            return CellResult(cell_id, DONE_ELSEWHERE)
+            return CellOutcome(cell_id, CellStatus.DONE_ELSEWHERE)
         if task.force and main:  # --force retrains from scratch
             paths.checkpoint.unlink(missing_ok=True)
         if task.progress and main:
@@ -110,8 +104,8 @@ def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as err:  # a crash in one cell must not lose the others
-            return CellResult(cell_id, FAILED, _record_crash(task, err) if main else str(err))
-    return CellResult(cell_id, outcome.status, outcome.reason)
+            return CellOutcome(cell_id, CellStatus.FAILED, _record_crash(task, err) if main else str(err))
+    return outcome
 
 
 class _NotClaimed:
@@ -133,7 +127,7 @@ class InProcessLauncher:
     def __init__(self, ctx: DistContext | None = None) -> None:
         self.ctx = ctx
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]:
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
         for task in tasks:
             yield train_task(task, self.ctx)
 
@@ -180,7 +174,7 @@ def _worker(gpu: str | None, conn: Any) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not break the exit
 
 
-def _train_logged(task: CellTask) -> CellResult | str:
+def _train_logged(task: CellTask) -> CellOutcome | str:
     """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its text."""
     log = cell_paths(task.exp_dir, task.cell.cell_id).root / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +211,7 @@ class LocalProcessLauncher:
     def __init__(self, jobs: int, gpus: Sequence[str] = ()) -> None:
         self.jobs, self.gpus = jobs, list(gpus)
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]:
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
         context = multiprocessing.get_context("spawn")
         slots: list[_Slot] = []
         on_main_thread = threading.current_thread() is threading.main_thread()
@@ -241,7 +235,7 @@ class LocalProcessLauncher:
                 signal.signal(signal.SIGTERM, previous)
 
 
-def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
+def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellOutcome]:
     """Hand each idle worker the next task and yield results as they come; a worker that dies fails its cell."""
 
     def hand_out(slot: _Slot) -> None:
@@ -267,15 +261,17 @@ def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
                 yield payload
                 hand_out(slot)
             elif not slot.process.is_alive():
-                yield CellResult(
+                yield CellOutcome(
                     slot.cell_id,
-                    FAILED,
+                    CellStatus.FAILED,
                     f"its worker process died (exit code {slot.process.exitcode}); "
                     "re-run to resume it from its last checkpoint",
                 )
                 slot.cell_id = None
     for task in reversed(todo):  # left when every worker died
-        yield CellResult(task.cell.cell_id, FAILED, "not started: every worker process stopped; re-run")
+        yield CellOutcome(
+            task.cell.cell_id, CellStatus.FAILED, "not started: every worker process stopped; re-run"
+        )
 
 
 def _stop(slots: list[_Slot], *, interrupt: bool) -> None:

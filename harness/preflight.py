@@ -12,7 +12,6 @@ take, an unusable glyph cache folder, a ``select_metric`` the evaluation does no
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import NamedTuple
 
@@ -36,22 +35,29 @@ def _data_facts(cell: CellConfig, decode: bool) -> DataFacts:
     Glyphs are described from their options (nothing is rendered); a real dataset's splits are built
     from its list files, which checks them and ``stat``s every listed image file.
     """
-    from harness.data import split_classes
+    from harness.data import DATASETS, DatasetRequest, split_classes
+    from harness.data.catalog import GLYPH_OPTIONS, OFFICIAL
 
-    if cell.dataset == "glyphs":
-        from harness.data.glyphs import build_glyph_splits
-
-        defaults = inspect.signature(build_glyph_splits).parameters
-        num_classes, per_class = (
-            int(cell.data.options.get(key, defaults[key].default))
-            for key in ("num_classes", "instances_per_class")
+    if cell.dataset not in OFFICIAL:
+        entry = DATASETS[cell.dataset]
+        request = DatasetRequest(
+            root=data_root(cell),
+            image_size=cell.data.image_size,
+            convention=entry.convention,
+            strict_counts=cell.data.strict_counts,
+            options=cell.data.options,
         )
-        labels = np.repeat(np.arange(num_classes // 2), per_class)
-        galleries = {"test": (num_classes - num_classes // 2) * per_class - 1}
-        train_idx, val_idx = split_classes(labels, cell.data.val_fraction, cell.data.val_seed)
-        if val_idx.size:
+        class_ids = np.asarray(entry.train_classes(request))  # one id per image, or per class for glyphs
+        galleries: dict[str, int] = {}
+        if cell.dataset == "glyphs":
+            options = {**GLYPH_OPTIONS, **cell.data.options}
+            per_class, num_classes = int(options["instances_per_class"]), int(options["num_classes"])
+            class_ids = np.repeat(class_ids, per_class)
+            galleries["test"] = (num_classes - num_classes // 2) * per_class - 1
+        train_idx, val_idx = split_classes(class_ids, cell.data.val_fraction, cell.data.val_seed)
+        if val_idx.size and galleries:
             galleries["val"] = int(val_idx.size) - 1
-        labels = labels[train_idx]
+        labels = class_ids[train_idx]
     else:
         from harness.builders import load_splits
         from harness.data import verify_images
@@ -69,10 +75,9 @@ def _data_facts(cell: CellConfig, decode: bool) -> DataFacts:
 
 
 def _default_ks(dataset: str) -> tuple[int, ...]:
-    from harness.data import OFFICIAL
-    from harness.data.glyphs import EVAL_KS
+    from harness.data import DATASETS
 
-    return OFFICIAL[dataset].default_ks if dataset in OFFICIAL else EVAL_KS
+    return DATASETS[dataset].default_ks
 
 
 def _metric_problem(cell: CellConfig) -> str | None:
@@ -134,7 +139,7 @@ def _cell_problems(cell: CellConfig, classes: dict[str, DataFacts | str], decode
             f"data.samples_per_class <= {found.largest_class}"
         )
     ks = cell.evaluate.ks or list(_default_ks(cell.dataset))
-    split, gallery = min(found.galleries.items(), key=lambda item: item[1])
+    split, gallery = min(found.galleries.items(), key=lambda item: item[1], default=("", max(ks)))
     if max(ks) > gallery:
         problems.append(
             f"evaluate.ks: K {max(ks)} is more than the {gallery} images a {split} query is ranked against, so "

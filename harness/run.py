@@ -22,19 +22,11 @@ from harness.config import CellConfig, Experiment, expand_cells, load_experiment
 from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
-from harness.launch import (
-    BUSY,
-    DONE_ELSEWHERE,
-    FAILED,
-    FINISHED,
-    CellResult,
-    CellTask,
-    default_jobs,
-    final_mtime,
-    make_launcher,
-)
+from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
 from harness.preflight import preflight, require_preflight
+from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
+    aggregate_reference,
     cell_paths,
     claim_cell,
     experiment_dir,
@@ -142,7 +134,7 @@ def clean_leftovers(exp_dir: Path) -> None:
         remove_stale_temporaries(folder)
     for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
         paths = cell_paths(exp_dir, folder.name)
-        stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == FINISHED
+        stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == CellStatus.FINISHED
         if stale_checkpoint or temporaries(folder):
             with claim_cell(paths) as claimed:
                 if claimed:
@@ -163,14 +155,14 @@ class CellsProgress:
 
             self.bar = tqdm(total=total, desc="cells", unit="cell", file=self.out, dynamic_ncols=True)
 
-    def update(self, result: CellResult) -> None:
+    def update(self, result: CellOutcome) -> None:
         self.done += 1
         if not self.enabled:
             return
         note = f"{result.cell_id} {result.status}" + (f": {result.reason}" if result.reason else "")
         if self.bar is not None:
             self.bar.update(1)
-            if result.status != FINISHED:
+            if result.status != CellStatus.FINISHED:
                 self.bar.write(note, file=self.out)
             return
         elapsed = time.monotonic() - self.started
@@ -212,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
         )
         for cell in cells:
-            status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
+            status = cell_paths(exp_dir, cell.cell_id).status_value() or CellStatus.PENDING
             print(f"  {cell.cell_id}  [{status}]")
         return 0
     require_preflight(experiment, cells, decode=args.decode)
@@ -239,10 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     failed = [
         (r.cell_id, r.reason or "unknown")
         for r in outcomes
-        if r.status not in (FINISHED, BUSY, DONE_ELSEWHERE)
+        if r.status not in (CellStatus.FINISHED, CellStatus.BUSY, CellStatus.DONE_ELSEWHERE)
     ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
+    if args.update_reference:  # a committed reference keeps what the reports read, pair weights aggregated
+        with folder_lock(exp_dir):
+            aggregate_reference(exp_dir)
     summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
     if failed:
         print("failed cells:", file=sys.stderr)
@@ -260,12 +255,12 @@ def run_cells(
     jobs: int | None = None,
     progress: bool = True,
     ctx: Any = None,
-) -> tuple[list[CellResult], int]:
+) -> tuple[list[CellOutcome], int]:
     """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
 
     main = ctx is None or ctx.is_main
-    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != FINISHED]
+    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != CellStatus.FINISHED]
     for cell in todo:  # missing data stops the run here, before any training, with one line
         load_splits(cell)
     width = min(jobs or default_jobs(todo), len(todo))
@@ -274,12 +269,12 @@ def run_cells(
         for number, cell in enumerate(todo, 1)
     ]
     overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
-    outcomes: list[CellResult] = []
+    outcomes: list[CellOutcome] = []
     try:
         for result in make_launcher(width, ctx).run(tasks):
             outcomes.append(result)
             overall.update(result)
-            if result.status == FAILED and main and width <= 1:
+            if result.status == CellStatus.FAILED and main and width <= 1:
                 print(f"cell {result.cell_id} failed: {result.reason}", file=sys.stderr, flush=True)
     finally:
         overall.close()
@@ -289,7 +284,7 @@ def run_cells(
 def summarise(
     exp_dir: Path,
     all_cells: list[CellConfig],
-    outcomes: list[CellResult],
+    outcomes: list[CellOutcome],
     skipped: int,
     *,
     write_report: bool,
@@ -298,15 +293,14 @@ def summarise(
     counts = Counter(result.status for result in outcomes)
     with folder_lock(exp_dir):
         table = write_cells_table(exp_dir)
-        pending = [
-            c.cell_id
-            for c in all_cells
-            if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)
-        ]
-        busy = f"; {counts[BUSY]} cells are being trained by another run" if counts[BUSY] else ""
+        pending = [c.cell_id for c in all_cells if cell_paths(exp_dir, c.cell_id).status_value() not in ENDED]
+        finished, busy, elsewhere = (
+            counts[s] for s in (CellStatus.FINISHED, CellStatus.BUSY, CellStatus.DONE_ELSEWHERE)
+        )
+        held = f"; {busy} cells are being trained by another run" if busy else ""
         print(
-            f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
-            f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
+            f"{finished} cells finished, {skipped + elsewhere} already finished (skipped), "
+            f"{len(outcomes) - finished - busy - elsewhere} failed{held}; table: {table}",
             file=sys.stderr,
         )
         stale = stale_cells_note(exp_dir)

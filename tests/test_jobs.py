@@ -17,7 +17,7 @@ from conftest import WriteExperiment
 from harness import launch, run
 from harness.config import expand_cells, load_experiment
 from harness.errors import UserError
-from harness.results import cell_paths, claim_cell, folder_lock
+from harness.results import cell_paths, claim_cell, folder_lock, read_pair_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -196,6 +196,18 @@ def test_a_plain_run_never_writes_a_reference(tmp_path: Path, tiny_experiment: W
         run.main([str(exp), "--jobs", "0"])
     assert exit_info.value.code == 2
     assert run.REGENERATE_REFERENCE in " ".join(run.build_parser().format_help().split())
+
+
+def test_an_update_reference_run_aggregates_the_pair_weights(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    exp = tiny_experiment(SHORT)
+    results_dir = tmp_path / "results" / "reference"
+    assert run.main([str(exp), "--results", str(results_dir), "--update-reference", "--no-report"]) == 0
+    exp_dir = results_dir / "tiny"
+    assert (exp_dir / "pair_weights.npz").is_file() and not list(exp_dir.glob("cells/*/pair_weights.npz"))
+    for cell_id in cell_ids(exp):
+        assert read_pair_weights(cell_paths(exp_dir, cell_id))["pos"].size
 
 
 def test_the_folder_lock_waits_then_says_the_folder_is_busy(tmp_path: Path) -> None:

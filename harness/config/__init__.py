@@ -46,7 +46,7 @@ from harness.config.schema import (
     LossSpec,
     ModelConfig,
     OptimConfig,
-    Protocol,
+    ProtocolConfig,
     ScheduleConfig,
     TrainConfig,
 )
@@ -64,7 +64,7 @@ __all__ = [
     "LossSpec",
     "ModelConfig",
     "OptimConfig",
-    "Protocol",
+    "ProtocolConfig",
     "ScheduleConfig",
     "TrainConfig",
     "apply_sets",

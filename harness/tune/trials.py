@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.config import CellConfig
 from harness.errors import UserError
-from harness.files import atomic_write_json
+from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
 from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
@@ -97,14 +97,14 @@ def trial_cell(
 
 
 def _mark_pruned(paths: CellPaths, reason: str) -> None:
-    atomic_write_json(paths.status, {"status": "pruned", "reason": reason, "finished": now()})
+    write_record(paths.status, StatusRecord(status=CellStatus.PRUNED, reason=reason, finished=now()))
     paths.checkpoint.unlink(missing_ok=True)
 
 
 def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
     """The folder says failed (not running); its checkpoint stays for the retry to resume."""
     reason = f"interrupted by {stop.name}; the next run of the study retries it"
-    atomic_write_json(paths.status, {"status": "failed", "reason": reason, "finished": now()})
+    write_record(paths.status, StatusRecord(status=CellStatus.FAILED, reason=reason, finished=now()))
 
 
 class Objective:
@@ -191,7 +191,7 @@ class Objective:
             except Exception as err:  # a crash ends this trial, not the study
                 trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
                 raise TrialFailed(f"{type(err).__name__}: {err}") from err
-            if outcome.status != "finished":  # non-finite loss: Optuna records a NaN value as FAIL
+            if outcome.status != CellStatus.FINISHED:  # non-finite loss: Optuna records a NaN value as FAIL
                 trial.set_user_attr("fail_reason", outcome.reason or outcome.status)
                 return math.nan
             values.append(float(outcome.metrics["selected"]["val"][setup.metric]))

@@ -252,6 +252,17 @@ def _cell_folders(exp_dir: Path) -> list[Path]:
     return sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
 
 
+def check_cell_records(exp_dir: Path) -> int:
+    """Read back the records (final.json, status.json, config.json) of every folder under ``cells/``, the
+    stale ones and other shards' included; returns how many folders. A damaged record is the one-line
+    :class:`DamagedFileError` naming it, so ``--check`` never lists a damaged cell as finished."""
+    folders = _cell_folders(exp_dir)
+    for folder in folders:
+        paths = CellPaths(folder)
+        paths.read_final(), paths.read_status(), paths.read_config()
+    return len(folders)
+
+
 def current_cell_folders(exp_dir: Path) -> list[Path]:
     """The folders under ``cells/`` of the current grid (every folder when the results have no grid.json)."""
     current = grid_cell_ids(exp_dir)

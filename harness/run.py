@@ -28,6 +28,7 @@ from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
     aggregate_reference,
     cell_paths,
+    check_cell_records,
     claim_cell,
     experiment_dir,
     folder_lock,
@@ -199,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {problem}", file=sys.stderr)
         if problems:
             return EXIT_USER_ERROR
+        check_cell_records(exp_dir)  # every cell's records read back, not only this grid's or shard's
         print(
             f"ok: {describe(experiment, all_cells)}"
             + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")

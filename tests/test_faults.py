@@ -187,6 +187,44 @@ def test_a_damaged_cell_file_stops_run_and_check_with_one_line_naming_it(
         _one_line_error(code, err, str(paths.root / name), problem, "delete its cell folder and re-run")
 
 
+def _cut(path: Path, keep: float) -> None:
+    """Truncate ``path`` to a fraction of its bytes (``keep`` < 0: drop that many bytes from the end)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if keep >= 0 else data[: int(keep)])
+
+
+DAMAGED_RECORDS = [
+    ("final.json", 0.1, "not valid JSON"),
+    ("final.json", 0.5, "not valid JSON"),
+    ("final.json", 0.95, "not valid JSON"),
+    ("final.json", -2, "not valid JSON"),
+    ("status.json", 0.5, "not valid JSON"),
+    ("config.json", 0.5, "not valid JSON"),
+    ("config.json", 0.0, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("name", "keep", "problem"), DAMAGED_RECORDS)
+def test_check_reads_back_every_cell_record_stale_and_other_shards_included(
+    results_copy: tuple[Path, Path], cli: Runner, name: str, keep: float, problem: str
+) -> None:
+    """A truncated record of a cell --check does not list (a stale cell, another shard's) is found too,
+    so no damaged cell is counted finished (or pooled by a later report)."""
+    path, exp_dir = results_copy
+    argv = (str(path), "--results", str(exp_dir.parent), "--check")
+    stale = CellPaths(exp_dir / "cells" / stale_cell_ids(exp_dir)[0])
+    other_shard = CellPaths(exp_dir / "cells" / grid_cell_ids(exp_dir)[1])
+    for paths, extra in ((stale, ()), (other_shard, ("--shard", "0/2"))):
+        victim = paths.root / name
+        whole = victim.read_bytes()
+        _cut(victim, keep)
+        code, err = cli(run.main, *argv, "--set", f"train.iterations={SECOND_ITERATIONS}", *extra)
+        _only_line(code, err, f"{victim}: damaged file", problem, "delete its cell folder")
+        victim.write_bytes(whole)
+    code, err = cli(run.main, *argv, "--set", f"train.iterations={SECOND_ITERATIONS}")
+    assert code == 0, err
+
+
 def test_a_damaged_config_json_stops_the_table_with_one_line(
     results_copy: tuple[Path, Path], cli: Runner
 ) -> None:
@@ -652,6 +690,7 @@ FAULT_CORPORA = {
     "dataset trees": DATA_FAULTS + LIST_FILE_FAULTS,
     "command lines": ARGUMENT_FAULTS,
     "tune files": TUNE_FAULTS,
+    "damaged cell records": DAMAGED_RECORDS,
 }
 
 

@@ -60,7 +60,7 @@ def _check_datasets(names: Iterable[str]) -> None:
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 RESERVED_NAMES = {
     "reference": "results/reference/ holds the committed reference runs",
-    "paper": "results/paper/ holds the paper's tables",
+    "paper": "results/paper/ is the paper tables' folder (its README says where they are now)",
 }
 """Names an experiment, study or variant may not take: folders of the results root the harness owns."""
 

@@ -62,7 +62,7 @@ RESERVED_NAMES = {
     "reference": "results/reference/ holds the committed reference runs",
     "paper": "results/paper/ is the paper tables' folder (its README says where they are now)",
 }
-"""Names an experiment, study or variant may not take: folders of the results root the harness owns."""
+"""Names an experiment or a study may not take: folders of the results root the harness owns."""
 
 
 def _no_dots(name: str) -> str:
@@ -368,8 +368,8 @@ def _check_layer(where: str, layer: dict[str, Any]) -> None:
             )
 
 
-def _check_in_grid(field: str, per_dataset: dict[str, Any], datasets: list[str] | None) -> None:
-    """Raise ValueError for an entry of ``field`` naming a dataset the grid does not train (a forgotten edit)."""
+def _check_in_grid(per_dataset: dict[str, Any], datasets: list[str] | None) -> None:
+    """Raise ValueError for a per-dataset entry naming a dataset the grid does not train (a forgotten edit)."""
     if datasets is None:  # the datasets were refused already
         return
     for name in per_dataset:
@@ -452,7 +452,7 @@ class Grid(_Strict):
         cls, sizes: list[int] | dict[str, list[int]], info: ValidationInfo
     ) -> list[int] | dict[str, list[int]]:
         if isinstance(sizes, dict):
-            _check_in_grid("embedding_sizes", sizes, info.data.get("datasets"))
+            _check_in_grid(sizes, info.data.get("datasets"))
         for group in sizes.values() if isinstance(sizes, dict) else [sizes]:
             if not group or min(group) < 1:
                 raise ValueError("embedding sizes must be a non-empty list of integers >= 1")
@@ -490,7 +490,7 @@ class Experiment(ProtocolConfig):
     ) -> dict[str, dict[str, Any]]:
         _check_datasets(overrides)
         grid = info.data.get("grid")
-        _check_in_grid("dataset_overrides", overrides, grid.datasets if grid is not None else None)
+        _check_in_grid(overrides, grid.datasets if grid is not None else None)
         for dataset, layer in overrides.items():
             _check_layer(f"the entry {dataset!r}", layer)
         return overrides

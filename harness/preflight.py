@@ -3,8 +3,8 @@
 A grid should never die at its first evaluation (or halfway through) for a mistake visible up front.
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
 that is missing, ``classes_per_batch`` above the number of training classes and ``samples_per_class``
-above the images of the largest one (from the dataset's list files or, for glyphs, its options), an
-``evaluate.ks`` value beyond the smallest gallery, a listed image file that is missing or empty (one
+above the images of the largest one (from the dataset's list files or, for glyphs, its options), a
+value given in ``evaluate.ks`` beyond the smallest gallery, a listed image file that is missing or empty (one
 ``stat`` each; with ``decode`` every image is decoded too), a ``data.options`` key the dataset does not
 take, an unusable glyph cache folder, a ``select_metric`` the evaluation does not measure,
 ``select_on: val`` without a validation split, and a ``model.weights`` file that is missing.
@@ -138,9 +138,11 @@ def _cell_problems(cell: CellConfig, classes: dict[str, DataFacts | str], decode
             f"more than {found.largest_class} images, so every batch would repeat images; use "
             f"data.samples_per_class <= {found.largest_class}"
         )
-    ks = cell.evaluate.ks or list(_default_ks(cell.dataset))
-    split, gallery = min(found.galleries.items(), key=lambda item: item[1], default=("", max(ks)))
-    if max(ks) > gallery:
+    ks = (
+        cell.evaluate.ks or []
+    )  # the dataset's own K values fit its official splits (a subset may be smaller)
+    split, gallery = min(found.galleries.items(), key=lambda item: item[1], default=("", max(ks, default=0)))
+    if ks and max(ks) > gallery:
         problems.append(
             f"evaluate.ks: K {max(ks)} is more than the {gallery} images a {split} query is ranked against, so "
             f"Recall@{max(ks)} would say nothing; use K values <= {gallery}"

@@ -44,6 +44,7 @@ from harness.results import (
     stale_cells_note,
     write_cells_table,
 )
+from harness.stopping import StopSignals
 
 EXIT_FAILED_CELLS = 1
 REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
@@ -190,33 +191,70 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
     experiment = load_experiment(args.experiment, args.sets)
-    cells = expand_cells(experiment)
-    all_cells = cells
-    if args.shard:
-        index, count = parse_shard(args.shard)
-        cells = shard_cells(cells, index, count)
-    exp_dir = experiment_dir(args.results, experiment.name)
-    if args.check:
-        problems = preflight(experiment, cells)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_USER_ERROR
-        print(
-            f"ok: {describe(experiment, all_cells)}"
-            + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    if not args.check:
+        return run_experiment(
+            experiment,
+            args.results,
+            shard=args.shard,
+            force=args.force,
+            jobs=args.jobs,
+            update_reference=args.update_reference,
+            report=not args.no_report,
+            progress=not args.quiet,
         )
-        for cell in cells:
-            status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
-            print(f"  {cell.cell_id}  [{status}]")
-        return 0
+    all_cells, cells = grid_cells(experiment, args.shard)
+    exp_dir = experiment_dir(args.results, experiment.name)
+    problems = preflight(experiment, cells)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USER_ERROR
+    print(
+        f"ok: {describe(experiment, all_cells)}"
+        + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    )
+    for cell in cells:
+        status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
+        print(f"  {cell.cell_id}  [{status}]")
+    return 0
+
+
+def grid_cells(experiment: Experiment, shard: str | None) -> tuple[list[CellConfig], list[CellConfig]]:
+    """The grid's cells, and those of shard ``I/N`` (all of them without a shard)."""
+    cells = expand_cells(experiment)
+    if not shard:
+        return cells, cells
+    index, count = parse_shard(shard)
+    return cells, shard_cells(cells, index, count)
+
+
+def run_experiment(
+    experiment: Experiment,
+    results: str | Path = "results",
+    *,
+    shard: str | None = None,
+    force: bool = False,
+    jobs: int | None = None,
+    update_reference: bool = False,
+    report: bool = True,
+    progress: bool = True,
+) -> int:
+    """The runner: train the cells of ``experiment`` (shard ``I/N``) not yet finished into
+    ``results/<name>/``, then write cells.csv, the summary and (once every cell is done) the report.
+
+    What ``python -m harness.run FILE`` does after its options; returns the exit code (0, or
+    :data:`EXIT_FAILED_CELLS`). Ctrl-C or SIGTERM stops it with :class:`~harness.stopping.Interrupted`
+    once the running cells are stopped (each keeps its checkpoint).
+    """
+    all_cells, cells = grid_cells(experiment, shard)
+    exp_dir = experiment_dir(results, experiment.name)
     require_preflight(experiment, cells)
-    check_destination(exp_dir, args.update_reference)
+    check_destination(exp_dir, update_reference)
 
     ctx = init_from_env()
-    if ctx is not None and args.jobs and args.jobs > 1:
+    if ctx is not None and jobs and jobs > 1:
         raise UserError(
-            f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
+            f"--jobs {jobs} under torchrun: torchrun already trains each cell on several "
             "processes; drop --jobs, or run without torchrun"
         )
     main_rank = ctx is None or ctx.is_main
@@ -226,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
                 clean_leftovers(exp_dir)
                 record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
-        outcomes, skipped = run_cells(
-            cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet, ctx=ctx
-        )
+        with StopSignals().installed() as signals:
+            outcomes, skipped = run_cells(
+                cells, exp_dir, force=force, jobs=jobs, progress=progress, ctx=ctx, signals=signals
+            )
+            signals.check()  # a signal that came after the last cell's training
     finally:
         shutdown(ctx)
     failed = [
@@ -238,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
-    summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
+    summarise(exp_dir, all_cells, outcomes, skipped, write_report=report)
     if failed:
         print("failed cells:", file=sys.stderr)
         for cell_id, reason in failed:
@@ -255,6 +295,7 @@ def run_cells(
     jobs: int | None = None,
     progress: bool = True,
     ctx: Any = None,
+    signals: StopSignals | None = None,
 ) -> tuple[list[CellResult], int]:
     """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
@@ -271,7 +312,7 @@ def run_cells(
     overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
     outcomes: list[CellResult] = []
     try:
-        for result in make_launcher(width, ctx).run(tasks):
+        for result in make_launcher(width, ctx, signals).run(tasks):
             outcomes.append(result)
             overall.update(result)
             if result.status == FAILED and main and width <= 1:

@@ -33,6 +33,7 @@ from harness.launch import (
     final_mtime,
     make_launcher,
 )
+from harness.options import add_set_option
 from harness.preflight import preflight, require_preflight
 from harness.results import (
     cell_paths,
@@ -68,14 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="validate the file and list the grid, run nothing"
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set train.iterations=100 (repeatable)",
-    )
+    add_set_option(parser, "train.iterations=100")
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
     parser.add_argument(
         "--jobs",

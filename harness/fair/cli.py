@@ -22,8 +22,7 @@ from harness.fair.studies import (
     study_state,
 )
 from harness.stopping import Interrupted, StopSignals
-from harness.studies.command import add_study_arguments, require_positive, run_worker_or_parent, storage_for
-from harness.studies.storage import open_storage
+from harness.studies.command import add_study_arguments, require_positive, run_study_command
 from harness.tune.outputs import optuna_verbosity, write_outputs
 
 EXIT_FAILED = 1
@@ -131,11 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(fair_dir))
-    storage = open_storage(storage_url, setup.fair.heartbeat)
+    command = FairCommand(setup, fair_dir)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
-        with StopSignals().installed() as signals:
-            code = run_worker_or_parent(FairCommand(setup, fair_dir), args, storage, storage_url, signals)
+        code, storage = run_study_command(
+            command, args, default_storage=default_storage(fair_dir), heartbeat=setup.fair.heartbeat
+        )
         if args.worker is not None:
             return code
         return _rerun_and_report(args, setup, storage, fair_dir, code)

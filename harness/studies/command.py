@@ -21,8 +21,10 @@ import yaml
 
 from harness.errors import EXIT_USER_ERROR, UserError
 from harness.files import atomic_write_text
+from harness.options import add_set_option
 from harness.pool import LocalWorkers, WorkerCommand, WorkerStarter, run_workers
 from harness.stopping import Interrupted, StopSignals, watch_parent
+from harness.studies.storage import Heartbeat, open_storage, shown_url
 
 EXIT_FAILED_WORKER = 1
 
@@ -34,14 +36,7 @@ def add_study_arguments(
     hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
     parser.add_argument("--storage", default=None, metavar="URL", help=storage_help)
     parser.add_argument("--workers", type=int, default=1, metavar="N", help=workers_help)
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a field, e.g. --set {set_example} (repeatable)",
-    )
+    add_set_option(parser, set_example)
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
@@ -135,21 +130,27 @@ class StudyCommand(Protocol):
         ...
 
 
-def run_worker_or_parent(
+def run_study_command(
     command: StudyCommand,
     args: argparse.Namespace,
-    storage: Any,
-    storage_url: str,
-    signals: StopSignals,
+    *,
+    default_storage: str,
+    heartbeat: Heartbeat,
     starter: WorkerStarter | None = None,
-) -> int:
-    """A worker's share (``--worker K``) or the parent's run; the exit code (``128 + signal`` when stopped)."""
-    if args.worker is not None:
-        return work_share(signals, lambda: command.share(storage, args.worker, not args.quiet, signals))
-    return run_parent(command, args, storage, storage_url, signals, starter or LocalWorkers())
+) -> tuple[int, Any]:
+    """The shared steps: the storage, then a worker's share (``--worker K``) or the parent's run (check the
+    data, prepare the studies, fill them, write the outputs, also when stopped); returns (the exit code,
+    ``128 + signal`` when stopped; the storage)."""
+    storage_url = storage_for(args.storage, args.worker, command.storage_env, default_storage)
+    storage = open_storage(storage_url, heartbeat)
+    with StopSignals().installed() as signals:
+        if args.worker is not None:
+            share = lambda: command.share(storage, args.worker, not args.quiet, signals)  # noqa: E731
+            return work_share(signals, share), storage
+        return _run_parent(command, args, storage, storage_url, signals, starter or LocalWorkers()), storage
 
 
-def run_parent(
+def _run_parent(
     command: StudyCommand,
     args: argparse.Namespace,
     storage: Any,
@@ -157,9 +158,6 @@ def run_parent(
     signals: StopSignals,
     starter: WorkerStarter,
 ) -> int:
-    """Check the data, prepare the studies, fill them, write the outputs (also when stopped); the exit code."""
-    from harness.studies.storage import shown_url
-
     started = time.perf_counter()
     command.check_data()
     retried = command.prepare(storage)

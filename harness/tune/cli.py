@@ -13,10 +13,8 @@ from harness.studies.command import (
     EXIT_FAILED_WORKER,
     add_study_arguments,
     require_positive,
-    run_worker_or_parent,
-    storage_for,
+    run_study_command,
 )
-from harness.studies.storage import open_storage
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.study import default_storage
@@ -126,11 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     setup = load_tune(args.file, args.sets)
     folder = Path(args.results) / setup.name
     folder.mkdir(parents=True, exist_ok=True)
-    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(folder))
-    storage = open_storage(storage_url, setup.study.heartbeat)
     command = TuneCommand(setup, folder, args.trials or setup.study.trials)
-    with (
-        StopSignals().installed() as signals,
-        optuna_verbosity(logging.WARNING if args.quiet else logging.INFO),
-    ):
-        return run_worker_or_parent(command, args, storage, storage_url, signals)
+    with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
+        code, _ = run_study_command(
+            command, args, default_storage=default_storage(folder), heartbeat=setup.study.heartbeat
+        )
+    return code

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -166,6 +167,78 @@ def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(
         assert path.exists() and json.loads((path.parent / "status.json").read_text())["status"] == "running"
         with claim_cell(cell_paths(exp_dir, path.parent.name)) as claimed:
             assert claimed
+
+
+def start_endless_run(tmp_path: Path, tiny_experiment: WriteExperiment) -> tuple[subprocess.Popen[str], Path]:
+    """``--jobs 2`` on cells that outlive the test, once both cells hold a checkpoint."""
+    exp = tiny_experiment(
+        {"train.iterations": 100000, "train.eval_every": 100000, "train.checkpoint_every": 4}
+    )
+    exp_dir = tmp_path / "results" / "tiny"
+    proc = start_cli(str(exp), "--results", str(tmp_path / "results"), "--jobs", "2")
+    deadline = time.monotonic() + 120
+    while len(sorted(exp_dir.glob("cells/*/checkpoint.pt"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    return proc, exp_dir
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def check_workers_gone_and_cells_resumable(workers: list[int], exp_dir: Path) -> None:
+    deadline = time.monotonic() + 30
+    while [pid for pid in workers if running(pid)]:
+        assert time.monotonic() < deadline, "a worker outlived its run"
+        time.sleep(0.1)
+    for path in sorted(exp_dir.glob("cells/*/checkpoint.pt")):
+        assert json.loads((path.parent / "status.json").read_text())["status"] == "running"
+        with claim_cell(cell_paths(exp_dir, path.parent.name)) as claimed:
+            assert claimed
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
+)
+def test_sigterm_stops_the_workers_with_exit_code_143(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    proc, exp_dir = start_endless_run(tmp_path, tiny_experiment)
+    try:
+        workers = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err.rstrip().endswith("interrupted") and "Traceback" not in err, err
+    assert len(workers) == 2
+    check_workers_gone_and_cells_resumable(workers, exp_dir)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
+)
+def test_workers_stop_when_their_run_is_killed_outright(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    proc, exp_dir = start_endless_run(tmp_path, tiny_experiment)
+    workers = _children(proc.pid)
+    try:
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert len(workers) == 2
+        check_workers_gone_and_cells_resumable(workers, exp_dir)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_default_jobs_follow_the_machine(

@@ -6,7 +6,9 @@ its last checkpoint, ``--jobs N`` trains N cells at once in separate processes (
 ``torchrun`` runs each cell data-parallel. Each cell is claimed with a lock, so runs sharing a folder
 never train the same cell twice. A cell whose loss or gradient becomes non-finite is recorded as
 failed and the grid goes on; the command then exits 1 with a summary. The committed reference runs
-under ``results/reference/`` are only written with ``--update-reference``.
+under ``results/reference/`` are only written with ``--update-reference``. Ctrl-C or SIGTERM stops
+the running cells (each keeps its checkpoint) and exits with 128 + the signal. :func:`run_experiment`
+is the runner from Python.
 """
 
 from __future__ import annotations

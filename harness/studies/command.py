@@ -10,6 +10,7 @@ stopped) and fold the result into one exit code. What differs is a :class:`Study
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -145,7 +146,7 @@ def run_study_command(
     storage = open_storage(storage_url, heartbeat)
     with StopSignals().installed() as signals:
         if args.worker is not None:
-            share = lambda: command.share(storage, args.worker, not args.quiet, signals)  # noqa: E731
+            share = functools.partial(command.share, storage, args.worker, not args.quiet, signals)
             return work_share(signals, share), storage
         return _run_parent(command, args, storage, storage_url, signals, starter or LocalWorkers()), storage
 
@@ -158,6 +159,7 @@ def _run_parent(
     signals: StopSignals,
     starter: WorkerStarter,
 ) -> int:
+    """The parent's run of :func:`run_study_command`; the exit code."""
     started = time.perf_counter()
     command.check_data()
     retried = command.prepare(storage)

@@ -50,18 +50,10 @@ def write_experiment(doc: dict[str, Any], path: Path, header: str) -> Path:
     return path
 
 
-def supports_jobs() -> bool:
-    """Whether ``harness.run`` takes ``--jobs N`` (several cells at once)."""
-    from harness.run import build_parser
+def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
+    """Run the experiment file ``path`` into ``results`` with the runner (:func:`harness.run.run_experiment`),
+    finished cells skipped; the runner's exit code."""
+    from harness.config import load_experiment
+    from harness.run import run_experiment
 
-    return not build_parser().parse_known_args(["x.yaml", "--jobs", "1"])[1]
-
-
-def run_experiment(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
-    """``python -m harness.run PATH --results RESULTS`` in this process; finished cells are skipped."""
-    from harness.run import main as run_main
-
-    argv = [str(path), "--results", str(results)]
-    if jobs is not None and supports_jobs():
-        argv += ["--jobs", str(jobs)]
-    return int(run_main(argv + (["--quiet"] if quiet else [])) or 0)
+    return run_experiment(load_experiment(path), results, jobs=jobs, progress=not quiet)

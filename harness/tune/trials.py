@@ -13,9 +13,9 @@ from harness.config import CellConfig
 from harness.errors import UserError
 from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
-from harness.tune.storage import open_study, worker_seed
+from harness.tune.study import open_study, worker_seed
 
 
 class TrialFailed(RuntimeError):
@@ -61,6 +61,20 @@ def retry_interrupted(study: Any, total: int) -> list[int]:
             dict(t.params), user_attrs={"retry_of": t.number, "folder": t.user_attrs["folder"]}
         )
     return [t.number for t in todo]
+
+
+def prepare_study(setup: TuneSetup, storage: Any, total: int) -> tuple[int, list[int]]:
+    """Before a run: create the study (or check the stored one was made from the same settings), fail its
+    stale trials and queue its interrupted ones again; returns (the counted trials it held, the numbers
+    queued again)."""
+    import optuna
+
+    study = open_study(setup, storage, setup.study.sampler.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    found = study_counts(study)["total"]
+    return found, retry_interrupted(study, total)
 
 
 def study_counts(study: Any) -> dict[str, int]:

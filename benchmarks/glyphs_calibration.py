@@ -1,9 +1,9 @@
 """Calibration of a glyphs protocol from finished run folders: plateau, paired SD, seeds, CPU per cell.
 
 Reads the cells of one or more experiment folders (``<results>/<experiment>/cells/*``: config.json,
-evals.csv, final.json (its timings hold the cell's ``cpu_seconds``) and, for the calibration runs, cpu.json holding ``cpu_seconds`` and
-``eval_cpu_seconds``, the process CPU time, user + sys, of the cell and of its evaluations) and prints
-a Markdown table per folder:
+evals.csv, final.json (its timings hold the cell's ``cpu_seconds``) and, for the calibration runs,
+cpu.json holding ``cpu_seconds`` and ``eval_cpu_seconds``, the process CPU time, user + sys, of the
+cell and of its evaluations) and prints a Markdown table per folder:
 
 - plateau: gain of the seed-mean validation Recall@1 over the last quarter of training (the highest
   mean at an evaluation in the last quarter minus the mean at 3/4 of the iterations, interpolated),
@@ -92,7 +92,8 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
                 "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
                 "selected_iteration": final["selected_iteration"],
                 "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
-                # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
+                # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs'
+                # wrapper
                 "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
                 "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
             }

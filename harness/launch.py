@@ -35,7 +35,8 @@ STOP_SECONDS = 30  # how long stopped workers get to leave before they are termi
 
 @dataclass(frozen=True)
 class CellTask:
-    """One cell to train into ``exp_dir``; ``final_seen`` is final.json's mtime (ns) when the run planned it."""
+    """One cell to train into ``exp_dir``; ``final_seen`` is final.json's mtime (ns) when the run planned
+    it."""
 
     cell: CellConfig
     exp_dir: Path
@@ -47,7 +48,8 @@ class CellTask:
 
 @dataclass(frozen=True)
 class CellResult:
-    """What became of a task: finished, failed (with the reason), busy (another run holds it) or done elsewhere."""
+    """What became of a task: finished, failed (with the reason), busy (another run holds it) or done
+    elsewhere."""
 
     cell_id: str
     status: str
@@ -139,7 +141,8 @@ class InProcessLauncher:
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else every device torch sees); [] on CPU."""
+    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else every device torch sees);
+    [] on CPU."""
     import torch
 
     if not torch.cuda.is_available():
@@ -168,7 +171,8 @@ def default_jobs(cells: Sequence[CellConfig]) -> int:
 
 
 def _worker(gpu: str | None, conn: Any) -> None:
-    """A spawned worker: train the tasks the parent sends, one at a time, each cell's output in its train.log."""
+    """A spawned worker: train the tasks the parent sends, one at a time, each cell's output in its
+    train.log."""
     if gpu is not None:  # before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     try:
@@ -181,7 +185,8 @@ def _worker(gpu: str | None, conn: Any) -> None:
 
 
 def _train_logged(task: CellTask) -> CellResult | str:
-    """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its text."""
+    """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its
+    text."""
     log = cell_paths(task.exp_dir, task.cell.cell_id).root / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -212,7 +217,8 @@ class _Slot:
 
 
 class LocalProcessLauncher:
-    """Trains up to ``jobs`` tasks at once in spawned worker processes; on a GPU machine one GPU per worker."""
+    """Trains up to ``jobs`` tasks at once in spawned worker processes; on a GPU machine one GPU per
+    worker."""
 
     def __init__(self, jobs: int, gpus: Sequence[str] = ()) -> None:
         self.jobs, self.gpus = jobs, list(gpus)
@@ -242,7 +248,8 @@ class LocalProcessLauncher:
 
 
 def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
-    """Hand each idle worker the next task and yield results as they come; a worker that dies fails its cell."""
+    """Hand each idle worker the next task and yield results as they come; a worker that dies fails its
+    cell."""
 
     def hand_out(slot: _Slot) -> None:
         task = todo.pop() if todo else None
@@ -279,7 +286,8 @@ def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
 
 
 def _stop(slots: list[_Slot], *, interrupt: bool) -> None:
-    """Wait for the workers to leave, first interrupting them when ``interrupt`` (their cells keep their checkpoints)."""
+    """Wait for the workers to leave, first interrupting them when ``interrupt`` (their cells keep their
+    checkpoints)."""
     for slot in slots:
         if interrupt and slot.process.is_alive() and slot.process.pid is not None:
             os.kill(slot.process.pid, signal.SIGINT)

@@ -127,7 +127,8 @@ def check_destination(exp_dir: Path, update_reference: bool) -> None:
 
 
 def clean_leftovers(exp_dir: Path) -> None:
-    """What a killed run left: temporary files (in cells only when no other run holds them), a finished cell's checkpoint.
+    """What a killed run left: temporary files (in cells only when no other run holds them),
+    a finished cell's checkpoint.
 
     Call under the folder lock. A cell whose status says ``running`` while nobody holds its lock is
     left as it is: its run died, and training it resumes from its checkpoint.
@@ -147,7 +148,8 @@ def clean_leftovers(exp_dir: Path) -> None:
 
 
 class CellsProgress:
-    """The run's one progress display: cells done / total, elapsed, estimated remaining (tqdm on a terminal)."""
+    """The run's one progress display: cells done / total, elapsed, estimated remaining
+    (tqdm on a terminal)."""
 
     def __init__(self, total: int, enabled: bool, out: Any = None) -> None:
         self.total, self.enabled, self.out, self.done = total, enabled, out or sys.stderr, 0
@@ -256,7 +258,8 @@ def run_cells(
     progress: bool = True,
     ctx: Any = None,
 ) -> tuple[list[CellResult], int]:
-    """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
+    """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result,
+    cells skipped)."""
     from harness.builders import load_splits
 
     main = ctx is None or ctx.is_main
@@ -289,7 +292,8 @@ def summarise(
     *,
     write_report: bool,
 ) -> None:
-    """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the report."""
+    """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the
+    report."""
     counts = Counter(result.status for result in outcomes)
     with folder_lock(exp_dir):
         table = write_cells_table(exp_dir)

@@ -324,7 +324,8 @@ CHECKPOINT_KEYS = (
 
 
 class _CellRun:
-    """One cell in training: what it is built from, what it has logged, and the steps of :func:`train_cell`."""
+    """One cell in training: what it is built from, what it has logged, and the steps of
+    :func:`train_cell`."""
 
     def __init__(
         self,
@@ -359,7 +360,8 @@ class _CellRun:
         self.window_start, self.window_images = 0.0, 0  # images/s over the current log window
 
     def restore(self) -> None:
-        """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so far."""
+        """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs,
+        best so far."""
         if not self.paths.checkpoint.is_file():
             return
         ckpt = load_checkpoint(self.paths.checkpoint, CHECKPOINT_KEYS)  # a damaged file: one line, delete it
@@ -383,7 +385,8 @@ class _CellRun:
             )
 
     def distribute(self) -> None:
-        """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on GPU)."""
+        """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on
+        GPU)."""
         if self.ctx is not None:
             if (
                 not self.cfg.model.freeze_bn and self.device.type == "cuda"
@@ -460,7 +463,8 @@ class _CellRun:
         self.window_start, self.window_images = time.perf_counter(), 0
 
     def evaluate_and_select(self, iteration: int, on_eval: EvalCallback | None, bar: Progress) -> None:
-        """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so far."""
+        """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so
+        far."""
         cfg = self.cfg
         if cfg.train.select_on == "final" or not _due(iteration, cfg.train.eval_every, cfg.train.iterations):
             return  # select_on final: no selection, nothing to evaluate before the end
@@ -485,7 +489,8 @@ class _CellRun:
         self.window_start += time.perf_counter() - eval_started  # images/s counts training time only
 
     def checkpoint(self, iteration: int) -> None:
-        """Every ``train.checkpoint_every`` (default: ``eval_every``) iterations before the last: save all state."""
+        """Every ``train.checkpoint_every`` (default: ``eval_every``) iterations before the last: save all
+        state."""
         every = self.cfg.train.checkpoint_every or self.cfg.train.eval_every
         if not self.main or iteration % every != 0 or iteration >= self.cfg.train.iterations:
             return
@@ -507,7 +512,8 @@ class _CellRun:
         self._write_logs()
 
     def final_evaluation(self) -> dict[str, dict[str, dict[str, float]]]:
-        """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and weights)."""
+        """Test (and validation) metrics of the final and the selected weights; saves the pair weights
+        (and weights)."""
         net, final_state = _unwrap(self.model), _state(self.model)
         names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
 
@@ -535,7 +541,8 @@ class _CellRun:
         return metrics
 
     def finish(self, status: str, reason: str | None) -> CellOutcome:
-        """Final evaluation (when the cell finished), then final.json, the logs and the status; no checkpoint."""
+        """Final evaluation (when the cell finished), then final.json, the logs and the status;
+        no checkpoint."""
         train_seconds = self.elapsed_before + time.perf_counter() - self.started
         eval_started = time.perf_counter()
         metrics = self.final_evaluation() if status == "finished" else {}
@@ -562,7 +569,8 @@ class _CellRun:
                     "timings": {
                         "train_seconds": train_seconds,
                         "final_eval_seconds": eval_seconds,
-                        # this process's CPU time since the cell (re)started: less load-sensitive than wall time
+                        # this process's CPU time since the cell (re)started: less load-sensitive than wall
+                        # time
                         "cpu_seconds": time.process_time() - self.cpu_started,
                         "median_images_per_s": float(np.median(rates)) if rates else None,
                     },

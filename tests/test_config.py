@@ -152,7 +152,8 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
 
 
 def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
-    """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
+    """New options arrive with a default that keeps the old behaviour: existing ids
+    (and results) stay valid."""
     import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
 
     plain = expand_cells(load_experiment(write(tmp_path, GRID)))
@@ -275,7 +276,8 @@ def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str]
 
 
 def test_every_registered_optimizer_is_a_valid_optim_name(tmp_path: Path) -> None:
-    """The schema validates optim.name against the builders' registry: registering an optimiser is the only edit."""
+    """The schema validates optim.name against the builders' registry: registering an optimiser is the only
+    edit."""
     from harness.builders import OPTIMIZERS
 
     for name in OPTIMIZERS:

@@ -1,4 +1,5 @@
-"""Several cells at once and several runs on one folder: --jobs, per-cell locks, leftovers, the reference guard."""
+"""Several cells at once and several runs on one folder: --jobs, per-cell locks, leftovers,
+the reference guard."""
 
 from __future__ import annotations
 

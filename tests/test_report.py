@@ -1,4 +1,5 @@
-"""harness.report end to end on synthetic results directories in the on-disk format of docs/ARCHITECTURE.md."""
+"""harness.report end to end on synthetic results directories in the on-disk format of
+docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class Spec:
     variants: tuple[str, ...] = ("default",)
     """Variant names; a variant named ``official`` selects on test, as the shipped ablation does."""
     selected_is_final: bool = False
-    """Every cell selected its last checkpoint (selected and final results equal), as in the glyphs reference."""
+    """Every cell selected its last checkpoint (selected and final results equal),
+    as in the glyphs reference."""
 
 
 def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
@@ -61,7 +63,8 @@ def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
 
 
 def build_results(root: Path, spec: Spec) -> Path:
-    """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs, cells.csv."""
+    """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs,
+    cells.csv."""
     exp_dir = root / spec.name
     rows = []
     grid = itertools.product(spec.datasets, spec.sizes, spec.losses, spec.variants, spec.seeds)

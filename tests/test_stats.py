@@ -247,7 +247,8 @@ def test_detectable_difference_matches_statsmodels(comparisons):
 
 
 def test_detectable_difference_facts_and_edge_cases():
-    # paired SD 1.2, 7 comparisons, 80% power: about 10 points with 3 seeds, 3.4 with 5, 2.0 with 8, 1.7 with 10
+    # paired SD 1.2, 7 comparisons, 80% power: about 10 points with 3 seeds, 3.4 with 5, 2.0 with 8,
+    # 1.7 with 10
     got = [stats.detectable_difference(1.2, n, comparisons=7) for n in (3, 5, 8, 10)]
     assert got == pytest.approx([10.40, 3.45, 2.03, 1.69], abs=0.01)
     # 2 seeds: statsmodels' solver fails there, ours still reaches the stated power

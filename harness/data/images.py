@@ -70,7 +70,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.root / self.files[index]
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; DataError naming the file if it is missing, unreadable or truncated."""
+        """Decode image ``index`` as RGB; DataError naming the file if it is missing,
+        unreadable or truncated."""
         path = self.path(index)
         try:
             with Image.open(path) as image:

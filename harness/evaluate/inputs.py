@@ -178,7 +178,8 @@ def _class_order(
 def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Run torch's CPU ops on one thread: for many small sequential steps (a k-means of a few
     thousand points), where handing each op to a second thread costs more than it saves, above
-    all on a busy machine (measured: a 4 x 512 index_add_ took 120 ms on two threads, 0.2 ms on one, on a loaded 2-core machine)."""
+    all on a busy machine (measured: a 4 x 512 index_add_ took 120 ms on two threads, 0.2 ms on one,
+    on a loaded 2-core machine)."""
     threads = torch.get_num_threads()
     if device.type != "cpu" or threads == 1:
         yield

@@ -1,4 +1,5 @@
-"""``python -m harness.fair``: the command line, the worker processes and the parent's run of the whole protocol."""
+"""``python -m harness.fair``: the command line, the worker processes and the parent's run of the whole
+protocol."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The studies of a fair run: one per loss on one storage, filled to the same trial count by any number of workers."""
+"""The studies of a fair run: one per loss on one storage, filled to the same trial count by any number of
+workers."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's
 
 
 def default_storage(fair_dir: Path) -> str:
-    """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one file."""
+    """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one
+    file."""
     return f"sqlite:///{(fair_dir / 'studies.db').resolve()}"
 
 
@@ -76,7 +78,8 @@ def spawn_workers(
     quiet: bool,
     signals: StopSignals,
 ) -> list[int]:
-    """Run ``workers`` worker processes of ``python -m harness.fair`` on the storage and wait; returns their exit codes.
+    """Run ``workers`` worker processes of ``python -m harness.fair`` on the storage and wait;
+    returns their exit codes.
 
     A stop signal to the parent is passed on to the workers (see :func:`harness.tune.workers.run_workers`).
     """

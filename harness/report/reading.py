@@ -1,4 +1,5 @@
-"""Reading an experiment's stored results (cells.csv, cell files) and the paper's tables, checked, in percent."""
+"""Reading an experiment's stored results (cells.csv, cell files) and the paper's tables, checked,
+in percent."""
 
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def _cell_json(
     cell_id: object,
     names: tuple[str, ...] = ("final.json", "status.json"),
 ) -> dict | None:
-    """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and skipped."""
+    """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and
+    skipped."""
     for name in names:
         try:
             data = read_json_if_exists(folder / name)

@@ -105,7 +105,8 @@ def _run_study(
     total: int,
     signals: StopSignals,
 ) -> int:
-    """The parent: check the data, prepare the study, run the workers, write the outputs (also when stopped)."""
+    """The parent: check the data, prepare the study, run the workers, write the outputs
+    (also when stopped)."""
     import optuna
 
     from harness.builders import load_splits

@@ -1,4 +1,5 @@
-"""Stopping a study cleanly: Ctrl-C and SIGTERM become :class:`Interrupted`, and a worker notices a dead parent."""
+"""Stopping a study cleanly: Ctrl-C and SIGTERM become :class:`Interrupted`, and a worker notices a dead
+parent."""
 
 from __future__ import annotations
 

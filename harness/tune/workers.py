@@ -1,4 +1,5 @@
-"""Worker processes of a study: started with the storage URL in their environment, stopped with their parent."""
+"""Worker processes of a study: started with the storage URL in their environment,
+stopped with their parent."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
-    """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet, --worker."""
+    """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet,
+    --worker."""
     parser.add_argument(
         "--set",
         dest="sets",
@@ -29,7 +31,8 @@ def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> N
 def worker_commands(
     module: str, file: str, workers: int, options: list[str], sets: list[str], quiet: bool
 ) -> list[list[str]]:
-    """One command line per worker: ``python -m module file *options --worker K``, the ``--set`` items, ``--quiet``."""
+    """One command line per worker: ``python -m module file *options --worker K``, the ``--set`` items,
+    ``--quiet``."""
     tail = [arg for item in sets for arg in ("--set", item)] + (["--quiet"] if quiet else [])
     return [[sys.executable, "-m", module, file, *options, "--worker", str(k), *tail] for k in range(workers)]
 
@@ -37,7 +40,8 @@ def worker_commands(
 def run_workers(
     commands: list[list[str]], storage_env: str, storage_url: str, signals: StopSignals
 ) -> list[int]:
-    """Run one worker process per command, the storage URL in ``storage_env``, and wait; returns their exit codes.
+    """Run one worker process per command, the storage URL in ``storage_env``, and wait;
+    returns their exit codes.
 
     The URL travels in the environment (no password in ``ps``). A stop signal to the parent is passed on
     to the workers, which record their running trials as failed and exit; the parent waits for them, then
@@ -60,13 +64,15 @@ def run_workers(
 
 
 def storage_for(given: str | None, worker: int | None, storage_env: str, default: str) -> str:
-    """``--storage`` when given, else in a worker the parent's URL (from ``storage_env``), else ``default``."""
+    """``--storage`` when given, else in a worker the parent's URL (from ``storage_env``),
+    else ``default``."""
     from_parent = os.environ.get(storage_env) if worker is not None else None
     return given or from_parent or default
 
 
 def work_share(signals: StopSignals, share: Callable[[], object]) -> int:
-    """Run a worker's ``share`` with its parent watched; the exit code: 0, or ``128 + signal`` after a stop."""
+    """Run a worker's ``share`` with its parent watched; the exit code: 0, or ``128 + signal`` after a
+    stop."""
     watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
     try:
         share()

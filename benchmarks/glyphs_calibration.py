@@ -238,7 +238,8 @@ def plot(
             ax.axvline(milestone, color="grey", linestyle=":", linewidth=1)
         seeds = curves.groupby("loss")["seed"].nunique().min()
         ax.set(
-            title=f"{protocol.name}: width {protocol.width}, lr steps at {list(protocol.milestones)}, {seeds}+ seeds",
+            title=f"{protocol.name}: width {protocol.width}, lr steps at {list(protocol.milestones)}, "
+            f"{seeds}+ seeds",
             xlabel="iteration",
             ylabel="validation Recall@1 % (mean)",
         )

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         ref = timings["reference"][0] if "reference" in timings else None
         print(
-            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * timings['generic'][0]:.2f} | {1e3 * pml_med:.2f} | {f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
+            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * timings['generic'][0]:.2f} | {1e3 * pml_med:.2f} | "
+            f"{f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
             f"{1e3 * mm_med:.2f} | {pml_med / ours_med:.1f}x | {f'{ref / ours_med:.0f}x' if ref else '-'} | "
             f"{ours_med / mm_med:.2f}x | {ours_min / mm_min:.2f}x |",
             flush=True,

@@ -46,7 +46,10 @@ from harness.results import (
 )
 
 EXIT_FAILED_CELLS = 1
-REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
+REGENERATE_REFERENCE = (
+    "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference "
+    "--update-reference --force"
+)
 
 
 def _jobs(text: str) -> int:
@@ -60,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m harness.run",
         description="Run an experiment grid (losses x datasets x sizes x seeds).",
-        epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "
-        f"Regenerate one, from a clean commit, with: {REGENERATE_REFERENCE}",
+        epilog="The committed reference runs (results/reference/<experiment>/) are never written by a "
+        f"plain run. Regenerate one, from a clean commit, with: {REGENERATE_REFERENCE}",
     )
     parser.add_argument("experiment", help="experiment YAML file, e.g. experiments/glyphs-ablation.yaml")
     parser.add_argument(
@@ -303,9 +306,10 @@ def summarise(
             if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)
         ]
         busy = f"; {counts[BUSY]} cells are being trained by another run" if counts[BUSY] else ""
+        failed = len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]
         print(
-            f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
-            f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
+            f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished "
+            f"(skipped), {failed} failed{busy}; table: {table}",
             file=sys.stderr,
         )
         stale = stale_cells_note(exp_dir)

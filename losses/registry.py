@@ -109,6 +109,7 @@ def build(name: str, **hparams: Any) -> GPWLoss:
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise LossConfigError(
-            f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
+            f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted)}"
         )
     return entry.factory(**hparams)

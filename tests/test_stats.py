@@ -340,7 +340,8 @@ def test_planned_comparisons_against_scipy_and_statsmodels():
     # 5 seeds: Wilcoxon's floor 0.0625 cannot reach 0.05 / 3, so it is left out and said once
     assert table["p_wilcoxon"].isna().all() and result.wilcoxon_omitted
     assert result.wilcoxon_note == (
-        "Wilcoxon signed-rank omitted: with 5 seeds its smallest possible p-value, 0.062, cannot reach 0.05/3 = 0.017."
+        "Wilcoxon signed-rank omitted: with 5 seeds its smallest possible p-value, 0.062, "
+        "cannot reach 0.05/3 = 0.017."
     )
 
 

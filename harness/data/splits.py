@@ -94,8 +94,8 @@ def class_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     smallest, largest = len(classes) // folds, -(-len(classes) // folds)
     if smallest < MIN_SPLIT_CLASSES or len(classes) - largest < MIN_SPLIT_CLASSES:
         raise UserError(
-            f"val_folds {folds} of {len(classes)} training classes gives folds of {smallest} classes; every fold "
-            f"and the classes outside it need at least {MIN_SPLIT_CLASSES}: choose fewer val_folds"
+            f"val_folds {folds} of {len(classes)} training classes gives folds of {smallest} classes; "
+            f"every fold and the classes outside it need at least {MIN_SPLIT_CLASSES}: choose fewer val_folds"
         )
     shuffled = np.random.default_rng(seed).permutation(classes)
     return [np.sort(part) for part in np.array_split(shuffled, folds)]

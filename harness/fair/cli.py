@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(
         prog="python -m harness.fair",
-        description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
+        description="The fair protocol: every loss tuned with the same budget, "
+        "then default and tuned on the test set.",
     )
     parser.add_argument("file", help="fair file: an experiment YAML with a fair: section")
     parser.add_argument(
@@ -191,8 +192,8 @@ def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: 
     unsettled = [s.study.key for s in states if not s.settled]
     if unsettled:
         print(
-            f"studies {', '.join(unsettled)} still have trials running elsewhere; run this command again when "
-            "they finish for the re-runs and the report",
+            f"studies {', '.join(unsettled)} still have trials running elsewhere; "
+            "run this command again when they finish for the re-runs and the report",
             file=sys.stderr,
         )
         return 0

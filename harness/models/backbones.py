@@ -173,6 +173,7 @@ def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
             net,
             path,
             what="ResNet-50",
-            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in {torch_hub_checkpoints()} or give model.weights",
+            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in "
+            f"{torch_hub_checkpoints()} or give model.weights",
         )
     return Features(_ResNetTrunk(net), GlobalPool(options.pooling)), 2048

@@ -206,7 +206,8 @@ def paper_reference(paper: pd.DataFrame) -> pd.DataFrame:
         first = clash.iloc[0]
         raise UserError(
             f"paper tables {first['tables']} give different values for {first['loss']} on "
-            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/"
+            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; "
+            "fix results/paper/"
         )
     return grouped.drop(columns="distinct")
 

@@ -151,8 +151,8 @@ def _run_study(
     if stop is not None:
         waiting = len(interrupted_trials(study.get_trials(deepcopy=False)))
         print(
-            f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run retries "
-            f"them; {line}",
+            f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run "
+            f"retries them; {line}",
             file=sys.stderr,
         )
         return stop.exit_code

@@ -353,7 +353,8 @@ def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     if len(cells) != 1:
         g = experiment.grid
         raise UserError(
-            f"{source}: grid: a tune file needs exactly one cell (one loss, dataset, size, variant and seed), "
+            f"{source}: grid: a tune file needs exactly one cell "
+            "(one loss, dataset, size, variant and seed), "
             f"got {len(cells)} (losses {[loss.name for loss in g.losses]}, datasets {g.datasets}, "
             f"sizes {g.embedding_sizes}, variants {list(g.variants)}, seeds {g.seeds}); narrow the grid"
         )

@@ -42,7 +42,8 @@ class DataError(UserError):
 
 
 class DamagedFileError(UserError):
-    """A file the harness wrote earlier (JSON results, caches) cannot be read back; the message says what to do."""
+    """A file the harness wrote earlier (JSON results, caches) cannot be read back;
+    the message says what to do."""
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -91,7 +92,8 @@ def fail(message: str) -> NoReturn:
 
 
 def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
-    """Run a command-line ``main``; a :class:`UserError` or user-fixable OSError is one line on stderr, exit code 2."""
+    """Run a command-line ``main``; a :class:`UserError` or user-fixable OSError is one line on stderr,
+    exit code 2."""
     try:
         code = main(argv)
     except UserError as err:

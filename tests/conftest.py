@@ -1,4 +1,5 @@
-"""Shared fixtures: the one tiny glyphs experiment (and tune file) the end-to-end tests train, and its cache."""
+"""Shared fixtures: the one tiny glyphs experiment (and tune file) the end-to-end tests train,
+and its cache."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import yaml
 from harness.config import set_dotted
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and fair-*.yaml
-# are studies and fair protocols, loaded by harness.tune and harness.fair and tested with them).
+# Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and
+# fair-*.yaml are studies and fair protocols, loaded by harness.tune and harness.fair and tested with
+# them).
 RUNNABLE_EXPERIMENTS = sorted(
     path
     for path in (ROOT / "experiments").glob("*.yaml")
@@ -62,7 +64,8 @@ def glyph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_tiny_experiment(
     folder: Path, cache: Path, overrides: Mapping[str, Any] | None = None, *, name: str = "tiny"
 ) -> Path:
-    """Write the tiny experiment to ``folder/<name>.yaml``; ``overrides`` maps dotted keys to values (as --set)."""
+    """Write the tiny experiment to ``folder/<name>.yaml``; ``overrides`` maps dotted keys to values
+    (as --set)."""
     data = copy.deepcopy(TINY_EXPERIMENT)
     data["name"] = name
     data["data"]["cache_dir"] = str(cache)
@@ -75,7 +78,8 @@ def write_tiny_experiment(
 
 @pytest.fixture()
 def tiny_experiment(tmp_path: Path, glyph_cache: Path) -> WriteExperiment:
-    """``tiny_experiment({"train.iterations": 8, ...}, name=...)`` writes the tiny experiment into tmp_path."""
+    """``tiny_experiment({"train.iterations": 8, ...}, name=...)`` writes the tiny experiment into
+    tmp_path."""
 
     def write(overrides: Mapping[str, Any] | None = None, *, name: str = "tiny") -> Path:
         return write_tiny_experiment(tmp_path, glyph_cache, overrides, name=name)

@@ -167,7 +167,8 @@ def test_cell_id_is_computed_once_and_a_changed_copy_gets_its_own(
 
 
 def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
-    """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
+    """New options arrive with a default that keeps the old behaviour: existing ids
+    (and results) stay valid."""
     import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
 
     plain = expand_cells(load_experiment(write(tmp_path, GRID)))
@@ -291,7 +292,8 @@ def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str]
 
 
 def test_every_registered_optimizer_is_a_valid_optim_name(tmp_path: Path) -> None:
-    """The schema validates optim.name against the builders' registry: registering an optimiser is the only edit."""
+    """The schema validates optim.name against the builders' registry: registering an optimiser is the only
+    edit."""
     from harness.builders import OPTIMIZERS
 
     for name in OPTIMIZERS:

@@ -1,4 +1,5 @@
-"""harness.fair and the declared search spaces: every loss's space, the fair file, equal budgets, resume, report."""
+"""harness.fair and the declared search spaces: every loss's space, the fair file, equal budgets, resume,
+report."""
 
 from __future__ import annotations
 
@@ -141,11 +142,12 @@ def test_workers_start_on_different_studies(fair_file: Any) -> None:
     assert [s.key for s in worker_order(studies, 1)] == ["binomial", "ms"]
 
 
-# ------------------------------------------------------------------------------ studies with a stand-in trainer
+# ------------------------------------------------------------------------ studies with a stand-in trainer
 
 
 class FakeTrainer:
-    """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data, test never seen."""
+    """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data,
+    test never seen."""
 
     def __init__(self, interrupt_call: int | None = None, fold_step: float = 0.0) -> None:
         self.interrupt_call = interrupt_call
@@ -266,7 +268,7 @@ def test_tuned_vs_default_is_the_paired_t_test_with_holm_over_the_losses() -> No
     assert table.at["binomial", "decision"].startswith("no difference larger than")
 
 
-# ------------------------------------------------------------------------------ end to end, two worker processes
+# ------------------------------------------------------------------------ end to end, two worker processes
 
 
 def test_two_workers_on_one_storage_fill_every_study_once(fair_file: Any, tmp_path: Path) -> None:

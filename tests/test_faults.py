@@ -1,4 +1,5 @@
-"""Fault injection: hostile configs, damaged result files and filesystem faults give one line (exit 2), lose nothing."""
+"""Fault injection: hostile configs, damaged result files and filesystem faults give one line (exit 2),
+lose nothing."""
 
 from __future__ import annotations
 

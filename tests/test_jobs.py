@@ -1,4 +1,5 @@
-"""Several cells at once and several runs on one folder: --jobs, per-cell locks, leftovers, the reference guard."""
+"""Several cells at once and several runs on one folder: --jobs, per-cell locks, leftovers,
+the reference guard."""
 
 from __future__ import annotations
 
@@ -89,8 +90,8 @@ def test_a_cell_held_by_another_run_is_skipped_untouched_then_picked_up(
         assert run.main(args) == 0
         err = capsys.readouterr().err
         assert (
-            "1 cells finished, 0 already finished (skipped), 0 failed; 1 cells are being trained by another run"
-            in err
+            "1 cells finished, 0 already finished (skipped), 0 failed; "
+            "1 cells are being trained by another run" in err
         )
         assert "report not written: 1 cells not finished yet" in err
         assert trainings(err, held.root.name) == 0 and trainings(err, free.root.name) == 1

@@ -1,4 +1,5 @@
-"""Reading experiment files into raw mappings: UTF-8 YAML without repeated keys, ``base:`` files, ``--set`` overrides.
+"""Reading experiment files into raw mappings: UTF-8 YAML without repeated keys, ``base:`` files,
+``--set`` overrides.
 
 Also :func:`validation_message`, which turns a pydantic error into the one-line message naming the
 YAML path, the value and what was expected.
@@ -90,7 +91,8 @@ def _yaml_text(path: Path) -> str:
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line UserError."""
+    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line
+    UserError."""
     try:
         return yaml.load(
             _yaml_text(path), Loader=_UniqueKeyLoader
@@ -164,7 +166,8 @@ def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
 
 
 def load_raw(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied, name defaulted."""
+    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied,
+    name defaulted."""
     path = Path(path)
     data = apply_sets(_with_bases(path), sets)
     data.setdefault("name", path.stem)

@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 
 def _check_known(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
-    """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in ``known``."""
+    """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in
+    ``known``."""
     choices = list(known)
     for name in names:
         if name not in choices:
@@ -67,7 +68,8 @@ NON_NEGATIVE_HPARAMS = {
 
 
 class LossSpec(_Strict):
-    """One loss of the grid: registry name, optional preset, hyperparameters, label (default: the registry's)."""
+    """One loss of the grid: registry name, optional preset, hyperparameters, label
+    (default: the registry's)."""
 
     name: str
     preset: str | None = None
@@ -367,7 +369,8 @@ NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
 """Fields of a cell's config that do not change what it trains (where the data lies, its folder): left out of
 its identity (the cell id, a tuning study's fingerprint)."""
 
-# Enters every cell id: bump it when the meaning of an existing schema default changes (see CellConfig.cell_id).
+# Enters every cell id: bump it when the meaning of an existing schema default changes
+# (see CellConfig.cell_id).
 CELL_ID_VERSION = 1
 
 

@@ -70,7 +70,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.root / self.files[index]
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; DataError naming the file if it is missing, unreadable or truncated."""
+        """Decode image ``index`` as RGB; DataError naming the file if it is missing,
+        unreadable or truncated."""
         path = self.path(index)
         try:
             with Image.open(path) as image:
@@ -93,8 +94,8 @@ class ImageDataset(torch.utils.data.Dataset):
                 return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ImageReadError(
-                f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), which cannot be "
-                "read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file"
+                f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), "
+                "which cannot be read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file"
             )
         return image.convert("RGB")
 

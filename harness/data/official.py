@@ -65,7 +65,8 @@ class OfficialDataset:
 
 
 def resolve_data_root(root: str | os.PathLike[str] | None, spec: OfficialDataset) -> Path:
-    """``root``, or ``$HARNESS_DATA`` when it is None; DataError when neither is given or it does not exist."""
+    """``root``, or ``$HARNESS_DATA`` when it is None; DataError when neither is given or it does not
+    exist."""
     if root is None or str(root) == "":
         root = os.environ.get(DATA_ROOT_ENV, "")
         if not root:
@@ -84,7 +85,8 @@ def resolve_data_root(root: str | os.PathLike[str] | None, spec: OfficialDataset
 
 
 def find_dataset_folder(spec: OfficialDataset, root: str | os.PathLike[str] | None) -> Path:
-    """``<root>/<spec.folder>``, or ``root`` itself when it is the dataset folder (it holds the first list file)."""
+    """``<root>/<spec.folder>``, or ``root`` itself when it is the dataset folder
+    (it holds the first list file)."""
     data_root = resolve_data_root(root, spec)
     for folder in (data_root / spec.folder, data_root):
         if (folder / spec.list_files[0]).is_file():
@@ -136,7 +138,8 @@ def parse_table(
 ) -> Table:
     """Whitespace-separated rows -> a :class:`Table`; ``header``: the first row names the columns.
 
-    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages. Blank lines are skipped.
+    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages. Blank lines are
+    skipped.
     """
     if header:
         found = lines[0].split() if lines else []
@@ -166,7 +169,8 @@ def read_table(spec: OfficialDataset, path: Path, columns: Sequence[str], *, hea
 
 
 def int_column(spec: OfficialDataset, table: Table, name: str) -> np.ndarray:
-    """Column ``name`` of ``table`` as integers; DataError naming the file and line of the first non-integer."""
+    """Column ``name`` of ``table`` as integers; DataError naming the file and line of the first
+    non-integer."""
     numbers = []
     for row, value in enumerate(table[name]):
         try:
@@ -215,7 +219,8 @@ def split_by_class_range(
 def check_splits(
     spec: OfficialDataset, folder: Path, lists: dict[str, ImageList], *, strict_counts: bool
 ) -> None:
-    """Every split non-empty, train classes disjoint from the evaluation classes, official counts if strict."""
+    """Every split non-empty, train classes disjoint from the evaluation classes,
+    official counts if strict."""
     where = spec.describe_lists(folder)
     for split, images in lists.items():
         if not images.files:

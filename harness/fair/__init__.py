@@ -1,4 +1,5 @@
-"""``python -m harness.fair FILE``: the fair protocol, every loss tuned with the same budget, then judged on the test set.
+"""``python -m harness.fair FILE``: the fair protocol, every loss tuned with the same budget,
+then judged on the test set.
 
 A fair file is an experiment file (same schema, ``base:`` chains, ``--set`` overrides) whose grid is one
 block (one dataset, embedding size and variant; several losses and seeds), plus a ``fair:`` section: the

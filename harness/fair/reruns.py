@@ -1,4 +1,5 @@
-"""The test-set re-runs of a fair run: default.yaml (the grid as written) and tuned.yaml (each loss at its best)."""
+"""The test-set re-runs of a fair run: default.yaml (the grid as written) and tuned.yaml
+(each loss at its best)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def default_experiment(setup: FairSetup, name: str = DEFAULT) -> dict[str, Any]:
 
 
 def tuned_experiment(setup: FairSetup, states: list[StudyState]) -> dict[str, Any]:
-    """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its own)."""
+    """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its
+    own)."""
     doc = _resolved(setup, TUNED)
     doc["description"] = (
         f"fair run {setup.name}: every loss at the best values of its study "

@@ -1,4 +1,5 @@
-"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, with local pretrained weights."""
+"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors,
+with local pretrained weights."""
 
 from __future__ import annotations
 
@@ -76,7 +77,8 @@ BN_COUNTER = ".num_batches_tracked"  # BatchNorm buffer added in PyTorch 0.4.1; 
 
 
 def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> None:
-    """Load a state dict from a local file into ``module`` as torch's strict loading does, or fail in one line.
+    """Load a state dict from a local file into ``module`` as torch's strict loading does,
+    or fail in one line.
 
     Every tensor of the model must be in the file with its shape, and nothing else may be; only the
     BatchNorm ``num_batches_tracked`` counters may be absent (files saved before PyTorch 0.4.1, such as
@@ -171,6 +173,7 @@ def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
             net,
             path,
             what="ResNet-50",
-            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in {torch_hub_checkpoints()} or give model.weights",
+            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in "
+            f"{torch_hub_checkpoints()} or give model.weights",
         )
     return Features(_ResNetTrunk(net), GlobalPool(options.pooling)), 2048

@@ -1,4 +1,5 @@
-"""The tune file: its ``study:`` schema, the checks on its one-cell template, and the best.yaml it leads to."""
+"""The tune file: its ``study:`` schema, the checks on its one-cell template, and the best.yaml it leads
+to."""
 
 from __future__ import annotations
 
@@ -359,7 +360,8 @@ def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     if len(cells) != 1:
         g = experiment.grid
         raise UserError(
-            f"{source}: grid: a tune file needs exactly one cell (one loss, dataset, size, variant and seed), "
+            f"{source}: grid: a tune file needs exactly one cell "
+            "(one loss, dataset, size, variant and seed), "
             f"got {len(cells)} (losses {[loss.name for loss in g.losses]}, datasets {g.datasets}, "
             f"sizes {g.embedding_sizes}, variants {list(g.variants)}, seeds {g.seeds}); narrow the grid"
         )
@@ -379,7 +381,8 @@ def load_tune(path: str | Path, sets: list[str] | None = None) -> TuneSetup:
 
 
 def best_experiment(setup: TuneSetup, best_params: dict[str, float]) -> dict[str, Any]:
-    """An experiment mapping for ``harness.run``: the template's resolved protocol, the best hparams, several seeds."""
+    """An experiment mapping for ``harness.run``: the template's resolved protocol, the best hparams,
+    several seeds."""
     t = setup.template
     protocol = t.model_dump(mode="json", include={"data", "model", "optim", "schedule", "train", "evaluate"})
     loss: dict[str, Any] = {"name": t.loss.name, "hparams": {**t.loss.hparams, **best_params}}

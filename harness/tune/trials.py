@@ -32,7 +32,8 @@ def retried_numbers(trials: list[Any]) -> set[int]:
 
 
 def counted_trials(trials: list[Any]) -> list[Any]:
-    """The trials that take one of the study's places: not surplus, not interrupted, not a retried stale one."""
+    """The trials that take one of the study's places: not surplus, not interrupted,
+    not a retried stale one."""
     retried = retried_numbers(trials)
     return [
         t
@@ -101,7 +102,8 @@ def trial_cell(
     folds: int = 0,
     fold: int = 0,
 ) -> CellConfig:
-    """The template cell with the trial's hyperparameters and seed (``folds`` K >= 2: validated on class fold ``fold``)."""
+    """The template cell with the trial's hyperparameters and seed (``folds`` K >= 2: validated on class fold
+    ``fold``)."""
     raw = template.model_dump(mode="python")
     raw["loss"]["hparams"] = {**raw["loss"]["hparams"], **params}
     raw.update(seed=seed, experiment=experiment)
@@ -122,7 +124,8 @@ def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
 
 
 class Objective:
-    """Trains one trial: each run (seed, class fold) in turn, reporting the running mean of the validation metric."""
+    """Trains one trial: each run (seed, class fold) in turn, reporting the running mean of the validation
+    metric."""
 
     def __init__(
         self,

@@ -1,14 +1,15 @@
-"""Shared fixtures: the one tiny glyphs experiment (and tune file) the end-to-end tests train, and its cache."""
+"""Shared fixtures: the tiny glyphs experiment (and tune file) the end-to-end tests train, its cache, a loopback server."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from loopback import LoopbackFiles, loopback_server
 
 from harness.config import set_dotted
 
@@ -96,3 +97,10 @@ def tiny_tune_file(tmp_path: Path, glyph_cache: Path) -> WriteExperiment:
         return write_tiny_experiment(tmp_path, glyph_cache, {**tune, **(overrides or {})})
 
     return write
+
+
+@pytest.fixture()
+def loopback() -> Iterator[LoopbackFiles]:
+    """A file server on 127.0.0.1 (byte ranges, one cut connection on demand) for the download tests."""
+    with loopback_server() as server:
+        yield server

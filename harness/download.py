@@ -1,4 +1,4 @@
-"""HTTP downloads that resume after a cut, show their progress and verify a checksum before anything uses them.
+"""HTTP downloads that resume after a cut, show progress and verify a checksum before anything uses them.
 
 :func:`download` tries a list of URLs in order (an override or mirror first, the canonical source,
 then known mirrors). Bytes go to ``<target>.part`` beside the target; a cut connection is picked up

@@ -33,7 +33,7 @@ from harness.launch import (
     final_mtime,
     make_launcher,
 )
-from harness.preflight import preflight, require_preflight
+from harness.preflight import preflight_report, require_preflight
 from harness.results import (
     cell_paths,
     claim_cell,
@@ -197,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
         cells = shard_cells(cells, index, count)
     exp_dir = experiment_dir(args.results, experiment.name)
     if args.check:
-        problems = preflight(experiment, cells)
+        problems, notes = preflight_report(experiment, cells)
+        for note in notes:
+            print(f"note: {note}")
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if problems:

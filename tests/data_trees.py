@@ -22,7 +22,7 @@ def write_jpeg(path: Path, seed: int) -> None:
 def write_images(
     folder: Path, class_ids: list[int], name: Callable[[int, int], str]
 ) -> list[tuple[str, int]]:
-    """PER_CLASS images per class at ``folder / name(class_id, k)``; returns (relative path, class id) rows."""
+    """PER_CLASS images per class at ``folder / name(class_id, k)``; returns (relative path, class id)."""
     rows = []
     for class_id in class_ids:
         for k in range(PER_CLASS):

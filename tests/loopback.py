@@ -1,4 +1,4 @@
-"""A loopback HTTP file server for the download tests: 127.0.0.1 only, byte ranges, a connection cut on demand."""
+"""A loopback HTTP file server for the download tests: 127.0.0.1 only, byte ranges, a cut on demand."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``python -m harness.data fetch / check`` against a loopback server serving fixture archives in each official format."""
+"""``python -m harness.data fetch / check`` against a loopback server serving fixture archives in each
+official format."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``python -m harness.data fetch NAME... --root DIR`` installs the official benchmarks; ``check`` says what is there.
+"""``python -m harness.data fetch NAME... --root DIR`` installs the benchmarks; ``check`` says what is there.
 
 ``fetch`` downloads (or, with ``--from DIR``, takes the files downloaded by hand), verifies, extracts
 and checks each dataset (:mod:`harness.data.fetch`); ``--mirror URL`` (or ``$HARNESS_DATA_MIRROR``)

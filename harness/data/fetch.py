@@ -1,4 +1,4 @@
-"""Install the official benchmarks under a data root: download, verify, extract, check; and check what is there.
+"""Install the official benchmarks under a data root (download, verify, extract, check) and inspect them.
 
 :func:`fetch_dataset` follows the table of :mod:`harness.data.sources`: each archive is downloaded
 into ``<root>/.fetch/downloads/`` (resumable ``.part`` files, progress bar) or taken from a folder the
@@ -308,7 +308,7 @@ def progress(total: int | None, label: str, out: TextIO) -> Any:
 
 
 def untar(spec: OfficialDataset, archive: Archive, path: Path, stage: Path, out: TextIO) -> None:
-    """Extract the members under ``archive.strip`` (tar's ``data`` filter: no links out, no devices), count them."""
+    """Extract the members under ``archive.strip`` (tar's ``data`` filter: no links out), count them."""
     files = 0
     with tarfile.open(path, "r:*") as tar, progress(None, archive.name, out) as bar:
         for member in tar:
@@ -324,7 +324,7 @@ def untar(spec: OfficialDataset, archive: Archive, path: Path, stage: Path, out:
 
 
 def unzip(spec: OfficialDataset, archive: Archive, path: Path, stage: Path, out: TextIO) -> None:
-    """Count the files under ``archive.strip`` (before extracting: an incomplete zip is refused), extract them."""
+    """Count the files under ``archive.strip`` (an incomplete zip is refused first), extract them."""
     with zipfile.ZipFile(path) as zipped:
         members = [
             (info, relative)

@@ -107,7 +107,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
 
 def require_files(root: Path, files: Sequence[str], *, title: str, source: str) -> None:
-    """DataError (one line: how many, the first one, where to get them) unless every ``root / file`` exists."""
+    """DataError (one line: how many, the first, where to get them) unless every ``root / file`` exists."""
     missing = [name for name in files if not (root / name).is_file()]
     if missing:
         raise DataError(

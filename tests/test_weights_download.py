@@ -93,6 +93,20 @@ def test_offline_is_one_line_with_the_url_and_the_path(home: Path, monkeypatch: 
     )
 
 
+def test_an_unwritable_cache_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("HOME", str(blocker / "home"))
+    with pytest.raises(DataError) as err:
+        build_model("bninception", 8, pretrained=True)
+    message = str(err.value)
+    assert (
+        message.startswith("BN-Inception pretrained weights cannot be downloaded: ")
+        and "(ENOTDIR)" in message
+    )
+    assert f"to {blocker / 'home' / '.torch' / 'models' / BNINCEPTION_FILE} by hand" in message
+
+
 def test_the_table_holds_the_files_and_urls_of_torchvision_and_pretrainedmodels() -> None:
     import pretrainedmodels
     import torchvision

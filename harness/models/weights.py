@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.request import Request, urlopen
 
 from harness.download import USER_AGENT, Checksum, DownloadFailed, download, network_reason
-from harness.errors import DataError
+from harness.errors import DataError, filesystem_message
 
 WEIGHTS_URL_ENV = "HARNESS_WEIGHTS_URL"
 HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's convention: <name>-<sha256 prefix>.<ext>
@@ -108,19 +108,23 @@ def ensure_weights(weights: StandardWeights) -> Path:
     from filelock import FileLock
 
     path = weights.path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path.parent / f".{weights.file}.lock")):  # parallel cells download it once
-        found = weights.local()
-        if found is not None:
-            return found
-        url = weights.source_url()
-        try:
-            return download([url], path, checksum=weights.checksum(), label=weights.file)
-        except DownloadFailed as err:
-            raise DataError(
-                f"{weights.title} pretrained weights not found at {path} and not downloaded "
-                f"({err.reasons()}); {weights.by_hand()}"
-            ) from None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path.parent / f".{weights.file}.lock")):  # parallel cells download it once
+            found = weights.local()
+            if found is not None:
+                return found
+            return download([weights.source_url()], path, checksum=weights.checksum(), label=weights.file)
+    except DownloadFailed as err:
+        raise DataError(
+            f"{weights.title} pretrained weights not found at {path} and not downloaded "
+            f"({err.reasons()}); {weights.by_hand()}"
+        ) from None
+    except OSError as err:
+        fault = filesystem_message(err, {err.errno or 0: weights.by_hand()})
+        if fault is None:
+            raise
+        raise DataError(f"{weights.title} pretrained weights cannot be downloaded: {fault}") from None
 
 
 def probe(url: str) -> str | None:

@@ -9,7 +9,7 @@ import io
 import os
 import tarfile
 import zipfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -94,13 +94,6 @@ def fixture_source(
     )
 
 
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        cli_main(main, argv)
-    captured = capsys.readouterr()
-    return exited.value.code, captured.out, captured.err
-
-
 def error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
@@ -110,22 +103,58 @@ def assert_nothing_installed(root: Path, name: str) -> None:
     assert not list((root / ".fetch").glob("*.partial"))
 
 
-@pytest.fixture()
-def use_source(monkeypatch: pytest.MonkeyPatch):
-    def use(source: DatasetSource) -> DatasetSource:
-        monkeypatch.setitem(SOURCES, source.dataset.name, source)
+@dataclass
+class FetchSetup:
+    """The loopback server, the data root, and the fetch/check command line run in this process."""
+
+    tmp_path: Path
+    server: LoopbackFiles
+    monkeypatch: pytest.MonkeyPatch
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def root(self) -> Path:
+        return self.tmp_path / "data"
+
+    def source(self, name: str, **urls: tuple[str, ...]) -> DatasetSource:
+        return fixture_source(name, self.tmp_path / f"{name}-archives", self.server, **urls)
+
+    def use(self, source: DatasetSource) -> DatasetSource:
+        """Make ``source`` the table's entry for its dataset (for this test)."""
+        self.monkeypatch.setitem(SOURCES, source.dataset.name, source)
         return source
 
-    return use
+    def run(self, argv: list[str]) -> tuple[int, str, str]:
+        """``python -m harness.data ARGV``: (exit code, stdout, stderr)."""
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            cli_main(main, argv)
+        captured = self.capsys.readouterr()
+        return exited.value.code, captured.out, captured.err
+
+    def fail(self, argv: list[str]) -> str:
+        """Run ``argv``, which must fail with exit code 2 and one ``error:`` line (returned), no traceback."""
+        code, _, err = self.run(argv)
+        lines = error_lines(err)
+        assert code == EXIT_USER_ERROR and len(lines) == 1 and "Traceback" not in err, err
+        return lines[0]
+
+
+@pytest.fixture()
+def fx(
+    tmp_path: Path,
+    loopback: LoopbackFiles,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> FetchSetup:
+    return FetchSetup(tmp_path, loopback, monkeypatch, capsys)
 
 
 @pytest.mark.parametrize("name", list(TREES))
-def test_fetch_downloads_verifies_installs_and_the_loader_reads_it(
-    name: str, tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = use_source(fixture_source(name, tmp_path, loopback))
-    root = tmp_path / "data"
-    code, out, err = run(["fetch", name, "--root", str(root)], capsys)
+def test_fetch_downloads_verifies_installs_and_the_loader_reads_it(name: str, fx: FetchSetup) -> None:
+    source = fx.use(fx.source(name))
+    root = fx.root
+    code, out, err = fx.run(["fetch", name, "--root", str(root)])
     assert code == 0, err
     folder = root / source.dataset.folder
     assert out == f"{name}: installed {folder} (21 images: " + out.split("(21 images: ")[1]
@@ -135,90 +164,74 @@ def test_fetch_downloads_verifies_installs_and_the_loader_reads_it(
     assert not (root / ".fetch" / "downloads").exists(), "the archives are deleted once installed"
     if name == "cub":
         assert not (folder / "attributes.txt").exists() and not (root / "attributes.txt").exists()
-    code, out, _ = run(["check", name, "--root", str(root)], capsys)
+    code, out, _ = fx.run(["check", name, "--root", str(root)])
     assert code == 0 and out.startswith(f"{name}: present: {folder} (21 images")
 
 
-def test_a_second_fetch_does_nothing_and_says_so_in_one_line(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
-    root = tmp_path / "data"
-    assert run(["fetch", "cub", "--root", str(root)], capsys)[0] == 0
-    asked = len(loopback.requests)
-    code, out, err = run(["fetch", "cub", "--root", str(root)], capsys)
+def test_a_second_fetch_does_nothing_and_says_so_in_one_line(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
+    root = fx.root
+    assert fx.run(["fetch", "cub", "--root", str(root)])[0] == 0
+    asked = len(fx.server.requests)
+    code, out, err = fx.run(["fetch", "cub", "--root", str(root)])
     assert code == 0 and err == ""
     assert out.count("\n") == 1 and out.startswith(f"cub: already installed at {root / 'CUB_200_2011'}")
     assert out.rstrip().endswith("nothing to do")
-    assert len(loopback.requests) == asked, "nothing is downloaded again"
+    assert len(fx.server.requests) == asked, "nothing is downloaded again"
 
 
-def test_a_cut_connection_resumes_with_a_range_request(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("sop", tmp_path, loopback))
-    size = len(loopback.files["/Stanford_Online_Products.zip"])
-    loopback.cut_after["/Stanford_Online_Products.zip"] = size // 3
-    code, out, err = run(["fetch", "sop", "--root", str(tmp_path / "data")], capsys)
+def test_a_cut_connection_resumes_with_a_range_request(fx: FetchSetup) -> None:
+    fx.use(fx.source("sop"))
+    size = len(fx.server.files["/Stanford_Online_Products.zip"])
+    fx.server.cut_after["/Stanford_Online_Products.zip"] = size // 3
+    code, out, err = fx.run(["fetch", "sop", "--root", str(fx.root)])
     assert code == 0, err
-    assert [r.range for r in loopback.asked("Stanford_Online_Products.zip")] == [None, f"bytes={size // 3}-"]
+    assert [r.range for r in fx.server.asked("Stanford_Online_Products.zip")] == [None, f"bytes={size // 3}-"]
     assert "connection cut" in err and "resuming" in err
     assert "installed" in out
 
 
-def test_a_part_file_left_by_an_earlier_run_is_resumed(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
-    data = loopback.files["/CUB_200_2011.tgz"]
-    part = tmp_path / "data" / ".fetch" / "downloads" / "CUB_200_2011.tgz.part"
+def test_a_part_file_left_by_an_earlier_run_is_resumed(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
+    data = fx.server.files["/CUB_200_2011.tgz"]
+    part = fx.root / ".fetch" / "downloads" / "CUB_200_2011.tgz.part"
     part.parent.mkdir(parents=True)
     part.write_bytes(data[:1000])
-    code, _, err = run(["fetch", "cub", "--root", str(tmp_path / "data")], capsys)
+    code, _, err = fx.run(["fetch", "cub", "--root", str(fx.root)])
     assert code == 0, err
-    assert [r.range for r in loopback.asked("CUB_200_2011.tgz")] == ["bytes=1000-"]
+    assert [r.range for r in fx.server.asked("CUB_200_2011.tgz")] == ["bytes=1000-"]
     assert "resuming at 1,000 bytes" in err and not part.exists()
 
 
-def test_a_wrong_checksum_extracts_nothing(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("cub", tmp_path, loopback)
-    use_source(replace(source, archives=(replace(source.archives[0], md5="0" * 32),)))
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "cub", "--root", str(root)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+def test_a_wrong_checksum_extracts_nothing(fx: FetchSetup) -> None:
+    source = fx.source("cub")
+    fx.use(replace(source, archives=(replace(source.archives[0], md5="0" * 32),)))
+    root = fx.root
+    line = fx.fail(["fetch", "cub", "--root", str(root)])
     assert "wrong checksum (md5 " in line and "expected md5 " + "0" * 32 in line
     assert "--from DIR" in line  # the manual way out
     assert_nothing_installed(root, "cub")
     assert not list((root / ".fetch" / "downloads").iterdir()), "the bad file is not kept"
 
 
-def test_mirrors_are_tried_in_order_and_a_dead_one_falls_through(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    dead = (closed_port_url("CUB_200_2011.tgz"), loopback.url("gone/CUB_200_2011.tgz"))
-    source = fixture_source("cub", tmp_path, loopback)
-    use_source(
-        replace(source, archives=(replace(source.archives[0], urls=(*dead, *source.archives[0].urls)),))
-    )
-    code, _, err = run(["fetch", "cub", "--root", str(tmp_path / "data")], capsys)
+def test_mirrors_are_tried_in_order_and_a_dead_one_falls_through(fx: FetchSetup) -> None:
+    dead = (closed_port_url("CUB_200_2011.tgz"), fx.server.url("gone/CUB_200_2011.tgz"))
+    source = fx.source("cub")
+    fx.use(replace(source, archives=(replace(source.archives[0], urls=(*dead, *source.archives[0].urls)),)))
+    code, _, err = fx.run(["fetch", "cub", "--root", str(fx.root)])
     assert code == 0, err
-    assert [r.path for r in loopback.requests] == ["/gone/CUB_200_2011.tgz", "/CUB_200_2011.tgz"]
+    assert [r.path for r in fx.server.requests] == ["/gone/CUB_200_2011.tgz", "/CUB_200_2011.tgz"]
 
 
-def test_the_mirror_option_is_tried_first(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("cars", tmp_path, loopback)
-    for name, data in list(loopback.files.items()):
-        loopback.serve("internal" + name, data)
-    use_source(source)
-    argv = ["fetch", "cars", "--root", str(tmp_path / "data"), "--mirror", loopback.url("empty")]
-    code, _, err = run([*argv, "--mirror", loopback.url("internal/")], capsys)
+def test_the_mirror_option_is_tried_first(fx: FetchSetup) -> None:
+    source = fx.source("cars")
+    for name, data in list(fx.server.files.items()):
+        fx.server.serve("internal" + name, data)
+    fx.use(source)
+    argv = ["fetch", "cars", "--root", str(fx.root), "--mirror", fx.server.url("empty")]
+    code, _, err = fx.run([*argv, "--mirror", fx.server.url("internal/")])
     assert code == 0, err
-    paths = [r.path for r in loopback.requests]
+    paths = [r.path for r in fx.server.requests]
     assert paths == [
         "/empty/car_ims.tgz",
         "/internal/car_ims.tgz",
@@ -227,44 +240,30 @@ def test_the_mirror_option_is_tried_first(
     ]
 
 
-def test_the_mirror_environment_variable(
-    tmp_path: Path,
-    loopback: LoopbackFiles,
-    use_source,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    source = fixture_source("sop", tmp_path, loopback)
-    use_source(replace(source, archives=(replace(source.archives[0], urls=(closed_port_url("x"),)),)))
-    monkeypatch.setenv(fetch_module.MIRROR_ENV, loopback.base)
-    code, _, err = run(["fetch", "sop", "--root", str(tmp_path / "data")], capsys)
+def test_the_mirror_environment_variable(fx: FetchSetup) -> None:
+    source = fx.source("sop")
+    fx.use(replace(source, archives=(replace(source.archives[0], urls=(closed_port_url("x"),)),)))
+    fx.monkeypatch.setenv(fetch_module.MIRROR_ENV, fx.server.base)
+    code, _, err = fx.run(["fetch", "sop", "--root", str(fx.root)])
     assert code == 0, err
 
 
-def test_offline_is_one_line_naming_each_url_and_the_manual_step(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("cars", tmp_path, loopback, car_ims_tgz=(closed_port_url("car_ims.tgz"),))
-    use_source(source)
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "cars", "--root", str(root)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+def test_offline_is_one_line_naming_each_url_and_the_manual_step(fx: FetchSetup) -> None:
+    source = fx.source("cars", car_ims_tgz=(closed_port_url("car_ims.tgz"),))
+    fx.use(source)
+    root = fx.root
+    line = fx.fail(["fetch", "cars", "--root", str(root)])
     assert "Cars-196: cannot download car_ims.tgz (http://127.0.0.1:" in line and "connection refused" in line
     assert f"then run: python -m harness.data fetch cars --root {root} --from DIR" in line
     assert "car_ims.tgz (md5 " in line and "cars_annos.mat (md5 " in line
     assert_nothing_installed(root, "cars")
 
 
-def test_inshop_has_a_manual_step_and_installs_from_a_folder(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("inshop", tmp_path, loopback, img_zip=(), list_eval_partition_txt=())
-    use_source(source)
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "inshop", "--root", str(root)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+def test_inshop_has_a_manual_step_and_installs_from_a_folder(fx: FetchSetup, tmp_path: Path) -> None:
+    source = fx.source("inshop", img_zip=(), list_eval_partition_txt=())
+    fx.use(source)
+    root = fx.root
+    line = fx.fail(["fetch", "inshop", "--root", str(root)])
     assert "In-Shop Clothes Retrieval cannot be downloaded automatically" in line
     assert "img.zip (no published checksum) and list_eval_partition.txt" in line
     assert "drive.google.com" in line and "--from DIR" in line
@@ -273,64 +272,44 @@ def test_inshop_has_a_manual_step_and_installs_from_a_folder(
         where = by_hand / ("Img" if name == "img.zip" else "Eval") / name
         where.parent.mkdir(parents=True, exist_ok=True)
         where.write_bytes(data)
-    code, out, err = run(
-        ["fetch", "inshop", "--root", str(root), "--from", str(tmp_path / "Downloads")], capsys
-    )
+    code, out, err = fx.run(["fetch", "inshop", "--root", str(root), "--from", str(tmp_path / "Downloads")])
     assert code == 0, err
     assert out.startswith(f"inshop: installed {root / 'InShop'} (21 images: train 12, query 3, gallery 6")
     assert (by_hand / "Img" / "img.zip").exists(), "the user's files are left where they are"
-    assert loopback.requests == []
+    assert fx.server.requests == []
 
 
-def test_from_a_folder_the_checksum_is_verified(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
+def test_from_a_folder_the_checksum_is_verified(fx: FetchSetup, tmp_path: Path) -> None:
+    fx.use(fx.source("cub"))
     manual = tmp_path / "manual"
     manual.mkdir()
     (manual / "CUB_200_2011.tgz").write_bytes(b"something else")
-    code, _, err = run(["fetch", "cub", "--root", str(tmp_path / "data"), "--from", str(manual)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+    line = fx.fail(["fetch", "cub", "--root", str(fx.root), "--from", str(manual)])
     assert f"{manual / 'CUB_200_2011.tgz'} has md5 {hashlib.md5(b'something else').hexdigest()}" in line
     (manual / "CUB_200_2011.tgz").unlink()
-    code, _, err = run(["fetch", "cub", "--root", str(tmp_path / "data"), "--from", str(manual)], capsys)
+    code, _, err = fx.run(["fetch", "cub", "--root", str(fx.root), "--from", str(manual)])
     assert code == EXIT_USER_ERROR and f"no CUB_200_2011.tgz in {manual}" in err
-    assert_nothing_installed(tmp_path / "data", "cub")
+    assert_nothing_installed(fx.root, "cub")
 
 
-def test_a_full_disk_while_downloading_is_one_line_and_resumable(
-    tmp_path: Path,
-    loopback: LoopbackFiles,
-    use_source,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
+def test_a_full_disk_while_downloading_is_one_line_and_resumable(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
 
     class FullDisk(io.BytesIO):
         def write(self, data: bytes) -> int:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(harness.download, "open", lambda path, mode: FullDisk(), raising=False)
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "cub", "--root", str(root)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+    fx.monkeypatch.setattr(harness.download, "open", lambda path, mode: FullDisk(), raising=False)
+    root = fx.root
+    line = fx.fail(["fetch", "cub", "--root", str(root)])
     part = root / ".fetch" / "downloads" / "CUB_200_2011.tgz.part"
     assert line.startswith(f"error: cub: {part}: No space left on device (ENOSPC); free some space")
-    assert "resumed" in line and "Traceback" not in err
+    assert "resumed" in line
     assert_nothing_installed(root, "cub")
 
 
-def test_a_full_disk_while_extracting_leaves_nothing_in_the_dataset_folder(
-    tmp_path: Path,
-    loopback: LoopbackFiles,
-    use_source,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use_source(fixture_source("sop", tmp_path, loopback))
+def test_a_full_disk_while_extracting_leaves_nothing_in_the_dataset_folder(fx: FetchSetup) -> None:
+    fx.use(fx.source("sop"))
     real_copy = fetch_module.shutil.copyfileobj
     calls = []
 
@@ -340,26 +319,20 @@ def test_a_full_disk_while_extracting_leaves_nothing_in_the_dataset_folder(
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), sink.name)
         real_copy(source, sink, length)
 
-    monkeypatch.setattr(fetch_module.shutil, "copyfileobj", fill_up)
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "sop", "--root", str(root)], capsys)
+    fx.monkeypatch.setattr(fetch_module.shutil, "copyfileobj", fill_up)
+    root = fx.root
+    code, _, err = fx.run(["fetch", "sop", "--root", str(root)])
     assert code == EXIT_USER_ERROR and "(ENOSPC); free some space" in err
     assert_nothing_installed(root, "sop")
     assert (root / ".fetch" / "downloads" / "Stanford_Online_Products.zip").is_file(), "kept for the re-run"
-    monkeypatch.setattr(fetch_module.shutil, "copyfileobj", real_copy)
-    asked = len(loopback.requests)
-    code, _, err = run(["fetch", "sop", "--root", str(root)], capsys)
-    assert code == 0 and "already downloaded" in err and len(loopback.requests) == asked
+    fx.monkeypatch.setattr(fetch_module.shutil, "copyfileobj", real_copy)
+    asked = len(fx.server.requests)
+    code, _, err = fx.run(["fetch", "sop", "--root", str(root)])
+    assert code == 0 and "already downloaded" in err and len(fx.server.requests) == asked
 
 
-def test_an_interrupted_extraction_leaves_nothing_and_the_next_fetch_starts_it_again(
-    tmp_path: Path,
-    loopback: LoopbackFiles,
-    use_source,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
+def test_an_interrupted_extraction_leaves_nothing_and_the_next_fetch_starts_it_again(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
     real_extract = tarfile.TarFile.extract
     extracted = []
 
@@ -369,111 +342,91 @@ def test_an_interrupted_extraction_leaves_nothing_and_the_next_fetch_starts_it_a
         extracted.append(member.name)
         real_extract(self, member, *args, **kwargs)
 
-    monkeypatch.setattr(tarfile.TarFile, "extract", interrupt)
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "cub", "--root", str(root)], capsys)
+    fx.monkeypatch.setattr(tarfile.TarFile, "extract", interrupt)
+    root = fx.root
+    code, _, err = fx.run(["fetch", "cub", "--root", str(root)])
     assert code == 130 and "interrupted" in err
     assert_nothing_installed(root, "cub")
-    monkeypatch.setattr(tarfile.TarFile, "extract", real_extract)
+    fx.monkeypatch.setattr(tarfile.TarFile, "extract", real_extract)
     (root / ".fetch" / "CUB_200_2011.partial" / "images").mkdir(parents=True)  # as a kill -9 would leave it
-    assert run(["check", "--root", str(root)], capsys)[1].startswith(
-        f"cub: missing: no {root / 'CUB_200_2011'}"
-    )
-    code, out, _ = run(["fetch", "cub", "--root", str(root)], capsys)
+    assert fx.run(["check", "--root", str(root)])[1].startswith(f"cub: missing: no {root / 'CUB_200_2011'}")
+    code, out, _ = fx.run(["fetch", "cub", "--root", str(root)])
     assert code == 0 and "installed" in out
     assert not (root / ".fetch" / "CUB_200_2011.partial").exists()
 
 
-def test_files_that_fail_the_loader_check_are_not_installed(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("cars", tmp_path, loopback)
+def test_files_that_fail_the_loader_check_are_not_installed(fx: FetchSetup) -> None:
+    source = fx.source("cars")
     official_images = replace(source.dataset, images=SOURCES["cars"].dataset.images)
-    use_source(replace(source, dataset=official_images))
-    root = tmp_path / "data"
-    code, _, err = run(["fetch", "cars", "--root", str(root)], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
+    fx.use(replace(source, dataset=official_images))
+    root = fx.root
+    line = fx.fail(["fetch", "cars", "--root", str(root)])
     assert "the extracted files fail the loader's check, nothing installed" in line
     assert "has 12 images, expected 8,054" in line
     assert_nothing_installed(root, "cars")
 
 
-def test_an_incomplete_inshop_zip_is_refused_before_extraction(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("inshop", tmp_path, loopback)
-    use_source(replace(source, archives=(replace(source.archives[0], min_files=52712), source.archives[1])))
-    code, _, err = run(["fetch", "inshop", "--root", str(tmp_path / "data")], capsys)
+def test_an_incomplete_inshop_zip_is_refused_before_extraction(fx: FetchSetup) -> None:
+    source = fx.source("inshop")
+    fx.use(replace(source, archives=(replace(source.archives[0], min_files=52712), source.archives[1])))
+    code, _, err = fx.run(["fetch", "inshop", "--root", str(fx.root)])
     assert code == EXIT_USER_ERROR
     assert "img.zip holds 21 files under its top folder, expected at least 52,712" in error_lines(err)[0]
-    assert_nothing_installed(tmp_path / "data", "inshop")
+    assert_nothing_installed(fx.root, "inshop")
 
 
-def test_a_damaged_archive_is_one_line(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    source = fixture_source("inshop", tmp_path, loopback)
-    loopback.files["/img.zip"] = b"PK\x03\x04 not really a zip"
-    use_source(source)
-    code, _, err = run(["fetch", "inshop", "--root", str(tmp_path / "data")], capsys)
+def test_a_damaged_archive_is_one_line(fx: FetchSetup) -> None:
+    source = fx.source("inshop")
+    fx.server.files["/img.zip"] = b"PK\x03\x04 not really a zip"
+    fx.use(source)
+    code, _, err = fx.run(["fetch", "inshop", "--root", str(fx.root)])
     assert code == EXIT_USER_ERROR
     assert "img.zip is a damaged zip archive" in error_lines(err)[0]
 
 
-def test_an_unwritable_root_is_one_line(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
+def test_an_unwritable_root_is_one_line(fx: FetchSetup, tmp_path: Path) -> None:
+    fx.use(fx.source("cub"))
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    code, _, err = run(["fetch", "cub", "--root", str(blocker / "data")], capsys)
-    assert code == EXIT_USER_ERROR
-    [line] = error_lines(err)
-    assert "(ENOTDIR)" in line and "choose another --root" in line and "Traceback" not in err
-    assert loopback.requests == []
+    line = fx.fail(["fetch", "cub", "--root", str(blocker / "data")])
+    assert "(ENOTDIR)" in line and "choose another --root" in line
+    assert fx.server.requests == []
 
 
 @pytest.mark.skipif(
     os.geteuid() == 0, reason="root writes into read-only folders, so this cannot fail as root"
 )
-def test_a_read_only_root_is_one_line(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
-    root = tmp_path / "data"
+def test_a_read_only_root_is_one_line(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
+    root = fx.root
     root.mkdir()
     root.chmod(0o555)
     try:
-        code, _, err = run(["fetch", "cub", "--root", str(root)], capsys)
+        code, _, err = fx.run(["fetch", "cub", "--root", str(root)])
     finally:
         root.chmod(0o755)
     assert code == EXIT_USER_ERROR and "(EACCES); check the permissions of" in error_lines(err)[0]
 
 
-def test_an_existing_incomplete_folder_is_never_overwritten(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    use_source(fixture_source("cub", tmp_path, loopback))
-    root = tmp_path / "data"
+def test_an_existing_incomplete_folder_is_never_overwritten(fx: FetchSetup) -> None:
+    fx.use(fx.source("cub"))
+    root = fx.root
     (root / "CUB_200_2011").mkdir(parents=True)
     (root / "CUB_200_2011" / "notes.txt").write_text("mine")
-    code, _, err = run(["fetch", "cub", "--root", str(root)], capsys)
+    code, _, err = fx.run(["fetch", "cub", "--root", str(root)])
     assert code == EXIT_USER_ERROR
     assert f"{root / 'CUB_200_2011'} exists but is not a complete copy" in error_lines(err)[0]
-    assert (root / "CUB_200_2011" / "notes.txt").read_text() == "mine" and loopback.requests == []
+    assert (root / "CUB_200_2011" / "notes.txt").read_text() == "mine" and fx.server.requests == []
 
 
-def test_check_says_present_missing_and_wrong(
-    tmp_path: Path, loopback: LoopbackFiles, use_source, capsys: pytest.CaptureFixture[str]
-) -> None:
-    root = tmp_path / "data"
+def test_check_says_present_missing_and_wrong(fx: FetchSetup, tmp_path: Path) -> None:
+    root = fx.root
     for name in ("cub", "sop", "inshop"):
-        use_source(fixture_source(name, tmp_path / name, loopback))
-    use_source(replace(SOURCES["cars"], dataset=fixture_source("cars", tmp_path / "cars", loopback).dataset))
+        fx.use(fx.source(name))
+    fx.use(replace(SOURCES["cars"], dataset=fx.source("cars").dataset))
     for name in ("cub", "sop", "inshop"):
         TREES[name](root)
-    code, out, _ = run(["check", "--root", str(root)], capsys)
+    code, out, _ = fx.run(["check", "--root", str(root)])
     lines = out.splitlines()
     assert code == 0, "a missing dataset that was not named is no failure"
     assert [line.split(":")[:2] for line in lines] == [
@@ -483,12 +436,12 @@ def test_check_says_present_missing_and_wrong(
         ["inshop", " present"],
     ]
     assert f"no {root / 'cars196'}; run: python -m harness.data fetch cars --root {root}" in lines[1]
-    assert run(["check", "cars", "--root", str(root)], capsys)[0] == EXIT_USER_ERROR, "named and missing"
+    assert fx.run(["check", "cars", "--root", str(root)])[0] == EXIT_USER_ERROR, "named and missing"
     (root / "Stanford_Online_Products" / "bicycle_final" / "2_1.JPG").unlink()
     (root / "InShop" / "Eval" / "list_eval_partition.txt").write_text(
         "3\nimage_name item_id evaluation_status\n"
     )
-    code, out, _ = run(["check", "--root", str(root)], capsys)
+    code, out, _ = fx.run(["check", "--root", str(root)])
     assert code == EXIT_USER_ERROR
     sop, inshop = out.splitlines()[2:]
     assert sop.startswith("sop: wrong: Stanford Online Products: 1 of 12 image files are missing")
@@ -496,26 +449,22 @@ def test_check_says_present_missing_and_wrong(
     assert inshop.startswith("inshop: wrong: In-Shop Clothes Retrieval:") and "declares '3' rows" in inshop
 
 
-def test_check_with_the_official_counts_names_the_count(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_check_with_the_official_counts_names_the_count(fx: FetchSetup, tmp_path: Path) -> None:
     TREES["cub"](tmp_path)
-    code, out, _ = run(["check", "cub", "--root", str(tmp_path)], capsys)
+    code, out, _ = fx.run(["check", "cub", "--root", str(tmp_path)])
     assert code == EXIT_USER_ERROR
     assert out.startswith("cub: wrong: CUB-200-2011: the train split read from") and "expected 5,864" in out
 
 
-def test_unknown_names_and_a_missing_root_are_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    code, _, err = run(["fetch", "cub200", "--root", str(tmp_path)], capsys)
+def test_unknown_names_and_a_missing_root_are_one_line(fx: FetchSetup, tmp_path: Path) -> None:
+    code, _, err = fx.run(["fetch", "cub200", "--root", str(tmp_path)])
     assert code == EXIT_USER_ERROR and error_lines(err) == [
         "error: unknown dataset 'cub200'; did you mean 'cub'?"
     ]
-    monkeypatch.delenv("HARNESS_DATA", raising=False)
-    code, _, err = run(["check"], capsys)
+    fx.monkeypatch.delenv("HARNESS_DATA", raising=False)
+    code, _, err = fx.run(["check"])
     assert code == EXIT_USER_ERROR and "give --root DIR or set HARNESS_DATA=DIR" in err
-    code, _, err = run(["check", "--root", str(tmp_path / "nowhere")], capsys)
+    code, _, err = fx.run(["check", "--root", str(tmp_path / "nowhere")])
     assert code == EXIT_USER_ERROR and "does not exist" in err
 
 

@@ -3,8 +3,8 @@
 :func:`download` tries a list of URLs in order (an override or mirror first, the canonical source,
 then known mirrors). Bytes go to ``<target>.part`` beside the target; a cut connection is picked up
 where it stopped with an HTTP ``Range`` request (in this run, and by a later run that finds the
-``.part`` file), a server that ignores ``Range`` makes it start over. The finished file is checked
-(size, then the hash) and only then renamed to ``target``; a file that fails the check is deleted
+``.part`` file), a server that ignores ``Range`` makes it start over. The finished file's hash is
+checked and only then is it renamed to ``target``; a file that fails the check is deleted
 and the next URL is tried. Network failures of every URL end in one :class:`DownloadFailed`
 listing each URL and why; a local filesystem fault (full disk, no permission) is raised as the
 OSError it is, naming the ``.part`` file, so :func:`harness.errors.cli_main` prints it in one line.
@@ -121,12 +121,11 @@ def download(
     target: Path,
     *,
     checksum: Checksum | None,
-    size: int | None = None,
     label: str | None = None,
     timeout: float = TIMEOUT_S,
     out: TextIO | None = None,
 ) -> Path:
-    """Download ``target`` from the first of ``urls`` that gives a file passing ``size`` and ``checksum``.
+    """Download ``target`` from the first of ``urls`` that gives a file matching ``checksum`` (None: any file).
 
     Returns ``target``. Raises :class:`DownloadFailed` (one line, every URL and its reason) when none
     does; a ``.part`` file left by a cut connection stays for the next run to resume.
@@ -141,7 +140,7 @@ def download(
         except _Unreachable as err:
             attempts.append((url, str(err)))
             continue
-        problem = _check(part, checksum, size)
+        problem = _check(part, checksum)
         if problem:
             part.unlink(missing_ok=True)  # a resumed file may mix two versions: start afresh next time
             attempts.append((url, problem))
@@ -151,11 +150,8 @@ def download(
     raise DownloadFailed(target, attempts)
 
 
-def _check(path: Path, checksum: Checksum | None, size: int | None) -> str | None:
+def _check(path: Path, checksum: Checksum | None) -> str | None:
     """Why the downloaded file is not the expected one, or None."""
-    found_size = path.stat().st_size
-    if size is not None and found_size != size:
-        return f"{found_size:,} bytes instead of {size:,}"
     if checksum is not None:
         found = file_digest(path, checksum.algorithm)
         if not checksum.matches(found):
@@ -192,7 +188,8 @@ def _fetch(url: str, part: Path, label: str, timeout: float, out: TextIO) -> Non
             except _Cut as err:
                 cuts += 1
                 if cuts > RECONNECTS:
-                    raise _Unreachable(f"connection cut {cuts} times, last: {err}") from None
+                    times = "once" if cuts == 1 else f"{cuts} times"
+                    raise _Unreachable(f"connection cut {times}, last {err}") from None
                 print(f"{label}: connection cut ({err}); resuming", file=out, flush=True)
 
 

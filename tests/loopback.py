@@ -24,6 +24,7 @@ class LoopbackFiles:
     files: dict[str, bytes] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
     cut_after: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the next cut (once)
+    honour_ranges: bool = True  # False: answer every request with the whole file, as some servers do
 
     def url(self, path: str) -> str:
         return f"{self.base}/{path.lstrip('/')}"
@@ -49,7 +50,7 @@ def handler_for(state: LoopbackFiles) -> type[BaseHTTPRequestHandler]:
                 self.send_error(404)
                 return
             start = 0
-            if self.headers.get("Range", "").startswith("bytes="):
+            if state.honour_ranges and self.headers.get("Range", "").startswith("bytes="):
                 start = int(self.headers["Range"].removeprefix("bytes=").split("-")[0])
                 if start >= len(data):
                     self.send_error(416)

@@ -1,4 +1,4 @@
-"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, with their pretrained weights."""
+"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, and their weights."""
 
 from __future__ import annotations
 
@@ -14,12 +14,9 @@ from harness.models.weights import (
     BNINCEPTION_FILE,
     RESNET50_FILES,
     STANDARD_WEIGHTS,
-    default_bninception_weights,
     ensure_weights,
     torch_hub_checkpoints,
 )
-
-__all__ = ["BNINCEPTION_FILE", "RESNET50_FILES", "default_bninception_weights", "torch_hub_checkpoints"]
 
 
 class GlobalPool(nn.Module):
@@ -132,7 +129,7 @@ def _rgb_only(name: str, options: BackboneOptions) -> None:
 
 @register_backbone(convention="bninception")
 def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
-    """BN-Inception (pretrainedmodels), ImageNet weights (downloaded once if missing), global max or average pooling."""
+    """BN-Inception (pretrainedmodels), ImageNet weights (downloaded once if missing), max or average pooling."""
     import pretrainedmodels
 
     _rgb_only("bninception", options)
@@ -155,7 +152,7 @@ def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
 
 @register_backbone(convention="imagenet")
 def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
-    """ResNet-50 (torchvision), ImageNet weights from torch's cache (downloaded once if missing), global pooling."""
+    """ResNet-50 (torchvision), ImageNet weights from torch's cache (downloaded once if missing), pooling."""
     import torchvision
 
     _rgb_only("resnet50", options)

@@ -125,7 +125,7 @@ def download(
     timeout: float = TIMEOUT_S,
     out: TextIO | None = None,
 ) -> Path:
-    """Download ``target`` from the first of ``urls`` that gives a file matching ``checksum`` (None: any file).
+    """Download ``target`` from the first of ``urls`` giving a file that matches ``checksum`` (None: any).
 
     Returns ``target``. Raises :class:`DownloadFailed` (one line, every URL and its reason) when none
     does; a ``.part`` file left by a cut connection stays for the next run to resume.

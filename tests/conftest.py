@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny glyphs experiment (and tune file) the end-to-end tests train, its cache, a loopback server."""
+"""Shared fixtures: the tiny glyphs experiment (and tune file) the end-to-end tests train, its cache, a
+loopback file server."""
 
 from __future__ import annotations
 
@@ -115,9 +116,11 @@ NO_WEIGHTS_SERVER = "http://127.0.0.1:9"
 
 @pytest.fixture(autouse=True, scope="session")
 def no_real_weights_downloads() -> Iterator[None]:
-    """``$HARNESS_WEIGHTS_URL`` points at a closed loopback port for the whole session (unless already set)."""
+    """``$HARNESS_WEIGHTS_URL`` is a closed loopback port for the whole session (a test may repoint it)."""
     before = os.environ.get(WEIGHTS_URL_ENV)
-    os.environ.setdefault(WEIGHTS_URL_ENV, NO_WEIGHTS_SERVER)
+    os.environ[WEIGHTS_URL_ENV] = NO_WEIGHTS_SERVER
     yield
     if before is None:
         os.environ.pop(WEIGHTS_URL_ENV, None)
+    else:
+        os.environ[WEIGHTS_URL_ENV] = before

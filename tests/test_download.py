@@ -1,4 +1,4 @@
-"""harness.download against the loopback server: resuming, starting over, a file already whole, the reasons."""
+"""harness.download against the loopback server: resuming, starting over, a whole file, the reasons."""
 
 from __future__ import annotations
 

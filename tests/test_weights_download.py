@@ -1,4 +1,4 @@
-"""Standard pretrained weights: downloaded from a loopback server into the cache, hash-checked, reused; --check wording."""
+"""Standard pretrained weights: downloaded from a loopback server, hash-checked, reused; --check wording."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def bninception_file() -> bytes:
 def serve_bninception(
     loopback: LoopbackFiles, monkeypatch: pytest.MonkeyPatch, data: bytes, digest: str | None = None
 ) -> StandardWeights:
-    """Serve ``data`` under a name carrying ``digest`` (default: its own SHA-256 prefix) as the standard file."""
+    """Serve ``data`` as the standard file, under a name carrying ``digest`` (default: its SHA-256 prefix)."""
     name = f"bn_inception-{digest or hashlib.sha256(data).hexdigest()[:9]}.pth"
     loopback.serve(name, data)
     monkeypatch.setenv(WEIGHTS_URL_ENV, loopback.base)
@@ -154,8 +154,13 @@ def test_check_says_missing_weights_will_be_downloaded(
 
 
 def test_check_and_run_offline_name_the_url_and_the_path(
-    home: Path, tmp_path: Path, tiny_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+    home: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tiny_experiment: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    monkeypatch.setenv(WEIGHTS_URL_ENV, NO_WEIGHTS_SERVER)
     path = home / ".torch" / "models" / BNINCEPTION_FILE
     url = f"{NO_WEIGHTS_SERVER}/{BNINCEPTION_FILE}"
     expected = (

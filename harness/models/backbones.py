@@ -129,7 +129,7 @@ def _rgb_only(name: str, options: BackboneOptions) -> None:
 
 @register_backbone(convention="bninception")
 def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
-    """BN-Inception (pretrainedmodels), ImageNet weights (downloaded once if missing), max or average pooling."""
+    """BN-Inception (pretrainedmodels), ImageNet weights (downloaded once if missing), max or mean pooling."""
     import pretrainedmodels
 
     _rgb_only("bninception", options)

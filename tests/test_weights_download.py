@@ -118,27 +118,30 @@ def test_the_table_holds_the_files_and_urls_of_torchvision_and_pretrainedmodels(
     assert bninception.file == BNINCEPTION_FILE
 
 
-def check(
-    tiny_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str], *extra: str
-) -> tuple[int, str, str]:
+RunPretrained = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture()
+def run_pretrained(tiny_experiment: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> RunPretrained:
+    """``run_pretrained(*argv)``: ``harness.run`` on the tiny experiment with a pretrained BN-Inception."""
     path = tiny_experiment({"model.backbone": "bninception", "model.pretrained": True})
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        cli_main(run.main, [str(path), *extra])
-    captured = capsys.readouterr()
-    return int(stop.value.code or 0), captured.out, captured.err
+
+    def call(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            cli_main(run.main, [str(path), *argv])
+        captured = capsys.readouterr()
+        return int(stop.value.code or 0), captured.out, captured.err
+
+    return call
 
 
 def test_check_says_missing_weights_will_be_downloaded(
-    home: Path,
-    loopback: LoopbackFiles,
-    monkeypatch: pytest.MonkeyPatch,
-    tiny_experiment: Callable[..., Path],
-    capsys: pytest.CaptureFixture[str],
+    home: Path, loopback: LoopbackFiles, monkeypatch: pytest.MonkeyPatch, run_pretrained: RunPretrained
 ) -> None:
     loopback.serve(BNINCEPTION_FILE, b"weights")
     monkeypatch.setenv(WEIGHTS_URL_ENV, loopback.base)
-    code, out, err = check(tiny_experiment, capsys, "--check")
+    code, out, err = run_pretrained("--check")
     path = home / ".torch" / "models" / BNINCEPTION_FILE
     assert code == 0, err
     assert out.splitlines()[0] == (
@@ -149,16 +152,12 @@ def test_check_says_missing_weights_will_be_downloaded(
     assert [r.range for r in loopback.requests] == ["bytes=0-0"], "--check asks for one byte, no download"
     path.parent.mkdir(parents=True)
     path.write_bytes(b"in place")
-    code, out, _ = check(tiny_experiment, capsys, "--check")
+    code, out, _ = run_pretrained("--check")
     assert code == 0 and "note:" not in out
 
 
 def test_check_and_run_offline_name_the_url_and_the_path(
-    home: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    tiny_experiment: Callable[..., Path],
-    capsys: pytest.CaptureFixture[str],
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_pretrained: RunPretrained
 ) -> None:
     monkeypatch.setenv(WEIGHTS_URL_ENV, NO_WEIGHTS_SERVER)
     path = home / ".torch" / "models" / BNINCEPTION_FILE
@@ -168,8 +167,8 @@ def test_check_and_run_offline_name_the_url_and_the_path(
         f"reached (connection refused); download {url} to {path} by hand, give model.weights, or set "
         "model.pretrained: false"
     )
-    code, out, err = check(tiny_experiment, capsys, "--check")
+    code, out, err = run_pretrained("--check")
     assert code == EXIT_USER_ERROR and err.splitlines() == [expected] and "ok:" not in out
-    code, _, err = check(tiny_experiment, capsys, "--results", str(tmp_path / "results"), "--jobs", "1")
+    code, _, err = run_pretrained("--results", str(tmp_path / "results"), "--jobs", "1")
     assert code == EXIT_USER_ERROR and err.splitlines() == [expected]
     assert not (tmp_path / "results").exists()

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--from",
         dest="from_dir",
         metavar="DIR",
-        help="install the files downloaded by hand into DIR (verified; nothing is downloaded)",
+        help="install from DIR, the folder holding the files downloaded by hand (verified; no download)",
     )
     fetch.add_argument(
         "--mirror",
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a base URL holding the files by name, tried first (repeatable; default ${MIRROR_ENV})",
     )
     fetch.add_argument(
-        "--keep-archives", action="store_true", help="keep the downloaded archives in DIR/.fetch/downloads"
+        "--keep-archives", action="store_true", help="keep the downloaded archives in ROOT/.fetch/downloads"
     )
     check = commands.add_parser("check", help="say which datasets are present, missing or wrong")
     check.add_argument("names", nargs="*", metavar="NAME", help=f"datasets to check (default {ALL})")

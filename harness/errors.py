@@ -13,7 +13,7 @@ from __future__ import annotations
 import difflib
 import errno
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
 
 from harness.stopping import Interrupted
@@ -74,9 +74,13 @@ USER_FIXABLE_ERRNOS: dict[int, str] = {
 """The OSError numbers that are the user's environment, not a bug, with what to do about each."""
 
 
-def filesystem_message(err: OSError) -> str | None:
-    """One line for an OSError a user can fix (path, errno name, what to do); None for any other."""
-    todo = USER_FIXABLE_ERRNOS.get(err.errno or 0)
+def filesystem_message(err: OSError, remedies: Mapping[int, str] | None = None) -> str | None:
+    """One line for an OSError a user can fix (path, errno name, what to do); None for any other.
+
+    ``remedies`` replaces the default advice of :data:`USER_FIXABLE_ERRNOS` for some errnos (a command
+    that writes somewhere other than a results folder says what to do there).
+    """
+    todo = (remedies or {}).get(err.errno or 0) or USER_FIXABLE_ERRNOS.get(err.errno or 0)
     if todo is None:
         return None
     where = f"{err.filename}: " if err.filename else ""

@@ -2,10 +2,11 @@
 
 A grid should never die at its first evaluation (or halfway through) for a mistake visible up front.
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
-that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's
-registry entry: its list files or, for glyphs, its options; no image is opened), a ``select_metric``
-the evaluation does not measure, ``select_on: val`` without a validation split, and a
-``model.weights`` file that is missing.
+that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's list
+files or, for glyphs, its options; no image is opened), a ``select_metric`` the evaluation does not
+measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, and
+a missing standard weights file whose URL cannot be reached (:func:`preflight_report` also lists those
+that will be downloaded when the run starts).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from harness.config import CellConfig, Experiment, data_root
 from harness.errors import UserError
+from harness.models.weights import MissingWeights, missing_weights
 
 
 def _training_classes(cell: CellConfig) -> int:
@@ -54,7 +56,18 @@ def _metric_problem(cell: CellConfig) -> str | None:
     )
 
 
-def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]:
+def _missing_weights(cell: CellConfig, cache: dict[str, MissingWeights | None]) -> MissingWeights | None:
+    """The standard weights file ``cell`` would load that is missing from its cache, or None."""
+    if not cell.model.pretrained or cell.model.weights:
+        return None
+    if cell.model.backbone not in cache:
+        cache[cell.model.backbone] = missing_weights(cell.model.backbone)
+    return cache[cell.model.backbone]
+
+
+def _cell_problems(
+    cell: CellConfig, classes: dict[str, int | str], standard_weights: dict[str, MissingWeights | None]
+) -> list[str]:
     problems = []
     if cell.train.select_on == "val" and cell.data.val_fraction == 0:
         problems.append(
@@ -67,6 +80,9 @@ def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]
     weights = cell.model.weights
     if cell.model.pretrained and weights and not Path(weights).expanduser().is_file():
         problems.append(f"model.weights: file {weights} not found; give the path to the weights file")
+    missing = _missing_weights(cell, standard_weights)
+    if missing is not None and missing.unreachable is not None:
+        problems.append(missing.line())
     key = repr(
         (
             cell.dataset,
@@ -96,14 +112,21 @@ def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]
 
 def preflight(experiment: Experiment, cells: list[CellConfig]) -> list[str]:
     """Every problem of ``cells`` found without training, one line each, each listed once, in grid order."""
+    return preflight_report(experiment, cells)[0]
+
+
+def preflight_report(experiment: Experiment, cells: list[CellConfig]) -> tuple[list[str], list[str]]:
+    """:func:`preflight`'s problems, and notes: the missing standard weights files the run will download."""
     problems: list[str] = []
     classes: dict[str, int | str] = {}
+    standard_weights: dict[str, MissingWeights | None] = {}
     for cell in cells:
-        for problem in _cell_problems(cell, classes):
+        for problem in _cell_problems(cell, classes, standard_weights):
             line = f"{experiment.name}: {problem}"
             if line not in problems:
                 problems.append(line)
-    return problems
+    notes = [m.line() for m in standard_weights.values() if m is not None and m.unreachable is None]
+    return problems, notes
 
 
 def require_preflight(experiment: Experiment, cells: list[CellConfig]) -> None:

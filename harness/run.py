@@ -26,7 +26,7 @@ from harness.errors import EXIT_USER_ERROR, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
 from harness.options import add_set_option
-from harness.preflight import preflight, require_preflight
+from harness.preflight import preflight_report, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
     aggregate_reference,
@@ -192,7 +192,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     all_cells, cells = grid_cells(experiment, args.shard)
     exp_dir = experiment_dir(args.results, experiment.name)
-    problems = preflight(experiment, cells)
+    problems, notes = preflight_report(experiment, cells)
+    for note in notes:
+        print(f"note: {note}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import RUNNABLE_EXPERIMENTS
+from loopback import LoopbackFiles
 
 from harness.config import (
     CellConfig,
@@ -20,6 +21,7 @@ from harness.config import (
     shard_cells,
 )
 from harness.errors import UserError
+from harness.models.weights import BNINCEPTION_FILE, WEIGHTS_URL_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = RUNNABLE_EXPERIMENTS
@@ -337,8 +339,10 @@ def test_shards_partition_the_grid(tmp_path: Path) -> None:
             parse_shard(bad)
 
 
-def test_cli_check_and_errors(tmp_path: Path) -> None:
+def test_cli_check_and_errors(tmp_path: Path, loopback: LoopbackFiles) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_DATA"}
+    loopback.serve(BNINCEPTION_FILE, b"weights")  # obtainable weights: the missing data is the one problem
+    env[WEIGHTS_URL_ENV] = loopback.base
     glyphs = {
         "grid": {**GRID["grid"], "datasets": ["glyphs"]},
         "model": {"backbone": "small_cnn", "pretrained": False},

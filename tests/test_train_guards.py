@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import WriteExperiment
-from test_data_loaders import write_jpeg, write_lines
+from data_trees import write_jpeg, write_lines
 
 from harness import files, train
 from harness.builders import build_model, load_splits

@@ -101,12 +101,17 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def verify(self, *, decode: bool = False) -> None:
         """Check that every image file exists (cheap); with ``decode=True`` also decode each one (slow)."""
-        missing = [name for name in self.files if not (self.root / name).is_file()]
-        if missing:
-            raise DataError(
-                f"{self.title}: {len(missing):,} of {len(self.files):,} image files are missing under "
-                f"{self.root}, first {self.root / missing[0]}; restore them from {self.source}"
-            )
+        require_files(self.root, self.files, title=self.title, source=self.source)
         if decode:
             for index in range(len(self.files)):
                 self.load(index)
+
+
+def require_files(root: Path, files: Sequence[str], *, title: str, source: str) -> None:
+    """DataError (one line: how many, the first, where to get them) unless every ``root / file`` exists."""
+    missing = [name for name in files if not (root / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{title}: {len(missing):,} of {len(files):,} image files are missing under "
+            f"{root}, first {root / missing[0]}; restore them from {source}"
+        )

@@ -3,9 +3,9 @@
 A dataset module describes itself with an :class:`OfficialDataset` (folder name, list files, official
 counts, where to get it) and a ``read`` function that turns its list files into :class:`ImageList` per
 split. This module finds the folder under the data root, parses list files, checks the official counts
-and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`;
-:func:`register_official` enters a benchmark in the dataset registry.
-Nothing is downloaded: every problem is a one-line :class:`DataError`.
+and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`.
+This module downloads nothing (:mod:`harness.data.fetch` installs the data): every problem is a
+one-line :class:`DataError`.
 """
 
 from __future__ import annotations

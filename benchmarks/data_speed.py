@@ -184,10 +184,12 @@ def main(argv: list[str] | None = None) -> None:
         rate = best[pipeline.name]
         workers = math.ceil(args.gpu_rate / rate)
         print(
-            f"{pipeline.name:<18} {pipeline.image_size:>4} {rate:>20.1f} {rate / baseline:>14.2f}x {workers:>8}"
+            f"{pipeline.name:<18} {pipeline.image_size:>4} {rate:>20.1f} {rate / baseline:>14.2f}x "
+            f"{workers:>8}"
         )
     print(
-        f"workers: DataLoader worker processes a GPU consuming {args.gpu_rate:.0f} images/s needs (one core each)"
+        f"workers: DataLoader worker processes a GPU consuming {args.gpu_rate:.0f} images/s needs "
+        "(one core each)"
     )
 
 

@@ -226,7 +226,8 @@ def compare(problem: Problem, ours: dict, faiss: dict, args: argparse.Namespace)
         differing.update(diff.tolist())
         k_of.update({int(q): k for q in diff})
         lines.append(
-            f"| recall@{k} | {ours['values'][f'recall@{k}']:.6f} | {faiss['values'][f'recall@{k}']:.6f} | {len(diff)} |"
+            f"| recall@{k} | {ours['values'][f'recall@{k}']:.6f} | "
+            f"{faiss['values'][f'recall@{k}']:.6f} | {len(diff)} |"
         )
     lines.append(f"| map_at_r | {ours['values']['map_at_r']:.6f} | {faiss['values']['map_at_r']:.6f} | |")
     verdict = "identical" if not differing else f"{len(differing)} queries differ"
@@ -265,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         ours, faiss = (min(runs[method], key=lambda run: run["seconds"]) for method in ("ours", "faiss"))
         recall_only = min(run["recall_only_seconds"] for run in runs["ours"])
         print(
-            "| method | seconds (fastest) | all runs | CPU seconds | extra peak memory | threads | load before |"
+            "| method | seconds (fastest) | all runs | CPU seconds | extra peak memory | threads "
+            "| load before |"
         )
         print("| --- | ---: | --- | ---: | ---: | ---: | ---: |")
         rows = (
@@ -275,12 +277,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, result, seconds in rows:
             print(
                 f"| {name} | {result['seconds']:.2f} | {', '.join(f'{t:.2f}' for t in seconds)} "
-                f"| {result['cpu_seconds']:.1f} | {result['extra_memory_bytes'] / 2**20:.0f} MiB{'' if result['peak_reset'] else ' (from VmRSS)'} "
+                f"| {result['cpu_seconds']:.1f} | {result['extra_memory_bytes'] / 2**20:.0f} MiB"
+                f"{'' if result['peak_reset'] else ' (from VmRSS)'} "
                 f"| {result['threads']} | {result['load_before']:.2f} |"
             )
         only = [r["recall_only_seconds"] for r in runs["ours"]]
         print(
-            f"| harness.first_correct_rank (recall only) | {recall_only:.2f} | {', '.join(f'{t:.2f}' for t in only)} | | | | |"
+            f"| harness.first_correct_rank (recall only) | {recall_only:.2f} | "
+            f"{', '.join(f'{t:.2f}' for t in only)} | | | | |"
         )
         print(
             f"\nratio ours/faiss: {ours['seconds'] / faiss['seconds']:.3f} (recall + MAP@R), "

@@ -1,4 +1,5 @@
-"""The prepared GPU check: BN-Inception training speed, the loss and evaluation benchmarks, torchrun; under 8 minutes.
+"""The prepared GPU check: BN-Inception training speed, the loss and evaluation benchmarks, torchrun;
+under 8 minutes.
 
 One command for the first minutes on a GPU machine. Each step runs in its own subprocess with its own
 timeout, all within one overall budget (``--budget``, 450 s by default), so the whole check ends in
@@ -156,7 +157,8 @@ def _timed_steps(step: Any, iterations: int, warmup: int, device: torch.device) 
 def measure_model(
     batch: int, image_size: int, iterations: int, *, warmup: int = 10, device: str = "cuda"
 ) -> dict[str, Any]:
-    """BN-Inception training (bf16 and fp32) and inference images/s on synthetic tensors already on ``device``."""
+    """BN-Inception training (bf16 and fp32) and inference images/s on synthetic tensors already on
+    ``device``."""
     import losses
     from harness.models import build_model, freeze_batchnorm_statistics
 
@@ -202,7 +204,8 @@ def measure_model(
 
 
 def measure_eval(*, quick: bool = False, device: str = "cuda") -> dict[str, Any]:
-    """``harness.evaluate`` on ``device`` at eval_speed.py's SOP and In-Shop sizes; ranks checked against the CPU."""
+    """``harness.evaluate`` on ``device`` at eval_speed.py's SOP and In-Shop sizes;
+    ranks checked against the CPU."""
     sys.path.insert(0, str(BENCHMARKS))
     import eval_speed
 
@@ -321,7 +324,8 @@ def loss_step(
 
 
 def trainer_step(timeout: float) -> Step:
-    """benchmarks/train_speed.py with BN-Inception on synthetic images: the harness trainer against a bare loop."""
+    """benchmarks/train_speed.py with BN-Inception on synthetic images: the harness trainer against a bare
+    loop."""
     workers = str(min(8, os.cpu_count() or 1))
     command = [
         sys.executable,
@@ -453,7 +457,7 @@ def summary_lines(steps: list[Step]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])  # the first paragraph
     parser.add_argument("--out", type=Path, default=None, help="write the figures to this JSON file")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds for all steps together (< 480)")
     parser.add_argument("--only", nargs="+", choices=list(STEP_TIMEOUTS), help="run only these steps")

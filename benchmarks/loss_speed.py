@@ -3,8 +3,9 @@
 For each batch size m (d = 512, P x 5 batches, float32) it prints the median time of one forward +
 backward pass of ``losses.build("ms")`` (its fused forward, and its generic miner + weighting path),
 of pytorch-metric-learning's ``MultiSimilarityLoss`` on ``MultiSimilarityMiner`` pairs, and of the
-per-anchor reference (``losses.reference``), all measured in the same run, together with the three matrix products no implementation can avoid (S = E E^T and the
-two m x m by m x d products of the backward). Ratios: PML / ms, reference / ms, ms / matmuls.
+per-anchor reference (``losses.reference``), all measured in the same run, together with the three
+matrix products no implementation can avoid (S = E E^T and the two m x m by m x d products of the
+backward). Ratios: PML / ms, reference / ms, ms / matmuls.
 The implementations are timed round-robin, so a change of load on a shared machine hits all alike;
 the last column, the ratio of the fastest runs, is the least sensitive to other processes.
 
@@ -36,7 +37,8 @@ Step = Callable[[], None]
 def interleaved_medians(
     steps: dict[str, Step], device: torch.device, budget_s: float, min_rounds: int, rounds_of: dict[str, int]
 ) -> dict[str, tuple[float, float]]:
-    """(median, minimum) wall time of each step, timed round-robin (one run of each per round) after one warm-up.
+    """(median, minimum) wall time of each step, timed round-robin (one run of each per round) after one
+    warm-up.
 
     Interleaving makes a change of machine load hit every implementation alike. A step listed in
     ``rounds_of`` (the slow reference) runs in at most that many rounds.
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         ref = timings["reference"][0] if "reference" in timings else None
         print(
-            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * timings['generic'][0]:.2f} | {1e3 * pml_med:.2f} | {f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
+            f"| {m} | {1e3 * ours_med:.2f} | {1e3 * timings['generic'][0]:.2f} | {1e3 * pml_med:.2f} | "
+            f"{f'{1e3 * ref:.1f}' if ref else 'skipped'} | "
             f"{1e3 * mm_med:.2f} | {pml_med / ours_med:.1f}x | {f'{ref / ours_med:.0f}x' if ref else '-'} | "
             f"{ours_med / mm_med:.2f}x | {ours_min / mm_min:.2f}x |",
             flush=True,

@@ -153,12 +153,14 @@ def main() -> None:
         harness_rates += harness_loop(cell, splits)[skip:]
     bare, ours = statistics.median(bare_rates), statistics.median(harness_rates)
     print(
-        f"date {time.strftime('%Y-%m-%d')}; device: {device}{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
+        f"date {time.strftime('%Y-%m-%d')}; device: {device}"
+        f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
         f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
         f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats"
     )
     print(
-        f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} iterations)"
+        f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} "
+        "iterations)"
     )
     print(f"harness trainer: {ours:8.1f} images/s (median of {len(harness_rates)} windows)")
     print(f"ratio harness/bare = {ours / bare:.3f}  (overhead {100 * (1 - ours / bare):+.1f}%; target <= 5%)")

@@ -59,7 +59,8 @@ def gather_with_grad(local: torch.Tensor) -> torch.Tensor:
 
 
 def gather_rows(local: torch.Tensor, world_size: int) -> torch.Tensor:
-    """Concatenate every rank's ``local`` rows (rank order) without gradient; ranks may hold different counts."""
+    """Concatenate every rank's ``local`` rows (rank order) without gradient; ranks may hold different
+    counts."""
     count = torch.tensor([local.shape[0]], device=local.device)
     counts = [torch.zeros_like(count) for _ in range(world_size)]
     dist.all_gather(counts, count)

@@ -15,8 +15,10 @@ import argparse
 import difflib
 import errno
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import NoReturn
+
+from harness.stopping import Interrupted
 
 EXIT_USER_ERROR = 2
 
@@ -42,7 +44,8 @@ class DataError(UserError):
 
 
 class DamagedFileError(UserError):
-    """A file the harness wrote earlier (JSON results, caches) cannot be read back; the message says what to do."""
+    """A file the harness wrote earlier (JSON results, caches) cannot be read back;
+    the message says what to do."""
 
 
 def did_you_mean(value: str, choices: Iterable[str]) -> str:
@@ -73,9 +76,13 @@ USER_FIXABLE_ERRNOS: dict[int, str] = {
 """The OSError numbers that are the user's environment, not a bug, with what to do about each."""
 
 
-def filesystem_message(err: OSError) -> str | None:
-    """One line for an OSError a user can fix (path, errno name, what to do); None for any other."""
-    todo = USER_FIXABLE_ERRNOS.get(err.errno or 0)
+def filesystem_message(err: OSError, remedies: Mapping[int, str] | None = None) -> str | None:
+    """One line for an OSError a user can fix (path, errno name, what to do); None for any other.
+
+    ``remedies`` replaces the default advice of :data:`USER_FIXABLE_ERRNOS` for some errnos (a command
+    that writes somewhere other than a results folder says what to do there).
+    """
+    todo = (remedies or {}).get(err.errno or 0) or USER_FIXABLE_ERRNOS.get(err.errno or 0)
     if todo is None:
         return None
     where = f"{err.filename}: " if err.filename else ""
@@ -99,14 +106,15 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:
-    """Run a command-line ``main``; a :class:`UserError` or user-fixable OSError is one line on stderr, exit code 2."""
+    """Run a command-line ``main``; a :class:`UserError` or user-fixable OSError is one line on stderr,
+    exit code 2."""
     try:
         code = main(argv)
     except UserError as err:
         fail(str(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or a stop signal (harness.stopping): exit 128 + signal
         print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(err.exit_code if isinstance(err, Interrupted) else 130) from None
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         raise SystemExit(0) from None

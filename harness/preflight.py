@@ -4,10 +4,12 @@ A grid should never die at its first evaluation (or halfway through) for a mista
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
 that is missing, ``classes_per_batch`` above the number of training classes and ``samples_per_class``
 above the images of the largest one (from the dataset's list files or, for glyphs, its options), a
-value given in ``evaluate.ks`` beyond the smallest gallery, a listed image file that is missing or empty (one
-``stat`` each; with ``decode`` every image is decoded too), a ``data.options`` key the dataset does not
-take, an unusable glyph cache folder, a ``select_metric`` the evaluation does not measure,
-``select_on: val`` without a validation split, and a ``model.weights`` file that is missing.
+value given in ``evaluate.ks`` beyond the smallest gallery, a listed image file that is missing or
+empty (one ``stat`` each; with ``decode`` every image is decoded too), a ``data.options`` key the
+dataset does not take, an unusable glyph cache folder, a ``select_metric`` the evaluation does not
+measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, and
+a missing standard weights file whose URL cannot be reached (:func:`preflight_report` also lists those
+that will be downloaded when the run starts).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from harness.config import CellConfig, Experiment, data_root
 from harness.errors import UserError
+from harness.models.weights import MissingWeights, missing_weights
 
 
 class DataFacts(NamedTuple):
@@ -93,7 +96,21 @@ def _metric_problem(cell: CellConfig) -> str | None:
     )
 
 
-def _cell_problems(cell: CellConfig, classes: dict[str, DataFacts | str], decode: bool) -> list[str]:
+def _missing_weights(cell: CellConfig, cache: dict[str, MissingWeights | None]) -> MissingWeights | None:
+    """The standard weights file ``cell`` would load that is missing from its cache, or None."""
+    if not cell.model.pretrained or cell.model.weights:
+        return None
+    if cell.model.backbone not in cache:
+        cache[cell.model.backbone] = missing_weights(cell.model.backbone)
+    return cache[cell.model.backbone]
+
+
+def _cell_problems(
+    cell: CellConfig,
+    classes: dict[str, DataFacts | str],
+    standard_weights: dict[str, MissingWeights | None],
+    decode: bool,
+) -> list[str]:
     problems = []
     if cell.train.select_on == "val" and cell.data.val_fraction == 0:
         problems.append(
@@ -106,6 +123,9 @@ def _cell_problems(cell: CellConfig, classes: dict[str, DataFacts | str], decode
     weights = cell.model.weights
     if cell.model.pretrained and weights and not Path(weights).expanduser().is_file():
         problems.append(f"model.weights: file {weights} not found; give the path to the weights file")
+    missing = _missing_weights(cell, standard_weights)
+    if missing is not None and missing.unreachable is not None:
+        problems.append(missing.line())
     problems += _data_problems(cell)
     key = repr(
         (
@@ -134,18 +154,17 @@ def _cell_problems(cell: CellConfig, classes: dict[str, DataFacts | str], decode
         )
     if cell.data.samples_per_class > found.largest_class:
         problems.append(
-            f"data.samples_per_class is {cell.data.samples_per_class} but no {cell.dataset} training class has "
-            f"more than {found.largest_class} images, so every batch would repeat images; use "
+            f"data.samples_per_class is {cell.data.samples_per_class} but no {cell.dataset} training class "
+            f"has more than {found.largest_class} images, so every batch would repeat images; use "
             f"data.samples_per_class <= {found.largest_class}"
         )
-    ks = (
-        cell.evaluate.ks or []
-    )  # the dataset's own K values fit its official splits (a subset may be smaller)
+    # the dataset's own K values (ks: null) fit its official splits; a subset used on purpose keeps them
+    ks = cell.evaluate.ks or []
     split, gallery = min(found.galleries.items(), key=lambda item: item[1], default=("", max(ks, default=0)))
     if ks and max(ks) > gallery:
         problems.append(
-            f"evaluate.ks: K {max(ks)} is more than the {gallery} images a {split} query is ranked against, so "
-            f"Recall@{max(ks)} would say nothing; use K values <= {gallery}"
+            f"evaluate.ks: K {max(ks)} is more than the {gallery} images a {split} query is ranked against, "
+            f"so Recall@{max(ks)} would say nothing; use K values <= {gallery}"
         )
     return problems
 
@@ -173,14 +192,23 @@ def preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool =
 
     ``decode``: decode every listed image too (slow; a progress bar on a terminal).
     """
+    return preflight_report(experiment, cells, decode=decode)[0]
+
+
+def preflight_report(
+    experiment: Experiment, cells: list[CellConfig], *, decode: bool = False
+) -> tuple[list[str], list[str]]:
+    """:func:`preflight`'s problems, and notes: the missing standard weights files the run will download."""
     problems: list[str] = []
     classes: dict[str, DataFacts | str] = {}
+    standard_weights: dict[str, MissingWeights | None] = {}
     for cell in cells:
-        for problem in _cell_problems(cell, classes, decode):
+        for problem in _cell_problems(cell, classes, standard_weights, decode):
             line = f"{experiment.name}: {problem}"
             if line not in problems:
                 problems.append(line)
-    return problems
+    notes = [m.line() for m in standard_weights.values() if m is not None and m.unreachable is None]
+    return problems, notes
 
 
 def require_preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool = False) -> None:

@@ -15,7 +15,6 @@ is a :class:`~harness.errors.DamagedFileError` naming the file and what to do; t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import io
@@ -35,7 +34,7 @@ import torch
 from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError, UserError, cli_main, filesystem_message
+from harness.errors import ArgumentParser, DamagedFileError, UserError, cli_main, filesystem_message
 from harness.files import atomic_save_npz, atomic_write_csv, atomic_write_text, temporaries
 from harness.records import (
     CellStatus,
@@ -511,7 +510,7 @@ def aggregate_reference(folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness.results --aggregate DIR``: :func:`aggregate_reference` on an existing folder."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.results",
         description="Shrink a committed reference folder to what the reports read: one pair_weights.npz "
         "per run and per study instead of one per cell, no train.log.",

@@ -6,7 +6,9 @@ its last checkpoint, ``--jobs N`` trains N cells at once in separate processes (
 ``torchrun`` runs each cell data-parallel. Each cell is claimed with a lock, so runs sharing a folder
 never train the same cell twice. A cell whose loss or gradient becomes non-finite is recorded as
 failed and the grid goes on; the command then exits 1 with a summary. The committed reference runs
-under ``results/reference/`` are only written with ``--update-reference``.
+under ``results/reference/`` are only written with ``--update-reference``. Ctrl-C or SIGTERM stops
+the running cells (each keeps its checkpoint) and exits with 128 + the signal. :func:`run_experiment`
+is the runner from Python.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
-from harness.preflight import preflight, require_preflight
+from harness.options import add_set_option
+from harness.preflight import preflight_report, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
     aggregate_reference,
@@ -37,6 +40,7 @@ from harness.results import (
     stale_cells_note,
     write_cells_table,
 )
+from harness.stopping import StopSignals
 
 EXIT_FAILED_CELLS = 1
 REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
@@ -63,16 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--decode",
         action="store_true",
-        help="also decode every listed image of the real datasets before anything runs (slow; a progress bar)",
+        help="also decode every listed image of the real datasets before anything runs (slow; a progress "
+        "bar)",
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set train.iterations=100 (repeatable)",
-    )
+    add_set_option(parser, "train.iterations=100")
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
     parser.add_argument(
         "--jobs",
@@ -188,34 +186,76 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
     experiment = load_experiment(args.experiment, args.sets)
-    cells = expand_cells(experiment)
-    all_cells = cells
-    if args.shard:
-        index, count = parse_shard(args.shard)
-        cells = shard_cells(cells, index, count)
-    exp_dir = experiment_dir(args.results, experiment.name)
-    if args.check:
-        problems = preflight(experiment, cells, decode=args.decode)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_USER_ERROR
-        check_cell_records(exp_dir)  # every cell's records read back, not only this grid's or shard's
-        print(
-            f"ok: {describe(experiment, all_cells)}"
-            + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    if not args.check:
+        return run_experiment(
+            experiment,
+            args.results,
+            shard=args.shard,
+            force=args.force,
+            jobs=args.jobs,
+            update_reference=args.update_reference,
+            report=not args.no_report,
+            progress=not args.quiet,
+            decode=args.decode,
         )
-        for cell in cells:
-            status = cell_paths(exp_dir, cell.cell_id).status_value() or CellStatus.PENDING
-            print(f"  {cell.cell_id}  [{status}]")
-        return 0
-    require_preflight(experiment, cells, decode=args.decode)
-    check_destination(exp_dir, args.update_reference)
+    all_cells, cells = grid_cells(experiment, args.shard)
+    exp_dir = experiment_dir(args.results, experiment.name)
+    problems, notes = preflight_report(experiment, cells, decode=args.decode)
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USER_ERROR
+    check_cell_records(exp_dir)  # every cell's records read back, not only this grid's or shard's
+    print(
+        f"ok: {describe(experiment, all_cells)}"
+        + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    )
+    for cell in cells:
+        status = cell_paths(exp_dir, cell.cell_id).status_value() or CellStatus.PENDING
+        print(f"  {cell.cell_id}  [{status}]")
+    return 0
+
+
+def grid_cells(experiment: Experiment, shard: str | None) -> tuple[list[CellConfig], list[CellConfig]]:
+    """The grid's cells, and those of shard ``I/N`` (all of them without a shard)."""
+    cells = expand_cells(experiment)
+    if not shard:
+        return cells, cells
+    index, count = parse_shard(shard)
+    return cells, shard_cells(cells, index, count)
+
+
+def run_experiment(
+    experiment: Experiment,
+    results: str | Path = "results",
+    *,
+    shard: str | None = None,
+    force: bool = False,
+    jobs: int | None = None,
+    update_reference: bool = False,
+    report: bool = True,
+    progress: bool = True,
+    decode: bool = False,
+) -> int:
+    """The runner: train the cells of ``experiment`` (shard ``I/N``) not yet finished into
+    ``results/<name>/``, then write cells.csv, the summary and (once every cell is done) the report.
+
+    What ``python -m harness.run FILE`` does after its options; returns the exit code (0, or
+    :data:`EXIT_FAILED_CELLS`). Ctrl-C or SIGTERM stops it with :class:`~harness.stopping.Interrupted`
+    once the running cells are stopped (each keeps its checkpoint). ``decode``: decode every listed image
+    first (as ``--decode``).
+    """
+    all_cells, cells = grid_cells(experiment, shard)
+    exp_dir = experiment_dir(results, experiment.name)
+    require_preflight(experiment, cells, decode=decode)
+    check_destination(exp_dir, update_reference)
 
     ctx = init_from_env()
-    if ctx is not None and args.jobs and args.jobs > 1:
+    if ctx is not None and jobs and jobs > 1:
         raise UserError(
-            f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
+            f"--jobs {jobs} under torchrun: torchrun already trains each cell on several "
             "processes; drop --jobs, or run without torchrun"
         )
     main_rank = ctx is None or ctx.is_main
@@ -225,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
                 clean_leftovers(exp_dir)
                 record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
-        outcomes, skipped = run_cells(
-            cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet, ctx=ctx
-        )
+        with StopSignals().installed() as signals:
+            outcomes, skipped = run_cells(
+                cells, exp_dir, force=force, jobs=jobs, progress=progress, ctx=ctx, signals=signals
+            )
+            signals.check()  # a signal that came after the last cell's training
     finally:
         shutdown(ctx)
     failed = [
@@ -237,10 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
-    if args.update_reference:  # a committed reference keeps what the reports read, pair weights aggregated
+    if update_reference:  # a committed reference keeps what the reports read, pair weights aggregated
         with folder_lock(exp_dir):
             aggregate_reference(exp_dir)
-    summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
+    summarise(exp_dir, all_cells, outcomes, skipped, write_report=report)
     if failed:
         print("failed cells:", file=sys.stderr)
         for cell_id, reason in failed:
@@ -257,6 +299,7 @@ def run_cells(
     jobs: int | None = None,
     progress: bool = True,
     ctx: Any = None,
+    signals: StopSignals | None = None,
 ) -> tuple[list[CellOutcome], int]:
     """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
@@ -273,7 +316,7 @@ def run_cells(
     overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
     outcomes: list[CellOutcome] = []
     try:
-        for result in make_launcher(width, ctx).run(tasks):
+        for result in make_launcher(width, ctx, signals).run(tasks):
             outcomes.append(result)
             overall.update(result)
             if result.status == CellStatus.FAILED and main and width <= 1:

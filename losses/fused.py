@@ -1,4 +1,5 @@
-"""A fused forward for MS mining + MS weighting (``ms``, ``ms_weighting``): loss, dL/dS and stats in few passes.
+"""A fused forward for MS mining + MS weighting (``ms``, ``ms_weighting``): loss,
+dL/dS and stats in few passes.
 
 The generic path (miner, then weighting, on dense (m, m) masks) makes about 30 passes over m x m
 tensors. This kernel computes the same loss (Eq. 15), the same signed weights W = w_neg - w_pos

@@ -142,7 +142,8 @@ class GPWLoss(nn.Module):
     def _check_batch(embeddings: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if embeddings.dim() != 2 or not embeddings.is_floating_point():
             raise ValueError(
-                f"embeddings must be a floating (m, d) tensor, got {embeddings.dtype} {tuple(embeddings.shape)}"
+                f"embeddings must be a floating (m, d) tensor, got {embeddings.dtype} "
+                f"{tuple(embeddings.shape)}"
             )
         if labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
             raise ValueError(f"labels must have shape ({embeddings.shape[0]},), got {tuple(labels.shape)}")

@@ -51,7 +51,8 @@ class MultiSimilarityMiner:
         self.eps = float(eps)
 
     def thresholds(self, sim: Tensor, masks: PairMasks) -> tuple[Tensor, Tensor]:
-        """Per-anchor (m, 1) hardest positive (min S, +inf if none) and hardest negative (max S, -inf if none)."""
+        """Per-anchor (m, 1) hardest positive (min S, +inf if none) and hardest negative (max S,
+        -inf if none)."""
         hardest_pos = torch.where(masks.pos, sim, _INF).amin(dim=1, keepdim=True)
         hardest_neg = torch.where(masks.neg, sim, -_INF).amax(dim=1, keepdim=True)
         return hardest_pos, hardest_neg

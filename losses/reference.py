@@ -46,7 +46,8 @@ def ms_mine(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> t
 
 
 def _ms_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> Tensor:
-    """Eq. 15, one anchor: 1/alpha log(1 + sum_P e^{-alpha(S-lam)}) + 1/beta log(1 + sum_N e^{beta(S-lam)})."""
+    """Eq. 15, one anchor: 1/alpha log(1 + sum_P e^{-alpha(S-lam)})
+    + 1/beta log(1 + sum_N e^{beta(S-lam)})."""
     alpha, beta, lam = hp["alpha"], hp["beta"], hp["lam"]
     return (
         _log_one_plus_sum_exp(-alpha * (row[pos] - lam)) / alpha
@@ -55,7 +56,8 @@ def _ms_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> 
 
 
 def _binomial_term(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) -> Tensor:
-    """Eq. 9, one anchor: mean over P of log(1 + e^{alpha(lam-S)}) + mean over N of log(1 + e^{beta(S-lam)})."""
+    """Eq. 9, one anchor: mean over P of log(1 + e^{alpha(lam-S)})
+    + mean over N of log(1 + e^{beta(S-lam)})."""
     alpha, beta, lam = hp["alpha"], hp["beta"], hp["lam"]
     return _softplus_mean(alpha * (lam - row[pos])) + _softplus_mean(beta * (row[neg] - lam))
 
@@ -113,7 +115,8 @@ def _ms_weights(row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]) 
 def _binomial_weights(
     row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]
 ) -> tuple[Tensor, Tensor]:
-    """Eq. 10: w+ = alpha e^{alpha(lam-S)} / (1 + e^{alpha(lam-S)}) / P_i, w- = beta e^{beta(S-lam)} / (1 + ...) / N_i."""
+    """Eq. 10: w+ = alpha e^{alpha(lam-S)} / (1 + e^{alpha(lam-S)}) / P_i,
+    w- = beta e^{beta(S-lam)} / (1 + ...) / N_i."""
     alpha, beta, lam = hp["alpha"], hp["beta"], hp["lam"]
     up, un = torch.exp(alpha * (lam - row[pos])), torch.exp(beta * (row[neg] - lam))
     return alpha * up / (1 + up) / max(pos.numel(), 1), beta * un / (1 + un) / max(neg.numel(), 1)
@@ -122,7 +125,8 @@ def _binomial_weights(
 def _lifted_star_weights(
     row: Tensor, pos: Tensor, neg: Tensor, hp: Mapping[str, float]
 ) -> tuple[Tensor, Tensor]:
-    """Eq. 7-8 with the temperatures of Eq. 16: w+ = 1 / sum_P e^{alpha(S_ij - S_ik)}, w- = 1 / sum_N e^{beta(S_ik - S_ij)}."""
+    """Eq. 7-8 with the temperatures of Eq. 16: w+ = 1 / sum_P e^{alpha(S_ij - S_ik)},
+    w- = 1 / sum_N e^{beta(S_ik - S_ij)}."""
     alpha, beta = hp["alpha"], hp["beta"]
     s_pos, s_neg = row[pos], row[neg]
     w_pos = 1 / torch.exp(alpha * (s_pos[:, None] - s_pos[None, :])).sum(1)

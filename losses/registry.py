@@ -25,7 +25,8 @@ class LossConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SearchParam:
-    """One searched hyperparameter: a factory keyword, its interval (``log``: sampled on a log scale), its source."""
+    """One searched hyperparameter: a factory keyword, its interval (``log``: sampled on a log scale),
+    its source."""
 
     name: str
     low: float
@@ -63,7 +64,8 @@ _REGISTRY: dict[str, LossInfo] = {}
 def register_loss(
     *, label: str, equation: str, similarities: str, search_space: Sequence[SearchParam] = ()
 ) -> Callable[[Factory], Factory]:
-    """Register a factory under its function name, with the paper's label, equation, similarities and search space.
+    """Register a factory under its function name, with the paper's label, equation,
+    similarities and search space.
 
     Every parameter of ``search_space`` must be a keyword of the factory (checked here, at import).
     """
@@ -107,6 +109,7 @@ def build(name: str, **hparams: Any) -> GPWLoss:
     unknown = sorted(set(hparams) - set(accepted))
     if unknown:
         raise LossConfigError(
-            f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; it accepts: {', '.join(accepted)}"
+            f"loss {name!r} got unknown hyperparameter(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(accepted)}"
         )
     return entry.factory(**hparams)

@@ -44,7 +44,8 @@ def underflow_cutoff(dtype: torch.dtype) -> float:
 
 
 def exp_flushed_(x: Tensor) -> Tensor:
-    """In-place e^x, with e^x := 0 exactly where x < -underflow_cutoff (about -59.6 in float32, -680 in float64).
+    """In-place e^x, with e^x := 0 exactly where x < -underflow_cutoff (about -59.6 in float32,
+    -680 in float64).
 
     Subnormal results make exp, the products after it and the backward matmul many times slower on
     x86 CPUs; the terms dropped are below 1e-26 of the row's largest term (float32), far under rounding.
@@ -82,7 +83,8 @@ class MultiSimilarityWeighting:
 
     ``L = 1/m sum_i [ 1/alpha log(1 + sum_{P_i} e^{-alpha (S_ik - lam)})
                      + 1/beta log(1 + sum_{N_i} e^{beta (S_ik - lam)}) ]``;
-    ``w+_ij = e^{-alpha(S_ij - lam)} / (1 + sum_{P_i} ...) / m``, ``w-_ij = e^{beta(S_ij - lam)} / (1 + sum_{N_i} ...) / m``.
+    ``w+_ij = e^{-alpha(S_ij - lam)} / (1 + sum_{P_i} ...) / m``,
+    ``w-_ij = e^{beta(S_ij - lam)} / (1 + sum_{N_i} ...) / m``.
     An empty P_i or N_i contributes log(1 + 0) = 0 (as pytorch-metric-learning does).
     """
 
@@ -153,7 +155,8 @@ class LiftedWeighting:
 class BinomialWeighting:
     """Binomial deviance, Eq. 9, with its weights Eq. 10 (Similarity-S).
 
-    ``L = 1/m sum_i [ 1/P_i sum_{P_i} log(1 + e^{alpha(lam - S_ij)}) + 1/N_i sum_{N_i} log(1 + e^{beta(S_ij - lam)}) ]``;
+    ``L = 1/m sum_i [ 1/P_i sum_{P_i} log(1 + e^{alpha(lam - S_ij)})
+                     + 1/N_i sum_{N_i} log(1 + e^{beta(S_ij - lam)}) ]``;
     ``w+_ij = alpha sigma(alpha(lam - S_ij)) / P_i / m``, ``w-_ij = beta sigma(beta(S_ij - lam)) / N_i / m``.
     P_i, N_i count the *selected* pairs of anchor i (all pairs without mining); an empty set gives 0.
     """

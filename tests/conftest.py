@@ -1,20 +1,25 @@
-"""Shared fixtures: the one tiny glyphs experiment (and tune file) the end-to-end tests train, and its cache."""
+"""Shared fixtures: the tiny glyphs experiment (and tune file) the end-to-end tests train, its cache, a
+loopback file server."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from loopback import LoopbackFiles, loopback_server
 
 from harness.config import set_dotted
+from harness.models.weights import WEIGHTS_URL_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
-# Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and fair-*.yaml
-# are studies and fair protocols, loaded by harness.tune and harness.fair and tested with them).
+# Every shipped experiment file that harness.run runs as it is (base.yaml is a base; tune-*.yaml and
+# fair-*.yaml are studies and fair protocols, loaded by harness.tune and harness.fair and tested with
+# them).
 RUNNABLE_EXPERIMENTS = sorted(
     path
     for path in (ROOT / "experiments").glob("*.yaml")
@@ -62,7 +67,8 @@ def glyph_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_tiny_experiment(
     folder: Path, cache: Path, overrides: Mapping[str, Any] | None = None, *, name: str = "tiny"
 ) -> Path:
-    """Write the tiny experiment to ``folder/<name>.yaml``; ``overrides`` maps dotted keys to values (as --set)."""
+    """Write the tiny experiment to ``folder/<name>.yaml``; ``overrides`` maps dotted keys to values
+    (as --set)."""
     data = copy.deepcopy(TINY_EXPERIMENT)
     data["name"] = name
     data["data"]["cache_dir"] = str(cache)
@@ -75,7 +81,8 @@ def write_tiny_experiment(
 
 @pytest.fixture()
 def tiny_experiment(tmp_path: Path, glyph_cache: Path) -> WriteExperiment:
-    """``tiny_experiment({"train.iterations": 8, ...}, name=...)`` writes the tiny experiment into tmp_path."""
+    """``tiny_experiment({"train.iterations": 8, ...}, name=...)`` writes the tiny experiment into
+    tmp_path."""
 
     def write(overrides: Mapping[str, Any] | None = None, *, name: str = "tiny") -> Path:
         return write_tiny_experiment(tmp_path, glyph_cache, overrides, name=name)
@@ -96,3 +103,27 @@ def tiny_tune_file(tmp_path: Path, glyph_cache: Path) -> WriteExperiment:
         return write_tiny_experiment(tmp_path, glyph_cache, {**tune, **(overrides or {})})
 
     return write
+
+
+@pytest.fixture()
+def loopback() -> Iterator[LoopbackFiles]:
+    """A file server on 127.0.0.1 (byte ranges, one cut connection on demand) for the download tests."""
+    with loopback_server() as server:
+        yield server
+
+
+# Nothing listens on the discard port of 127.0.0.1: a weights download a test does not point at its own
+# server is refused at once (as offline), and no test, nor a subprocess it starts, reaches a real URL.
+NO_WEIGHTS_SERVER = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_real_weights_downloads() -> Iterator[None]:
+    """``$HARNESS_WEIGHTS_URL`` is a closed loopback port for the whole session (a test may repoint it)."""
+    before = os.environ.get(WEIGHTS_URL_ENV)
+    os.environ[WEIGHTS_URL_ENV] = NO_WEIGHTS_SERVER
+    yield
+    if before is None:
+        os.environ.pop(WEIGHTS_URL_ENV, None)
+    else:
+        os.environ[WEIGHTS_URL_ENV] = before

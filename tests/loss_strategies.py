@@ -30,7 +30,8 @@ class Batch(NamedTuple):
 def make_batch(
     class_sizes: list[int], label_values: list[int], dim: int, seed: int, dtype: torch.dtype = torch.float64
 ) -> Batch:
-    """A shuffled batch with ``class_sizes[c]`` samples of label ``label_values[c]`` and random unit embeddings."""
+    """A shuffled batch with ``class_sizes[c]`` samples of label ``label_values[c]`` and random unit
+    embeddings."""
     gen = torch.Generator().manual_seed(seed)
     labels = torch.tensor(
         [value for value, size in zip(label_values, class_sizes, strict=True) for _ in range(size)]

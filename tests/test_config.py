@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import RUNNABLE_EXPERIMENTS
+from loopback import LoopbackFiles
 
 from harness.config import (
     CellConfig,
@@ -20,6 +21,7 @@ from harness.config import (
     shard_cells,
 )
 from harness.errors import UserError
+from harness.models.weights import BNINCEPTION_FILE, WEIGHTS_URL_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = RUNNABLE_EXPERIMENTS
@@ -172,7 +174,8 @@ def test_cell_id_is_computed_once_and_a_changed_copy_gets_its_own(
 
 
 def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
-    """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
+    """New options arrive with a default that keeps the old behaviour: existing ids
+    (and results) stay valid."""
     import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
 
     plain = expand_cells(load_experiment(write(tmp_path, GRID)))
@@ -296,7 +299,8 @@ def test_mistakes_are_one_clear_line(tmp_path: Path, data: dict, sets: list[str]
 
 
 def test_every_registered_optimizer_is_a_valid_optim_name(tmp_path: Path) -> None:
-    """The schema validates optim.name against the builders' registry: registering an optimiser is the only edit."""
+    """The schema validates optim.name against the builders' registry: registering an optimiser is the only
+    edit."""
     from harness.builders import OPTIMIZERS
 
     for name in OPTIMIZERS:
@@ -340,8 +344,10 @@ def test_shards_partition_the_grid(tmp_path: Path) -> None:
             parse_shard(bad)
 
 
-def test_cli_check_and_errors(tmp_path: Path) -> None:
+def test_cli_check_and_errors(tmp_path: Path, loopback: LoopbackFiles) -> None:
     env = {k: v for k, v in os.environ.items() if k != "HARNESS_DATA"}
+    loopback.serve(BNINCEPTION_FILE, b"weights")  # obtainable weights: the missing data is the one problem
+    env[WEIGHTS_URL_ENV] = loopback.base
     glyphs = {
         "grid": {**GRID["grid"], "datasets": ["glyphs"]},
         "model": {"backbone": "small_cnn", "pretrained": False},

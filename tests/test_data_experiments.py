@@ -1,4 +1,5 @@
-"""What every shipped experiment's cells really feed the model: transforms on a real image, sampler, preset."""
+"""What every shipped experiment's cells really feed the model: transforms on a real image, sampler,
+preset."""
 
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def ops(transform: Any) -> list[Any]:
 
 
 def cell_groups() -> dict[str, list[Any]]:
-    """The cells on a real dataset of every shipped experiment, grouped by file, variant, dataset and data config.
+    """The cells on a real dataset of every shipped experiment, grouped by file, variant,
+    dataset and data config.
 
     The cells of one group (they differ only in loss, embedding size or seed) get the same transforms.
     """

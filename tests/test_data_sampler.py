@@ -201,7 +201,8 @@ def test_official_classes_are_drawn_uniformly_not_by_size() -> None:
     classes = len(SOP_LIKE)
 
     def first_batch_rates(kind: str) -> tuple[float, float]:
-        """How often a large (>= 40 images) and a small (< M) class is in the first batch, per class and run."""
+        """How often a large (>= 40 images) and a small (< M) class is in the first batch,
+        per class and run."""
         counts = Counter()
         for seed in range(runs):
             first = next(iter(build_batch_sampler(kind, labels, p, M, seed=seed)))

@@ -1,4 +1,5 @@
-"""Every relative link in README.md, CONTRIBUTING.md and docs/*.md points at a file that exists (and a heading that does)."""
+"""Every relative link in README.md, CONTRIBUTING.md and docs/*.md points at a file that exists
+(and a heading that does)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ FENCE = re.compile(r"^```.*?^```", re.MULTILINE | re.DOTALL)
 
 
 def heading_anchors(page: Path) -> set[str]:
-    """The anchors GitHub gives the headings of ``page``: lower case, punctuation dropped, spaces as hyphens."""
+    """The anchors GitHub gives the headings of ``page``: lower case, punctuation dropped,
+    spaces as hyphens."""
     text = FENCE.sub("", page.read_text(encoding="utf-8"))
     headings = re.findall(r"^#+\s+(.+?)\s*$", text, re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}

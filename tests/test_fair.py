@@ -1,4 +1,5 @@
-"""harness.fair and the declared search spaces: every loss's space, the fair file, equal budgets, resume, report."""
+"""harness.fair and the declared search spaces: every loss's space, the fair file, equal budgets, resume,
+report."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from harness.fair.studies import study_dir
 from harness.files import atomic_write_json
 from harness.results import CellPaths
 from harness.stats import holm, paired_test
+from harness.stopping import Interrupted
 from harness.train import CellOutcome
 from harness.tune import counted_trials, load_tune
 from harness.tune import outputs as tune_outputs
-from harness.tune.interrupt import Interrupted
 from harness.tune.schema import declared_space
 from losses.zoo import PRESETS
 
@@ -147,11 +148,12 @@ def test_workers_start_on_different_studies(fair_file: Any) -> None:
     assert [s.key for s in worker_order(studies, 1)] == ["binomial", "ms"]
 
 
-# ------------------------------------------------------------------------------ studies with a stand-in trainer
+# ------------------------------------------------------------------------ studies with a stand-in trainer
 
 
 class FakeTrainer:
-    """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data, test never seen."""
+    """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data,
+    test never seen."""
 
     def __init__(self, interrupt_call: int | None = None, fold_step: float = 0.0) -> None:
         self.interrupt_call = interrupt_call
@@ -272,7 +274,7 @@ def test_tuned_vs_default_is_the_paired_t_test_with_holm_over_the_losses() -> No
     assert table.at["binomial", "decision"].startswith("no difference larger than")
 
 
-# ------------------------------------------------------------------------------ end to end, two worker processes
+# ------------------------------------------------------------------------ end to end, two worker processes
 
 
 def test_two_workers_on_one_storage_fill_every_study_once(fair_file: Any, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Fault injection: hostile configs, damaged result files and filesystem faults give one line (exit 2), lose nothing."""
+"""Fault injection: hostile configs, damaged result files and filesystem faults give one line (exit 2),
+lose nothing."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 import torch
 import yaml
 from conftest import write_tiny_experiment
-from test_data_loaders import LIST_FILE_FAULTS, make_cub, replace_line, share_cub_image
+from data_trees import make_cub
+from test_data_loaders import LIST_FILE_FAULTS, replace_line, share_cub_image
 
 from harness import files, run
 from harness.config import expand_cells, load_experiment
@@ -695,7 +697,7 @@ FAULT_CORPORA = {
 
 
 def test_docs_give_the_size_of_the_fault_corpus() -> None:
-    """docs/running.md states how many malformed inputs the tests above refuse with one line: kept true here."""
+    """docs/running.md says how many malformed inputs the tests above refuse with one line: kept true here."""
     text = " ".join((ROOT / "docs" / "running.md").read_text().split())
     total = sum(len(cases) for cases in FAULT_CORPORA.values())
     assert f"**{total} cases, all one line**" in text

@@ -77,7 +77,8 @@ def test_weights_are_the_gradient_of_the_module(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_backward_scales_with_the_upstream_gradient(name: str) -> None:
-    """The custom backward multiplies by dOut/dL: 3 * loss (and a loss inside a sum) gets 3 times the gradient."""
+    """The custom backward multiplies by dOut/dL: 3 * loss (and a loss inside a sum) gets 3 times the
+    gradient."""
     gen = torch.Generator().manual_seed(5)
     emb = torch.nn.functional.normalize(torch.randn(24, 6, generator=gen, dtype=torch.float64), dim=1)
     labels = torch.randint(0, 5, (24,), generator=gen)

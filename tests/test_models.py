@@ -49,7 +49,8 @@ def test_missing_weights_file_is_one_line_saying_where(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def bninception_state() -> dict[str, torch.Tensor]:
-    """A modern BN-Inception state dict (pretrainedmodels, no download), every value unlike a fresh model's."""
+    """A modern BN-Inception state dict (pretrainedmodels, no download), every value unlike a fresh
+    model's."""
     import pretrainedmodels
 
     state = pretrainedmodels.bninception(num_classes=1000, pretrained=None).state_dict()

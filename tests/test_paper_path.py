@@ -1,4 +1,5 @@
-"""The paper's path end to end on CPU: CUB-format JPEGs + a BN-Inception weights file -> harness.run -> report.
+"""The paper's path end to end on CPU: CUB-format JPEGs + a BN-Inception weights file -> harness.run ->
+report.
 
 Nothing is downloaded: the JPEG tree is written by PIL in the official CUB-200-2011 layout and the
 weights file is pretrainedmodels' BN-Inception (built with ``pretrained=None``) saved with
@@ -57,7 +58,8 @@ def paper_rows(dataset: str, size: int) -> list[dict[str, str]]:
 
 
 def paper_experiment(folder: Path, data_root: Path, weights: Path) -> Path:
-    """The paper's protocol (experiments/base.yaml: 224 px, frozen BN, Adam, val carve-out), two iterations."""
+    """The paper's protocol (experiments/base.yaml: 224 px, frozen BN, Adam, val carve-out),
+    two iterations."""
     experiment = gpu_check.cub_experiment(
         "paper-path",
         data_root,
@@ -142,7 +144,8 @@ def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_gpu_check_steps_run_on_cpu_at_small_sizes(tmp_path: Path) -> None:
-    """The prepared GPU check's steps, shrunk and on the CPU, so the first GPU run does not find a plumbing bug."""
+    """The prepared GPU check's steps, shrunk and on the CPU, so the first GPU run does not find a plumbing
+    bug."""
     model = gpu_check.measure_model(10, 64, 1, warmup=1, device="cpu")
     assert {"train_bf16_images_per_s", "train_fp32_images_per_s", "inference_bf16_images_per_s"} <= set(model)
     loss = gpu_check.loss_step(300, device="cpu", sizes=(80,))

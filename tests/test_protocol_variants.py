@@ -1,4 +1,5 @@
-"""The shipped protocol variants (paper, paper-val, official), the final-weights rule and how reports label each."""
+"""The shipped protocol variants (paper, paper-val, official), the final-weights rule and how reports label
+each."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""harness.report end to end on synthetic results directories in the on-disk format of docs/ARCHITECTURE.md."""
+"""harness.report end to end on synthetic results directories in the on-disk format of
+docs/ARCHITECTURE.md."""
 
 from __future__ import annotations
 
@@ -52,7 +53,8 @@ class Spec:
     variants: tuple[str, ...] = ("default",)
     """Variant names; a variant named ``official`` selects on test, as the shipped ablation does."""
     selected_is_final: bool = False
-    """Every cell selected its last checkpoint (selected and final results equal), as in the glyphs reference."""
+    """Every cell selected its last checkpoint (selected and final results equal),
+    as in the glyphs reference."""
 
 
 def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
@@ -61,7 +63,8 @@ def _recall(loss: str, size: int, seed: int, k: int, weights: str) -> float:
 
 
 def build_results(root: Path, spec: Spec) -> Path:
-    """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs, cells.csv."""
+    """Write results/<experiment>/ as harness.run does: cells/<id>/{config,status,final}.json, logs,
+    cells.csv."""
     exp_dir = root / spec.name
     rows = []
     grid = itertools.product(spec.datasets, spec.sizes, spec.losses, spec.variants, spec.seeds)
@@ -323,8 +326,8 @@ def test_sparse_report_single_seed_and_glyphs(sparse):
     against_paper = text.split("## Results against the paper")[1].split("\n## ")[0]
     ms_cars = next(line for line in against_paper.splitlines() if line.startswith("| d=64 | MS | 1 | 1 |"))
     assert (
-        "| **no test** | – | all training classes =; test-selected (opt-in, optimistic, as the official code) = |"
-        in ms_cars
+        "| **no test** | – | all training classes =; "
+        "test-selected (opt-in, optimistic, as the official code) = |" in ms_cars
     )
     # glyphs has no paper values: no rows of '–' for it against the paper, and no verdict
     assert "glyphs" not in against_paper and "no paper value" not in text
@@ -354,8 +357,8 @@ def test_variants_with_their_own_selection(tmp_path):
     text = report.write_report(build_results(tmp_path, spec)).read_text()
     assert "`test` (3 cells), `val` (3 cells)" in text and "optimistic" in text
     assert (
-        "### selected weights (best recall@1 on the split each variant selects on: official on test; paper on val)"
-        in text
+        "### selected weights (best recall@1 on the split each variant selects on: "
+        "official on test; paper on val)" in text
     )
     final = text.split("### final weights")[1]
     # the official preset has no paper row: only the paper variant is judged against the paper's MS row

@@ -1,4 +1,5 @@
-"""The runner and trainer end to end on a tiny glyphs grid: results, resume, kill -9, shards, failures, torchrun."""
+"""The runner and trainer end to end on a tiny glyphs grid: results, resume, kill -9, shards, failures,
+torchrun."""
 
 from __future__ import annotations
 
@@ -225,9 +226,10 @@ def test_kill_9_loses_at_most_the_last_checkpoint_and_resume_is_exact(
         return finished, [p for p in folders if (p / "checkpoint.pt").exists() and p not in finished]
 
     try:
-        # kill -9 once the first cell has its final.json and the second is mid-training with a checkpoint. The run
-        # is stopped (SIGSTOP, waited for) before the files are read, so the state read is the state killed; the
-        # first cell may be anywhere after its final.json (status.json and checkpoint not yet updated included).
+        # kill -9 once the first cell has its final.json and the second is mid-training with a
+        # checkpoint. The run is stopped (SIGSTOP, waited for) before the files are read, so the state
+        # read is the state killed; the first cell may be anywhere after its final.json (status.json
+        # and checkpoint not yet updated included).
         assert _wait_for(cells, 120)
         deadline = time.time() + 180
         while True:

@@ -247,7 +247,8 @@ def test_detectable_difference_matches_statsmodels(comparisons):
 
 
 def test_detectable_difference_facts_and_edge_cases():
-    # paired SD 1.2, 7 comparisons, 80% power: about 10 points with 3 seeds, 3.4 with 5, 2.0 with 8, 1.7 with 10
+    # paired SD 1.2, 7 comparisons, 80% power: about 10 points with 3 seeds, 3.4 with 5, 2.0 with 8,
+    # 1.7 with 10
     got = [stats.detectable_difference(1.2, n, comparisons=7) for n in (3, 5, 8, 10)]
     assert got == pytest.approx([10.40, 3.45, 2.03, 1.69], abs=0.01)
     # 2 seeds: statsmodels' solver fails there, ours still reaches the stated power
@@ -339,7 +340,8 @@ def test_planned_comparisons_against_scipy_and_statsmodels():
     # 5 seeds: Wilcoxon's floor 0.0625 cannot reach 0.05 / 3, so it is left out and said once
     assert table["p_wilcoxon"].isna().all() and result.wilcoxon_omitted
     assert result.wilcoxon_note == (
-        "Wilcoxon signed-rank omitted: with 5 seeds its smallest possible p-value, 0.062, cannot reach 0.05/3 = 0.017."
+        "Wilcoxon signed-rank omitted: with 5 seeds its smallest possible p-value, 0.062, "
+        "cannot reach 0.05/3 = 0.017."
     )
 
 

@@ -1,4 +1,5 @@
-"""Guards against a broken trainer: each test fails on one plausible bug that still trains and reports numbers.
+"""Guards against a broken trainer: each test fails on one plausible bug that still trains and reports
+numbers.
 
 What is guarded: selection reads only the validation split and keeps the best evaluation's weights, the
 model embeds in eval mode, the lr changes exactly after its milestone update, a resumed cell trains only
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import WriteExperiment
-from test_data_loaders import write_jpeg, write_lines
+from data_trees import write_jpeg, write_lines
 
 from harness import files, train
 from harness.builders import build_model, load_splits
@@ -39,7 +40,8 @@ def ms_cell(tiny_experiment: WriteExperiment, overrides: dict[str, Any] | None =
 
 
 class BlankedOnRequest(torch.utils.data.Dataset):
-    """A split whose images all turn blank once ``blank`` is set: equal embeddings, every tie lost, metrics 0."""
+    """A split whose images all turn blank once ``blank`` is set: equal embeddings, every tie lost,
+    metrics 0."""
 
     def __init__(self, base: Any) -> None:
         self.base, self.labels, self.blank = base, base.labels, False
@@ -142,7 +144,8 @@ def test_embedding_runs_the_model_in_eval_mode_and_restores_its_mode(
 def test_the_lr_drops_after_the_milestone_update(
     tmp_path: Path, tiny_experiment: WriteExperiment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """docs/official-differences.md (row 6): milestone m means updates 1..m at the rate, m+1 on at rate x gamma."""
+    """docs/official-differences.md (row 6): milestone m means updates 1..m at the rate,
+    m+1 on at rate x gamma."""
     cell = ms_cell(
         tiny_experiment,
         {

@@ -1,4 +1,5 @@
-"""harness.tune in one process with a stand-in trainer: totals, re-runs, failures, pruning, stale trials, outputs."""
+"""harness.tune in one process with a stand-in trainer: totals, re-runs, failures, pruning, stale trials,
+outputs."""
 
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ WRITE_FIGURES = tune_outputs.write_figures
 
 @pytest.fixture()
 def tune_file(tiny_tune_file: WriteExperiment) -> WriteExperiment:
-    """``tune_file(**study)``: the tiny tune file on the stand-in trainer's protocol (it never reads the data)."""
+    """``tune_file(**study)``: the tiny tune file on the stand-in trainer's protocol
+    (it never reads the data)."""
 
     def write(**study: Any) -> Path:
         return tiny_tune_file({"train.iterations": ITERATIONS, "train.eval_every": EVAL_EVERY}, **study)

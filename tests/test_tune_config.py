@@ -1,4 +1,5 @@
-"""Tune files: the shipped ones validate; every mistake in study: or the template cell is one line with a fix."""
+"""Tune files: the shipped ones validate; every mistake in study: or the template cell is one line with a
+fix."""
 
 from __future__ import annotations
 

@@ -53,7 +53,8 @@ def no_figures(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def run_workers(tune_file: Path, results: Path, name: str, trials: int, *storage: str) -> int:
-    """Two workers; the study name is a --set override, so a worker that missed the parent's overrides fails."""
+    """Two workers; the study name is a --set override, so a worker that missed the parent's overrides
+    fails."""
     argv = [str(tune_file), "--results", str(results), "--workers", "2", "--trials", str(trials), "--quiet"]
     return main([*argv, *storage, "--set", f"study.name={name}"])
 

@@ -1,4 +1,5 @@
-"""Reading experiment files into raw mappings: UTF-8 YAML without repeated keys, ``base:`` files, ``--set`` overrides.
+"""Reading experiment files into raw mappings: UTF-8 YAML without repeated keys, ``base:`` files,
+``--set`` overrides.
 
 Also :func:`validation_message`, which turns a pydantic error into the one-line message naming the
 YAML path, the value and what was expected.
@@ -114,7 +115,7 @@ def _yaml_text(path: Path) -> str:
 
 
 MAX_NESTING = 50
-"""How deep a settings file may nest mappings and lists (the schema needs 4 levels; a deeper file is a mistake)."""
+"""How deep a settings file may nest mappings and lists (the schema needs 4 levels: deeper is a mistake)."""
 
 
 def _nesting(data: Any) -> int:
@@ -133,7 +134,8 @@ def _nesting(data: Any) -> int:
 
 
 def load_yaml(path: Path) -> Any:
-    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line UserError."""
+    """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line
+    UserError."""
     too_deep = f"{path}: mappings and lists nested more than {MAX_NESTING} levels deep; flatten the file"
     try:
         data = yaml.load(_yaml_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no objects
@@ -211,7 +213,8 @@ def apply_sets(data: dict[str, Any], sets: list[str] | None) -> dict[str, Any]:
 
 
 def load_raw(path: str | Path, sets: list[str] | None = None) -> dict[str, Any]:
-    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied, name defaulted."""
+    """An experiment file as a mapping: merged with its base files, ``--set`` overrides applied,
+    name defaulted."""
     path = Path(path)
     data = apply_sets(_with_bases(path), sets)
     data.setdefault("name", path.stem)

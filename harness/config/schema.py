@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 
 def _check_known(kind: str, names: Iterable[str], known: Iterable[str]) -> None:
-    """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in ``known``."""
+    """Raise ValueError (turned into the one-line UserError with its YAML path) for a name not in
+    ``known``."""
     choices = list(known)
     for name in names:
         if name not in choices:
@@ -101,7 +102,8 @@ NON_NEGATIVE_HPARAMS = {
 
 
 class LossSpec(_Strict):
-    """One loss of the grid: registry name, optional preset, hyperparameters, label (default: the registry's)."""
+    """One loss of the grid: registry name, optional preset, hyperparameters, label
+    (default: the registry's)."""
 
     name: str
     preset: str | None = None
@@ -369,7 +371,7 @@ def _check_layer(where: str, layer: dict[str, Any]) -> None:
 
 
 def _check_in_grid(per_dataset: dict[str, Any], datasets: list[str] | None) -> None:
-    """Raise ValueError for a per-dataset entry naming a dataset the grid does not train (a forgotten edit)."""
+    """Raise ValueError for a per-dataset entry naming a dataset the grid does not train (forgotten edit)."""
     if datasets is None:  # the datasets were refused already
         return
     for name in per_dataset:
@@ -506,7 +508,8 @@ NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
 """Fields of a cell's config that do not change what it trains (where the data lies, its folder): left out of
 its identity (the cell id, a tuning study's fingerprint)."""
 
-# Enters every cell id: bump it when the meaning of an existing schema default changes (see CellConfig.cell_id).
+# Enters every cell id: bump it when the meaning of an existing schema default changes
+# (see CellConfig.cell_id).
 CELL_ID_VERSION = 1
 
 
@@ -527,9 +530,9 @@ class CellConfig(ProtocolConfig):
         for index, milestone in enumerate(milestones):
             if not 1 <= milestone < iterations:
                 raise ValueError(
-                    f"schedule.milestones: {milestone} would never change the learning rate (train.iterations "
-                    f"is {iterations}); each milestone must lie in 1 .. {iterations - 1} (for a shorter run, "
-                    "set schedule.milestones too, e.g. --set schedule.milestones=[])"
+                    f"schedule.milestones: {milestone} would never change the learning rate "
+                    f"(train.iterations is {iterations}); each milestone must lie in 1 .. {iterations - 1} "
+                    "(for a shorter run, set schedule.milestones too, e.g. --set schedule.milestones=[])"
                 )
             if index and milestone <= milestones[index - 1]:
                 raise ValueError(
@@ -543,9 +546,9 @@ class CellConfig(ProtocolConfig):
             )
         if self.train.select_on != "final" and self.train.eval_every > iterations:
             raise ValueError(
-                f"train.eval_every: {self.train.eval_every} is beyond train.iterations {iterations}, so only "
-                f"the final weights are evaluated and train.select_on {self.train.select_on!r} selects nothing; "
-                f"lower train.eval_every or set train.select_on: final"
+                f"train.eval_every: {self.train.eval_every} is beyond train.iterations {iterations}, so "
+                f"only the final weights are evaluated and train.select_on {self.train.select_on!r} selects "
+                "nothing; lower train.eval_every or set train.select_on: final"
             )
         return self
 

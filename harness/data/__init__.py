@@ -102,7 +102,7 @@ def build_splits(
 
 
 def check_options(name: str, options: Mapping[str, Any]) -> None:
-    """Raise a one-line UserError for a ``data.options`` key the registry entry of ``name`` does not declare."""
+    """Raise a one-line UserError for a ``data.options`` key the registry entry of ``name`` does not take."""
     entry = DATASETS[name]
     for key in options:
         if key not in entry.options:

@@ -1,7 +1,8 @@
 """A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors.
 
-:func:`verify_files` checks a list of image files up front (each is a non-empty regular file; with
-``decode`` each one decodes), so a missing or damaged image stops ``--check`` instead of a run.
+:func:`require_files` checks a list of image files up front (each is a non-empty regular file) and
+:meth:`ImageDataset.verify` with ``decode`` decodes each one, so a missing or damaged image stops
+``--check`` instead of a run.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return self.root / self.files[index]
 
     def load(self, index: int) -> Image.Image:
-        """Decode image ``index`` as RGB; DataError naming the file if it is missing, unreadable or truncated."""
+        """Decode image ``index`` as RGB; DataError naming the file if it is missing,
+        unreadable or truncated."""
         path = self.path(index)
         try:
             with Image.open(path) as image:
@@ -101,19 +103,32 @@ class ImageDataset(torch.utils.data.Dataset):
                 return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8)).convert("RGB")
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ImageReadError(
-                f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), which cannot be "
-                "read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file",
+                f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), "
+                "which cannot be read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file",
                 f"{image.mode} pixels, not 8-bit",
             )
         return image.convert("RGB")
 
     def verify(self, *, decode: bool = False, progress: bool = False) -> None:
-        """:func:`verify_files` on this dataset's images."""
-        verify_files(self, decode=decode, progress=progress)
+        """:func:`require_files` on this dataset's images; ``decode``: also decode each one (slow), behind a
+        tqdm bar on a terminal with ``progress``. The bad files are one DataError, as for a missing one."""
+        require_files(self.root, self.files, title=self.title, source=self.source)
+        if not decode:
+            return
+        from tqdm import tqdm
+
+        bad = []
+        bar = tqdm(range(len(self.files)), desc=f"decoding {self.title}", disable=None if progress else True)
+        for index in bar:  # disable=None: a bar only on a terminal
+            try:
+                self.load(index)
+            except ImageReadError as err:
+                bad.append((self.files[index], err.reason))
+        _refuse(bad, "unreadable", self.root, len(self.files), title=self.title, source=self.source)
 
 
 SHOWN_FILES = 3
-"""How many of the bad files a :func:`verify_files` error names (the count covers every one)."""
+"""How many of the bad files a :func:`require_files` error names (the count covers every one)."""
 
 
 def file_problem(path: Path) -> str | None:
@@ -129,28 +144,21 @@ def file_problem(path: Path) -> str | None:
     return "empty" if info.st_size == 0 else None
 
 
-def verify_files(images: ImageDataset, *, decode: bool = False, progress: bool = False) -> None:
-    """Check every listed image: a non-empty regular file (one ``stat`` each); ``decode``: it also decodes.
+def require_files(root: Path, files: Sequence[str], *, title: str, source: str) -> None:
+    """DataError (one line: how many, the first few with why, where to get them) unless every ``root / file``
+    is a non-empty regular file (one ``stat`` each, nothing opened)."""
+    bad = [(name, why) for name in files if (why := file_problem(root / name))]
+    _refuse(bad, "missing or empty", root, len(files), title=title, source=source)
 
-    One DataError for all the bad files: how many, the first :data:`SHOWN_FILES` with the reason, where
-    to get them. ``progress`` shows a tqdm bar while decoding.
-    """
-    bad = [(name, why) for name in images.files if (why := file_problem(images.root / name))]
-    what = "missing or empty"
-    if not bad and decode:
-        from tqdm import tqdm
 
-        what = "unreadable"
-        bar = tqdm(range(len(images)), desc=f"decoding {images.title}", disable=None if progress else True)
-        for index in bar:  # disable=None: a bar only on a terminal
-            try:
-                images.load(index)
-            except ImageReadError as err:
-                bad.append((images.files[index], err.reason))
+def _refuse(
+    bad: list[tuple[str, str]], what: str, root: Path, total: int, *, title: str, source: str
+) -> None:
+    """The one DataError for ``bad`` (file, why) pairs, when there are any."""
     if bad:
         shown = ", ".join(f"{name} ({why})" for name, why in bad[:SHOWN_FILES])
         more = f" and {len(bad) - SHOWN_FILES:,} more" if len(bad) > SHOWN_FILES else ""
         raise DataError(
-            f"{images.title}: {len(bad):,} of {len(images.files):,} image files are {what} under "
-            f"{images.root}: {shown}{more}; restore them from {images.source}"
+            f"{title}: {len(bad):,} of {total:,} image files are {what} under {root}: {shown}{more}; "
+            f"restore them from {source}"
         )

@@ -3,9 +3,9 @@
 A dataset module describes itself with an :class:`OfficialDataset` (folder name, list files, official
 counts, where to get it) and a ``read`` function that turns its list files into :class:`ImageList` per
 split. This module finds the folder under the data root, parses list files, checks the official counts
-and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`;
-:func:`register_official` enters a benchmark in the dataset registry.
-Nothing is downloaded: every problem is a one-line :class:`DataError`.
+and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`.
+This module downloads nothing (:mod:`harness.data.fetch` installs the data): every problem is a
+one-line :class:`DataError`.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class OfficialDataset:
 
 
 def resolve_data_root(root: str | os.PathLike[str] | None, spec: OfficialDataset) -> Path:
-    """``root``, or ``$HARNESS_DATA`` when it is None; DataError when neither is given or it does not exist."""
+    """``root``, or ``$HARNESS_DATA`` when it is None; DataError when neither is given or it does not
+    exist."""
     if root is None or str(root) == "":
         root = os.environ.get(DATA_ROOT_ENV, "")
         if not root:
@@ -85,7 +86,8 @@ def resolve_data_root(root: str | os.PathLike[str] | None, spec: OfficialDataset
 
 
 def find_dataset_folder(spec: OfficialDataset, root: str | os.PathLike[str] | None) -> Path:
-    """``<root>/<spec.folder>``, or ``root`` itself when it is the dataset folder (it holds the first list file)."""
+    """``<root>/<spec.folder>``, or ``root`` itself when it is the dataset folder
+    (it holds the first list file)."""
     data_root = resolve_data_root(root, spec)
     for folder in (data_root / spec.folder, data_root):
         if (folder / spec.list_files[0]).exists():  # a FIFO or folder there is refused when it is read
@@ -150,7 +152,8 @@ def parse_table(
 ) -> Table:
     """Whitespace-separated rows -> a :class:`Table`; ``header``: the first row names the columns.
 
-    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages. Blank lines are skipped.
+    ``first_line`` is the line number of ``lines[0]`` in the file, for error messages. Blank lines are
+    skipped.
     """
     if header:
         found = lines[0].split() if lines else []
@@ -180,7 +183,8 @@ def read_table(spec: OfficialDataset, path: Path, columns: Sequence[str], *, hea
 
 
 def int_column(spec: OfficialDataset, table: Table, name: str) -> np.ndarray:
-    """Column ``name`` of ``table`` as integers; DataError naming the file and line of the first non-integer."""
+    """Column ``name`` of ``table`` as integers; DataError naming the file and line of the first
+    non-integer."""
     numbers = []
     for row, value in enumerate(table[name]):
         try:

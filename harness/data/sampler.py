@@ -191,7 +191,8 @@ class OfficialBatchSampler(ClassBatchSampler):
         return np.array(rows, dtype=np.int64).reshape(-1, self.classes_per_batch)
 
     def _epoch_chunks(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """This epoch's image order: every class shuffled in place (grouped by class) and the padded small classes.
+        """This epoch's image order: every class shuffled in place (grouped by class) and the padded small
+        classes.
 
         Returns ``(shuffled, padded)``: class c's chunk k is ``shuffled[offset_c + k*M : offset_c + (k+1)*M]``
         when it has at least M images; row i of ``padded`` is the one chunk of the i-th small class.

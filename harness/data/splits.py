@@ -37,7 +37,8 @@ class DatasetSplits:
     ``train`` uses the training transform, all others the evaluation transform. ``val`` (carved from the
     training classes, evaluated leave-one-out) is None when no validation split was asked for.
     ``eval_mode == "leave_one_out"``: ``test`` is set, ``query``/``gallery`` are None;
-    ``eval_mode == "query_gallery"``: ``query`` and ``gallery`` are set (sharing one label space), ``test`` is None.
+    ``eval_mode == "query_gallery"``: ``query`` and ``gallery`` are set (sharing one label space),
+    ``test`` is None.
     """
 
     train: LabelledDataset
@@ -78,7 +79,8 @@ def relabel(class_ids: np.ndarray, classes: np.ndarray | None = None) -> np.ndar
 
 
 def class_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Partition the class ids of ``labels`` into ``folds`` disjoint folds of near-equal size (sorted ids each).
+    """Partition the class ids of ``labels`` into ``folds`` disjoint folds of near-equal size
+    (sorted ids each).
 
     The classes are shuffled with ``seed`` and cut into consecutive runs whose sizes differ by at most
     one, so the folds cover every class exactly once and depend only on the set of class ids, ``folds``
@@ -92,8 +94,8 @@ def class_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
     smallest, largest = len(classes) // folds, -(-len(classes) // folds)
     if smallest < MIN_SPLIT_CLASSES or len(classes) - largest < MIN_SPLIT_CLASSES:
         raise UserError(
-            f"val_folds {folds} of {len(classes)} training classes gives folds of {smallest} classes; every fold "
-            f"and the classes outside it need at least {MIN_SPLIT_CLASSES}: choose fewer val_folds"
+            f"val_folds {folds} of {len(classes)} training classes gives folds of {smallest} classes; "
+            f"every fold and the classes outside it need at least {MIN_SPLIT_CLASSES}: choose fewer val_folds"
         )
     shuffled = np.random.default_rng(seed).permutation(classes)
     return [np.sort(part) for part in np.array_split(shuffled, folds)]
@@ -102,7 +104,8 @@ def class_folds(labels: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
 def split_classes(
     labels: np.ndarray, fraction: float, seed: int, *, folds: int = 0, fold: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Split sample indices class-disjointly into ``(train_idx, val_idx)``, sorted int64 index arrays into ``labels``.
+    """Split sample indices class-disjointly into ``(train_idx, val_idx)``, sorted int64 index arrays into
+    ``labels``.
 
     ``folds == 0``: ``fraction * C`` (rounded half up) random classes go to validation; ``fraction == 0``
     gives an empty ``val_idx``. ``folds >= 2``: the classes of fold ``fold`` of :func:`class_folds`

@@ -1,4 +1,5 @@
-"""The fair report: per loss, default and tuned test results side by side, the budget used, the decisions, the ranking."""
+"""The fair report: per loss, default and tuned test results side by side, the budget used, the decisions,
+the ranking."""
 
 from __future__ import annotations
 

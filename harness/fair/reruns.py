@@ -1,4 +1,5 @@
-"""The test-set re-runs of a fair run: default.yaml (the grid as written) and tuned.yaml (each loss at its best)."""
+"""The test-set re-runs of a fair run: default.yaml (the grid as written) and tuned.yaml
+(each loss at its best)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ def default_experiment(setup: FairSetup, name: str = DEFAULT) -> dict[str, Any]:
 
 
 def tuned_experiment(setup: FairSetup, states: list[StudyState]) -> dict[str, Any]:
-    """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its own)."""
+    """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its
+    own)."""
     doc = _resolved(setup, TUNED)
     doc["description"] = (
         f"fair run {setup.name}: every loss at the best values of its study "
@@ -50,18 +52,10 @@ def write_experiment(doc: dict[str, Any], path: Path, header: str) -> Path:
     return path
 
 
-def supports_jobs() -> bool:
-    """Whether ``harness.run`` takes ``--jobs N`` (several cells at once)."""
-    from harness.run import build_parser
+def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
+    """Run the experiment file ``path`` into ``results`` with the runner (:func:`harness.run.run_experiment`),
+    finished cells skipped; the runner's exit code."""
+    from harness.config import load_experiment
+    from harness.run import run_experiment
 
-    return not build_parser().parse_known_args(["x.yaml", "--jobs", "1"])[1]
-
-
-def run_experiment(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
-    """``python -m harness.run PATH --results RESULTS`` in this process; finished cells are skipped."""
-    from harness.run import main as run_main
-
-    argv = [str(path), "--results", str(results)]
-    if jobs is not None and supports_jobs():
-        argv += ["--jobs", str(jobs)]
-    return int(run_main(argv + (["--quiet"] if quiet else [])) or 0)
+    return run_experiment(load_experiment(path), results, jobs=jobs, progress=not quiet)

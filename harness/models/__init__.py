@@ -4,8 +4,9 @@
 and ``head`` submodules take separate learning rates. Backbones are registered in :data:`BACKBONES`
 by a decorator next to each factory: ``bninception`` (pretrainedmodels, global max pooling as in the
 official MS code, average pooling as an option), ``resnet50`` (torchvision) and ``small_cnn`` (for the
-embedded glyphs benchmark). Pretrained weights come from a local file only; a missing file is one
-line saying where to put it.
+embedded glyphs benchmark). Pretrained weights come from ``model.weights`` or the standard file in
+its cache, downloaded and verified once when missing (:mod:`harness.models.weights`); a file that
+cannot be had is one line saying where to put it.
 """
 
 from __future__ import annotations

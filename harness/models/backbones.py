@@ -1,4 +1,4 @@
-"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, with local pretrained weights."""
+"""The ImageNet backbones (BN-Inception, ResNet-50) as registered feature extractors, and their weights."""
 
 from __future__ import annotations
 
@@ -10,19 +10,13 @@ from torch import nn
 
 from harness.errors import DataError, UserError
 from harness.models.registry import BackboneOptions, register_backbone
-
-BNINCEPTION_FILE = "bn_inception-52deb4733.pth"
-RESNET50_FILES = ("resnet50-0676ba61.pth", "resnet50-11ad3fa6.pth")
-
-
-def default_bninception_weights() -> Path:
-    """Where the official code (and pretrainedmodels) keep BN-Inception's ImageNet weights."""
-    return Path.home() / ".torch" / "models" / BNINCEPTION_FILE
-
-
-def torch_hub_checkpoints() -> Path:
-    """torch's cache folder for torchvision weights (``$TORCH_HOME/hub/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints"
+from harness.models.weights import (
+    BNINCEPTION_FILE,
+    RESNET50_FILES,
+    STANDARD_WEIGHTS,
+    ensure_weights,
+    torch_hub_checkpoints,
+)
 
 
 class GlobalPool(nn.Module):
@@ -76,7 +70,8 @@ BN_COUNTER = ".num_batches_tracked"  # BatchNorm buffer added in PyTorch 0.4.1; 
 
 
 def load_state_file(module: nn.Module, path: Path, *, what: str, hint: str) -> None:
-    """Load a state dict from a local file into ``module`` as torch's strict loading does, or fail in one line.
+    """Load a state dict from a local file into ``module`` as torch's strict loading does,
+    or fail in one line.
 
     Every tensor of the model must be in the file with its shape, and nothing else may be; only the
     BatchNorm ``num_batches_tracked`` counters may be absent (files saved before PyTorch 0.4.1, such as
@@ -135,13 +130,17 @@ def _rgb_only(name: str, options: BackboneOptions) -> None:
 
 @register_backbone(convention="bninception")
 def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
-    """BN-Inception (pretrainedmodels), ImageNet weights from a local file, global max or average pooling."""
+    """BN-Inception (pretrainedmodels), ImageNet weights (downloaded once if missing), max or mean pooling."""
     import pretrainedmodels
 
     _rgb_only("bninception", options)
     net = pretrainedmodels.bninception(num_classes=1000, pretrained=None)
     if options.pretrained:
-        path = Path(options.weights).expanduser() if options.weights else default_bninception_weights()
+        path = (
+            Path(options.weights).expanduser()
+            if options.weights
+            else ensure_weights(STANDARD_WEIGHTS["bninception"])
+        )
         load_state_file(
             net,
             path,
@@ -154,23 +153,22 @@ def bninception(options: BackboneOptions) -> tuple[nn.Module, int]:
 
 @register_backbone(convention="imagenet")
 def resnet50(options: BackboneOptions) -> tuple[nn.Module, int]:
-    """ResNet-50 (torchvision), ImageNet weights from torch's cache or a local file, global pooling."""
+    """ResNet-50 (torchvision), ImageNet weights from torch's cache (downloaded once if missing), pooling."""
     import torchvision
 
     _rgb_only("resnet50", options)
     net = torchvision.models.resnet50(weights=None)
     if options.pretrained:
-        if options.weights:
-            path = Path(options.weights).expanduser()
-        else:
-            found = [
-                torch_hub_checkpoints() / f for f in RESNET50_FILES if (torch_hub_checkpoints() / f).is_file()
-            ]
-            path = found[0] if found else torch_hub_checkpoints() / RESNET50_FILES[0]
+        path = (
+            Path(options.weights).expanduser()
+            if options.weights
+            else ensure_weights(STANDARD_WEIGHTS["resnet50"])
+        )
         load_state_file(
             net,
             path,
             what="ResNet-50",
-            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in {torch_hub_checkpoints()} or give model.weights",
+            hint=f"put torchvision's {RESNET50_FILES[0]} (or {RESNET50_FILES[1]}) in "
+            f"{torch_hub_checkpoints()} or give model.weights",
         )
     return Features(_ResNetTrunk(net), GlobalPool(options.pooling)), 2048

@@ -1,4 +1,5 @@
-"""Drawing the report's two answer figures: the forest plot of paired differences and the critical-difference diagram."""
+"""Drawing the report's two answer figures: the forest plot of paired differences and the critical-difference
+diagram."""
 
 from __future__ import annotations
 

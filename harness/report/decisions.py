@@ -109,8 +109,8 @@ def _design_sentence(planned: stats.PlannedComparisons, n: int) -> str:
     needed = stats.seeds_needed(TARGET_DIFFERENCE, pooled, power=POWER, comparisons=m)
     return (
         f"**Design: {n} seeds, {m} comparison(s) (Holm); pooled paired SD {pooled:.2f} points. Minimum "
-        f"detectable difference D = {detectable:.1f} points** (two-sided paired t, 80% power, level 0.05/{m}); "
-        f"detecting {TARGET_DIFFERENCE:.1f} points would need **{needed} seeds**."
+        f"detectable difference D = {detectable:.1f} points** (two-sided paired t, 80% power, "
+        f"level 0.05/{m}); detecting {TARGET_DIFFERENCE:.1f} points would need **{needed} seeds**."
     )
 
 
@@ -395,8 +395,8 @@ def reference_section(ctx: ReportContext) -> str:
     changed = [k for k in ids["ours"].index.intersection(ids["ref"].index) if ids["ours"][k] != ids["ref"][k]]
     if changed:
         lines.append(
-            f"- {len(changed)} row(s) ran under other cell ids than the reference (the id hashes the resolved "
-            "config): their configurations differ, so a difference there is expected."
+            f"- {len(changed)} row(s) ran under other cell ids than the reference (the id hashes the "
+            "resolved config): their configurations differ, so a difference there is expected."
         )
     agreement["_rank"] = agreement["row"].map({r: i for i, r in enumerate(ctx.order)})
     rows = [

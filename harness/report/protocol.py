@@ -22,7 +22,8 @@ BIAS_LEGEND = (
 
 
 def paper_mismatch(cell: pd.Series, config: dict | None) -> str:
-    """Why a cell ran a configuration the paper has no row for ('' when its loss, preset and label are the paper's).
+    """Why a cell ran a configuration the paper has no row for ('' when its loss,
+    preset and label are the paper's).
 
     ``cell``: its cells.csv row (loss, loss_label, preset); ``config``: its config.json (None when
     unreadable: then cells.csv alone decides). A non-paper preset (e.g. official), a label other than

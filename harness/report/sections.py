@@ -91,13 +91,14 @@ def _selection_words(
     chosen = " / ".join(where[s] for s in splits if s in where)
     rules = [f"the checkpoint with the best {metric} on {chosen} during training"] if chosen else []
     rules += ["the final weights where `select_on` is `final` (no selection)"] if "final" in splits else []
+    selection = ", ".join(f"`{s}` ({(per_cell == s).sum()} cells)" for s in splits)
     lines = [
-        f"- Checkpoint selection (`select_on`): {', '.join(f'`{s}` ({(per_cell == s).sum()} cells)' for s in splits)}.",
+        f"- Checkpoint selection (`select_on`): {selection}.",
         f"- **selected** weights: {' or '.join(rules)}; **final** weights: the last iteration.",
         "- Every result table is on the **test set** and says which weights it shows; "
         + (
-            "**in every finished cell the selected checkpoint gives the same results as the final weights**, so "
-            "each table and figure is shown once, for both."
+            "**in every finished cell the selected checkpoint gives the same results as the final "
+            "weights**, so each table and figure is shown once, for both."
             if coincide
             else "both are reported."
         ),
@@ -187,7 +188,8 @@ def _other_methods_section(ctx: ReportContext) -> str:
     lines = [
         "## The paper's other methods (not implemented here)",
         "",
-        "For context: the other rows of the paper's Tables 3-5 on the datasets of this experiment (Recall@K, %).",
+        "For context: the other rows of the paper's Tables 3-5 on the datasets of this experiment "
+        "(Recall@K, %).",
     ]
     for dataset in datasets(others):
         part = others[others["dataset"] == dataset]

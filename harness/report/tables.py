@@ -201,14 +201,15 @@ def paper_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
     lines = [
         "## Results against the paper (Recall@K, test set, %)",
         "",
-        "The paper reports one run per number, so the question is whether ONE new run of ours would land where "
-        "it did. Ours: mean over n seeds [95% prediction interval for one run: mean ± t·s·√(1 + 1/n)]. "
-        "Verdict: **consistent** = the paper's value lies inside that interval; **below** / **above** = outside "
-        f"it; *no test* below 2 seeds. *reproduced within ±{margin:g} points*: two one-sided tests (TOST, 5%) "
-        f"show our mean within ±{margin:g} points of the paper's run (`--margin`); shown only when they do.",
+        "The paper reports one run per number, so the question is whether ONE new run of ours would "
+        "land where it did. Ours: mean over n seeds [95% prediction interval for one run: "
+        "mean ± t·s·√(1 + 1/n)]. Verdict: **consistent** = the paper's value lies inside that interval; "
+        f"**below** / **above** = outside it; *no test* below 2 seeds. *reproduced within ±{margin:g} "
+        f"points*: two one-sided tests (TOST, 5%) show our mean within ±{margin:g} points of the paper's "
+        "run (`--margin`); shown only when they do.",
         "",
-        "- Verdicts are per cell and metric, not corrected for multiplicity: **Recall@1 is the primary verdict** "
-        "(bold); Recall@K for K > 1 is secondary.",
+        "- Verdicts are per cell and metric, not corrected for multiplicity: "
+        "**Recall@1 is the primary verdict** (bold); Recall@K for K > 1 is secondary.",
         f"- Known bias of every comparison: {PAPER_BIAS}. Each row names its own protocol. " + BIAS_LEGEND,
         f"- {PROTOCOL_NOTES}",
         "- A cell is judged only against the paper row of the loss, preset and label it ran.",
@@ -220,7 +221,8 @@ def paper_section(ctx: ReportContext, compared: pd.DataFrame) -> str:
         lines.append(
             "- No paper row for this configuration (not judged): "
             + "; ".join(
-                f"{esc(r.row)}{f' (variant {esc(r.variant)})' if ctx.many_variants else ''}: {esc(r.mismatch)}"
+                f"{esc(r.row)}{f' (variant {esc(r.variant)})' if ctx.many_variants else ''}: "
+                f"{esc(r.mismatch)}"
                 for r in _order_frame(unjudged, ctx.order).itertuples()
             )
             + "."

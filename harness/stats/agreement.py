@@ -44,7 +44,8 @@ AGREEMENT_COLUMNS = (
 
 
 def _welch(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float, float, float]:
-    """(t, df, p, ci_low, ci_high) of Welch's test of ``mean(ours) - mean(reference)``; exact at zero spread."""
+    """(t, df, p, ci_low, ci_high) of Welch's test of ``mean(ours) - mean(reference)``;
+    exact at zero spread."""
     diff = float(np.mean(ours) - np.mean(reference))
     if is_constant(ours) and is_constant(reference):  # both spreads zero: the difference is known exactly
         if close(diff, 0.0):

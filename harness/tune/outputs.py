@@ -14,8 +14,8 @@ import yaml
 
 from harness.config import validate_experiment
 from harness.files import atomic_write_text
+from harness.studies.storage import shown_url
 from harness.tune.schema import TuneSetup, best_experiment
-from harness.tune.storage import shown_url
 from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
 
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
@@ -162,7 +162,8 @@ def write_summary(
     lines += [
         f"- Tune file: `{setup.source}`; storage: `{shown_url(storage_url)}`",
         f"- Objective: validation {setup.metric} (maximised; the test set is never looked at), loss "
-        f"`{setup.template.loss.name}` on `{setup.template.dataset}`, embedding {setup.template.embedding_size}, "
+        f"`{setup.template.loss.name}` on `{setup.template.dataset}`, "
+        f"embedding {setup.template.embedding_size}, "
         f"{setup.template.train.iterations} iterations per seed, seeds {setup.seeds}"
         + (f", {setup.study.folds} class folds per seed (the mean over them)" if setup.study.folds else ""),
         f"- Sampler: TPE (multivariate={setup.study.sampler.multivariate}, constant_liar="

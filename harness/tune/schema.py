@@ -1,4 +1,5 @@
-"""The tune file: its ``study:`` schema, the checks on its one-cell template, and the best.yaml it leads to."""
+"""The tune file: its ``study:`` schema, the checks on its one-cell template, and the best.yaml it leads
+to."""
 
 from __future__ import annotations
 
@@ -335,15 +336,22 @@ def _check_protocol(setup: TuneSetup) -> None:
             )
 
 
+def pop_section(
+    raw: dict[str, Any], key: str, source: str, kind: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``raw`` without its ``key:`` section, and ``{key: section}``; one line when a ``kind`` file has none."""
+    raw = dict(raw)
+    if key not in raw:
+        raise UserError(
+            f"{source}: no {key}: section; a {kind} file is an experiment file plus {key}: "
+            f"(see experiments/{kind}-glyphs.yaml)"
+        )
+    return raw, {key: raw.pop(key)}
+
+
 def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     """Validate a raw tune mapping (an experiment plus ``study:``); every mistake is one line."""
-    raw = dict(raw)
-    if "study" not in raw:
-        raise UserError(
-            f"{source}: no study: section; a tune file is an experiment file plus study: "
-            "(see experiments/tune-glyphs.yaml)"
-        )
-    section = {"study": raw.pop("study")}
+    raw, section = pop_section(raw, "study", source, "tune")
     experiment = validate_experiment(raw, source)
     try:
         study = _TuneSection.model_validate(section).study
@@ -353,7 +361,8 @@ def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     if len(cells) != 1:
         g = experiment.grid
         raise UserError(
-            f"{source}: grid: a tune file needs exactly one cell (one loss, dataset, size, variant and seed), "
+            f"{source}: grid: a tune file needs exactly one cell "
+            "(one loss, dataset, size, variant and seed), "
             f"got {len(cells)} (losses {[loss.name for loss in g.losses]}, datasets {g.datasets}, "
             f"sizes {g.embedding_sizes}, variants {list(g.variants)}, seeds {g.seeds}); narrow the grid"
         )
@@ -373,7 +382,8 @@ def load_tune(path: str | Path, sets: list[str] | None = None) -> TuneSetup:
 
 
 def best_experiment(setup: TuneSetup, best_params: dict[str, float]) -> dict[str, Any]:
-    """An experiment mapping for ``harness.run``: the template's resolved protocol, the best hparams, several seeds."""
+    """An experiment mapping for ``harness.run``: the template's resolved protocol, the best hparams,
+    several seeds."""
     t = setup.template
     protocol = t.model_dump(mode="json", include={"data", "model", "optim", "schedule", "train", "evaluate"})
     loss: dict[str, Any] = {"name": t.loss.name, "hparams": {**t.loss.hparams, **best_params}}

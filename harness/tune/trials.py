@@ -13,9 +13,9 @@ from harness.config import CellConfig
 from harness.errors import UserError
 from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
-from harness.tune.storage import open_study, worker_seed
+from harness.tune.study import open_study, worker_seed
 
 
 class TrialFailed(RuntimeError):
@@ -32,7 +32,8 @@ def retried_numbers(trials: list[Any]) -> set[int]:
 
 
 def counted_trials(trials: list[Any]) -> list[Any]:
-    """The trials that take one of the study's places: not surplus, not interrupted, not a retried stale one."""
+    """The trials that take one of the study's places: not surplus, not interrupted,
+    not a retried stale one."""
     retried = retried_numbers(trials)
     return [
         t
@@ -63,6 +64,20 @@ def retry_interrupted(study: Any, total: int) -> list[int]:
     return [t.number for t in todo]
 
 
+def prepare_study(setup: TuneSetup, storage: Any, total: int) -> tuple[int, list[int]]:
+    """Before a run: create the study (or check the stored one was made from the same settings), fail its
+    stale trials and queue its interrupted ones again; returns (the counted trials it held, the numbers
+    queued again)."""
+    import optuna
+
+    study = open_study(setup, storage, setup.study.sampler.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    found = study_counts(study)["total"]
+    return found, retry_interrupted(study, total)
+
+
 def study_counts(study: Any) -> dict[str, int]:
     """Counted trials by state (lower-case names), plus ``total``."""
     counts: dict[str, int] = {}
@@ -87,7 +102,8 @@ def trial_cell(
     folds: int = 0,
     fold: int = 0,
 ) -> CellConfig:
-    """The template cell with the trial's hyperparameters and seed (``folds`` K >= 2: validated on class fold ``fold``)."""
+    """The template cell with the trial's hyperparameters and seed (``folds`` K >= 2: validated on class fold
+    ``fold``)."""
     raw = template.model_dump(mode="python")
     raw["loss"]["hparams"] = {**raw["loss"]["hparams"], **params}
     raw.update(seed=seed, experiment=experiment)
@@ -108,7 +124,8 @@ def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
 
 
 class Objective:
-    """Trains one trial: each run (seed, class fold) in turn, reporting the running mean of the validation metric."""
+    """Trains one trial: each run (seed, class fold) in turn, reporting the running mean of the validation
+    metric."""
 
     def __init__(
         self,

@@ -1,4 +1,9 @@
-"""Stopping a study cleanly: Ctrl-C and SIGTERM become :class:`Interrupted`, and a worker notices a dead parent."""
+"""The one stop-signal scheme of run, tune and fair: Ctrl-C and SIGTERM become :class:`Interrupted`.
+
+The parent and each worker of :mod:`harness.pool` install :class:`StopSignals`; the parent passes a
+signal on to its workers, and a worker notices a parent killed outright (:func:`watch_parent`). The exit
+code after a stop is ``128 + signal``: 130 for Ctrl-C, 143 for SIGTERM.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +38,9 @@ class Interrupted(KeyboardInterrupt):
 class StopSignals:
     """Records the first SIGINT/SIGTERM; raises :class:`Interrupted` at once only where that is safe (armed).
 
-    Inside a trial's training the process is armed, so a signal stops it at once; elsewhere (Optuna's
-    storage calls, writing outputs) the signal waits for the next :meth:`check`, so no storage write is
-    cut in half. Later signals are recorded only: the clean-up after the first one runs to its end.
+    Inside a cell's or a trial's training (and while a parent waits for its workers) the process is
+    armed, so a signal stops it at once; elsewhere (Optuna's storage calls, writing outputs) the signal
+    waits for the next :meth:`check`, so no storage write is cut in half. Later signals are recorded only: the clean-up after the first one runs to its end.
     """
 
     def __init__(self) -> None:

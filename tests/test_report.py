@@ -429,7 +429,7 @@ def _shifted_copy(exp_dir: Path, where: Path, loss: str, by: float) -> Path:
 def test_reference_agreement_section(tmp_path):
     exp_dir = build_results(tmp_path / "runs", Spec(ks=(1,), cell_files=()))
     reference = _shifted_copy(exp_dir, tmp_path / "reference", "binomial", -0.05)
-    text = report.write_report(exp_dir, reference=reference).read_text()
+    text = report.write_report(exp_dir, reference=reference, agreement_margin=2.0).read_text()
     assert (
         text.index("## At a glance")
         < text.index("## Agreement with the committed reference")
@@ -437,12 +437,18 @@ def test_reference_agreement_section(tmp_path):
     )
     section = text.split("## Agreement with the committed reference")[1].split("\n## ")[0]
     assert "Welch's two-sample t-test" in section and "Verdicts: agrees: 2, differs: 1." in section
+    assert "two one-sided Welch t-tests** (TOST, margin ±2" in section
     binomial = next(line for line in section.splitlines() if "| Binomial |" in line)
     assert "| 3 / 3 | 65.5 | 60.5 | +5.00 [" in binomial and binomial.endswith("| **differs** |")
     ms = next(line for line in section.splitlines() if "| MS |" in line)
-    assert "| +0.00 [" in ms and ms.endswith("| **agrees** |")
+    assert "| +0.00 [" in ms and ms.endswith("| **agrees** (within ±2) |")
     # regenerable: the same report twice (bootstrap seed fixed)
-    assert report.write_report(exp_dir, reference=reference).read_text() == text
+    assert report.write_report(exp_dir, reference=reference, agreement_margin=2.0).read_text() == text
+    # the default margin, 1 point: 3 seeds with an SD of 0.4 points cannot show the equal rows within it
+    section = report.write_report(exp_dir, reference=reference).read_text().split("## Agreement")[1]
+    ms = next(line for line in section.splitlines() if "| MS |" in line)
+    assert ms.endswith("| 0.056 | 1.000 | **undecided**: too noisy to tell within ±1 |")
+    assert "Verdicts: undecided: 2, differs: 1." in section and "TOST Holm p (±1)" in section
     # none asked for, or none committed for this experiment: no section
     assert "## Agreement" not in report.write_report(exp_dir, reference=False).read_text()
     assert "## Agreement" not in report.write_report(exp_dir).read_text()
@@ -471,6 +477,10 @@ def test_cli_options_all_pairs_margin_reference(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad:
         cli_main(report.main, [str(exp_dir), "--margin", "0"])
     assert bad.value.code == 2 and "--margin 0.0" in capsys.readouterr().err
+    assert "--agreement-margin" in help_text
+    with pytest.raises(SystemExit) as bad:
+        cli_main(report.main, [str(exp_dir), "--agreement-margin", "-1"])
+    assert bad.value.code == 2 and "--agreement-margin -1.0: the margin" in capsys.readouterr().err
 
 
 def test_intermediate_values_plot_for_a_tuning_study(tmp_path):

@@ -38,6 +38,7 @@ from harness.report.reading import (
 )
 from harness.report.sections import load_context, write_report
 from harness.results import folder_lock
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 __all__ = [
     "CELL_GROUP",
@@ -90,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         help="equivalence margin of the paper verdicts: 'reproduced within ±POINTS points' is "
         f"printed only when two one-sided tests show it (default: {DEFAULT_MARGIN:g})",
     )
+    parser.add_argument(
+        "--agreement-margin",
+        type=float,
+        default=DEFAULT_AGREEMENT_MARGIN,
+        metavar="POINTS",
+        help="a row agrees with the reference run when two one-sided tests show its test Recall@1 within "
+        f"±POINTS points of it (default: {DEFAULT_AGREEMENT_MARGIN:g})",
+    )
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument(
         "--reference",
@@ -110,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                 all_pairs=args.all_pairs,
                 margin=args.margin,
                 reference=False if args.no_reference else args.reference,
+                agreement_margin=args.agreement_margin,
             )
         )
     return 0

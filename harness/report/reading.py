@@ -13,6 +13,7 @@ import pandas as pd
 from harness.errors import DamagedFileError, UserError
 from harness.files import read_json_if_exists
 from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
 """The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
@@ -331,6 +332,8 @@ class ReportOptions:
     """Equivalence margin in points for the paper verdicts."""
     reference_dir: Path | None = None
     """A committed reference run to check agreement with (None: none)."""
+    agreement_margin: float = DEFAULT_AGREEMENT_MARGIN
+    """Points of Recall@1 within which a row agrees with the reference run (TOST)."""
 
 
 @dataclass

@@ -41,6 +41,7 @@ from harness.report.tables import (
     other_metrics_section,
     paper_section,
 )
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 
 def weights_coincide(finished: pd.DataFrame) -> bool:
@@ -295,6 +296,7 @@ def write_report(
     all_pairs: bool = False,
     margin: float = DEFAULT_MARGIN,
     reference: Path | bool | None = None,
+    agreement_margin: float = DEFAULT_AGREEMENT_MARGIN,
 ) -> Path:
     """Write ``<experiment_dir>/report.md`` and ``<experiment_dir>/figures/``; return the report's path.
 
@@ -303,15 +305,24 @@ def write_report(
     ``all_pairs``: compare every pair of losses instead of MS against each other loss. ``margin``:
     the equivalence margin (points) of the paper verdicts. ``reference``: the committed reference run
     to check agreement with (None: ``results/reference/<experiment>/`` when it exists; False: none).
+    ``agreement_margin``: the points within which a row agrees with the reference run.
     """
     if not margin > 0:
         raise UserError(
             f"--margin {margin}: the equivalence margin must be a positive number of points (e.g. 2)"
         )
+    if not agreement_margin > 0:
+        raise UserError(
+            f"--agreement-margin {agreement_margin}: the margin of agreement with the reference run must "
+            "be a positive number of points (e.g. 1)"
+        )
     exp_dir = Path(experiment_dir)
     ctx, selection_text = load_context(exp_dir, paper_dir)
     ctx.options = ReportOptions(
-        all_pairs=all_pairs, margin=margin, reference_dir=_reference_dir(exp_dir, ctx.cells, reference)
+        all_pairs=all_pairs,
+        margin=margin,
+        reference_dir=_reference_dir(exp_dir, ctx.cells, reference),
+        agreement_margin=agreement_margin,
     )
     experiment = ", ".join(sorted(set(ctx.cells["experiment"]) - {""})) or ctx.exp_dir.name
     compared = comparison(ctx) if len(ctx.finished) else pd.DataFrame()

@@ -18,6 +18,7 @@ from harness.report.decisions import default_reference
 from harness.report.reading import (
     CELL_GROUP,
     DATASET_NAMES,
+    DEFAULT_MAP_CLASSES,
     DEFAULT_MARGIN,
     FIGURE_FAMILY,
     PAPER_DIR,
@@ -43,6 +44,7 @@ from harness.stats import DEFAULT_AGREEMENT_MARGIN
 __all__ = [
     "CELL_GROUP",
     "DATASET_NAMES",
+    "DEFAULT_MAP_CLASSES",
     "DEFAULT_MARGIN",
     "FIGURE_FAMILY",
     "PAPER_DIR",
@@ -99,6 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         help="a row agrees with the reference run when two one-sided tests show its test Recall@1 within "
         f"±POINTS points of it (default: {DEFAULT_AGREEMENT_MARGIN:g})",
     )
+    parser.add_argument(
+        "--examples-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="the seed of the cells whose kept weights (train.keep_weights) draw the retrieval examples "
+        "and embedding maps (default: the control's first seed)",
+    )
+    parser.add_argument(
+        "--map-classes",
+        type=int,
+        default=DEFAULT_MAP_CLASSES,
+        metavar="N",
+        help=f"test classes drawn in each embedding map, chosen with a fixed seed (default: {DEFAULT_MAP_CLASSES})",
+    )
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument(
         "--reference",
@@ -120,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
                 margin=args.margin,
                 reference=False if args.no_reference else args.reference,
                 agreement_margin=args.agreement_margin,
+                examples_seed=args.examples_seed,
+                map_classes=args.map_classes,
             )
         )
     return 0

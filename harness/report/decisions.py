@@ -40,7 +40,7 @@ class Block:
     control: str
 
 
-def _control(ctx: ReportContext, block: pd.DataFrame, rows: list[str]) -> str:
+def control_row(ctx: ReportContext, block: pd.DataFrame, rows: list[str]) -> str:
     """MS with the paper's preset if the block has it, else any MS, else the first row."""
     meta = block.drop_duplicates("row").set_index("row")
     ms = [r for r in rows if meta.loc[r, "loss"] == "ms"]
@@ -62,7 +62,7 @@ def blocks(ctx: ReportContext) -> list[Block]:
             f"{DATASET_NAMES.get(dataset, dataset)}, {size_variant(size, variant, ctx.many_variants)}, "
             f"{ctx.weights_titles[weights]}"
         )
-        out.append(Block(key, title, seeds, _control(ctx, block, rows)))
+        out.append(Block(key, title, seeds, control_row(ctx, block, rows)))
     return out
 
 

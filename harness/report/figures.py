@@ -281,8 +281,10 @@ def figure_markdown(ctx: ReportContext, item: Figure | Skipped) -> str:
     return f"\n#### {esc(item.title)}\n\n![{esc(item.title)}]({png})\n\n{item.caption.strip()} ([SVG]({svg}))"
 
 
-def figures_section(ctx: ReportContext, figures: list[Figure | Skipped]) -> str:
-    """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped."""
+def figures_section(ctx: ReportContext, figures: list[Figure | Skipped], note: str = "") -> str:
+    """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped; ``note``: one
+    more line under the section's first (e.g. why there are no retrieval examples)."""
     lines = ["## Figures", "", "PNG shown; an SVG of each lies beside it in `figures/`."]
+    lines += [note] if note else []
     lines += [figure_markdown(ctx, item).replace("\n#### ", "\n### ", 1) for item in figures]
     return "\n".join(lines)

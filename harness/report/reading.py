@@ -322,6 +322,10 @@ DEFAULT_MARGIN = 2.0
 """Equivalence margin (points) for "reproduced within +-m points"."""
 
 
+DEFAULT_MAP_CLASSES = 10
+"""Test classes in an embedding map, unless the report is told otherwise."""
+
+
 @dataclass(frozen=True)
 class ReportOptions:
     """The report's choices a user can make on the command line."""
@@ -334,6 +338,10 @@ class ReportOptions:
     """A committed reference run to check agreement with (None: none)."""
     agreement_margin: float = DEFAULT_AGREEMENT_MARGIN
     """Points of Recall@1 within which a row agrees with the reference run (TOST)."""
+    examples_seed: int | None = None
+    """The seed of the cells drawn in the retrieval examples and embedding maps (None: the control's first)."""
+    map_classes: int = DEFAULT_MAP_CLASSES
+    """Test classes drawn in the embedding maps."""
 
 
 @dataclass

@@ -3,8 +3,9 @@
 Reads ``DIR/cells.csv`` (and each cell's ``final.json``, ``train_log.csv``, ``evals.csv``,
 ``pair_weights.npz``) and the paper's tables (``results/paper/``) in :mod:`.reading`, computes the
 statistics of :mod:`harness.stats` into the tables of :mod:`.tables`, draws the figures of
-:mod:`.figures` (drawing in :mod:`.plots`) and writes ``DIR/report.md`` (:mod:`.sections`) plus
-``DIR/figures/*.png|svg``. No training, no model. Values in cells.csv are fractions; they are
+:mod:`.figures` (drawing in :mod:`.plots`) and, from cells that kept their weights, the retrieval
+examples and embedding maps of :mod:`.examples`, and writes ``DIR/report.md`` (:mod:`.sections`) plus
+``DIR/figures/*.png|svg``. No training. Values in cells.csv are fractions; they are
 converted to percent once, in :func:`to_percent`, when read; everything after that is percent.
 """
 

@@ -68,7 +68,7 @@ def _other_weights_note(ctx: ReportContext, frame: pd.DataFrame, by: list[str], 
         sentences.append(
             f"Not drawn: the {ctx.weights_titles[other].split(' (')[0]}, whose means differ from the drawn "
             f"{ctx.weights_titles[shown[0]].split(' (')[0]} by at most {gap.max():.2f} points "
-            f"({esc(where)}); the tables give both."
+            f"(largest for {esc(where)}); the tables give both."
         )
     return " ".join(sentences)
 
@@ -285,6 +285,6 @@ def figures_section(ctx: ReportContext, figures: list[Figure | Skipped], note: s
     """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped; ``note``: one
     more line under the section's first (e.g. why there are no retrieval examples)."""
     lines = ["## Figures", "", "PNG shown; an SVG of each lies beside it in `figures/`."]
-    lines += [note] if note else []
+    lines += ["", note] if note else []
     lines += [figure_markdown(ctx, item).replace("\n#### ", "\n### ", 1) for item in figures]
     return "\n".join(lines)

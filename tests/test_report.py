@@ -447,8 +447,10 @@ def test_reference_agreement_section(tmp_path):
     # the default margin, 1 point: 3 seeds with an SD of 0.4 points cannot show the equal rows within it
     section = report.write_report(exp_dir, reference=reference).read_text().split("## Agreement")[1]
     ms = next(line for line in section.splitlines() if "| MS |" in line)
-    assert ms.endswith("| 0.056 | 1.000 | **undecided**: too noisy to tell within ±1 |")
+    # shown within: t(1 - 0.05/3, 4) x the standard error 0.4 x sqrt(2/3) = 3.19 x 0.327 points
+    assert ms.endswith("| ±1.04 | 0.056 | 1.000 | **undecided**: too noisy to tell within ±1 |")
     assert "Verdicts: undecided: 2, differs: 1." in section and "TOST Holm p (±1)" in section
+    assert "The undecided rows' seeds show them within ±1.04 to ±1.04 points at best" in section
     # none asked for, or none committed for this experiment: no section
     assert "## Agreement" not in report.write_report(exp_dir, reference=False).read_text()
     assert "## Agreement" not in report.write_report(exp_dir).read_text()

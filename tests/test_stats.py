@@ -503,6 +503,10 @@ def test_reference_agreement_is_welch_with_holm():
     assert out.p_equivalence_holm.to_numpy() == pytest.approx(
         multipletests(out.p_equivalence.to_numpy(), method="holm")[1]
     )
+    # the smallest margin shown at Holm's first level, 0.05 / 2: |diff| + t(1 - 0.025, df) * se
+    se = math.sqrt(v1 + v2)
+    assert ms.smallest_margin == pytest.approx(0.125 + sps.t.ppf(1 - 0.05 / 2, ms.df) * se)
+    assert ms.smallest_margin > 1.0  # which is why 1 point cannot be shown here
     # MS: no difference found, but 4 and 3 noisy seeds cannot show it within 1 point either
     assert ms.p_holm > 0.05 and ms.p_equivalence_holm > 0.05 and ms.verdict == stats.UNDECIDED
     assert out.loc["Binomial", "verdict"] == stats.DIFFERS
@@ -527,6 +531,7 @@ def test_reference_agreement_tells_agreeing_noisy_and_different_rows_apart():
     # equal means, huge SD: no difference found, and none excluded either
     noisy = out.loc["noisy"]
     assert noisy.verdict == stats.UNDECIDED and noisy.p_holm > 0.05 and noisy.p_equivalence_holm > 0.05
+    assert out.loc["precise", "smallest_margin"] < 1.0 < out.loc["noisy", "smallest_margin"]
     # shifted by 3 points with small SD: a difference, far outside the margin
     shifted = out.loc["shifted"]
     assert shifted.verdict == stats.DIFFERS and shifted.p_holm < 0.001 and shifted.p_equivalence > 0.5
@@ -545,6 +550,8 @@ def test_reference_agreement_edge_cases():
     assert (out.loc["a", "p"], out.loc["a", "verdict"]) == (1.0, stats.AGREES)  # no spread, equal: exact
     assert (out.loc["b", "p"], out.loc["b", "t"], out.loc["b", "verdict"]) == (0.0, -math.inf, stats.DIFFERS)
     assert (out.loc["a", "p_equivalence"], out.loc["b", "p_equivalence"]) == (0.0, 1.0)  # |diff| 1: not < 1
+    assert (out.loc["a", "smallest_margin"], out.loc["b", "smallest_margin"]) == (0.0, 1.0)
+    assert math.isnan(out.loc["c", "smallest_margin"])
     assert out.loc["c", "verdict"] == stats.NO_AGREEMENT_TEST and math.isnan(out.loc["c", "p_holm"])
     assert math.isnan(out.loc["c", "ci_low"]) and out.loc["c", "diff"] == pytest.approx(-0.5)
     empty = stats.reference_agreement(ours, _runs({"z": [1.0, 2.0]}))

@@ -420,12 +420,20 @@ def reference_section(ctx: ReportContext) -> str:
         "the margin, and **Welch's two-sample t-test** finds a difference; *undecided*: neither, the "
         f"seeds are too noisy to tell whether the row lies within ±{margin:g}. Both tests are "
         "Holm-corrected across the rows at 5%; the difference ours − reference is given with its 95% "
-        "Welch interval.",
+        "Welch interval, and *shown within* is the smallest margin these seeds show the row within (at "
+        "Holm's strictest level): a row agrees whenever the margin exceeds it.",
     ]
     if agreement.empty:
         return "\n".join([*lines, "", "No row of this run is in the reference run: nothing to compare."])
     verdicts = agreement["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in verdicts.items()) + "."]
+    undecided = agreement.loc[agreement["verdict"] == stats.UNDECIDED, "smallest_margin"]
+    if len(undecided):
+        lines.append(
+            f"- The undecided rows' seeds show them within ±{undecided.min():.2f} to ±{undecided.max():.2f} "
+            f"points at best (column *shown within*): closer agreement than that needs more seeds, not a "
+            "re-run."
+        )
     ids = {
         side: frame.groupby(keys)["cell_id"].agg(frozenset)
         for side, frame in (("ours", ours), ("ref", theirs))
@@ -446,6 +454,7 @@ def reference_section(ctx: ReportContext) -> str:
             num(r.mean, 1),
             num(r.mean_reference, 1),
             f"{num(r.diff, 2, sign=True)} [{num(r.ci_low, 2, sign=True)}, {num(r.ci_high, 2, sign=True)}]",
+            f"±{num(r.smallest_margin, 2)}",
             p_value(r.p_equivalence_holm),
             p_value(r.p_holm),
             agreement_words(r.verdict, margin),
@@ -465,6 +474,7 @@ def reference_section(ctx: ReportContext) -> str:
                     "ours %",
                     "reference %",
                     "diff [95% CI]",
+                    "shown within",
                     f"TOST Holm p (±{margin:g})",
                     "Welch Holm p",
                     "verdict",

@@ -57,6 +57,7 @@ AGREEMENT_COLUMNS = (
     "margin",
     "p_equivalence",
     "p_equivalence_holm",
+    "smallest_margin",
     "verdict",
 )
 
@@ -92,6 +93,17 @@ def _equivalence_p(ours: np.ndarray, reference: np.ndarray, margin: float) -> fl
     return float(p)
 
 
+def _smallest_margin(row: dict, tested: int, alpha: float) -> float:
+    """The smallest margin the row's TOST passes at Holm's strictest level ``alpha / tested``: ``|diff| +
+    t(1 - alpha / tested, df) * se`` (se from the Welch interval); ``|diff|`` at zero spread, NaN untested."""
+    if math.isnan(row["p"]):
+        return math.nan
+    if math.isnan(row["df"]):  # both sides without spread: any margin above |diff|
+        return abs(row["diff"])
+    se = (row["ci_high"] - row["ci_low"]) / (2.0 * float(stats.t.ppf(0.5 + CONFIDENCE / 2, row["df"])))
+    return abs(row["diff"]) + float(stats.t.ppf(1.0 - alpha / tested, row["df"])) * se
+
+
 def reference_agreement(
     ours: pd.DataFrame,
     reference: pd.DataFrame,
@@ -108,7 +120,9 @@ def reference_agreement(
     ``n_reference`` (seeds), ``mean``, ``mean_reference``, ``diff`` (ours - reference), ``ci_low``,
     ``ci_high`` (95% Welch interval of ``diff``), ``t``, ``df`` (Welch-Satterthwaite), ``p``
     (two-sided Welch), ``p_holm`` (Holm over the keys tested), ``margin``, ``p_equivalence`` (TOST,
-    Welch) and ``p_equivalence_holm`` (Holm over the keys tested), and ``verdict``:
+    Welch), ``p_equivalence_holm`` (Holm over the keys tested), ``smallest_margin`` (the smallest
+    margin these seeds show the row within at Holm's strictest level, ``alpha / keys tested``: a row
+    is certainly *agrees* above it; at equal means it is what the design can resolve) and ``verdict``:
 
     - :data:`AGREES` when ``p_equivalence_holm < alpha`` (within ±margin; a difference smaller than
       the margin may still be detected, ``diff`` gives its size);
@@ -150,8 +164,10 @@ def reference_agreement(
         rows.append(row)
     adjusted = holm([row["p"] for row in rows])
     adjusted_equivalence = holm([row["p_equivalence"] for row in rows])
+    tested = int(sum(not math.isnan(p) for p in adjusted))
     for row, p_holm, p_equivalence_holm in zip(rows, adjusted, adjusted_equivalence, strict=True):
         row["p_holm"], row["p_equivalence_holm"] = float(p_holm), float(p_equivalence_holm)
+        row["smallest_margin"] = _smallest_margin(row, tested, alpha)
         if math.isnan(p_holm):
             row["verdict"] = NO_AGREEMENT_TEST
         elif p_equivalence_holm < alpha:

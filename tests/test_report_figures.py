@@ -4,6 +4,7 @@ the near-threshold marks, and the retrieval examples and embedding maps of a tin
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -17,7 +18,7 @@ from test_report import CARS_D64_FIGURES, Spec, build_results
 from harness import report, run
 from harness.builders import load_splits
 from harness.config import CellConfig
-from harness.report import example_plots, examples, plots
+from harness.report import example_plots, examples, figures, plots
 
 matplotlib.use("Agg")
 
@@ -264,3 +265,19 @@ def test_embedding_map_has_one_panel_per_loss_with_the_same_classes(kept, drawn)
             "Embedding map (t-SNE): glyphs, embedding 16",
         )
     ]
+
+
+def test_damaged_kept_weights_skip_the_examples_with_the_reason(kept, tmp_path):
+    copy = tmp_path / "tiny"
+    shutil.copytree(kept, copy)
+    for path in (copy / "cells").glob("glyphs-ms-*/weights_selected.pt"):
+        path.write_bytes(b"not a torch file")
+    ctx, _ = report.load_context(copy)
+    items, note = examples.example_figures(ctx)
+    assert note == "" and len(items) == 2
+    assert all(isinstance(item, figures.Skipped) for item in items)
+    for item in items:
+        assert item.reason.startswith("the test set could not be embedded again (")
+        assert (
+            "weights\\_selected.pt: not a readable weights file (UnpicklingError); delete it" in item.reason
+        )

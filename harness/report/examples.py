@@ -13,13 +13,14 @@ Without kept weights nothing is embedded and the report says so in one line.
 from __future__ import annotations
 
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from harness.errors import UserError
+from harness.errors import DamagedFileError, UserError
 from harness.report import example_plots
 from harness.report.decisions import control_row
 from harness.report.figures import Figure, Skipped, slug, variant_slug
@@ -92,7 +93,14 @@ def embed_cell(exp_dir: Path, row: str, cell_id: str, record: dict, weights: str
     gallery = splits.test if leave_one_out else splits.gallery
     model = build_model(cfg, in_channels=int(queries[0][0].shape[0]))
     path = cell_paths(exp_dir, cell_id).weights(weights)
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as err:
+        raise DamagedFileError(
+            f"{path}: not a readable weights file ({type(err).__name__}); delete it and train the cell again "
+            "with train.keep_weights: true"
+        ) from None
+    model.load_state_dict(state)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
     options = {

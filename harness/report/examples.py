@@ -23,8 +23,8 @@ import pandas as pd
 from harness.errors import DamagedFileError, UserError
 from harness.report import example_plots
 from harness.report.decisions import control_row
-from harness.report.figures import Figure, Skipped, slug, variant_slug
-from harness.report.reading import DATASET_NAMES, FIGURE_FAMILY, ReportContext
+from harness.report.figures import Figure, Skipped, family_name, slug, variant_slug
+from harness.report.reading import FIGURE_FAMILY, ReportContext
 from harness.report.tables import esc, weights_shown
 from harness.results import cell_paths
 
@@ -197,11 +197,7 @@ def example_figures(ctx: ReportContext) -> tuple[list[Figure | Skipped], str]:
     out: list[Figure | Skipped] = []
     for key, family in per_cell.groupby(list(FIGURE_FAMILY), sort=True):
         dataset, size, variant = key
-        name = (
-            DATASET_NAMES.get(dataset, dataset).split(" (")[0]
-            + f", embedding {size}"
-            + (f", variant {variant}" if ctx.many_variants else "")
-        )
+        name = family_name(ctx, dataset, size, variant)
         titles = (f"Retrieval examples: {name}", f"Embedding map (t-SNE): {name}")
         family_kept = kept[kept["cell_id"].isin(family["cell_id"])]
         if family_kept.empty:

@@ -40,7 +40,8 @@ def variant_slug(variant: str) -> str:
     return "" if variant == "default" else variant
 
 
-def _family_name(ctx: ReportContext, dataset: str, size: object, variant: str) -> str:
+def family_name(ctx: ReportContext, dataset: str, size: object, variant: str) -> str:
+    """A figure family in a title: 'Cars-196, embedding 64' (and the variant when there are several)."""
     name = DATASET_NAMES.get(dataset, dataset).split(" (")[0]
     return f"{name}, embedding {size}" + (f", variant {variant}" if ctx.many_variants else "")
 
@@ -86,7 +87,7 @@ def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | 
     out: list[Figure | Skipped] = []
     for (dataset, size, variant), block in families:
         stem = figures_dir / slug("ablation", dataset, f"d{size}", variant_slug(variant))
-        out.append(_ablation_figure(ctx, block, reference, _family_name(ctx, dataset, size, variant), stem))
+        out.append(_ablation_figure(ctx, block, reference, family_name(ctx, dataset, size, variant), stem))
     for key, _ in families:
         out.append(_recall_figure(ctx, recall, reference, styles, key, figures_dir))
     out += _size_figures(ctx, recall, reference, styles, figures_dir)
@@ -144,7 +145,7 @@ def _ablation_figure(
 
 def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure | Skipped:
     dataset, size, variant = key
-    title = f"Recall@K: {_family_name(ctx, dataset, size, variant)}"
+    title = f"Recall@K: {family_name(ctx, dataset, size, variant)}"
     ours = select(recall, dataset=dataset, embedding_size=size, variant=variant)
     if ours["k"].nunique() < 2:
         return Skipped(title, "fewer than two K values measured")
@@ -217,7 +218,7 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
     logs, evals, weights = ctx.files.train_log, ctx.files.evals, ctx.files.weights
     for key, _ in ctx.finished.groupby(list(FIGURE_FAMILY), sort=True):
         dataset, size, variant = key
-        name = _family_name(ctx, dataset, size, variant)
+        name = family_name(ctx, dataset, size, variant)
         tag = dict(zip(FIGURE_FAMILY, key, strict=True))
         log, ev, wt = (select(f, **tag) if len(f) else f for f in (logs, evals, weights))
         title = f"Training curves: {name}"

@@ -487,7 +487,7 @@ def test_reference_agreement_is_welch_with_holm():
     reference = _runs(
         {"MS": [48.5, 49.0, 48.0], "Binomial": [40.0, 40.5, 39.5], "only reference": [3.0, 4.0]}
     )
-    out = stats.reference_agreement(ours, reference).set_index("row")
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
     assert list(out.index) == ["Binomial", "MS"]  # keys both runs have
     welch = sps.ttest_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], equal_var=False)
     interval = welch.confidence_interval(0.95)
@@ -499,7 +499,7 @@ def test_reference_agreement_is_welch_with_holm():
     v1, v2 = np.var([48.0, 49.5, 47.0, 50.0], ddof=1) / 4, np.var([48.5, 49.0, 48.0], ddof=1) / 3
     assert ms.df == pytest.approx((v1 + v2) ** 2 / (v1**2 / 3 + v2**2 / 2))
     assert out.p_holm.to_numpy() == pytest.approx(multipletests(out.p.to_numpy(), method="holm")[1])
-    # equivalence within the default margin of 1 point: statsmodels' TOST with Welch's variances, Holm
+    # equivalence within a margin of 1 point: statsmodels' TOST with Welch's variances, Holm
     tost = ttost_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], -1.0, 1.0, usevar="unequal")[0]
     assert ms.margin == 1.0 and ms.p_equivalence == pytest.approx(tost)
     assert out.p_equivalence_holm.to_numpy() == pytest.approx(
@@ -527,7 +527,7 @@ def test_reference_agreement_tells_agreeing_noisy_and_different_rows_apart():
             "shifted": list(50 + 0.2 * noise[3]),
         }
     )
-    out = stats.reference_agreement(ours, reference).set_index("row")
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
     # equal means, small SD: within +-1 point, shown
     assert out.loc["precise", "verdict"] == stats.AGREES and out.loc["precise", "p_equivalence_holm"] < 0.001
     # equal means, huge SD: no difference found, and none excluded either
@@ -548,7 +548,7 @@ def test_reference_agreement_tells_agreeing_noisy_and_different_rows_apart():
 def test_reference_agreement_edge_cases():
     ours = _runs({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0], "c": [5.0]})
     reference = _runs({"a": [1.0, 1.0], "b": [3.0, 3.0, 3.0], "c": [5.0, 6.0]})
-    out = stats.reference_agreement(ours, reference).set_index("row")
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
     assert (out.loc["a", "p"], out.loc["a", "verdict"]) == (1.0, stats.AGREES)  # no spread, equal: exact
     assert (out.loc["b", "p"], out.loc["b", "t"], out.loc["b", "verdict"]) == (0.0, -math.inf, stats.DIFFERS)
     assert (out.loc["a", "p_equivalence"], out.loc["b", "p_equivalence"]) == (0.0, 1.0)  # |diff| 1: not < 1

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from harness.data.transforms import CONVENTIONS, build_transform, eval_resize_size
+from harness.data.transforms import CONVENTIONS, build_transform, eval_resize_size, to_display_image
 from harness.errors import UserError
 
 RED = (255, 0, 0)
@@ -53,6 +53,15 @@ def test_grey_is_one_channel_in_minus_one_to_one() -> None:
     luminance = 76 / 255  # PIL's L = 0.299 R + 0.587 G + 0.114 B, rounded
     assert torch.allclose(out[0, 0, 0], torch.tensor((luminance - 0.5) / 0.5), atol=1e-3)
     assert build_transform("grey", 24, train=False)(noise_image()).abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("convention", sorted(CONVENTIONS))
+def test_display_image_inverts_the_convention(convention: str) -> None:
+    image = noise_image(size=(24, 24))
+    shown = to_display_image(build_transform(convention, 24, train=False, resize_size=24)(image), convention)
+    pixels = np.asarray(image.convert("L" if CONVENTIONS[convention].channels == 1 else "RGB")) / 255.0
+    assert shown.shape == pixels.shape and shown.min() >= 0.0 and shown.max() <= 1.0
+    assert np.abs(shown - pixels).max() < 1e-5  # RGB order back, 0-1 range, mean and std undone
 
 
 def test_eval_is_deterministic_centre_crop_and_train_is_random() -> None:

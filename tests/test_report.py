@@ -33,6 +33,15 @@ COLUMNS = list(CELLS_TABLE_COLUMNS)
 # our R@1 (fraction) per loss: Binomial below the paper's 71.9, MS mining above its 67.0, MS at its 77.3
 BASE_R1 = {"binomial": 0.650, "ms_mining": 0.700, "ms": 0.773, "triplet": 0.600}
 SEED_JITTER = (-0.004, 0.0, 0.004)
+CARS_D64_FIGURES = {
+    "ablation_cars_d64",
+    "recall_at_k_cars_d64",
+    "training_cars_d64",
+    "pair_weights_cars_d64",
+    "forest_cars_d64",
+    "critical_difference_cars_d64",
+}
+"""The figures of a Cars-196 grid at embedding size 64 with every cell file (no weights kept)."""
 
 
 @dataclass
@@ -405,14 +414,7 @@ def test_equal_selected_and_final_weights_are_shown_once(tmp_path):
     )
     ms_row = next(line for line in text.splitlines() if line.startswith("| d=64 | MS | 1 |"))
     assert "| 3 | 77.30 [" in ms_row and text.count("| d=64 | MS | 1 |") == 1
-    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == {
-        "ablation_cars_d64",
-        "recall_at_k_cars_d64",
-        "training_cars_d64",
-        "pair_weights_cars_d64",
-        "forest_cars_d64",
-        "critical_difference_cars_d64",
-    }
+    assert {p.stem for p in (exp_dir / "figures").glob("*.png")} == CARS_D64_FIGURES
 
 
 # ------------------------------------------------------------------ agreement with a committed reference run
@@ -432,7 +434,7 @@ def _shifted_copy(exp_dir: Path, where: Path, loss: str, by: float) -> Path:
 def test_reference_agreement_section(tmp_path):
     exp_dir = build_results(tmp_path / "runs", Spec(ks=(1,), cell_files=()))
     reference = _shifted_copy(exp_dir, tmp_path / "reference", "binomial", -0.05)
-    text = report.write_report(exp_dir, reference=reference).read_text()
+    text = report.write_report(exp_dir, reference=reference, agreement_margin=2.0).read_text()
     assert (
         text.index("## At a glance")
         < text.index("## Agreement with the committed reference")
@@ -440,12 +442,21 @@ def test_reference_agreement_section(tmp_path):
     )
     section = text.split("## Agreement with the committed reference")[1].split("\n## ")[0]
     assert "Welch's two-sample t-test" in section and "Verdicts: agrees: 2, differs: 1." in section
+    assert "two one-sided Welch t-tests** (TOST, margin ±2" in section
     binomial = next(line for line in section.splitlines() if "| Binomial |" in line)
     assert "| 3 / 3 | 65.5 | 60.5 | +5.00 [" in binomial and binomial.endswith("| **differs** |")
     ms = next(line for line in section.splitlines() if "| MS |" in line)
-    assert "| +0.00 [" in ms and ms.endswith("| **agrees** |")
+    assert "| +0.00 [" in ms and ms.endswith("| **agrees** (within ±2) |")
     # regenerable: the same report twice (bootstrap seed fixed)
-    assert report.write_report(exp_dir, reference=reference).read_text() == text
+    assert report.write_report(exp_dir, reference=reference, agreement_margin=2.0).read_text() == text
+    # a margin of 1 point: 3 seeds with an SD of 0.4 points cannot show the equal rows within it
+    section = report.write_report(exp_dir, reference=reference, agreement_margin=1.0).read_text()
+    section = section.split("## Agreement")[1]
+    ms = next(line for line in section.splitlines() if "| MS |" in line)
+    # shown within: t(1 - 0.05/3, 4) x the standard error 0.4 x sqrt(2/3) = 3.19 x 0.327 points
+    assert ms.endswith("| ±1.04 | 0.056 | 1.000 | **undecided**: too noisy to tell within ±1 |")
+    assert "Verdicts: undecided: 2, differs: 1." in section and "TOST Holm p (±1)" in section
+    assert "The undecided rows' seeds show them within ±1.04 to ±1.04 points at best" in section
     # none asked for, or none committed for this experiment: no section
     assert "## Agreement" not in report.write_report(exp_dir, reference=False).read_text()
     assert "## Agreement" not in report.write_report(exp_dir).read_text()
@@ -474,6 +485,10 @@ def test_cli_options_all_pairs_margin_reference(tmp_path, capsys):
     with pytest.raises(SystemExit) as bad:
         cli_main(report.main, [str(exp_dir), "--margin", "0"])
     assert bad.value.code == 2 and "--margin 0.0" in capsys.readouterr().err
+    assert "--agreement-margin" in help_text
+    with pytest.raises(SystemExit) as bad:
+        cli_main(report.main, [str(exp_dir), "--agreement-margin", "-1"])
+    assert bad.value.code == 2 and "--agreement-margin -1.0: the margin" in capsys.readouterr().err
 
 
 def test_intermediate_values_plot_for_a_tuning_study(tmp_path):

@@ -345,6 +345,28 @@ def test_planned_comparisons_against_scipy_and_statsmodels():
     )
 
 
+def test_decisions_near_the_threshold_are_marked():
+    assert stats.NEAR_THRESHOLD == (0.01, 0.1)
+    assert [stats.near_threshold(p) for p in (0.005, 0.01, 0.031, 0.05, 0.099, 0.1, 0.151, math.nan)] == [
+        False,
+        False,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+    ]
+    # MS - A: 1, 0.2, 1.5, 0.6, 1.1 (Holm p 0.017: "MS better", but near); MS - B: about 10 (far from it)
+    block = pd.DataFrame(
+        {"MS": [50.0, 51, 52, 53, 54], "A": [49.0, 50.8, 50.5, 52.4, 52.9], "B": [40.0, 41, 42, 43, 44.5]}
+    )
+    table = stats.planned_comparisons(block, n_resamples=500).table.set_index("b")
+    assert table.loc["A", "p_holm"] == pytest.approx(0.0167, abs=1e-4)
+    assert table.loc["A", "decision"] == "MS better" and table.loc["A", "near_threshold"]
+    assert table.loc["B", "decision"] == "MS better" and not table.loc["B", "near_threshold"]
+
+
 def test_planned_comparisons_keeps_wilcoxon_where_it_can_reach_significance():
     rng = np.random.default_rng(3)
     block = pd.DataFrame({"MS": 50 + rng.normal(size=8), "Binomial": 48 + rng.normal(size=8)})
@@ -465,7 +487,7 @@ def test_reference_agreement_is_welch_with_holm():
     reference = _runs(
         {"MS": [48.5, 49.0, 48.0], "Binomial": [40.0, 40.5, 39.5], "only reference": [3.0, 4.0]}
     )
-    out = stats.reference_agreement(ours, reference).set_index("row")
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
     assert list(out.index) == ["Binomial", "MS"]  # keys both runs have
     welch = sps.ttest_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], equal_var=False)
     interval = welch.confidence_interval(0.95)
@@ -477,15 +499,61 @@ def test_reference_agreement_is_welch_with_holm():
     v1, v2 = np.var([48.0, 49.5, 47.0, 50.0], ddof=1) / 4, np.var([48.5, 49.0, 48.0], ddof=1) / 3
     assert ms.df == pytest.approx((v1 + v2) ** 2 / (v1**2 / 3 + v2**2 / 2))
     assert out.p_holm.to_numpy() == pytest.approx(multipletests(out.p.to_numpy(), method="holm")[1])
-    assert ms.verdict == stats.AGREES and out.loc["Binomial", "verdict"] == stats.DIFFERS
+    # equivalence within a margin of 1 point: statsmodels' TOST with Welch's variances, Holm
+    tost = ttost_ind([48.0, 49.5, 47.0, 50.0], [48.5, 49.0, 48.0], -1.0, 1.0, usevar="unequal")[0]
+    assert ms.margin == 1.0 and ms.p_equivalence == pytest.approx(tost)
+    assert out.p_equivalence_holm.to_numpy() == pytest.approx(
+        multipletests(out.p_equivalence.to_numpy(), method="holm")[1]
+    )
+    # the smallest margin shown at Holm's first level, 0.05 / 2: |diff| + t(1 - 0.025, df) * se
+    se = math.sqrt(v1 + v2)
+    assert ms.smallest_margin == pytest.approx(0.125 + sps.t.ppf(1 - 0.05 / 2, ms.df) * se)
+    assert ms.smallest_margin > 1.0  # which is why 1 point cannot be shown here
+    # MS: no difference found, but 4 and 3 noisy seeds cannot show it within 1 point either
+    assert ms.p_holm > 0.05 and ms.p_equivalence_holm > 0.05 and ms.verdict == stats.UNDECIDED
+    assert out.loc["Binomial", "verdict"] == stats.DIFFERS
+
+
+def test_reference_agreement_tells_agreeing_noisy_and_different_rows_apart():
+    rng = np.random.default_rng(11)
+    noise = rng.normal(size=(4, 10))
+    noise = (noise - noise.mean(axis=1, keepdims=True)) / noise.std(axis=1, ddof=1, keepdims=True)  # SD 1
+    ours = _runs({"precise": list(50 + 0.2 * noise[0]), "noisy": list(50 + 8 * noise[1])})
+    ours = pd.concat([ours, _runs({"shifted": list(53 + 0.2 * noise[2])})], ignore_index=True)
+    reference = _runs(
+        {
+            "precise": list(50 + 0.2 * noise[3]),
+            "noisy": list(50 + 8 * noise[3]),
+            "shifted": list(50 + 0.2 * noise[3]),
+        }
+    )
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
+    # equal means, small SD: within +-1 point, shown
+    assert out.loc["precise", "verdict"] == stats.AGREES and out.loc["precise", "p_equivalence_holm"] < 0.001
+    # equal means, huge SD: no difference found, and none excluded either
+    noisy = out.loc["noisy"]
+    assert noisy.verdict == stats.UNDECIDED and noisy.p_holm > 0.05 and noisy.p_equivalence_holm > 0.05
+    assert out.loc["precise", "smallest_margin"] < 1.0 < out.loc["noisy", "smallest_margin"]
+    # shifted by 3 points with small SD: a difference, far outside the margin
+    shifted = out.loc["shifted"]
+    assert shifted.verdict == stats.DIFFERS and shifted.p_holm < 0.001 and shifted.p_equivalence > 0.5
+    # a wider margin makes the shifted row agree: the verdict is always about the margin asked for
+    assert stats.reference_agreement(ours, reference, margin=4.0).set_index("row").loc[
+        "shifted", "verdict"
+    ] == (stats.AGREES)
+    with pytest.raises(ValueError, match="margin must be a positive number"):
+        stats.reference_agreement(ours, reference, margin=0.0)
 
 
 def test_reference_agreement_edge_cases():
     ours = _runs({"a": [1.0, 1.0, 1.0], "b": [2.0, 2.0], "c": [5.0]})
     reference = _runs({"a": [1.0, 1.0], "b": [3.0, 3.0, 3.0], "c": [5.0, 6.0]})
-    out = stats.reference_agreement(ours, reference).set_index("row")
+    out = stats.reference_agreement(ours, reference, margin=1.0).set_index("row")
     assert (out.loc["a", "p"], out.loc["a", "verdict"]) == (1.0, stats.AGREES)  # no spread, equal: exact
     assert (out.loc["b", "p"], out.loc["b", "t"], out.loc["b", "verdict"]) == (0.0, -math.inf, stats.DIFFERS)
+    assert (out.loc["a", "p_equivalence"], out.loc["b", "p_equivalence"]) == (0.0, 1.0)  # |diff| 1: not < 1
+    assert (out.loc["a", "smallest_margin"], out.loc["b", "smallest_margin"]) == (0.0, 1.0)
+    assert math.isnan(out.loc["c", "smallest_margin"])
     assert out.loc["c", "verdict"] == stats.NO_AGREEMENT_TEST and math.isnan(out.loc["c", "p_holm"])
     assert math.isnan(out.loc["c", "ci_low"]) and out.loc["c", "diff"] == pytest.approx(-0.5)
     empty = stats.reference_agreement(ours, _runs({"z": [1.0, 2.0]}))

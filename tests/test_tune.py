@@ -13,6 +13,7 @@ from typing import Any
 import optuna
 import pytest
 from conftest import WriteExperiment
+from figure_checks import record_figures
 from optuna.trial import TrialState
 
 from harness import builders, train
@@ -121,6 +122,7 @@ def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written
     tmp_path: Path, fake: FakeTrainer, tune_file: WriteExperiment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(tune_outputs, "write_figures", WRITE_FIGURES)
+    drawn = record_figures(monkeypatch)
     fake.fail_folders = ("1",)
     results = tmp_path / "results"
     assert run(tune_file(best_set={"train.iterations": 4 * ITERATIONS}), results) == 0
@@ -161,6 +163,18 @@ def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert png.stat().st_size > 10_000, f"{name}.png looks empty"
         assert f"](figures/{name}.png)" in summary
+    # every figure in percent, like the intermediate values; importances from 3 trials carry the caveat
+    caveat = "computed from only 3 complete trials (fewer than 20): a rough guide"
+    assert f"**Caveat**: {caveat}" in summary and "| importance (% of the total) |" in summary
+    for name in ("history", "slice", "intermediate"):
+        axes = [ax for ax in drawn[name].axes if ax.get_label() != "<colorbar>"]
+        assert axes[0].get_ylabel().endswith("(%)"), name
+        drawn[name].canvas.draw()
+        ticks = [float(t.get_text()) for t in axes[0].get_yticklabels() if t.get_text()]
+        assert ticks and max(ticks) > 1.0, f"{name}: the objective is drawn as a fraction"
+    importance = drawn["importance"].axes[0]
+    assert caveat in importance.get_title(loc="left") and importance.get_xlabel().endswith("(%)")
+    assert {t.get_text() for t in importance.texts} <= {str(v) for v in range(101)} | {"<1"}
     assert load_tune(study_dir / "tune.yaml").name == "tiny"
 
 

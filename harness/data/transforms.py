@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torchvision.transforms import v2
 
@@ -75,6 +76,19 @@ def to_normalised_tensor(convention: str) -> list[Transform]:
         v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
     ]
     return steps
+
+
+def to_display_image(image: torch.Tensor, convention: str) -> np.ndarray:
+    """The inverse of :func:`to_normalised_tensor`'s steps: a CxHxW tensor in ``convention`` as an RGB (or,
+    for one channel, greyscale HxW) float array in [0, 1], to draw what the model was shown."""
+    spec = get_convention(convention)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    pixels = (image.detach().cpu().float() * std + mean) / spec.value_range
+    if spec.bgr:
+        pixels = pixels.flip(0)
+    pixels = pixels.clamp(0.0, 1.0).numpy()
+    return pixels[0] if spec.channels == 1 else np.transpose(pixels, (1, 2, 0))
 
 
 def eval_resize_size(image_size: int) -> int:

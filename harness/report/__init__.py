@@ -3,8 +3,9 @@
 Reads ``DIR/cells.csv`` (and each cell's ``final.json``, ``train_log.csv``, ``evals.csv``,
 ``pair_weights.npz``) and the paper's tables (``harness/paper/``) in :mod:`.reading`, computes the
 statistics of :mod:`harness.stats` into the tables of :mod:`.tables`, draws the figures of
-:mod:`.figures` (drawing in :mod:`.plots`) and writes ``DIR/report.md`` (:mod:`.sections`) plus
-``DIR/figures/*.png|svg``. No training, no model. Values in cells.csv are fractions; they are
+:mod:`.figures` (drawing in :mod:`.plots`) and, from cells that kept their weights, the retrieval
+examples and embedding maps of :mod:`.examples`, and writes ``DIR/report.md`` (:mod:`.sections`) plus
+``DIR/figures/*.png|svg``. No training. Values in cells.csv are fractions; they are
 converted to percent once, in :func:`to_percent`, when read; everything after that is percent.
 """
 
@@ -18,6 +19,7 @@ from harness.report.decisions import default_reference
 from harness.report.reading import (
     CELL_GROUP,
     DATASET_NAMES,
+    DEFAULT_MAP_CLASSES,
     DEFAULT_MARGIN,
     FIGURE_FAMILY,
     PAPER_DIR,
@@ -38,10 +40,12 @@ from harness.report.reading import (
 )
 from harness.report.sections import load_context, write_report
 from harness.results import folder_lock
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 __all__ = [
     "CELL_GROUP",
     "DATASET_NAMES",
+    "DEFAULT_MAP_CLASSES",
     "DEFAULT_MARGIN",
     "FIGURE_FAMILY",
     "PAPER_DIR",
@@ -90,6 +94,29 @@ def main(argv: list[str] | None = None) -> int:
         help="equivalence margin of the paper verdicts: 'reproduced within ±POINTS points' is "
         f"printed only when two one-sided tests show it (default: {DEFAULT_MARGIN:g})",
     )
+    parser.add_argument(
+        "--agreement-margin",
+        type=float,
+        default=DEFAULT_AGREEMENT_MARGIN,
+        metavar="POINTS",
+        help="a row agrees with the reference run when two one-sided tests show its test Recall@1 within "
+        f"±POINTS points of it (default: {DEFAULT_AGREEMENT_MARGIN:g})",
+    )
+    parser.add_argument(
+        "--examples-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help="the seed of the cells whose kept weights (train.keep_weights) draw the retrieval examples "
+        "and embedding maps (default: the control's first seed)",
+    )
+    parser.add_argument(
+        "--map-classes",
+        type=int,
+        default=DEFAULT_MAP_CLASSES,
+        metavar="N",
+        help=f"test classes drawn in each embedding map, chosen with a fixed seed (default: {DEFAULT_MAP_CLASSES})",
+    )
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument(
         "--reference",
@@ -110,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
                 all_pairs=args.all_pairs,
                 margin=args.margin,
                 reference=False if args.no_reference else args.reference,
+                agreement_margin=args.agreement_margin,
+                examples_seed=args.examples_seed,
+                map_classes=args.map_classes,
             )
         )
     return 0

@@ -55,7 +55,7 @@ def forest(differences: pd.DataFrame, *, xlabel: str, title: str, stem: Path) ->
                 ax.plot(
                     [r.bca_low, r.bca_high], [y - 0.2, y - 0.2], color=_BCA_COLOUR, linewidth=1.6, zorder=3
                 )
-            ax.plot([r.diff], [y], marker="o", markersize=7, color="black", zorder=4)
+            ax.plot([r.diff], [y], marker="o", markersize=7, color="black", linestyle="none", zorder=4)
             ax.annotate(
                 r.decision, xy=(1.02, y), xycoords=("axes fraction", "data"), va="center", fontsize=8.5
             )

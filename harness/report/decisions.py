@@ -41,7 +41,7 @@ class Block:
     control: str
 
 
-def _control(ctx: ReportContext, block: pd.DataFrame, rows: list[str]) -> str:
+def control_row(ctx: ReportContext, block: pd.DataFrame, rows: list[str]) -> str:
     """MS with the paper's preset if the block has it, else any MS, else the first row."""
     meta = block.drop_duplicates("row").set_index("row")
     ms = [r for r in rows if meta.loc[r, "loss"] == "ms"]
@@ -63,7 +63,7 @@ def blocks(ctx: ReportContext) -> list[Block]:
             f"{DATASET_NAMES.get(dataset, dataset)}, {size_variant(size, variant, ctx.many_variants)}, "
             f"{ctx.weights_titles[weights]}"
         )
-        out.append(Block(key, title, seeds, _control(ctx, block, rows)))
+        out.append(Block(key, title, seeds, control_row(ctx, block, rows)))
     return out
 
 
@@ -88,10 +88,31 @@ def _differences(table: pd.DataFrame, control: str) -> pd.DataFrame:
                 "bca_low": bca_low,
                 "bca_high": bca_high,
                 "detectable": r.detectable,
-                "decision": r.decision,
+                "decision": decision_text(r.decision, r.near_threshold),
             }
         )
     return pd.DataFrame(rows)
+
+
+NEAR_THRESHOLD_WORDS = "near the threshold"
+"""What a decision whose Holm p lies in :data:`harness.stats.NEAR_THRESHOLD` is marked with."""
+
+
+def decision_text(decision: str, near: bool) -> str:
+    """A comparison's decision, marked when its Holm p-value is near the threshold."""
+    return f"{decision} ({NEAR_THRESHOLD_WORDS})" if near else decision
+
+
+def near_threshold_note(table: pd.DataFrame) -> str:
+    """The sentence under a table of comparisons with decisions near the threshold ('' when none is)."""
+    if not table["near_threshold"].any():
+        return ""
+    low, high = stats.NEAR_THRESHOLD
+    return (
+        f"*{NEAR_THRESHOLD_WORDS}*: a Holm p between {low:g} and {high:g}; a re-run on another machine can "
+        "flip the decision (floating-point rounding differs between machines: one comparison of the "
+        "glyphs ablation gave p 0.031 on one machine and 0.151 on another)."
+    )
 
 
 def _design_sentence(planned: stats.PlannedComparisons, n: int) -> str:
@@ -134,7 +155,7 @@ def _lead_table(
                 f"{num(sign * r.mean_diff, 1, sign=True)} [{num(low, 1, sign=True)}, "
                 f"{num(high, 1, sign=True)}]",
                 p_value(r.p_holm),
-                r.decision,
+                decision_text(r.decision, r.near_threshold),
             ]
     rows = []
     for row in [block.control, *(r for r in block.seeds.columns if r != block.control)]:
@@ -237,7 +258,10 @@ def lead_section(ctx: ReportContext, compared: pd.DataFrame, all_blocks: list[Bl
             lines.append(f"Only one loss ({esc(block.seeds.columns[0])}): nothing to compare.")
             continue
         planned = _comparisons(ctx, block)
-        lines += [_lead_table(ctx, block, planned, compared), "", _design_sentence(planned, len(block.seeds))]
+        lines += [_lead_table(ctx, block, planned, compared), ""]
+        near = near_threshold_note(planned.table)
+        lines += [near, ""] if near else []
+        lines.append(_design_sentence(planned, len(block.seeds)))
         lines += [figure_markdown(ctx, item) for item in _lead_figures(ctx, block, planned)]
     return "\n".join(lines)
 
@@ -320,10 +344,11 @@ def between_losses_section(ctx: ReportContext, compared: pd.DataFrame, all_block
                 p_value(r.p_holm),
                 *([p_value(r.p_wilcoxon_holm)] if with_wilcoxon else []),
                 num(r.detectable, 1),
-                r.decision,
+                decision_text(r.decision, r.near_threshold),
             ]
             for r in planned.table.itertuples()
         ]
+        near = near_threshold_note(planned.table)
         body += [
             "- Comparisons:",
             "",
@@ -343,6 +368,7 @@ def between_losses_section(ctx: ReportContext, compared: pd.DataFrame, all_block
                 ],
                 rows,
             ),
+            *(["", near] if near else []),
         ]
     if notes:
         lines += ["", sorted(set(notes), key=len)[0] + " It is left out wherever that holds."]
@@ -352,8 +378,17 @@ def between_losses_section(ctx: ReportContext, compared: pd.DataFrame, all_block
 # ------------------------------------------------------------------ agreement with a committed reference run
 
 
+def agreement_words(verdict: str, margin: float) -> str:
+    """An agreement verdict for the report, with the margin it was judged against."""
+    if verdict == stats.AGREES:
+        return f"**agrees** (within ±{margin:g})"
+    if verdict == stats.UNDECIDED:
+        return f"**undecided**: too noisy to tell within ±{margin:g}"
+    return f"**{verdict}**"
+
+
 def reference_section(ctx: ReportContext) -> str:
-    """Row by row: does this run agree with the committed reference run within seed noise? '' without one."""
+    """Row by row: does this run agree with the committed reference run within the margin? '' without one."""
     reference_dir = ctx.options.reference_dir
     if reference_dir is None:
         return ""
@@ -374,20 +409,32 @@ def reference_section(ctx: ReportContext) -> str:
         & (theirs["metric"] == "recall@1")
         & (theirs["weights"] == weights)
     ]
-    agreement = stats.reference_agreement(ours, theirs, by=keys)
+    margin = ctx.options.agreement_margin
+    agreement = stats.reference_agreement(ours, theirs, by=keys, margin=margin)
     lines = [
         "## Agreement with the committed reference",
         "",
         f"This run against `{reference_dir}` (test Recall@1, {ctx.weights_titles[weights].split(' (')[0]}), "
-        "row by row: **Welch's two-sample t-test** over the seeds of each run (the runs are independent "
-        "samples; another machine rounds differently), Holm-corrected across the rows; the difference "
-        "ours − reference with its 95% Welch interval. *agrees*: no difference at the corrected 5% level "
-        "(within seed noise); *differs*: a difference beyond seed noise.",
+        "row by row, the seeds of each run taken as independent samples (another machine rounds "
+        f"differently). *agrees*: the two means are within ±{margin:g} points, shown by **two one-sided "
+        f"Welch t-tests** (TOST, margin ±{margin:g}, `--agreement-margin`); *differs*: not shown within "
+        "the margin, and **Welch's two-sample t-test** finds a difference; *undecided*: neither, the "
+        f"seeds are too noisy to tell whether the row lies within ±{margin:g}. Both tests are "
+        "Holm-corrected across the rows at 5%; the difference ours − reference is given with its 95% "
+        "Welch interval, and *shown within* is the smallest margin these seeds show the row within (at "
+        "Holm's strictest level): a row agrees whenever the margin exceeds it.",
     ]
     if agreement.empty:
         return "\n".join([*lines, "", "No row of this run is in the reference run: nothing to compare."])
     verdicts = agreement["verdict"].value_counts()
     lines += ["", "Verdicts: " + ", ".join(f"{v}: {n}" for v, n in verdicts.items()) + "."]
+    undecided = agreement.loc[agreement["verdict"] == stats.UNDECIDED, "smallest_margin"]
+    if len(undecided):
+        lines.append(
+            f"- The undecided rows' seeds show them within ±{undecided.min():.2f} to ±{undecided.max():.2f} "
+            f"points at best (column *shown within*): closer agreement than that needs more seeds, not a "
+            "re-run."
+        )
     ids = {
         side: frame.groupby(keys)["cell_id"].agg(frozenset)
         for side, frame in (("ours", ours), ("ref", theirs))
@@ -408,9 +455,10 @@ def reference_section(ctx: ReportContext) -> str:
             num(r.mean, 1),
             num(r.mean_reference, 1),
             f"{num(r.diff, 2, sign=True)} [{num(r.ci_low, 2, sign=True)}, {num(r.ci_high, 2, sign=True)}]",
-            p_value(r.p),
+            f"±{num(r.smallest_margin, 2)}",
+            p_value(r.p_equivalence_holm),
             p_value(r.p_holm),
-            f"**{r.verdict}**",
+            agreement_words(r.verdict, margin),
         ]
         for r in agreement.sort_values(["dataset", "embedding_size", "variant", "_rank"]).itertuples()
     ]
@@ -427,8 +475,9 @@ def reference_section(ctx: ReportContext) -> str:
                     "ours %",
                     "reference %",
                     "diff [95% CI]",
-                    "Welch p",
-                    "Holm p",
+                    "shown within",
+                    f"TOST Holm p (±{margin:g})",
+                    "Welch Holm p",
                     "verdict",
                 ],
                 rows,

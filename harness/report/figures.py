@@ -40,14 +40,38 @@ def variant_slug(variant: str) -> str:
     return "" if variant == "default" else variant
 
 
-def _family_name(ctx: ReportContext, dataset: str, size: object, variant: str) -> str:
+def family_name(ctx: ReportContext, dataset: str, size: object, variant: str) -> str:
+    """A figure family in a title: 'Cars-196, embedding 64' (and the variant when there are several)."""
     name = DATASET_NAMES.get(dataset, dataset).split(" (")[0]
     return f"{name}, embedding {size}" + (f", variant {variant}" if ctx.many_variants else "")
 
 
 def _panels(ctx: ReportContext, frame: pd.DataFrame) -> list[tuple[str, str]]:
-    """One panel per kind of weights in ``frame``: (weights, short title)."""
-    return [(w, ctx.weights_titles[w].split(" (")[0]) for w in weights_shown(frame)]
+    """The one kind of weights a figure draws, the first ``frame`` has (selected, else final): [(weights,
+    short title)]; :func:`_other_weights_note` says how far the other kind lies from it."""
+    return [(w, ctx.weights_titles[w].split(" (")[0]) for w in weights_shown(frame)[:1]]
+
+
+def _other_weights_note(ctx: ReportContext, frame: pd.DataFrame, by: list[str], value: str) -> str:
+    """The sentence saying which kind of weights a figure leaves out and by how much its means differ from
+    the drawn ones at most (over the rows and ``by``); '' when ``frame`` has one kind only."""
+    shown = weights_shown(frame)
+    if len(shown) < 2:
+        return ""
+    means = frame.groupby(["row", *by, "weights"])[value].mean().unstack("weights")
+    sentences = []
+    for other in shown[1:]:
+        gap = (means[other] - means[shown[0]]).abs().dropna()
+        if gap.empty:
+            continue
+        worst = gap.idxmax()
+        where = worst[0] if isinstance(worst, tuple) else worst
+        sentences.append(
+            f"Not drawn: the {ctx.weights_titles[other].split(' (')[0]}, whose means differ from the drawn "
+            f"{ctx.weights_titles[shown[0]].split(' (')[0]} by at most {gap.max():.2f} points "
+            f"(largest for {esc(where)}); the tables give both."
+        )
+    return " ".join(sentences)
 
 
 def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | Skipped]:
@@ -63,7 +87,7 @@ def report_figures(ctx: ReportContext, compared: pd.DataFrame) -> list[Figure | 
     out: list[Figure | Skipped] = []
     for (dataset, size, variant), block in families:
         stem = figures_dir / slug("ablation", dataset, f"d{size}", variant_slug(variant))
-        out.append(_ablation_figure(ctx, block, reference, _family_name(ctx, dataset, size, variant), stem))
+        out.append(_ablation_figure(ctx, block, reference, family_name(ctx, dataset, size, variant), stem))
     for key, _ in families:
         out.append(_recall_figure(ctx, recall, reference, styles, key, figures_dir))
     out += _size_figures(ctx, recall, reference, styles, figures_dir)
@@ -94,11 +118,12 @@ def _ablation_figure(
     paper = select(reference, dataset=dataset, embedding_size=size, k=1)
     paper = paper[paper["row"].isin(present)][["row", "recall"]]
     paper = paper.assign(_rank=paper["row"].map(present.index)).sort_values("_rank").drop(columns="_rank")
+    panels = _panels(ctx, r1)
     files = plots.ablation_dots(
-        r1[["row", "weights", "value"]],
+        r1.loc[r1["weights"] == panels[0][0], ["row", "weights", "value"]],
         paper,
         order=present,
-        weights_labels=dict(_panels(ctx, r1)),
+        weights_labels=dict(panels),
         title=f"{title} (seeds, mean, 95% t CI)",
         ylabel="Recall@1 on the test set (%)",
         stem=stem,
@@ -114,13 +139,13 @@ def _ablation_figure(
         title,
         files,
         caption + " Hollow dots: one seed each; bars: the mean with its 95% t interval (no bars drawn "
-        "from an arbitrary floor: the y axis spans the data).",
+        "from an arbitrary floor: the y axis spans the data). " + _other_weights_note(ctx, r1, [], "value"),
     )
 
 
 def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure | Skipped:
     dataset, size, variant = key
-    title = f"Recall@K: {_family_name(ctx, dataset, size, variant)}"
+    title = f"Recall@K: {family_name(ctx, dataset, size, variant)}"
     ours = select(recall, dataset=dataset, embedding_size=size, variant=variant)
     if ours["k"].nunique() < 2:
         return Skipped(title, "fewer than two K values measured")
@@ -147,7 +172,7 @@ def _recall_figure(ctx, recall, reference, styles, key, figures_dir) -> Figure |
         title,
         files,
         caption + " Each loss has its own marker and is shifted a little along K, so "
-        "that equal curves do not hide each other.",
+        "that equal curves do not hide each other. " + _other_weights_note(ctx, ours, ["k"], "mean"),
     )
 
 
@@ -182,7 +207,9 @@ def _size_figures(ctx, recall, reference, styles, figures_dir) -> list[Figure | 
             note=note,
             stem=figures_dir / slug("embedding_size", dataset, variant_slug(variant)),
         )
-        out.append(Figure(title, files, note))
+        out.append(
+            Figure(title, files, f"{note} {_other_weights_note(ctx, block, ['embedding_size'], 'mean')}")
+        )
     return out
 
 
@@ -191,7 +218,7 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
     logs, evals, weights = ctx.files.train_log, ctx.files.evals, ctx.files.weights
     for key, _ in ctx.finished.groupby(list(FIGURE_FAMILY), sort=True):
         dataset, size, variant = key
-        name = _family_name(ctx, dataset, size, variant)
+        name = family_name(ctx, dataset, size, variant)
         tag = dict(zip(FIGURE_FAMILY, key, strict=True))
         log, ev, wt = (select(f, **tag) if len(f) else f for f in (logs, evals, weights))
         title = f"Training curves: {name}"
@@ -238,7 +265,9 @@ def _cell_file_figures(ctx: ReportContext, styles: plots.Styles, figures_dir: Pa
                     "The GPW view: the weight |∂L/∂S| each loss gives the selected "
                     "positive and negative pairs of a few training batches after the "
                     "last iteration (all seeds pooled); positive and negative pairs "
-                    "each on their own log axis.",
+                    f"each on their own log axis. An axis whose weights reach more than "
+                    f"{plots.CUT_DECADES:g} decades below their {100 * plots.CUT_QUANTILE:g}% quantile "
+                    "is cut there; the panel says so and which losses have pairs below.",
                 )
             )
     return out
@@ -250,11 +279,13 @@ def figure_markdown(ctx: ReportContext, item: Figure | Skipped) -> str:
         return f"\n- *{esc(item.title)}*: skipped: {item.reason}."
     png = item.files[0].relative_to(ctx.exp_dir).as_posix()
     svg = item.files[1].relative_to(ctx.exp_dir).as_posix()
-    return f"\n#### {esc(item.title)}\n\n![{esc(item.title)}]({png})\n\n{item.caption} ([SVG]({svg}))"
+    return f"\n#### {esc(item.title)}\n\n![{esc(item.title)}]({png})\n\n{item.caption.strip()} ([SVG]({svg}))"
 
 
-def figures_section(ctx: ReportContext, figures: list[Figure | Skipped]) -> str:
-    """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped."""
+def figures_section(ctx: ReportContext, figures: list[Figure | Skipped], note: str = "") -> str:
+    """The Figures section: each figure's PNG, caption and SVG link, or why it was skipped; ``note``: one
+    more line under the section's first (e.g. why there are no retrieval examples)."""
     lines = ["## Figures", "", "PNG shown; an SVG of each lies beside it in `figures/`."]
+    lines += ["", note] if note else []
     lines += [figure_markdown(ctx, item).replace("\n#### ", "\n### ", 1) for item in figures]
     return "\n".join(lines)

@@ -37,6 +37,10 @@ _MAX_WEIGHTS = 4000  # pair weights: at most this many drawn per (loss, pair kin
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">", "h")
 _DASHES = ("-", "--", "-.", ":")
 _MARKS_PER_LINE = 9  # markers drawn along a line of many points
+CUT_QUANTILE = 0.01
+"""Pair weights: a log axis is cut at this quantile of its weights (all losses pooled) ..."""
+CUT_DECADES = 3.0
+"""... when the weights below it span more than this many decades."""
 _DODGE = 0.05  # recall curves: horizontal offset between losses, in units of one log step of the axis
 
 
@@ -103,15 +107,17 @@ def ablation_dots(
     stem: Path,
 ) -> list[Path]:
     """Each seed as a small dot, the mean over seeds with its 95% t CI as a larger marker and bar, per loss
-    and kind of weights (dodged side by side), the paper's value as a black diamond.
+    and kind of weights (dodged side by side when there are several), the paper's value as a black diamond.
 
     ``runs``: columns ``row, weights, value`` (one row per seed). ``paper``: columns ``row, recall``
     (may be empty). ``weights_labels`` maps ``weights`` to its legend text, in drawing order. No bars:
-    the y axis spans the data, and a dot plot has no area that would have to start at 0.
+    the y axis spans the data, and a dot plot has no area that would have to start at 0. The legend's
+    handles are drawn artists (the first of each kind), so every entry is something on the axes.
     """
     kinds = list(weights_labels)
     colours = dict(zip(kinds, sns.color_palette("Dark2", len(kinds)), strict=True))
     offsets = dict(zip(kinds, np.linspace(-0.14, 0.14, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
+    legend: dict[str, object] = {}  # legend text -> the first artist drawn for it
     with figure_style():
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(order) + 2.5), 4.6))
         for i, row in enumerate(order):
@@ -120,7 +126,7 @@ def ablation_dots(
                 if not len(values):
                     continue
                 x = i + offsets[kind]
-                ax.plot(
+                (dots,) = ax.plot(
                     np.full(len(values), x),
                     values,
                     linestyle="none",
@@ -130,10 +136,11 @@ def ablation_dots(
                     markerfacecolor="none",
                     color=colours[kind],
                 )
+                legend.setdefault("one seed" + (f" ({weights_labels[kind]})" if len(kinds) > 1 else ""), dots)
                 mean = float(values.mean())
                 low, high = t_interval(values)
                 err = None if math.isnan(low) else [[mean - low], [high - mean]]
-                ax.errorbar(
+                bar = ax.errorbar(
                     [x],
                     [mean],
                     yerr=err,
@@ -145,28 +152,19 @@ def ablation_dots(
                     color=colours[kind],
                     zorder=4,
                 )
+                legend.setdefault(f"{weights_labels[kind]}: mean, 95% CI", bar)
         positions = {row: i for i, row in enumerate(order)}
         for row, value in zip(paper["row"], paper["recall"], strict=True):
-            ax.plot([positions[row]], [value], **PAPER_STYLE)
+            (diamond,) = ax.plot([positions[row]], [value], **PAPER_STYLE)
+            legend.setdefault("paper", diamond)
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels(list(order), rotation=30, ha="right")
         ax.set_xlim(-0.6, len(order) - 0.4)
         ax.set_xlabel("loss (paper's ablation row)")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        handles = [
-            Line2D([], [], color=colours[k], marker="_", markersize=14, markeredgewidth=2.2, linestyle="none")
-            for k in kinds
-        ]
-        labels = [f"{weights_labels[k]}: mean, 95% CI" for k in kinds]
-        handles.append(
-            Line2D([], [], color="grey", marker="o", markerfacecolor="none", markersize=4, linestyle="none")
-        )
-        labels.append("one seed")
-        if len(paper):
-            handles.append(Line2D([], [], **PAPER_STYLE))
-            labels.append("paper")
-        legend_outside(ax, handles, labels)
+        ranked = sorted(legend, key=lambda text: 2 if text == "paper" else int(text.startswith("one seed")))
+        legend_outside(ax, [legend[text] for text in ranked], ranked)
         return save_figure(fig, stem)
 
 
@@ -190,7 +188,8 @@ def recall_curves(
     """Recall@K against K, one panel per ``panels`` entry (value of ``panel_column``, panel title).
 
     ``summary``: ``row, k, mean, ci_low, ci_high`` and ``panel_column``; ours solid with a 95% CI band,
-    each loss with its own marker and shifted a little along K so that equal curves stay visible.
+    each loss with its own marker and shifted a little along K so that equal curves stay visible. One
+    panel is titled in the figure's title; several get their own titles.
     ``paper``: ``row, k, recall`` and ``panel_column``; dashed with hollow markers, same colour (only
     the K of ``summary`` are on the axis).
     """
@@ -203,7 +202,7 @@ def recall_curves(
         base=10 if max(ks) > 64 else 2,
         xlabel="K (log scale)",
         ylabel="Recall@K on the test set (%)",
-        ours_label="ours (band: 95% CI)",
+        ours_label="loss (ours: line, band: 95% CI)",
         paper_style={"linestyle": "--", "marker": "s", "markersize": 5, "markerfacecolor": "white"},
         panels=panels,
         panel_column=panel_column,
@@ -241,7 +240,7 @@ def embedding_size_curves(
         base=2,
         xlabel="embedding size (dimensions, log scale)",
         ylabel="Recall@1 on the test set (%)",
-        ours_label="ours (95% CI)",
+        ours_label="loss (ours: mean, bars: 95% CI)",
         paper_style={
             "linestyle": "none",
             "marker": "D",
@@ -278,7 +277,12 @@ def _ours_vs_paper(
     note: str,
     stem: Path,
 ) -> list[Path]:
-    """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper."""
+    """Panels of ours (mean, with a CI band for a K axis or CI error bars for sizes) against the paper.
+
+    The legend's loss entries are the lines drawn for ours (their first drawing); ``ours_label`` is
+    the legend's title, saying how ours is drawn; "paper" is a black key in the paper's line style.
+    """
+    drawn: dict[str, object] = {}  # loss -> its first drawn line of ours (the legend handle)
     with figure_style():
         fig, axes = plt.subplots(
             1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True
@@ -294,29 +298,28 @@ def _ours_vs_paper(
                 xs, mean = mine[x].to_numpy(float) * shift[row], mine["mean"].to_numpy(float)
                 low, high = mine["ci_low"].to_numpy(float), mine["ci_high"].to_numpy(float)
                 look = {"color": styles[row]["color"], "marker": styles[row]["marker"], "markersize": 5}
-                if x == "k":
-                    ax.plot(xs, mean, **look)
+                if x == "k" and len(mine):
+                    (line,) = ax.plot(xs, mean, **look)
+                    drawn.setdefault(row, line)
                     _band(ax, xs, low, high, styles[row]["color"])
                 elif len(mine):
                     err = np.nan_to_num(np.vstack([mean - low, high - mean]))
-                    ax.errorbar(xs, mean, yerr=err, capsize=3, **look)
+                    drawn.setdefault(row, ax.errorbar(xs, mean, yerr=err, capsize=3, **look))
                 ref = theirs[theirs["row"] == row].sort_values(x)
-                ax.plot(ref[x], ref["recall"], color=styles[row]["color"], **paper_style)
+                if len(ref):
+                    ax.plot(ref[x], ref["recall"], color=styles[row]["color"], **paper_style)
             _log_ticks(ax, ticks, base=base)
             ax.set_xlabel(xlabel)
-            ax.set_title(panel_title)
+            if len(panels) > 1:
+                ax.set_title(panel_title)
         axes[0][0].set_ylabel(ylabel)
-        shown = [r for r in order if (summary["row"] == r).any() or (paper["row"] == r).any()]
-        handles = [
-            Line2D([], [], color=styles[r]["color"], marker=styles[r]["marker"], linewidth=2) for r in shown
-        ]
-        handles.append(Line2D([], [], color="black", linewidth=2))
-        labels = [*shown, ours_label]
+        shown = [r for r in order if r in drawn]
+        handles, labels = [drawn[r] for r in shown], list(shown)
         if len(paper):
             handles.append(Line2D([], [], color="black", **paper_style))
             labels.append("paper")
-        legend_outside(axes[0][-1], handles, labels)
-        fig.suptitle(title)
+        legend_outside(axes[0][-1], handles, labels, title=ours_label)
+        fig.suptitle(title if len(panels) > 1 else f"{title} ({panels[0][1]})")
         if note:
             fig.text(0.01, -0.02, note, ha="left", va="top", fontsize="small", wrap=True)
         return save_figure(fig, stem)
@@ -365,12 +368,17 @@ def _name_constant_lines(ax: plt.Axes, binned: pd.DataFrame, rows: Sequence[str]
         if len(values) and np.ptp(values) == 0:
             constant.setdefault(float(values[0]), []).append(row)
     notes = [
-        f"at {value:g} throughout: " + ", ".join(together)
+        f"{_listed(together)}: {value:g} pairs at every iteration (these lines lie on top of each other)"
         for value, together in constant.items()
         if len(together) > 1
     ]
     if notes:
         ax.set_title(textwrap.fill("; ".join(notes), 70), fontsize="small", loc="left")
+
+
+def _listed(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C'."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def training_curves(
@@ -443,6 +451,22 @@ def _relative_loss(train_log: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, flo
     return relative, {str(row): float(value) for row, value in usable.items()}
 
 
+def _cut_long_tail(ax: plt.Axes, weights: pd.DataFrame, kind: str) -> str:
+    """Cut the log axis of one kind of pair weights at their :data:`CUT_QUANTILE` quantile when the tail
+    below it spans more than :data:`CUT_DECADES` decades; the note saying so, or '' when not cut."""
+    values = weights["weight"].to_numpy(float)
+    floor = float(np.quantile(values, CUT_QUANTILE))
+    if not math.log10(floor / float(values.min())) > CUT_DECADES:
+        return ""
+    ax.set_ylim(bottom=floor)
+    below = weights.assign(below=values < floor).groupby("row")["below"].mean().sort_values(ascending=False)
+    shares = ", ".join(f"{row} {100 * share:.1f}%" for row, share in below.items() if share >= 0.001)
+    return (
+        f"Axis cut at {floor:.1e}, the {100 * CUT_QUANTILE:g}% quantile of all {kind} weights (the "
+        f"smallest is {values.min():.0e}); pairs below it, share of each loss's pairs: {shares}."
+    )
+
+
 def pair_weight_distributions(
     weights: pd.DataFrame, *, order: Sequence[str], title: str, stem: Path, seed: int = 0
 ) -> list[Path]:
@@ -452,7 +476,9 @@ def pair_weight_distributions(
     log scale). Each tick label says how many pairs of that kind there were; at most
     :data:`_MAX_WEIGHTS` per (loss, kind) are drawn, a fixed-seed random subset. Positive weights
     cluster in a narrow band and negative ones spread over many decades: one shared axis would flatten
-    the positive ones into a line.
+    the positive ones into a line. An axis whose weights reach more than :data:`CUT_DECADES` decades
+    below their :data:`CUT_QUANTILE` quantile (all losses pooled) is cut there, and the panel says so
+    and which losses have pairs below (one loss's tail would otherwise squash every other violin).
     """
     data = weights[weights["weight"] > 0]
     counts = data.groupby(["row", "kind"]).size()
@@ -483,6 +509,9 @@ def pair_weight_distributions(
                 color=colours[kind],
                 ax=ax,
             )
+            note = _cut_long_tail(ax, data[data["kind"] == kind], kind)
+            if note:
+                ax.set_title(textwrap.fill(note, 120), fontsize="small", loc="left")
             ax.set_xticks(range(len(present)))
             ax.set_xticklabels([f"{r}\n{counts.get((r, kind), 0)} pairs" for r in present])
             ax.set_xlabel("")
@@ -540,11 +569,14 @@ def intermediate_values(
         bar.set_label("trial number (completed trials)")
         bar.locator = MaxNLocator(integer=True)
         bar.update_ticks()
-        handles = [
-            Line2D([], [], color=colour_map(0.6), linewidth=1.3),
-            Line2D([], [], color="0.6", marker="x", markeredgecolor="0.35", linewidth=0.9),
-        ]
-        labels = ["completed", "pruned (× where stopped)"]
+        handles, labels = [], []  # an entry only for what is drawn
+        states = set(values.loc[values["trial"] != best_trial, "state"])
+        if states - {"pruned"}:
+            handles.append(Line2D([], [], color=colour_map(0.6), linewidth=1.3))
+            labels.append("completed")
+        if "pruned" in states:
+            handles.append(Line2D([], [], color="0.6", marker="x", markeredgecolor="0.35", linewidth=0.9))
+            labels.append("pruned (× where stopped)")
         if best_trial is not None:
             handles.append(Line2D([], [], color="black", linewidth=2.4))
             labels.append(f"best: trial {best_trial}")

@@ -22,6 +22,7 @@ from harness.results import (
     read_pair_weights,
     write_cells_table,
 )
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 PAPER_DIR = Path(str(resources.files("harness").joinpath("paper")))
 """The paper's tables, shipped as package data (``harness/paper/table{2,3,4,5}.csv``)."""
@@ -333,6 +334,10 @@ DEFAULT_MARGIN = 2.0
 """Equivalence margin (points) for "reproduced within +-m points"."""
 
 
+DEFAULT_MAP_CLASSES = 10
+"""Test classes in an embedding map, unless the report is told otherwise."""
+
+
 @dataclass(frozen=True)
 class ReportOptions:
     """The report's choices a user can make on the command line."""
@@ -343,6 +348,12 @@ class ReportOptions:
     """Equivalence margin in points for the paper verdicts."""
     reference_dir: Path | None = None
     """A committed reference run to check agreement with (None: none)."""
+    agreement_margin: float = DEFAULT_AGREEMENT_MARGIN
+    """Points of Recall@1 within which a row agrees with the reference run (TOST)."""
+    examples_seed: int | None = None
+    """The seed of the cells drawn in the retrieval examples and embedding maps (None: the control's first)."""
+    map_classes: int = DEFAULT_MAP_CLASSES
+    """Test classes drawn in the embedding maps."""
 
 
 @dataclass

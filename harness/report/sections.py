@@ -16,9 +16,11 @@ from harness.report.decisions import (
     lead_section,
     reference_section,
 )
+from harness.report.examples import example_figures
 from harness.report.figures import figures_section, report_figures
 from harness.report.reading import (
     DATASET_NAMES,
+    DEFAULT_MAP_CLASSES,
     DEFAULT_MARGIN,
     PAPER_DIR,
     REFERENCE_ROOT,
@@ -42,6 +44,7 @@ from harness.report.tables import (
     other_metrics_section,
     paper_section,
 )
+from harness.stats import DEFAULT_AGREEMENT_MARGIN
 
 
 def weights_coincide(finished: pd.DataFrame) -> bool:
@@ -300,6 +303,9 @@ def write_report(
     all_pairs: bool = False,
     margin: float = DEFAULT_MARGIN,
     reference: Path | bool | None = None,
+    agreement_margin: float = DEFAULT_AGREEMENT_MARGIN,
+    examples_seed: int | None = None,
+    map_classes: int = DEFAULT_MAP_CLASSES,
 ) -> Path:
     """Write ``<experiment_dir>/report.md`` and ``<experiment_dir>/figures/``; return the report's path.
 
@@ -308,15 +314,30 @@ def write_report(
     ``all_pairs``: compare every pair of losses instead of MS against each other loss. ``margin``:
     the equivalence margin (points) of the paper verdicts. ``reference``: the committed reference run
     to check agreement with (None: ``results/reference/<experiment>/`` when it exists; False: none).
+    ``agreement_margin``: the points within which a row agrees with the reference run.
+    ``examples_seed`` and ``map_classes``: the seed of the cells whose kept weights draw the retrieval
+    examples and embedding maps (None: the control's first seed), and the test classes in a map.
     """
     if not margin > 0:
         raise UserError(
             f"--margin {margin}: the equivalence margin must be a positive number of points (e.g. 2)"
         )
+    if not agreement_margin > 0:
+        raise UserError(
+            f"--agreement-margin {agreement_margin}: the margin of agreement with the reference run must "
+            "be a positive number of points (e.g. 1)"
+        )
+    if map_classes < 1:
+        raise UserError(f"--map-classes {map_classes}: an embedding map needs at least 1 class (e.g. 10)")
     exp_dir = Path(experiment_dir)
     ctx, selection_text = load_context(exp_dir, paper_dir)
     ctx.options = ReportOptions(
-        all_pairs=all_pairs, margin=margin, reference_dir=_reference_dir(exp_dir, ctx.cells, reference)
+        all_pairs=all_pairs,
+        margin=margin,
+        reference_dir=_reference_dir(exp_dir, ctx.cells, reference),
+        agreement_margin=agreement_margin,
+        examples_seed=examples_seed,
+        map_classes=map_classes,
     )
     experiment = ", ".join(sorted(set(ctx.cells["experiment"]) - {""})) or ctx.exp_dir.name
     compared = comparison(ctx) if len(ctx.finished) else pd.DataFrame()
@@ -331,11 +352,12 @@ def write_report(
     parts += [_runs_section(ctx), "## Checkpoint selection\n\n" + selection_text]
     if len(ctx.finished):
         figures = report_figures(ctx, compared)
+        examples, examples_note = example_figures(ctx)
         parts += [
             paper_section(ctx, compared),
             other_metrics_section(ctx, compared),
             between_losses_section(ctx, compared, all_blocks),
-            figures_section(ctx, figures),
+            figures_section(ctx, figures + examples, examples_note),
         ]
     else:
         parts.append("## Results\n\nNo cell has finished with results: no tables and no figures (see Runs).")

@@ -8,19 +8,28 @@ zero-width intervals and exact tests, Friedman needs 3 treatments and 2 complete
 
 - :mod:`~harness.stats.summary`: mean, SD, t confidence interval per group;
 - :mod:`~harness.stats.paper`: our seeds against the paper's one run (prediction interval, TOST);
-- :mod:`~harness.stats.agreement`: a run against a committed reference run (Welch per row, Holm);
+- :mod:`~harness.stats.agreement`: a run against a committed reference run (TOST and Welch per row, Holm);
 - :mod:`~harness.stats.power`: minimum detectable difference and seeds needed (paired t-test);
 - :mod:`~harness.stats.paired`: paired tests, Holm, planned comparisons with intervals and decisions;
 - :mod:`~harness.stats.ranking`: Friedman, average ranks, post-hoc tests, critical difference, Kendall tau.
 """
 
 from harness.stats._common import ALPHA, CONFIDENCE
-from harness.stats.agreement import AGREES, DIFFERS, NO_AGREEMENT_TEST, reference_agreement
+from harness.stats.agreement import (
+    AGREES,
+    DEFAULT_AGREEMENT_MARGIN,
+    DIFFERS,
+    NO_AGREEMENT_TEST,
+    UNDECIDED,
+    reference_agreement,
+)
 from harness.stats.paired import (
+    NEAR_THRESHOLD,
     PairedTest,
     PlannedComparisons,
     bca_interval,
     holm,
+    near_threshold,
     paired_test,
     planned_comparisons,
     wilcoxon_min_p,
@@ -45,9 +54,12 @@ __all__ = [
     "BELOW",
     "CONFIDENCE",
     "CONSISTENT",
+    "DEFAULT_AGREEMENT_MARGIN",
     "DIFFERS",
+    "NEAR_THRESHOLD",
     "NOT_TESTABLE",
     "NO_AGREEMENT_TEST",
+    "UNDECIDED",
     "FriedmanRanking",
     "FriedmanTest",
     "PairedTest",
@@ -58,6 +70,7 @@ __all__ = [
     "friedman_ranking",
     "friedman_test",
     "holm",
+    "near_threshold",
     "nemenyi_critical_difference",
     "paired_test",
     "paper_verdict",

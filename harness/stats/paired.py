@@ -29,6 +29,16 @@ from harness.stats._common import (
 from harness.stats.power import detectable_difference
 from harness.stats.summary import t_interval
 
+NEAR_THRESHOLD = (0.01, 0.1)
+"""Holm p-values strictly between these bounds are near the 0.05 threshold: a re-run of the same grid on
+another machine (other floating-point rounding) can move the p-value across 0.05 and flip the decision
+(seen: 0.031 on one machine, 0.151 on another, for one comparison of the glyphs ablation)."""
+
+
+def near_threshold(p_holm: float) -> bool:
+    """Whether a Holm-adjusted p-value lies in the :data:`NEAR_THRESHOLD` band (NaN: no)."""
+    return bool(NEAR_THRESHOLD[0] < p_holm < NEAR_THRESHOLD[1])
+
 
 @dataclass(frozen=True)
 class PairedTest:
@@ -128,7 +138,8 @@ class PlannedComparisons:
     ``ci_low, ci_high`` (95% t interval), ``bca_low, bca_high`` (95% BCa bootstrap interval), ``p``
     (paired t), ``p_holm``, ``p_wilcoxon, p_wilcoxon_holm`` (NaN where Wilcoxon is omitted),
     ``detectable`` (:func:`~harness.stats.power.detectable_difference` of ``sd_diff`` and ``n`` at
-    ``alpha / comparisons``) and ``decision``.
+    ``alpha / comparisons``), ``decision`` and ``near_threshold`` (:func:`near_threshold` of ``p_holm``:
+    a decision a re-run on another machine can flip).
     """
 
     table: pd.DataFrame
@@ -223,6 +234,7 @@ def planned_comparisons(
     for row, adjusted, adjusted_w in zip(rows, p_holm, p_wilcoxon_holm, strict=True):
         row.update(p_holm=float(adjusted), p_wilcoxon_holm=float(adjusted_w))
         row["decision"] = _decision(row, alpha)
+        row["near_threshold"] = near_threshold(row["p_holm"])
     columns = [
         "a",
         "b",
@@ -239,6 +251,7 @@ def planned_comparisons(
         "p_wilcoxon_holm",
         "detectable",
         "decision",
+        "near_threshold",
     ]
     table = pd.DataFrame(rows, columns=columns)
     omitted = [row["n"] for row in rows if row["n"] >= 2 and math.isnan(row["p_wilcoxon"])]

@@ -52,12 +52,51 @@ def write_best(setup: TuneSetup, study: Any, study_dir: Path) -> Path | None:
     return path
 
 
+FEW_TRIALS_FOR_IMPORTANCE = 20
+"""Below this many complete trials the importances are marked as a rough guide (summary and figure)."""
+
+
+def importance_caveat(complete: int) -> str:
+    """The warning that goes with importances computed from ``complete`` trials ('' when there are enough)."""
+    if complete >= FEW_TRIALS_FOR_IMPORTANCE:
+        return ""
+    return (
+        f"computed from only {complete} complete trials (fewer than {FEW_TRIALS_FOR_IMPORTANCE}): a rough "
+        "guide, which a few more trials can reorder"
+    )
+
+
+def _percent_axis(axis: Any) -> None:
+    """An axis of fractions (the objective, importances) labelled in percent, as every figure of a study."""
+    from matplotlib import ticker
+
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{100 * value:.3g}"))
+
+
+def _importance_in_percent(ax: Any) -> None:
+    """Optuna's importance bars (fractions of the total) and their value labels in percent."""
+    _percent_axis(ax.xaxis)
+    ax.set_xlabel("share of the total importance (%)")
+    for text in ax.texts:
+        label = text.get_text()
+        if label.startswith("<"):
+            text.set_text(f"<{100 * float(label[1:]):g}")
+        else:
+            text.set_text(f"{100 * float(label):.0f}")
+
+
+def _complete_trials(study: Any) -> list[Any]:
+    """The study's complete trials (what the importances are computed from)."""
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
 def importances(setup: TuneSetup, study: Any) -> dict[str, float] | None:
     """Hyperparameter importances with the configured evaluator (None with fewer than 2 complete trials)."""
     import optuna
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
+    if len(_complete_trials(study)) < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -108,12 +147,11 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import optuna
     from optuna.visualization import matplotlib as oplt
 
     from harness.report import plots as report_plots
 
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    complete = _complete_trials(study)
     target = f"val {setup.metric}"
     plots = {
         "history": lambda: oplt.plot_optimization_history(study, target_name=target),
@@ -138,7 +176,16 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
         figure = every[0].figure
         if name == "importance":
             evaluator_name = type(setup.study.importance.build()).__name__
-            every[0].set_title(f"Hyperparameter importances ({evaluator_name})", loc="left")
+            caveat = importance_caveat(len(complete))
+            _importance_in_percent(every[0])
+            every[0].set_title(
+                f"Hyperparameter importances ({evaluator_name})" + (f"\n{caveat}" if caveat else ""),
+                loc="left",
+            )
+        elif name in ("history", "slice"):  # the objective is a fraction: shown in percent
+            for ax in every:
+                _percent_axis(ax.yaxis)
+            every[0].set_ylabel(f"{target} (%)")
         figure.set_size_inches(max(figure.get_size_inches()[0], 7.0), max(figure.get_size_inches()[1], 4.5))
         path = figures_dir / f"{name}.png"
         figure.savefig(path, dpi=110, bbox_inches="tight")
@@ -197,8 +244,10 @@ def write_summary(
     if values is None:
         lines.append("Needs at least 2 complete trials.")
     else:
-        lines += ["| hyperparameter | importance |", "|---|---|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in values.items()]
+        caveat = importance_caveat(len(_complete_trials(study)))
+        lines += [f"**Caveat**: {caveat}.", ""] if caveat else []
+        lines += ["| hyperparameter | importance (% of the total) |", "|---|---|"]
+        lines += [f"| {k} | {100 * v:.1f} |" for k, v in values.items()]
     lines += [
         "",
         "## Trials",

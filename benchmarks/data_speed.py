@@ -23,7 +23,6 @@ meaningful: give the load average (printed) with any figure you record.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import tempfile
@@ -40,6 +39,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from harness.data import build_batch_sampler, build_splits
+from harness.errors import ArgumentParser
 
 CLASSES_PER_BATCH, SAMPLES_PER_CLASS = 16, 5  # batch 80, as the official code trains
 
@@ -142,7 +142,7 @@ def images_per_second(pipeline: Pipeline) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few images and one round (checks that it runs)")
     parser.add_argument("--classes", type=int, default=None, help="training classes (default 20; quick 16)")
     parser.add_argument("--per-class", type=int, default=None, help="images per class (default 25; quick 10)")

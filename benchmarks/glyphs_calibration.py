@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from harness.errors import ArgumentParser
 from harness.files import read_json_if_exists
 from harness.records import CellStatus
 from harness.report.tables import markdown_table, num
@@ -280,7 +281,7 @@ def plot(
 
 def main() -> None:
     """Command line: print the tables, write the figures."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "run_dirs", nargs="+", type=Path, help="experiment folders (with cells/); last = chosen"
     )

@@ -129,6 +129,7 @@ def cub_experiment(
         },
         "data": {"root": str(data_root), "strict_counts": False, **data},
         "model": {"weights": str(weights)},
+        "schedule": {"milestones": []},  # the base's lr steps (1,200 and 2,400) lie beyond these short runs
         "train": train,
     }
 
@@ -394,6 +395,8 @@ def harness_run_step(
         data={
             "workers": min(8, (os.cpu_count() or 2) // processes),
             "classes_per_batch": scale.classes_per_batch,
+            # the paper's M = 5, unless a shrunk tree's classes are smaller (--check refuses M above them)
+            "samples_per_class": min(5, scale.per_class),
         },
         train={"iterations": scale.iterations, "eval_every": scale.iterations, "log_every": 10},
     )

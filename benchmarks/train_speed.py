@@ -24,6 +24,7 @@ import torch
 from harness.builders import build_model, build_optimizer, load_splits
 from harness.config import CellConfig
 from harness.data import DatasetSplits
+from harness.errors import ArgumentParser
 from harness.models import freeze_batchnorm_statistics
 from harness.records import CellStatus
 from harness.results import CellPaths
@@ -118,7 +119,7 @@ def harness_loop(cell: CellConfig, splits: DatasetSplits) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["glyphs", "synthetic"], default="glyphs")
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--loss", default="ms")

@@ -5,11 +5,13 @@ file, missing weights). Command-line entry points wrap their ``main`` in :func:`
 prints ``error: <message>`` on one line to stderr and exits with :data:`EXIT_USER_ERROR`. It does the
 same for the filesystem faults a user fixes (:data:`USER_FIXABLE_ERRNOS`: no permission, read-only
 or full disk, a file where a folder should be), naming the path; any other OSError stays a traceback,
-since it may be a bug.
+since it may be a bug. Entry points build their command line with :class:`ArgumentParser`, whose
+mistakes (an unknown option, a bad value) are one line too.
 """
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import errno
 import sys
@@ -93,6 +95,14 @@ def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit with :data:`EXIT_USER_ERROR`."""
     print(f"error: {one_line(message)}", file=sys.stderr)
     raise SystemExit(EXIT_USER_ERROR)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, except that a command-line mistake is one line, ``error: <what> (see PROG --help)``,
+    exit code 2, instead of the usage text followed by the error."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> NoReturn:

@@ -2,8 +2,11 @@
 
 A grid should never die at its first evaluation (or halfway through) for a mistake visible up front.
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
-that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's list
-files or, for glyphs, its options; no image is opened), a ``select_metric`` the evaluation does not
+that is missing, ``classes_per_batch`` above the number of training classes and ``samples_per_class``
+above the images of the largest one (from the dataset's list files or, for glyphs, its options), a
+value given in ``evaluate.ks`` beyond the smallest gallery, a listed image file that is missing or
+empty (one ``stat`` each; with ``decode`` every image is decoded too), a ``data.options`` key the
+dataset does not take, an unusable glyph cache folder, a ``select_metric`` the evaluation does not
 measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, and
 a missing standard weights file whose URL cannot be reached (:func:`preflight_report` also lists those
 that will be downloaded when the run starts).
@@ -12,6 +15,7 @@ that will be downloaded when the run starts).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -20,21 +24,57 @@ from harness.errors import UserError
 from harness.models.weights import MissingWeights, missing_weights
 
 
-def _training_classes(cell: CellConfig) -> int:
-    """How many classes the sampler draws from: the training classes less those kept for validation."""
-    from harness.data import DATASETS, DatasetRequest, split_classes
+class DataFacts(NamedTuple):
+    """What the checks need to know of a cell's data, read from its list files (or glyph options)."""
 
-    entry = DATASETS[cell.dataset]
-    request = DatasetRequest(
-        root=data_root(cell),
-        image_size=cell.data.image_size,
-        convention=entry.convention,
-        strict_counts=cell.data.strict_counts,
-        options=cell.data.options,
-    )
-    class_ids = entry.train_classes(request)
-    train_idx, _ = split_classes(class_ids, cell.data.val_fraction, cell.data.val_seed)
-    return len(np.unique(np.asarray(class_ids)[train_idx]))
+    train_classes: int  # the classes the sampler draws from (training less validation)
+    largest_class: int  # images of the largest of them
+    galleries: dict[str, int]  # evaluated split -> how many images a query is ranked against
+
+
+def _data_facts(cell: CellConfig, decode: bool) -> DataFacts:
+    """The :class:`DataFacts` of a cell; every listed image is checked (``decode``: decoded) on the way.
+
+    Glyphs are described from their options (nothing is rendered); a real dataset's splits are built
+    from its list files, which checks them and ``stat``s every listed image file.
+    """
+    from harness.data import DATASETS, DatasetRequest, split_classes
+    from harness.data.catalog import GLYPH_OPTIONS, OFFICIAL
+
+    if cell.dataset not in OFFICIAL:
+        entry = DATASETS[cell.dataset]
+        request = DatasetRequest(
+            root=data_root(cell),
+            image_size=cell.data.image_size,
+            convention=entry.convention,
+            strict_counts=cell.data.strict_counts,
+            options=cell.data.options,
+        )
+        class_ids = np.asarray(entry.train_classes(request))  # one id per image, or per class for glyphs
+        galleries: dict[str, int] = {}
+        if cell.dataset == "glyphs":
+            options = {**GLYPH_OPTIONS, **cell.data.options}
+            per_class, num_classes = int(options["instances_per_class"]), int(options["num_classes"])
+            class_ids = np.repeat(class_ids, per_class)
+            galleries["test"] = (num_classes - num_classes // 2) * per_class - 1
+        train_idx, val_idx = split_classes(class_ids, cell.data.val_fraction, cell.data.val_seed)
+        if val_idx.size and galleries:
+            galleries["val"] = int(val_idx.size) - 1
+        labels = class_ids[train_idx]
+    else:
+        from harness.builders import load_splits
+        from harness.data import verify_images
+
+        splits = load_splits(cell)
+        if decode:
+            verify_images(splits, decode=True, progress=True)
+        labels = np.asarray(splits.train.labels)
+        leave_one_out = {"val": splits.val, "test": splits.test}
+        galleries = {split: len(data) - 1 for split, data in leave_one_out.items() if data is not None}
+        if splits.gallery is not None:
+            galleries["gallery"] = len(splits.gallery)
+    _, sizes = np.unique(labels, return_counts=True)
+    return DataFacts(len(sizes), int(sizes.max()), galleries)
 
 
 def _default_ks(dataset: str) -> tuple[int, ...]:
@@ -66,7 +106,10 @@ def _missing_weights(cell: CellConfig, cache: dict[str, MissingWeights | None]) 
 
 
 def _cell_problems(
-    cell: CellConfig, classes: dict[str, int | str], standard_weights: dict[str, MissingWeights | None]
+    cell: CellConfig,
+    classes: dict[str, DataFacts | str],
+    standard_weights: dict[str, MissingWeights | None],
+    decode: bool,
 ) -> list[str]:
     problems = []
     if cell.train.select_on == "val" and cell.data.val_fraction == 0:
@@ -83,6 +126,7 @@ def _cell_problems(
     missing = _missing_weights(cell, standard_weights)
     if missing is not None and missing.unreachable is not None:
         problems.append(missing.line())
+    problems += _data_problems(cell)
     key = repr(
         (
             cell.dataset,
@@ -95,33 +139,71 @@ def _cell_problems(
     )
     if key not in classes:
         try:
-            classes[key] = _training_classes(cell)
+            classes[key] = _data_facts(cell, decode)
         except UserError as err:  # missing data root or list files, a val_fraction leaving too few classes
             classes[key] = str(err)
     found = classes[key]
     if isinstance(found, str):
         problems.append(found)
-    elif cell.data.classes_per_batch > found:
+        return problems
+    if cell.data.classes_per_batch > found.train_classes:
         problems.append(
             f"data.classes_per_batch is {cell.data.classes_per_batch} but {cell.dataset} trains on "
-            f"{found} classes (after data.val_fraction {cell.data.val_fraction}); use "
-            f"data.classes_per_batch <= {found}"
+            f"{found.train_classes} classes (after data.val_fraction {cell.data.val_fraction}); use "
+            f"data.classes_per_batch <= {found.train_classes}"
+        )
+    if cell.data.samples_per_class > found.largest_class:
+        problems.append(
+            f"data.samples_per_class is {cell.data.samples_per_class} but no {cell.dataset} training class "
+            f"has more than {found.largest_class} images, so every batch would repeat images; use "
+            f"data.samples_per_class <= {found.largest_class}"
+        )
+    # the dataset's own K values (ks: null) fit its official splits; a subset used on purpose keeps them
+    ks = cell.evaluate.ks or []
+    split, gallery = min(found.galleries.items(), key=lambda item: item[1], default=("", max(ks, default=0)))
+    if ks and max(ks) > gallery:
+        problems.append(
+            f"evaluate.ks: K {max(ks)} is more than the {gallery} images a {split} query is ranked against, "
+            f"so Recall@{max(ks)} would say nothing; use K values <= {gallery}"
         )
     return problems
 
 
-def preflight(experiment: Experiment, cells: list[CellConfig]) -> list[str]:
-    """Every problem of ``cells`` found without training, one line each, each listed once, in grid order."""
-    return preflight_report(experiment, cells)[0]
+def _data_problems(cell: CellConfig) -> list[str]:
+    """A ``data.options`` key the dataset does not take; a glyph cache folder that cannot be used."""
+    from harness.data import check_options
+
+    problems = []
+    try:
+        check_options(cell.dataset, cell.data.options)
+    except UserError as err:
+        problems.append(str(err))
+    if cell.dataset == "glyphs":
+        from harness.data.glyphs import cache_problem
+
+        problem = cache_problem(cell.data.cache_dir)
+        if problem:
+            problems.append(f"data.cache_dir: {problem}")
+    return problems
 
 
-def preflight_report(experiment: Experiment, cells: list[CellConfig]) -> tuple[list[str], list[str]]:
+def preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool = False) -> list[str]:
+    """Every problem of ``cells`` found without training, one line each, each listed once, in grid order.
+
+    ``decode``: decode every listed image too (slow; a progress bar on a terminal).
+    """
+    return preflight_report(experiment, cells, decode=decode)[0]
+
+
+def preflight_report(
+    experiment: Experiment, cells: list[CellConfig], *, decode: bool = False
+) -> tuple[list[str], list[str]]:
     """:func:`preflight`'s problems, and notes: the missing standard weights files the run will download."""
     problems: list[str] = []
-    classes: dict[str, int | str] = {}
+    classes: dict[str, DataFacts | str] = {}
     standard_weights: dict[str, MissingWeights | None] = {}
     for cell in cells:
-        for problem in _cell_problems(cell, classes, standard_weights):
+        for problem in _cell_problems(cell, classes, standard_weights, decode):
             line = f"{experiment.name}: {problem}"
             if line not in problems:
                 problems.append(line)
@@ -129,9 +211,9 @@ def preflight_report(experiment: Experiment, cells: list[CellConfig]) -> tuple[l
     return problems, notes
 
 
-def require_preflight(experiment: Experiment, cells: list[CellConfig]) -> None:
+def require_preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool = False) -> None:
     """Raise a one-line UserError with the first problem :func:`preflight` finds (and how many more)."""
-    problems = preflight(experiment, cells)
+    problems = preflight(experiment, cells, decode=decode)
     if problems:
         more = f" (and {len(problems) - 1} more problem(s): see --check)" if len(problems) > 1 else ""
         raise UserError(problems[0] + more)

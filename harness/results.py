@@ -15,7 +15,6 @@ is a :class:`~harness.errors.DamagedFileError` naming the file and what to do; t
 
 from __future__ import annotations
 
-import argparse
 import csv
 import errno
 import io
@@ -35,7 +34,7 @@ import torch
 from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError, UserError, cli_main, filesystem_message
+from harness.errors import ArgumentParser, DamagedFileError, UserError, cli_main, filesystem_message
 from harness.files import atomic_save_npz, atomic_write_csv, atomic_write_text, temporaries
 from harness.records import (
     CellStatus,
@@ -250,6 +249,17 @@ def grid_cell_ids(exp_dir: Path) -> list[str] | None:
 def _cell_folders(exp_dir: Path) -> list[Path]:
     cells_dir = exp_dir / "cells"
     return sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []
+
+
+def check_cell_records(exp_dir: Path) -> int:
+    """Read back the records (final.json, status.json, config.json) of every folder under ``cells/``, the
+    stale ones and other shards' included; returns how many folders. A damaged record is the one-line
+    :class:`DamagedFileError` naming it, so ``--check`` never lists a damaged cell as finished."""
+    folders = _cell_folders(exp_dir)
+    for folder in folders:
+        paths = CellPaths(folder)
+        paths.read_final(), paths.read_status(), paths.read_config()
+    return len(folders)
 
 
 def current_cell_folders(exp_dir: Path) -> list[Path]:
@@ -500,7 +510,7 @@ def aggregate_reference(folder: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m harness.results --aggregate DIR``: :func:`aggregate_reference` on an existing folder."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.results",
         description="Shrink a committed reference folder to what the reports read: one pair_weights.npz "
         "per run and per study instead of one per cell, no train.log.",

@@ -22,7 +22,7 @@ from typing import Any
 
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
 from harness.distributed import init_from_env, shutdown
-from harness.errors import EXIT_USER_ERROR, UserError, cli_main
+from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
 from harness.options import add_set_option
@@ -31,6 +31,7 @@ from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
     aggregate_reference,
     cell_paths,
+    check_cell_records,
     claim_cell,
     experiment_dir,
     folder_lock,
@@ -53,7 +54,7 @@ def _jobs(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.run",
         description="Run an experiment grid (losses x datasets x sizes x seeds).",
         epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("experiment", help="experiment YAML file, e.g. experiments/glyphs-ablation.yaml")
     parser.add_argument(
         "--check", action="store_true", help="validate the file and list the grid, run nothing"
+    )
+    parser.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every listed image of the real datasets before anything runs (slow; a progress "
+        "bar)",
     )
     add_set_option(parser, "train.iterations=100")
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
@@ -189,16 +196,18 @@ def main(argv: list[str] | None = None) -> int:
             update_reference=args.update_reference,
             report=not args.no_report,
             progress=not args.quiet,
+            decode=args.decode,
         )
     all_cells, cells = grid_cells(experiment, args.shard)
     exp_dir = experiment_dir(args.results, experiment.name)
-    problems, notes = preflight_report(experiment, cells)
+    problems, notes = preflight_report(experiment, cells, decode=args.decode)
     for note in notes:
         print(f"note: {note}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return EXIT_USER_ERROR
+    check_cell_records(exp_dir)  # every cell's records read back, not only this grid's or shard's
     print(
         f"ok: {describe(experiment, all_cells)}"
         + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
@@ -228,17 +237,19 @@ def run_experiment(
     update_reference: bool = False,
     report: bool = True,
     progress: bool = True,
+    decode: bool = False,
 ) -> int:
     """The runner: train the cells of ``experiment`` (shard ``I/N``) not yet finished into
     ``results/<name>/``, then write cells.csv, the summary and (once every cell is done) the report.
 
     What ``python -m harness.run FILE`` does after its options; returns the exit code (0, or
     :data:`EXIT_FAILED_CELLS`). Ctrl-C or SIGTERM stops it with :class:`~harness.stopping.Interrupted`
-    once the running cells are stopped (each keeps its checkpoint).
+    once the running cells are stopped (each keeps its checkpoint). ``decode``: decode every listed image
+    first (as ``--decode``).
     """
     all_cells, cells = grid_cells(experiment, shard)
     exp_dir = experiment_dir(results, experiment.name)
-    require_preflight(experiment, cells)
+    require_preflight(experiment, cells, decode=decode)
     check_destination(exp_dir, update_reference)
 
     ctx = init_from_env()

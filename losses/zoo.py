@@ -15,6 +15,7 @@ part of the similarity range for the thresholds; docs/fair.md lists them with th
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 from losses.fused import FusedMultiSimilarity
@@ -74,10 +75,11 @@ def resolve_hparams(
     base = PRESETS[preset] if defaults is None else defaults
     values: dict[str, float] = {}
     for key, value in given.items():
-        try:
-            number = float(base[key] if value is None else value)
-        except (TypeError, ValueError):
-            raise LossConfigError(f"loss {loss!r}: {key} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not (
+            value is None or isinstance(value, numbers.Real)
+        ):  # no True -> 1.0, '2' -> 2.0
+            raise LossConfigError(f"loss {loss!r}: {key} must be a number, got {value!r}")
+        number = float(base[key] if value is None else value)
         if not math.isfinite(number) or (key in _POSITIVE and number <= 0):
             kind = "a positive number" if key in _POSITIVE else "a finite number"
             raise LossConfigError(f"loss {loss!r}: {key} must be {kind}, got {value!r}")

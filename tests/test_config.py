@@ -88,7 +88,8 @@ def test_shipped_ablation_has_every_table2_row() -> None:
 
 
 def test_base_defaults_and_overrides(tmp_path: Path) -> None:
-    exp = load_experiment(write(tmp_path, {**GRID, "train": {"iterations": 7}}), sets=["optim.lr_head=0.001"])
+    short = {"train": {"iterations": 7, "select_on": "final"}, "schedule": {"milestones": []}}
+    exp = load_experiment(write(tmp_path, {**GRID, **short}), sets=["optim.lr_head=0.001"])
     cells = expand_cells(exp)
     assert len(cells) == 4
     assert all(c.train.iterations == 7 for c in cells)
@@ -109,7 +110,10 @@ def test_variants_and_dataset_overrides(tmp_path: Path) -> None:
         "grid": {
             **GRID["grid"],
             "datasets": ["cars", "sop"],
-            "variants": {"a": {}, "b": {"train.iterations": 3}},
+            "variants": {
+                "a": {},
+                "b": {"train.iterations": 3, "train.select_on": "final", "schedule.milestones": []},
+            },
         },
         "dataset_overrides": {"sop": {"data.classes_per_batch": 50}},
     }
@@ -146,7 +150,8 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
         )
     ]
     changed = [
-        c.cell_id for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["train.iterations=5"]))
+        c.cell_id
+        for c in expand_cells(load_experiment(write(tmp_path, GRID), sets=["train.iterations=2999"]))
     ]
     assert first == again == moved
     assert not set(first) & set(changed)
@@ -162,7 +167,7 @@ def test_cell_id_is_computed_once_and_a_changed_copy_gets_its_own(
     monkeypatch.setattr(LossSpec, "resolved", lambda spec: resolutions.append(spec) or resolved(spec))
     assert cell.cell_id == cell.cell_id == cell.record()["cell_id"]
     assert len(resolutions) == 2  # one for the id, one for the record's resolved_loss
-    trained_longer = cell.model_copy(update={"train": cell.train.model_copy(update={"iterations": 5})})
+    trained_longer = cell.model_copy(update={"train": cell.train.model_copy(update={"iterations": 2999})})
     assert trained_longer.cell_id != cell.cell_id
     assert trained_longer.cell_id == CellConfig.model_validate(trained_longer.model_dump()).cell_id
     assert "cell_id" not in cell.model_dump()

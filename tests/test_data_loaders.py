@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import torch
-from data_trees import PER_CLASS, TREES, make_cars, make_cub, sop_lines, write_lines
+from data_trees import PER_CLASS, TREES, make_cars, make_cub, sop_lines, write_jpeg, write_lines
 from PIL import Image
 
 from harness.data import DATA_ROOT_ENV, MPerClassBatchSampler, build_splits, verify_images
@@ -150,6 +151,84 @@ def test_missing_root_and_missing_dataset(tmp_path: Path, monkeypatch: pytest.Mo
     assert "cvgl.stanford.edu" in assert_one_line(err)
 
 
+def share_cub_image(folder: Path) -> None:
+    """List one image file (in a folder without a class number) as image 1 (class 1) and 13 (class 101)."""
+    write_jpeg(folder / "images" / "shared" / "bird.jpg", seed=99)
+    for line in (1, 13):
+        replace_line(folder / "images.txt", line, f"{line} shared/bird.jpg")
+
+
+def share_cars_image(folder: Path) -> None:
+    """Give annotation 13 (class 99, a test class) the image file of annotation 1 (class 1)."""
+    annotations = scipy.io.loadmat(folder / "cars_annos.mat")["annotations"]
+    annotations[0, 12]["relative_im_path"] = annotations[0, 0]["relative_im_path"]
+    scipy.io.savemat(folder / "cars_annos.mat", {"annotations": annotations})
+
+
+PARTITION = Path("Eval") / "list_eval_partition.txt"
+LEAK = "a test image in training leaks across the class-disjoint split"
+# Damages of the fixture trees that are leaks, impossible labels or list files no reader may open.
+LIST_FILE_FAULTS = [
+    (
+        "cub",
+        share_cub_image,
+        f"image images/shared/bird.jpg is listed twice, in class 1 .train. and class 101 .test.; {LEAK}",
+    ),
+    (
+        "cars",
+        share_cars_image,
+        rf"image car_ims/001000.jpg is listed twice, in class 1 .train. and class 99 .test.; {LEAK}",
+    ),
+    (
+        "sop",
+        lambda f: replace_line(f / "Ebay_test.txt", 2, "13 11319 1 bicycle_final/1_0.JPG"),
+        rf"image bicycle_final/1_0.JPG is listed twice, in class 1 .train. and class 11319 .test.; {LEAK}",
+    ),
+    (
+        "inshop",
+        lambda f: replace_in(f / PARTITION, "id_00000007/01_1_front.jpg", "id_00000007/00_1_front.jpg"),
+        r"id_00000007/00_1_front.jpg is listed twice, in class 7 .query. and class 7 .gallery.; list each",
+    ),
+    (
+        "sop",
+        lambda f: replace_line(f / "Ebay_train.txt", 2, "1 -1 2 bicycle_final/1_0.JPG"),
+        r"Ebay_train.txt:2: class_id -1, expected a class id from 1",
+    ),
+    (
+        "cub",
+        lambda f: replace_line(f / "image_class_labels.txt", 2, "2 2"),
+        r"image_class_labels.txt:2 labels image id 2 class 2, but .*images.txt puts it in the folder of "
+        "class 1",
+    ),
+    (
+        "inshop",
+        lambda f: replace_in(f / PARTITION, "id_00000009  gallery", "id_00000009  query"),
+        r"list_eval_partition.txt:\d+: query item id_00000009 has no gallery image "
+        r"\(1 query item\(s\) have none\)",
+    ),
+    (
+        "cub",
+        lambda f: ((f / "image_class_labels.txt").unlink(), os.mkfifo(f / "image_class_labels.txt")),
+        r"list file .*image_class_labels.txt is a FIFO, not a regular file",
+    ),
+    (
+        "sop",
+        lambda f: ((f / "Ebay_test.txt").unlink(), (f / "Ebay_test.txt").symlink_to(os.devnull)),
+        r"list file .*Ebay_test.txt is a device or socket, not a regular file",
+    ),
+    (
+        "cars",
+        lambda f: ((f / "cars_annos.mat").unlink(), os.mkfifo(f / "cars_annos.mat")),
+        r"list file .*cars_annos.mat is a FIFO, not a regular file",
+    ),
+    (
+        "inshop",
+        lambda f: ((f / PARTITION).unlink(), (f / PARTITION).mkdir()),
+        r"list file .*list_eval_partition.txt is a folder, not a regular file",
+    ),
+]
+
+
 @pytest.mark.parametrize(
     ("name", "damage", "message"),
     [
@@ -226,6 +305,7 @@ def test_missing_root_and_missing_dataset(tmp_path: Path, monkeypatch: pytest.Mo
             lambda f: replace_in(f / "Eval" / "list_eval_partition.txt", "id_00000001", "item1"),
             "item_id 'item1'",
         ),
+        *LIST_FILE_FAULTS,
     ],
 )
 def test_bad_list_files_raise_one_line_data_errors(

@@ -34,7 +34,12 @@ from losses.zoo import PRESETS
 FAIR = {
     "trials": 2,
     "seeds": [0],
-    "trial_set": {"train.iterations": 4, "train.eval_every": 2, "train.log_every": 2},
+    "trial_set": {
+        "train.iterations": 4,
+        "train.eval_every": 2,
+        "train.log_every": 2,
+        "schedule.milestones": [2],
+    },
     "sampler": {"name": "tpe", "multivariate": True, "constant_liar": True, "n_startup_trials": 2, "seed": 0},
     "pruner": {"name": "none"},
 }
@@ -43,6 +48,7 @@ RERUN = {
     "grid.seeds": [0, 1],
     "train.iterations": 4,
     "train.eval_every": 4,
+    "schedule.milestones": [2],
     "evaluate.metrics": ["recall"],
     "evaluate.ks": [1],
 }

@@ -14,10 +14,13 @@ import pytest
 import torch
 import yaml
 from conftest import write_tiny_experiment
+from data_trees import make_cub
+from test_data_loaders import LIST_FILE_FAULTS, replace_line, share_cub_image
 
 from harness import files, run
 from harness.config import expand_cells, load_experiment
-from harness.errors import EXIT_USER_ERROR, DamagedFileError, UserError, cli_main
+from harness.errors import EXIT_USER_ERROR, DamagedFileError, DataError, UserError, cli_main
+from harness.fair.cli import main as fair_main
 from harness.report import main as report_main
 from harness.report import read_cells, write_report
 from harness.results import (
@@ -29,10 +32,19 @@ from harness.results import (
     tidy_rows,
     write_cells_table,
 )
+from harness.tune import counted_trials
+from harness.tune.cli import main as tune_main
+from harness.tune.trials import interrupted_trials
 
 Runner = Callable[..., tuple[int, str]]
+ROOT = Path(__file__).resolve().parent.parent
 FIRST_ITERATIONS, SECOND_ITERATIONS = 8, 12
-TINY_GRID = {"grid.seeds": [0, 1], "train.iterations": FIRST_ITERATIONS, "train.eval_every": 4}
+TINY_GRID = {
+    "grid.seeds": [0, 1],
+    "train.iterations": FIRST_ITERATIONS,
+    "train.eval_every": 4,
+    "schedule.milestones": [4],
+}
 
 
 @pytest.fixture()
@@ -175,6 +187,44 @@ def test_a_damaged_cell_file_stops_run_and_check_with_one_line_naming_it(
     for extra in (["--check"], ["--jobs", "1", "--no-report"]):
         code, err = cli(run.main, *argv, *extra)
         _one_line_error(code, err, str(paths.root / name), problem, "delete its cell folder and re-run")
+
+
+def _cut(path: Path, keep: float) -> None:
+    """Truncate ``path`` to a fraction of its bytes (``keep`` < 0: drop that many bytes from the end)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)] if keep >= 0 else data[: int(keep)])
+
+
+DAMAGED_RECORDS = [
+    ("final.json", 0.1, "not valid JSON"),
+    ("final.json", 0.5, "not valid JSON"),
+    ("final.json", 0.95, "not valid JSON"),
+    ("final.json", -2, "not valid JSON"),
+    ("status.json", 0.5, "not valid JSON"),
+    ("config.json", 0.5, "not valid JSON"),
+    ("config.json", 0.0, "not valid JSON"),
+]
+
+
+@pytest.mark.parametrize(("name", "keep", "problem"), DAMAGED_RECORDS)
+def test_check_reads_back_every_cell_record_stale_and_other_shards_included(
+    results_copy: tuple[Path, Path], cli: Runner, name: str, keep: float, problem: str
+) -> None:
+    """A truncated record of a cell --check does not list (a stale cell, another shard's) is found too,
+    so no damaged cell is counted finished (or pooled by a later report)."""
+    path, exp_dir = results_copy
+    argv = (str(path), "--results", str(exp_dir.parent), "--check")
+    stale = CellPaths(exp_dir / "cells" / stale_cell_ids(exp_dir)[0])
+    other_shard = CellPaths(exp_dir / "cells" / grid_cell_ids(exp_dir)[1])
+    for paths, extra in ((stale, ()), (other_shard, ("--shard", "0/2"))):
+        victim = paths.root / name
+        whole = victim.read_bytes()
+        _cut(victim, keep)
+        code, err = cli(run.main, *argv, "--set", f"train.iterations={SECOND_ITERATIONS}", *extra)
+        _only_line(code, err, f"{victim}: damaged file", problem, "delete its cell folder")
+        victim.write_bytes(whole)
+    code, err = cli(run.main, *argv, "--set", f"train.iterations={SECOND_ITERATIONS}")
+    assert code == 0, err
 
 
 def test_a_damaged_config_json_stops_the_table_with_one_line(
@@ -329,36 +379,330 @@ def test_a_binary_or_utf16_experiment_file_is_one_line(
     _one_line_error(code, err, str(path), part, "save it as UTF-8 text")
 
 
+DEEP = 5000
+TOO_DEEP = "nested more than 50 levels deep; flatten the file"
+# Experiment files no parser should choke on: each is one line, never a RecursionError.
+TEXT_FAULTS = [
+    (GRID + "data: " + "[" * DEEP + "]" * DEEP + "\n", (TOO_DEEP,)),
+    (GRID + "data: " + "{a: " * DEEP + "1" + "}" * DEEP + "\n", (TOO_DEEP,)),
+    ("".join(" " * level + "k:\n" for level in range(DEEP)), (TOO_DEEP,)),
+    (GRID + "description: &loop [1, *loop]\n", (TOO_DEEP,)),
+    (GRID + "train: {iterations: 1e3}\n", ("train.iterations", "got 1000.0", "write a whole number")),
+    (GRID + "optim: {lr_head: '1e-3'}\n", ("optim.lr_head", "got '1e-3'", "without quotes")),
+]
+
+
+@pytest.mark.parametrize(("text", "parts"), TEXT_FAULTS)
+def test_a_malformed_experiment_file_is_one_line(
+    tmp_path: Path, cli: Runner, text: str, parts: tuple[str, ...]
+) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    code, err = cli(run.main, str(path), "--check")
+    _only_line(code, err, str(path), *parts)
+
+
 # ------------------------------------------------------------------------ checks that need no training
 
 
-@pytest.mark.parametrize(
-    ("overrides", "part"),
-    [
-        ({"data.classes_per_batch": 19}, "data.classes_per_batch is 19 but glyphs trains on 18 classes"),
-        ({"train.select_metric": "recall@8"}, "train.select_metric: 'recall@8' is not measured"),
-        ({"train.select_metric": "nmi"}, "'nmi' is not measured"),
-        ({"data.val_fraction": 0.0}, "no validation split"),
-        (
-            {"grid.datasets": ["cub"], "data.root": "/no/such/root"},
-            "the data root /no/such/root does not exist",
-        ),
-        (
-            {"model.backbone": "resnet50", "model.pretrained": True, "model.weights": "/no/w.pt"},
-            "/no/w.pt not found",
-        ),
-    ],
-)
+def _only_line(code: int, err: str, *parts: str) -> str:
+    """:func:`_one_line_error`, and that line is all the command printed on stderr."""
+    line = _one_line_error(code, err, *parts)
+    assert err.splitlines() == [line], err
+    return line
+
+
+MS_PAPER = {"name": "ms", "preset": "paper"}
+NOT_A_NUMBER = "a boolean is not a number"
+AXIS = "which the grid sets"
+SAME_OVERRIDES = "have the same overrides"
+NAME_CHARS = "use ASCII letters, digits"
+NOT_IN_GRID = "is not in grid.datasets"
+
+# Settings of the tiny experiment (dotted keys, as --set) that must stop --check and a run with one line.
+CONFIG_FAULTS = [
+    # types are never coerced: a boolean or a quoted number is not a number, a number is not a switch
+    ({"train.iterations": True}, ("train.iterations", NOT_A_NUMBER)),
+    ({"train.iterations": "20"}, ("train.iterations", "got '20'", "without quotes")),
+    ({"train.iterations": 20.5}, ("train.iterations", "whole number")),
+    ({"data.val_fraction": True}, ("data.val_fraction", NOT_A_NUMBER)),
+    ({"data.crop_scale": [True, 1.0]}, ("data.crop_scale[0]", NOT_A_NUMBER)),
+    ({"grid.seeds": [True]}, ("grid.seeds[0]", NOT_A_NUMBER)),
+    ({"grid.embedding_sizes": [True]}, ("grid.embedding_sizes", NOT_A_NUMBER)),
+    ({"model.freeze_bn": 1}, ("model.freeze_bn", "write true or false")),
+    ({"grid.losses": [{"name": "ms", "hparams": {"alpha": True}}]}, ("alpha must be a number", "True")),
+    ({"grid.losses": [{"name": "ms", "hparams": {"beta": "50"}}]}, ("beta must be a number", "'50'")),
+    # protocols that would do nothing, or not what they say
+    ({"schedule.milestones": [30]}, ("schedule.milestones: 30", "never change the learning rate", "1 .. 23")),
+    ({"schedule.milestones": [-4]}, ("schedule.milestones: -4", "never change")),
+    ({"schedule.milestones": [12, 6]}, ("schedule.milestones", "strictly increasing")),
+    ({"schedule.milestones": [6, 6]}, ("schedule.milestones", "strictly increasing")),
+    ({"data.crop_scale": [0.9, 0.5]}, ("data.crop_scale", "0 < smallest <= largest <= 1")),
+    ({"data.crop_scale": [0.0, 1.0]}, ("data.crop_scale", "0 < smallest")),
+    ({"data.crop_scale": [0.5, 1.5]}, ("data.crop_scale", "largest <= 1")),
+    ({"train.eval_every": 30}, ("train.eval_every: 30", "selects nothing", "train.select_on: final")),
+    ({"optim.momentum": 0.5}, ("optim.momentum: 0.5", "adam has no momentum", "sgd")),
+    ({"evaluate.ks": [1, 1, 2]}, ("evaluate.ks", "K 1 is listed twice")),
+    # grids that would train one thing twice, or report two things under one name
+    ({"grid.losses": ["ms", MS_PAPER]}, ("grid.losses", "[1] trains the same loss as [0]")),
+    ({"grid.losses": ["ms", {"name": "ms", "hparams": {"beta": 50}}]}, ("[1] trains the same loss as [0]",)),
+    ({"grid.losses": ["ms", {"name": "ms", "hparams": {"beta": 45}}]}, ("under one label 'MS'", "own label")),
+    (
+        {"grid.losses": [{"name": "ms", "label": "A"}, {"name": "binomial", "label": "A"}]},
+        ("grid.losses", "under one label 'A'"),
+    ),
+    (
+        {"grid.variants": {"a": {"data.workers": 1}, "b": {"data.workers": 1}}},
+        ("'a' and 'b'", SAME_OVERRIDES),
+    ),
+    ({"grid.variants": {"a": {}, "b": {}}}, ("grid.variants", SAME_OVERRIDES)),
+    ({"grid.variants": {"a": {"seed": 3}}}, ("variant 'a' overrides 'seed'", AXIS)),
+    ({"grid.variants": {"a": {"loss.name": "binomial"}}}, ("overrides 'loss.name'", AXIS)),
+    ({"grid.variants": {"a": {"loss": MS_PAPER}}}, ("overrides 'loss'", AXIS)),
+    ({"grid.variants": {"a": {"embedding_size": 8}}}, ("overrides 'embedding_size'", AXIS)),
+    ({"grid.variants": {"a": {"experiment": "other"}}}, ("overrides 'experiment'", AXIS)),
+    ({"grid.variants": {"a": {"variant": "b"}}}, ("overrides 'variant'", AXIS)),
+    (
+        {"dataset_overrides": {"glyphs": {"seed": 1}}},
+        ("dataset_overrides", "'glyphs' overrides 'seed'", AXIS),
+    ),
+    ({"dataset_overrides": {"cub": {"data.workers": 1}}}, ("dataset_overrides", "'cub'", NOT_IN_GRID)),
+    ({"grid.embedding_sizes": {"glyphs": [16], "sop": [16]}}, ("grid.embedding_sizes", "'sop'", NOT_IN_GRID)),
+    # names that become folders and cell ids
+    ({"grid.variants": {"a/b": {}}}, ("grid.variants", "got 'a/b'", NAME_CHARS)),
+    ({"grid.variants": {"": {}}}, ("grid.variants", "got ''", NAME_CHARS)),
+    ({"grid.variants": {"two words": {}}}, ("got 'two words'", NAME_CHARS)),
+    ({"grid.variants": {"caf\u00e9": {}}}, ("grid.variants", NAME_CHARS)),
+    ({"grid.variants": {"a..b": {}}}, ("'a..b'", "'..' has no place")),
+    ({"grid.variants": {"v" * 101: {}}}, ("grid.variants", "at most 100 characters")),
+    ({"name": "reference"}, ("name", "'reference' is reserved", "committed reference runs")),
+    ({"name": "paper"}, ("name", "'paper' is reserved")),
+    ({"name": "../elsewhere"}, ("name", NAME_CHARS)),
+    ({"name": ""}, ("name", NAME_CHARS)),
+]
+
+PREFLIGHT_FAULTS = [
+    ({"data.classes_per_batch": 19}, ("data.classes_per_batch is 19 but glyphs trains on 18 classes",)),
+    ({"train.select_metric": "recall@8"}, ("train.select_metric: 'recall@8' is not measured",)),
+    ({"train.select_metric": "nmi"}, ("'nmi' is not measured",)),
+    ({"data.val_fraction": 0.0}, ("no validation split",)),
+    (
+        {"grid.datasets": ["cub"], "data.root": "/no/such/root", "data.options": {}},
+        ("the data root /no/such/root does not exist",),
+    ),
+    (
+        {"model.backbone": "resnet50", "model.pretrained": True, "model.weights": "/no/w.pt"},
+        ("/no/w.pt not found",),
+    ),
+    ({"data.options.num_clases": 48}, ("unknown data option 'num_clases'", "did you mean 'num_classes'?")),
+    ({"data.cache_dir": f"{os.devnull}/glyphs"}, ("data.cache_dir", f"{os.devnull} is not a folder")),
+    (
+        {"data.samples_per_class": 11},
+        ("data.samples_per_class is 11", "no glyphs training class has more than 10"),
+    ),
+    ({"evaluate.ks": [1, 60]}, ("evaluate.ks: K 60", "the 59 images a val query is ranked against")),
+]
+
+
+@pytest.mark.parametrize(("overrides", "parts"), CONFIG_FAULTS + PREFLIGHT_FAULTS)
 def test_check_finds_what_would_stop_the_grid_before_any_training(
-    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, part: str
+    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, parts: tuple[str, ...]
 ) -> None:
     path = tiny_experiment(overrides)
     root = tmp_path / "results"
     code, err = cli(run.main, str(path), "--check", "--results", str(root))
-    _one_line_error(code, err, part)
+    _only_line(code, err, *parts)
     code, err = cli(run.main, str(path), "--results", str(root), "--jobs", "1")
-    _one_line_error(code, err, part)
+    _only_line(code, err, *parts)
     assert not root.exists()  # nothing was trained or written
+
+
+# ------------------------------------------------------------------------------ dataset faults at --check
+
+# The tiny experiment on the CUB fixture tree of test_data_loaders (4 train classes x 3 images, half of them
+# validation classes; 3 test classes): it passes --check as it is.
+ON_CUB = {
+    "grid.datasets": ["cub"],
+    "data.strict_counts": False,
+    "data.options": {},
+    "data.classes_per_batch": 2,
+    "data.samples_per_class": 2,
+    "data.val_fraction": 0.5,
+    "evaluate.ks": [1, 2],
+}
+BIRD = Path("images") / "001.Bird_1"
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:120])
+
+
+DATA_FAULTS = [
+    (
+        lambda f: (f / BIRD / "Bird_1_0.jpg").unlink(),
+        {},
+        ("1 of 6 image files are missing or empty", "Bird_1_0.jpg (missing)"),
+    ),
+    (
+        lambda f: [
+            (f / "images" / name).write_bytes(b"")
+            for name in (
+                "001.Bird_1/Bird_1_1.jpg",
+                "002.Bird_2/Bird_2_0.jpg",
+                "002.Bird_2/Bird_2_1.jpg",
+                "002.Bird_2/Bird_2_2.jpg",
+            )
+        ],
+        {},
+        ("image files are missing or empty", "Bird_1_1.jpg (empty), ", "and 1 more; restore them from"),
+    ),
+    (lambda f: share_cub_image(f), {}, ("listed twice", "class 1 (train) and class 101 (test)", "leaks")),
+    (lambda f: replace_line(f / "image_class_labels.txt", 2, "2 2"), {}, ("in the folder of class 1",)),
+    (
+        lambda f: ((f / "image_class_labels.txt").unlink(), os.mkfifo(f / "image_class_labels.txt")),
+        {},
+        ("image_class_labels.txt is a FIFO, not a regular file",),
+    ),
+    (lambda f: None, {"data.samples_per_class": 4}, ("data.samples_per_class is 4", "more than 3 images")),
+    (
+        lambda f: None,
+        {"evaluate.ks": [1, 2, 8]},
+        ("evaluate.ks: K 8", "the 5 images a val query is ranked against"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("damage", "overrides", "parts"), DATA_FAULTS)
+def test_check_finds_a_damaged_dataset_before_any_training(
+    tiny_experiment: Callable[..., Path],
+    tmp_path: Path,
+    cli: Runner,
+    damage: Callable[[Path], object],
+    overrides: dict,
+    parts: tuple[str, ...],
+) -> None:
+    damage(make_cub(tmp_path / "data"))
+    path = tiny_experiment({**ON_CUB, "data.root": str(tmp_path / "data"), **overrides})
+    root = tmp_path / "results"
+    for argv in (["--check"], ["--jobs", "1"]):
+        code, err = cli(run.main, str(path), "--results", str(root), *argv)
+        _only_line(code, err, *parts)
+    assert not root.exists()
+
+
+def test_check_decode_finds_a_truncated_image_that_a_stat_cannot(
+    tiny_experiment: Callable[..., Path], tmp_path: Path, cli: Runner
+) -> None:
+    folder = make_cub(tmp_path / "data")
+    _truncate(folder / BIRD / "Bird_1_2.jpg")
+    (folder / BIRD / "Bird_1_0.jpg").write_bytes(b"not a jpeg at all")
+    path = tiny_experiment({**ON_CUB, "data.root": str(tmp_path / "data")})
+    code, err = cli(run.main, str(path), "--check")
+    assert code == 0, err  # both files are there and not empty
+    code, err = cli(run.main, str(path), "--check", "--decode")
+    _only_line(
+        code,
+        err,
+        "2 of 6 image files are unreadable",
+        "Bird_1_0.jpg (cannot identify image file",
+        "Bird_1_2.jpg (",
+    )
+
+
+# ------------------------------------------------------------------------------- command-line mistakes
+
+RUN, TUNE, FAIR, REPORT = (
+    "python -m harness.run",
+    "python -m harness.tune",
+    "python -m harness.fair",
+    "python -m harness.report",
+)
+ARGUMENT_FAULTS = [
+    (run.main, ["exp.yaml", "--jobs", "0"], (RUN, "argument --jobs: '0'", "at least 1")),
+    (run.main, ["exp.yaml", "--jobs", "two"], (RUN, "argument --jobs: 'two'")),
+    (run.main, ["exp.yaml", "--shard", "-1/2"], (RUN, "argument --shard: expected one argument")),
+    (run.main, ["exp.yaml", "--chek"], (RUN, "unrecognized arguments: --chek")),
+    (run.main, [], (RUN, "the following arguments are required: experiment")),
+    (tune_main, ["tune.yaml", "--workers", "two"], (TUNE, "argument --workers: invalid int value: 'two'")),
+    (tune_main, ["tune.yaml", "--trails", "4"], (TUNE, "unrecognized arguments: --trails")),
+    (fair_main, ["fair.yaml", "--jobs", "x"], (FAIR, "argument --jobs: invalid int value: 'x'")),
+    (fair_main, [], (FAIR, "the following arguments are required: file")),
+    (report_main, ["results/x", "--margin", "wide"], (REPORT, "argument --margin: invalid float value")),
+    (report_main, ["results/x", "--reference", "a", "--no-reference"], (REPORT, "not allowed with argument")),
+]
+
+
+@pytest.mark.parametrize(("main", "argv", "parts"), ARGUMENT_FAULTS)
+def test_a_command_line_mistake_is_one_error_line_with_the_help_hint(
+    cli: Runner, main: Callable[[list[str] | None], int | None], argv: list[str], parts: tuple[str, ...]
+) -> None:
+    code, err = cli(main, *argv)
+    line = _only_line(code, err, *parts)
+    assert line.endswith(f"(see {parts[0]} --help)") and "usage:" not in err
+
+
+# ------------------------------------------------------------------------------------- tune faults
+
+TUNE_FAULTS = [
+    ({"study.seeds": [-1]}, ("study.seeds[0]", "greater than or equal to 0", "got -1")),
+    ({"study.seeds": [True]}, ("study.seeds[0]", NOT_A_NUMBER)),
+    ({"study.name": "reference"}, ("study.name", "'reference' is reserved")),
+    ({"data.classes_per_batch": 40}, ("data.classes_per_batch is 40 but glyphs trains on 18 classes",)),
+]
+
+
+@pytest.mark.parametrize(("overrides", "parts"), TUNE_FAULTS)
+def test_a_tune_fault_is_one_line_before_any_trial(
+    tiny_tune_file: Callable[..., Path], tmp_path: Path, cli: Runner, overrides: dict, parts: tuple[str, ...]
+) -> None:
+    path = tiny_tune_file(overrides)
+    results = tmp_path / "results"
+    code, err = cli(tune_main, str(path), "--results", str(results), "--quiet")
+    _only_line(code, err, *parts)
+    assert not list(results.glob("*/trials"))  # no trial started
+
+
+def test_a_user_error_inside_a_trial_is_one_line_and_the_trial_is_retried_later(
+    tiny_tune_file: Callable[..., Path], tmp_path: Path, cli: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What only training finds (here: a damaged image) stops the study with its own line, never inside
+    Optuna's logged traceback; the trial counts as interrupted, so the next run retries it."""
+    import optuna
+
+    from harness import train
+
+    def damaged(*args: object, **kwargs: object) -> None:
+        raise DataError("glyphs: cannot read image x.png (truncated); delete the glyph cache")
+
+    monkeypatch.setattr(train, "train_cell", damaged)
+    path = tiny_tune_file()
+    results = tmp_path / "results"
+    code, err = cli(tune_main, str(path), "--results", str(results), "--quiet")
+    _only_line(code, err, "cannot read image x.png", "delete the glyph cache")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{results / 'tiny' / 'study.db'}")
+    (trial,) = study.get_trials()
+    assert trial.user_attrs["interrupted"] == "a user error" and "x.png" in trial.user_attrs["fail_reason"]
+    assert counted_trials(study.get_trials()) == [] and interrupted_trials(study.get_trials()) == [trial]
+
+
+# ------------------------------------------------------------------------------- the corpus, documented
+
+FAULT_CORPORA = {
+    "experiment settings and files": CONFIG_FAULTS + PREFLIGHT_FAULTS + TEXT_FAULTS,
+    "dataset trees": DATA_FAULTS + LIST_FILE_FAULTS,
+    "command lines": ARGUMENT_FAULTS,
+    "tune files": TUNE_FAULTS,
+    "damaged cell records": DAMAGED_RECORDS,
+}
+
+
+def test_docs_give_the_size_of_the_fault_corpus() -> None:
+    """docs/running.md says how many malformed inputs the tests above refuse with one line: kept true here."""
+    text = " ".join((ROOT / "docs" / "running.md").read_text().split())
+    total = sum(len(cases) for cases in FAULT_CORPORA.values())
+    assert f"**{total} cases, all one line**" in text
+    for label, cases in FAULT_CORPORA.items():
+        assert f"{len(cases)} {label}" in text, label
 
 
 # --------------------------------------------------------------------------------- filesystem faults

@@ -23,7 +23,7 @@ from harness.results import cell_paths, claim_cell, folder_lock, read_pair_weigh
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
-SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2}
+SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2, "schedule.milestones": [2]}
 
 
 def cell_ids(exp: Path) -> list[str]:

@@ -162,7 +162,7 @@ def test_missing_dataset_is_one_line_and_exit_2(tmp_path: Path, tiny_experiment:
 
 
 def test_shards_share_one_experiment(tmp_path: Path, tiny_experiment: WriteExperiment) -> None:
-    exp = tiny_experiment({"train.iterations": 8})
+    exp = tiny_experiment({"train.iterations": 8, "schedule.milestones": [4]})
     results = tmp_path / "results"
     first = run_cli(str(exp), "--results", str(results), "--shard", "0/2", "--quiet")
     assert first.returncode == 0, first.stderr
@@ -278,6 +278,7 @@ def test_two_process_gloo_training_matches_one_process(
             "grid.losses": ["ms"],
             "train.iterations": 6,
             "train.eval_every": 6,
+            "schedule.milestones": [3],
             "train.log_every": 1,
             "model.freeze_bn": True,  # BN statistics of a half batch would differ per rank
             "data.options.train_shift": 0,  # random shifts too

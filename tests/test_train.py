@@ -78,7 +78,9 @@ def test_splits_are_built_once_per_data_settings(tiny_experiment: WriteExperimen
 def test_a_cell_trains_on_given_splits_and_records_its_resolved_loss(
     tmp_path: Path, tiny_experiment: WriteExperiment
 ) -> None:
-    cell = tiny_cells(tiny_experiment, {"train.iterations": 4, "train.eval_every": 4})[0]
+    cell = tiny_cells(
+        tiny_experiment, {"train.iterations": 4, "train.eval_every": 4, "schedule.milestones": [2]}
+    )[0]
     loaded = load_splits(cell)
     val_as_test = dataclasses.replace(loaded, test=loaded.val)  # proves which splits the cell evaluated
     paths = CellPaths(tmp_path / "cell")

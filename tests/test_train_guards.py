@@ -176,7 +176,13 @@ def test_a_resumed_cell_trains_only_what_its_checkpoint_lacks_and_ends_as_an_uni
     tmp_path: Path, tiny_experiment: WriteExperiment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cell = ms_cell(
-        tiny_experiment, {"train.iterations": 16, "train.eval_every": 4, "train.checkpoint_every": 4}
+        tiny_experiment,
+        {
+            "train.iterations": 16,
+            "train.eval_every": 4,
+            "train.checkpoint_every": 4,
+            "schedule.milestones": [8],
+        },
     )
     reference = CellPaths(tmp_path / "reference")
     train_cell(cell, reference, progress=False)

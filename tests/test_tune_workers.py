@@ -33,6 +33,7 @@ WORKERS_PROTOCOL = {  # a few seconds per trial; Hyperband over the 4 iterations
     "train.iterations": 4,
     "train.eval_every": 2,
     "train.log_every": 2,
+    "schedule.milestones": [2],
     "evaluate.metrics": ["recall"],
     "evaluate.ks": [1],
     "study.pruner": {"name": "hyperband", "min_resource": 2, "max_resource": 4, "reduction_factor": 3},

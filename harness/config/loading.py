@@ -8,6 +8,7 @@ YAML path, the value and what was expected.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,11 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("function-after[_buildable()]", "function-before[_from_string()]"):
+        elif part in ("function-after[_buildable()]", "function-before[_from_string()]", "[key]"):
             continue
         else:
             out += ("." if out else "") + str(part)
-    return out or "(top level)"
+    return out
 
 
 def _clean_message(msg: str) -> str:
@@ -46,7 +47,22 @@ def validation_message(source: str, err: ValidationError) -> str:
         return f"{source}: {loc}: unknown field {key!r}" + (f" in {parent}" if parent else "")
     value = first.get("input")
     shown = "" if isinstance(value, dict) or "unknown" in msg else f" (got {value!r})"
-    return f"{source}: {loc}: {msg}{shown}"
+    return f"{source}: {loc + ': ' if loc else ''}{msg}{shown}{_type_hint(first['type'], value)}"
+
+
+def _type_hint(kind: str, value: Any) -> str:
+    """What to write instead of a value of the wrong type (strict validation coerces nothing)."""
+    if kind in ("int_type", "float_type") and isinstance(value, bool):
+        return "; a boolean is not a number: write the number"
+    if kind in ("int_type", "float_type") and isinstance(value, str):
+        return "; write the number without quotes"
+    if kind == "int_type" and isinstance(value, float):
+        return "; write a whole number"
+    if kind == "bool_type":
+        return "; write true or false"
+    if kind == "string_pattern_mismatch":
+        return "; use ASCII letters, digits, '_', '.' and '-', starting with a letter or digit"
+    return ""
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +90,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# YAML 1.1 (PyYAML) reads 1e-3 and 1.0e3 as strings; YAML 1.2 and every user reads them as numbers.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 def _yaml_text(path: Path) -> str:
     """The text of a YAML file; a file that is not UTF-8 text (binary, UTF-16) is one line saying so."""
     data = path.read_bytes()
@@ -90,17 +114,40 @@ def _yaml_text(path: Path) -> str:
     return text
 
 
+MAX_NESTING = 50
+"""How deep a settings file may nest mappings and lists (the schema needs 4 levels: deeper is a mistake)."""
+
+
+def _nesting(data: Any) -> int:
+    """How many mappings and lists lie inside one another in ``data``, counted up to ``MAX_NESTING + 1``.
+
+    Iterative and capped, so a file whose aliases make a list hold itself ends too.
+    """
+    deepest, todo = 0, [(data, 1)]
+    while todo and deepest <= MAX_NESTING:
+        node, depth = todo.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            todo.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def load_yaml(path: Path) -> Any:
     """Parse a YAML file rejecting repeated keys and non-UTF-8 files; every problem is a one-line
     UserError."""
+    too_deep = f"{path}: mappings and lists nested more than {MAX_NESTING} levels deep; flatten the file"
     try:
-        return yaml.load(
-            _yaml_text(path), Loader=_UniqueKeyLoader
-        )  # a SafeLoader subclass: no arbitrary objects
+        data = yaml.load(_yaml_text(path), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no objects
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         raise UserError(f"{path}:{where}: not valid YAML: {getattr(err, 'problem', err)}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise UserError(too_deep) from None
+    if _nesting(data) > MAX_NESTING:  # deeper than validation, merging and copying can follow
+        raise UserError(too_deep)
+    return data
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -135,8 +182,8 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def parse_value(text: str) -> Any:
     """Parse a ``--set`` value as YAML (numbers, booleans, lists), falling back to the plain string."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # as in a file: 1e-3 is a number
+    except (yaml.YAMLError, RecursionError):
         return text
 
 

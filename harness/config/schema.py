@@ -9,10 +9,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictFloat,
     ValidationInfo,
     field_validator,
     model_serializer,
@@ -56,8 +58,40 @@ def _check_datasets(names: Iterable[str]) -> None:
     _check_known("dataset", names, DATASETS)
 
 
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+RESERVED_NAMES = {
+    "reference": "results/reference/ holds the committed reference runs",
+    "paper": "results/paper/ is the paper tables' folder (its README says where they are now)",
+}
+"""Names an experiment or a study may not take: folders of the results root the harness owns."""
+
+
+def _no_dots(name: str) -> str:
+    """``name`` unless it holds ``..`` (after :data:`NAME_PATTERN`)."""
+    if ".." in name:
+        raise ValueError(f"{name!r}: '..' has no place in a name that becomes a folder; choose another name")
+    return name
+
+
+def _unreserved(name: str) -> str:
+    """``name`` unless it is one of :data:`RESERVED_NAMES`."""
+    if name.lower() in RESERVED_NAMES:
+        raise ValueError(f"{name!r} is reserved ({RESERVED_NAMES[name.lower()]}); choose another name")
+    return name
+
+
+SafeName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100), AfterValidator(_no_dots)]
+"""A name that becomes part of a path or a cell id (a variant): ASCII letters, digits, ``_``, ``.``, ``-``, at
+most 100 characters, starting with a letter or digit, no ``..``."""
+FolderName = Annotated[SafeName, AfterValidator(_unreserved)]
+"""A :data:`SafeName` that names a folder of the results root (an experiment, a study): not reserved."""
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """No unknown field, and no coercion: a number must be a number (never a boolean or a quoted string), a
+    switch a boolean (never 1 or 'yes'); an int is accepted where a float is expected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 NON_NEGATIVE_HPARAMS = {
@@ -137,7 +171,7 @@ class DataConfig(_Strict):
     root: str | None = None
     cache_dir: str | None = None
     image_size: int = Field(224, ge=8)
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_scale: tuple[StrictFloat, StrictFloat] = Field((0.08, 1.0), strict=False)  # a YAML list is fine
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
     val_seed: int = 0
     # Class-disjoint k-fold cross-validation: val_folds K >= 2 cuts the training classes into K disjoint
@@ -150,6 +184,17 @@ class DataConfig(_Strict):
     strict_counts: bool = True
     sampler: str = "proportional"  # a key of harness.data.SAMPLERS
     options: dict[str, Any] = Field(default_factory=dict)  # extra keyword arguments for the dataset builder
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _crop_range(cls, scale: tuple[float, float]) -> tuple[float, float]:
+        low, high = scale
+        if not 0 < low <= high <= 1:
+            raise ValueError(
+                "expected [smallest, largest] fractions of the image area a training crop covers, with "
+                "0 < smallest <= largest <= 1, e.g. [0.08, 1.0]"
+            )
+        return scale
 
     @field_validator("sampler")
     @classmethod
@@ -236,6 +281,10 @@ class OptimConfig(_Strict):
         return OPTIMIZERS.check(name)
 
 
+MOMENTUM_OPTIMIZERS = ("sgd",)
+"""The optimisers that use ``optim.momentum``: another value than its default with any other is refused."""
+
+
 class ScheduleConfig(_Strict):
     """Step schedule: multiply the learning rates by ``gamma`` at each milestone iteration."""
 
@@ -283,6 +332,9 @@ class EvalConfig(_Strict):
     def _positive(cls, ks: list[int] | None) -> list[int] | None:
         if ks is not None and (not ks or min(ks) < 1):
             raise ValueError("K values must be a non-empty list of integers >= 1")
+        repeated = sorted({k for k in ks or [] if ks.count(k) > 1})
+        if repeated:
+            raise ValueError(f"K {repeated[0]} is listed twice; list each K once")
         return ks
 
 
@@ -297,6 +349,62 @@ class ProtocolConfig(_Strict):
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
 
 
+CELL_AXES = ("experiment", "dataset", "embedding_size", "seed", "variant")
+"""The fields of a cell that the grid sets (the experiment's name and the axes): no override may set them."""
+LOSS_OVERRIDES = ("loss.preset", "loss.hparams")
+"""What of a cell's loss a variant or dataset override may change (the loss itself is a grid axis)."""
+
+
+def _check_layer(where: str, layer: dict[str, Any]) -> None:
+    """Raise ValueError when a variant's or dataset's overrides set a grid axis (every cell would collide)."""
+    for key in layer:
+        head = str(key).split(".")[0]
+        allowed = any(str(key) == k or str(key).startswith(k + ".") for k in LOSS_OVERRIDES)
+        if head in (*CELL_AXES, "name", "description", "grid", "dataset_overrides") or (
+            head == "loss" and not allowed
+        ):
+            raise ValueError(
+                f"{where} overrides {key!r}, which the grid sets (its axes: grid.losses, datasets, "
+                "embedding_sizes, variants, seeds, and the name); change the grid instead (a loss's "
+                f"{' and '.join(LOSS_OVERRIDES)} may be overridden)"
+            )
+
+
+def _check_in_grid(per_dataset: dict[str, Any], datasets: list[str] | None) -> None:
+    """Raise ValueError for a per-dataset entry naming a dataset the grid does not train (forgotten edit)."""
+    if datasets is None:  # the datasets were refused already
+        return
+    for name in per_dataset:
+        if name not in datasets:
+            raise ValueError(
+                f"{name!r} is not in grid.datasets {datasets}, so these settings would never be used; "
+                "remove them or add the dataset to grid.datasets"
+            )
+
+
+def _check_distinct_losses(specs: list[LossSpec]) -> None:
+    """Raise ValueError for two entries that train the same loss, or two losses one report row would pool."""
+    import losses
+
+    seen: list[tuple[dict[str, Any], tuple[str, ...]]] = []
+    for index, spec in enumerate(specs):
+        resolved = spec.resolved()
+        row = (spec.label,) if spec.label else (losses.info(spec.name).label, spec.name, spec.preset or "")
+        for other, (other_resolved, other_row) in enumerate(seen):
+            if resolved == other_resolved:
+                raise ValueError(
+                    f"[{index}] trains the same loss as [{other}] (both resolve to {resolved['name']} "
+                    f"{resolved['preset'] or ''} {resolved['hparams']}); keep one"
+                )
+            explicit = spec.label or specs[other].label
+            if row[0] == other_row[0] and (explicit or row == other_row):
+                raise ValueError(
+                    f"[{index}] and [{other}] are different losses reported under one label "
+                    f"{row[0]!r}; give each its own label"
+                )
+        seen.append((resolved, row))
+
+
 class Grid(_Strict):
     """The axes of an experiment; every combination is one cell."""
 
@@ -304,13 +412,19 @@ class Grid(_Strict):
     datasets: list[str] = Field(min_length=1)
     embedding_sizes: list[int] | dict[str, list[int]] = Field(default_factory=lambda: [512])
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+    variants: dict[SafeName, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
 
     @field_validator("losses", "seeds")
     @classmethod
     def _no_repeats(cls, entries: list[Any], info: ValidationInfo) -> list[Any]:
         _check_unique(str(info.field_name), entries)
         return entries
+
+    @field_validator("losses")
+    @classmethod
+    def _distinct_losses(cls, specs: list[LossSpec]) -> list[LossSpec]:
+        _check_distinct_losses(specs)
+        return specs
 
     @field_validator("datasets")
     @classmethod
@@ -319,9 +433,28 @@ class Grid(_Strict):
         _check_unique("datasets", names)
         return names
 
+    @field_validator("variants")
+    @classmethod
+    def _distinct_variants(cls, variants: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        seen: dict[str, str] = {}
+        for name, overrides in variants.items():
+            _check_layer(f"variant {name!r}", overrides)
+            key = repr(sorted(overrides.items()))
+            if key in seen:
+                raise ValueError(
+                    f"variants {seen[key]!r} and {name!r} have the same overrides ({overrides}), so they "
+                    "would train the same cells twice; remove one or make them differ"
+                )
+            seen[key] = name
+        return variants
+
     @field_validator("embedding_sizes")
     @classmethod
-    def _positive_sizes(cls, sizes: list[int] | dict[str, list[int]]) -> list[int] | dict[str, list[int]]:
+    def _positive_sizes(
+        cls, sizes: list[int] | dict[str, list[int]], info: ValidationInfo
+    ) -> list[int] | dict[str, list[int]]:
+        if isinstance(sizes, dict):
+            _check_in_grid(sizes, info.data.get("datasets"))
         for group in sizes.values() if isinstance(sizes, dict) else [sizes]:
             if not group or min(group) < 1:
                 raise ValueError("embedding sizes must be a non-empty list of integers >= 1")
@@ -347,15 +480,21 @@ class Grid(_Strict):
 class Experiment(ProtocolConfig):
     """A whole experiment file."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: FolderName
     description: str = ""
     grid: Grid
     dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("dataset_overrides")
     @classmethod
-    def _known_override_datasets(cls, overrides: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    def _known_override_datasets(
+        cls, overrides: dict[str, dict[str, Any]], info: ValidationInfo
+    ) -> dict[str, dict[str, Any]]:
         _check_datasets(overrides)
+        grid = info.data.get("grid")
+        _check_in_grid(overrides, grid.datasets if grid is not None else None)
+        for dataset, layer in overrides.items():
+            _check_layer(f"the entry {dataset!r}", layer)
         return overrides
 
 
@@ -383,6 +522,35 @@ class CellConfig(ProtocolConfig):
     embedding_size: int
     seed: int
     variant: str = "default"
+
+    @model_validator(mode="after")
+    def _protocol_takes_effect(self) -> CellConfig:
+        """Settings that together would do nothing, or not what they say: refused instead of run."""
+        iterations, milestones = self.train.iterations, self.schedule.milestones
+        for index, milestone in enumerate(milestones):
+            if not 1 <= milestone < iterations:
+                raise ValueError(
+                    f"schedule.milestones: {milestone} would never change the learning rate "
+                    f"(train.iterations is {iterations}); each milestone must lie in 1 .. {iterations - 1} "
+                    "(for a shorter run, set schedule.milestones too, e.g. --set schedule.milestones=[])"
+                )
+            if index and milestone <= milestones[index - 1]:
+                raise ValueError(
+                    f"schedule.milestones: {milestones} must be strictly increasing; sort them, each once"
+                )
+        momentum = OptimConfig.model_fields["momentum"].default
+        if self.optim.momentum != momentum and self.optim.name not in MOMENTUM_OPTIMIZERS:
+            raise ValueError(
+                f"optim.momentum: {self.optim.momentum} would be ignored: {self.optim.name} has no momentum "
+                f"(only {', '.join(MOMENTUM_OPTIMIZERS)} uses it); remove it"
+            )
+        if self.train.select_on != "final" and self.train.eval_every > iterations:
+            raise ValueError(
+                f"train.eval_every: {self.train.eval_every} is beyond train.iterations {iterations}, so "
+                f"only the final weights are evaluated and train.select_on {self.train.select_on!r} selects "
+                "nothing; lower train.eval_every or set train.select_on: final"
+            )
+        return self
 
     @functools.cached_property
     def cell_id(self) -> str:

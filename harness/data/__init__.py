@@ -10,7 +10,7 @@ transforms and sampling schemes.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.data.catalog import OFFICIAL
@@ -45,6 +45,7 @@ __all__ = [
     "build_batch_sampler",
     "build_splits",
     "build_transform",
+    "check_options",
     "class_folds",
     "relabel",
     "split_classes",
@@ -83,12 +84,7 @@ def build_splits(
     if name not in DATASETS:
         raise UserError(DATASETS.unknown(name))
     entry = DATASETS[name]
-    for key in options:
-        if key not in entry.options:
-            raise UserError(
-                f"unknown data option {key!r} for dataset {name!r} (config data.options)"
-                f"{did_you_mean(key, list(entry.options))}"
-            )
+    check_options(name, options)
     request = DatasetRequest(
         root=root,
         image_size=entry.image_size if image_size is None else image_size,
@@ -105,12 +101,24 @@ def build_splits(
     return entry.factory(request)
 
 
-def verify_images(splits: DatasetSplits, *, decode: bool = False) -> None:
-    """Check every image file of ``splits`` exists (``decode=True``: also decode each one, slow).
+def check_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise a one-line UserError for a ``data.options`` key the registry entry of ``name`` does not take."""
+    entry = DATASETS[name]
+    for key in options:
+        if key not in entry.options:
+            raise UserError(
+                f"unknown data option {key!r} for dataset {name!r} (config data.options)"
+                f"{did_you_mean(key, list(entry.options))}"
+            )
 
-    :func:`build_splits` already checks existence; ``decode=True`` finds damaged or truncated files up
-    front instead of mid-training. Raises a one-line DataError naming the first bad file.
+
+def verify_images(splits: DatasetSplits, *, decode: bool = False, progress: bool = False) -> None:
+    """Check every image file of ``splits`` is a non-empty file (``decode=True``: also decode each one, slow).
+
+    :func:`build_splits` already checks the files; ``decode=True`` finds damaged or truncated files up
+    front instead of mid-training (``progress``: a tqdm bar on a terminal). Raises a one-line DataError
+    naming the first few bad files and how many there are.
     """
     for dataset in (splits.train, splits.val, splits.test, splits.query, splits.gallery):
         if isinstance(dataset, ImageDataset):
-            dataset.verify(decode=decode)
+            dataset.verify(decode=decode, progress=progress)

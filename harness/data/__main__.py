@@ -18,13 +18,13 @@ from pathlib import Path
 from harness.data.fetch import MIRROR_ENV, fetch_dataset, inspect_dataset
 from harness.data.official import DATA_ROOT_ENV
 from harness.data.sources import SOURCES
-from harness.errors import EXIT_USER_ERROR, UserError, cli_main, filesystem_message, one_line
+from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main, filesystem_message, one_line
 
 ALL = "all"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.data", description="Install and check the official benchmarks."
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 
-from harness.data.official import ImageList, OfficialDataset, split_by_class_range
+from harness.data.official import ImageList, OfficialDataset, regular_file, split_by_class_range
 
 CLASS_RANGES = {"train": (1, 98), "test": (99, 196)}
 FIELDS = ("relative_im_path", "class")
@@ -22,7 +22,7 @@ def read_cars(folder: Path) -> dict[str, ImageList]:
     """Read the ``annotations`` struct array of ``cars_annos.mat`` and split by class id."""
     path = folder / CARS.list_files[0]
     try:
-        mat = scipy.io.loadmat(path, squeeze_me=True)
+        mat = scipy.io.loadmat(regular_file(CARS, path), squeeze_me=True)
     except (OSError, ValueError, TypeError, NotImplementedError, scipy.io.matlab.MatReadError) as err:
         raise CARS.error(f"cannot read {path} as a MATLAB file ({' '.join(str(err).split())})") from None
     annotations = np.atleast_1d(mat.get("annotations", np.empty(0)))

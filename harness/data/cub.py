@@ -47,7 +47,22 @@ def read_cub(folder: Path) -> dict[str, ImageList]:
             )
     files = [f"images/{path_of[image_id]}" for image_id in label_ids]
     class_ids = int_column(CUB, labels, "class_id")
-    return split_by_class_range(CUB, labels_file, ImageList(files, class_ids), CLASS_RANGES)
+    splits = split_by_class_range(CUB, labels_file, ImageList(files, class_ids), CLASS_RANGES)
+    for row, (image_id, class_id) in enumerate(zip(label_ids, class_ids.tolist(), strict=True)):
+        folder_class = class_of_folder(path_of[image_id])
+        if folder_class is not None and folder_class != class_id:
+            raise CUB.error(
+                f"{labels.where(row)} labels image id {image_id} class {class_id}, but {images_file} puts it "
+                f"in the folder of class {folder_class} ({path_of[image_id]})",
+                f"restore the official list files from {CUB.source}",
+            )
+    return splits
+
+
+def class_of_folder(path: str) -> int | None:
+    """The class id of an image path's folder, ``012.Yellow_breasted_Chat/x.jpg`` -> 12; None without one."""
+    number, dot, _ = path.partition("/")[0].partition(".")
+    return int(number) if dot and number.isdecimal() else None
 
 
 CUB = OfficialDataset(

@@ -376,6 +376,21 @@ def cache_path(cache_dir: str | os.PathLike[str] | None, params: GlyphParams) ->
     return base / f"glyphs-{params.cache_key()}.npz"
 
 
+def cache_problem(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    """Why the image cache folder cannot be used (a file is in the way, no permission to create or write
+    it), or None; a read-only folder that already holds caches is fine. Creates nothing."""
+    base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    todo = "set data.cache_dir (or $HARNESS_CACHE) to a writable folder"
+    existing = next(p for p in (base, *base.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        return f"glyphs: the image cache folder {base} cannot be made: {existing} is not a folder; {todo}"
+    if existing == base and any(base.glob("glyphs-*.npz")):
+        return None
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"glyphs: cannot write the image cache folder {base} (no permission in {existing}); {todo}"
+    return None
+
+
 def _save(path: Path, glyphs: GlyphImages, params: GlyphParams) -> None:
     """Write the images to ``path`` atomically (uncompressed: the cache is read on every run)."""
     buffer = io.BytesIO()

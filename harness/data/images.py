@@ -1,7 +1,14 @@
-"""A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors."""
+"""A dataset of image files on disk with integer labels; unreadable files fail as one-line DataErrors.
+
+:func:`require_files` checks a list of image files up front (each is a non-empty regular file) and
+:meth:`ImageDataset.verify` with ``decode`` decodes each one, so a missing or damaged image stops
+``--check`` instead of a run.
+"""
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,11 +30,12 @@ class ImageReadError(DataError):
     traceback; this keeps only the original message (the traceback's last line).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, reason: str = "") -> None:
         marker = f"{type(self).__name__}: "
         if "Original Traceback" in message and marker in message:
             message = message.rsplit(marker, 1)[1]
         super().__init__(message)
+        self.reason = reason or "unreadable"  # why, in a few words
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -80,7 +88,8 @@ class ImageDataset(torch.utils.data.Dataset):
             reason = " ".join(str(err).split()) or type(err).__name__
             raise ImageReadError(
                 f"{self.title}: cannot read image {path} ({reason}); the file is missing or damaged: "
-                f"restore it from {self.source}"
+                f"restore it from {self.source}",
+                reason,
             ) from None
 
     def _to_rgb(self, image: Image.Image, path: Path) -> Image.Image:
@@ -95,23 +104,61 @@ class ImageDataset(torch.utils.data.Dataset):
         if image.mode in ("I", "F") or image.mode.startswith("I;"):
             raise ImageReadError(
                 f"{self.title}: image {path} has {image.mode} pixels (32-bit integer or float), "
-                "which cannot be read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file"
+                "which cannot be read as 8-bit RGB faithfully; convert it to an 8-bit RGB or greyscale file",
+                f"{image.mode} pixels, not 8-bit",
             )
         return image.convert("RGB")
 
-    def verify(self, *, decode: bool = False) -> None:
-        """Check that every image file exists (cheap); with ``decode=True`` also decode each one (slow)."""
+    def verify(self, *, decode: bool = False, progress: bool = False) -> None:
+        """:func:`require_files` on this dataset's images; ``decode``: also decode each one (slow), behind a
+        tqdm bar on a terminal with ``progress``. The bad files are one DataError, as for a missing one."""
         require_files(self.root, self.files, title=self.title, source=self.source)
-        if decode:
-            for index in range(len(self.files)):
+        if not decode:
+            return
+        from tqdm import tqdm
+
+        bad = []
+        bar = tqdm(range(len(self.files)), desc=f"decoding {self.title}", disable=None if progress else True)
+        for index in bar:  # disable=None: a bar only on a terminal
+            try:
                 self.load(index)
+            except ImageReadError as err:
+                bad.append((self.files[index], err.reason))
+        _refuse(bad, "unreadable", self.root, len(self.files), title=self.title, source=self.source)
+
+
+SHOWN_FILES = 3
+"""How many of the bad files a :func:`require_files` error names (the count covers every one)."""
+
+
+def file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an image file (missing, empty, not a regular file), or None; never opens it."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as err:
+        return err.strerror or type(err).__name__
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    return "empty" if info.st_size == 0 else None
 
 
 def require_files(root: Path, files: Sequence[str], *, title: str, source: str) -> None:
-    """DataError (one line: how many, the first, where to get them) unless every ``root / file`` exists."""
-    missing = [name for name in files if not (root / name).is_file()]
-    if missing:
+    """DataError (one line: how many, the first few with why, where to get them) unless every ``root / file``
+    is a non-empty regular file (one ``stat`` each, nothing opened)."""
+    bad = [(name, why) for name in files if (why := file_problem(root / name))]
+    _refuse(bad, "missing or empty", root, len(files), title=title, source=source)
+
+
+def _refuse(
+    bad: list[tuple[str, str]], what: str, root: Path, total: int, *, title: str, source: str
+) -> None:
+    """The one DataError for ``bad`` (file, why) pairs, when there are any."""
+    if bad:
+        shown = ", ".join(f"{name} ({why})" for name, why in bad[:SHOWN_FILES])
+        more = f" and {len(bad) - SHOWN_FILES:,} more" if len(bad) > SHOWN_FILES else ""
         raise DataError(
-            f"{title}: {len(missing):,} of {len(files):,} image files are missing under "
-            f"{root}, first {root / missing[0]}; restore them from {source}"
+            f"{title}: {len(bad):,} of {total:,} image files are {what} under {root}: {shown}{more}; "
+            f"restore them from {source}"
         )

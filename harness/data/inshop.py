@@ -48,7 +48,16 @@ def read_inshop(folder: Path) -> dict[str, ImageList]:
         raise INSHOP.error(f"{path}: item_id {err.args[0]!r}, expected the form id_00000002") from None
     everything = ImageList(table["image_name"], class_ids)
     status = np.array(table["evaluation_status"])
-    return {split: everything.select(status == split) for split in SPLITS}
+    splits = {split: everything.select(status == split) for split in SPLITS}
+    unmatched = np.setdiff1d(splits["query"].class_ids, splits["gallery"].class_ids)
+    if unmatched.size:
+        row = int(np.flatnonzero((status == "query") & np.isin(class_ids, unmatched))[0])
+        raise INSHOP.error(
+            f"{table.where(row)}: query item {table['item_id'][row]} has no gallery image "
+            f"({unmatched.size:,} query item(s) have none), so its queries could never be answered right",
+            f"every query item needs gallery images; restore the official file from {INSHOP.source}",
+        )
+    return splits
 
 
 INSHOP = OfficialDataset(

@@ -11,6 +11,7 @@ one-line :class:`DataError`.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def find_dataset_folder(spec: OfficialDataset, root: str | os.PathLike[str] | No
     (it holds the first list file)."""
     data_root = resolve_data_root(root, spec)
     for folder in (data_root / spec.folder, data_root):
-        if (folder / spec.list_files[0]).is_file():
+        if (folder / spec.list_files[0]).exists():  # a FIFO or folder there is refused when it is read
             return folder
     raise spec.error(
         f"not found: expected {data_root / spec.folder / spec.list_files[0]} "
@@ -98,12 +99,25 @@ def find_dataset_folder(spec: OfficialDataset, root: str | os.PathLike[str] | No
     )
 
 
-def read_lines(spec: OfficialDataset, path: Path) -> list[str]:
-    """The lines of a list file; DataError if it is missing or not text."""
+def regular_file(spec: OfficialDataset, path: Path) -> Path:
+    """``path`` when it is a regular file; DataError when it is missing or something else (a FIFO or a device
+    would block the reader forever, a folder cannot be read), decided with ``stat`` before any ``open``."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise spec.error(f"missing list file {path}") from None
+    except OSError as err:
+        raise spec.error(f"cannot read list file {path} ({err.strerror or type(err).__name__})") from None
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise spec.error(f"list file {path} is {kind}, not a regular file")
+    return path
+
+
+def read_lines(spec: OfficialDataset, path: Path) -> list[str]:
+    """The lines of a list file; DataError if it is missing, not a regular file or not text."""
+    try:
+        return regular_file(spec, path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
         raise spec.error(f"cannot read list file {path} ({type(err).__name__})") from None
 
@@ -219,7 +233,7 @@ def split_by_class_range(
 def check_splits(
     spec: OfficialDataset, folder: Path, lists: dict[str, ImageList], *, strict_counts: bool
 ) -> None:
-    """Every split non-empty, train classes disjoint from the evaluation classes,
+    """Every split non-empty, train classes disjoint from the evaluation classes, every image listed once,
     official counts if strict."""
     where = spec.describe_lists(folder)
     for split, images in lists.items():
@@ -231,6 +245,7 @@ def check_splits(
             f"{where}: class {shared[0]} is in both the train and the evaluation splits",
             f"the splits must be class-disjoint; restore the official list files from {spec.source}",
         )
+    _check_listed_once(spec, where, lists)
     if not strict_counts:
         return
     counts = [(split, len(lists[split].files), expected, "images") for split, expected in spec.images.items()]
@@ -243,6 +258,26 @@ def check_splits(
                 f"the {group} split read from {where} has {found:,} {unit}, expected {expected:,} "
                 "(the official count)",
                 f"use the complete copy from {spec.source}, {NON_STRICT_HINT}",
+            )
+
+
+def _check_listed_once(spec: OfficialDataset, where: str, lists: dict[str, ImageList]) -> None:
+    """DataError for an image file listed twice: in a train and an evaluation class it leaks test images into
+    training; anywhere else it gives one image two labels (or a query itself as its match)."""
+    first: dict[str, tuple[str, int]] = {}
+    for split, images in lists.items():
+        for name, class_id in zip(images.files, images.class_ids.tolist(), strict=True):
+            key = os.path.normpath(name)
+            if key not in first:
+                first[key] = (split, class_id)
+                continue
+            other_split, other_class = first[key]
+            leak = "train" in (split, other_split) and split != other_split
+            raise spec.error(
+                f"{where}: image {name} is listed twice, in class {other_class} ({other_split}) and class "
+                f"{class_id} ({split})"
+                + ("; a test image in training leaks across the class-disjoint split" if leak else ""),
+                f"list each image once; restore the official list files from {spec.source}",
             )
 
 

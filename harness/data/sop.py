@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from harness.data.official import ImageList, OfficialDataset, int_column, read_table, unique_int_column
 
 COLUMNS = ("image_id", "class_id", "super_class_id", "path")
@@ -21,7 +23,15 @@ def read_sop(folder: Path) -> dict[str, ImageList]:
         path = folder / name
         table = read_table(SOP, path, COLUMNS, header=True)
         unique_int_column(SOP, table, "image_id")
-        splits[split] = ImageList(table["path"], int_column(SOP, table, "class_id"))
+        class_ids = int_column(SOP, table, "class_id")
+        if class_ids.size and class_ids.min() < 1:
+            row = int(np.argmax(class_ids < 1))
+            raise SOP.error(
+                f"{table.where(row)}: class_id {class_ids[row]}, expected a class id from 1 (the official "
+                "ids run 1-22,634)",
+                f"restore the official file from {SOP.source}",
+            )
+        splits[split] = ImageList(table["path"], class_ids)
     return splits
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ArgumentParser
 from harness.fair.report import write_fair_report
 from harness.fair.reruns import DEFAULT, TUNED, default_experiment, rerun, tuned_experiment, write_experiment
 from harness.fair.schema import FairSetup, load_fair
@@ -30,7 +31,7 @@ EXIT_FAILED = 1
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.fair",
         description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
     )

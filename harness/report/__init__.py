@@ -11,10 +11,10 @@ converted to percent once, in :func:`to_percent`, when read; everything after th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from pathlib import Path
 
+from harness.errors import ArgumentParser
 from harness.report.decisions import default_reference
 from harness.report.reading import (
     CELL_GROUP,
@@ -72,7 +72,7 @@ __all__ = [
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m harness.report DIR [options]``; prints the report's path."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.report",
         description="Write report.md and figures/ for one experiment from its stored results (no training).",
     )

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ArgumentParser
+from harness.preflight import require_preflight
 from harness.stopping import Interrupted, StopSignals
 from harness.studies.command import (
     EXIT_FAILED_WORKER,
@@ -29,7 +31,7 @@ STORAGE_ENV = "HARNESS_TUNE_STORAGE"  # how a worker process learns its parent's
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m harness.tune", description="Optuna study over one cell's loss hyperparameters."
     )
     parser.add_argument("file", help="tune file: an experiment YAML with a study: section")
@@ -66,6 +68,7 @@ class TuneCommand:
     def check_data(self) -> None:
         from harness.builders import load_splits
 
+        require_preflight(self.setup.experiment, [self.setup.template])  # --check's problems: before a trial
         load_splits(self.setup.template)
 
     def prepare(self, storage: Any) -> list[str]:

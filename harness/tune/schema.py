@@ -7,13 +7,14 @@ import copy
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from harness.config import (
     CellConfig,
     Experiment,
+    FolderName,
     LossSpec,
     expand_cells,
     load_raw,
@@ -25,7 +26,7 @@ from harness.errors import UserError, did_you_mean
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)  # no coercion: see harness.config
 
     @model_validator(mode="before")
     @classmethod
@@ -199,15 +200,15 @@ class HeartbeatConfig(_Strict):
 class StudyConfig(_Strict):
     """The ``study:`` section of a tune file."""
 
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: FolderName | None = None
     trials: int = Field(ge=1)
     space: dict[str, Range] = Field(default_factory=dict)  # empty: the space the loss declares
     sampler: SamplerConfig
     pruner: PrunerConfig
     importance: ImportanceConfig
-    seeds: list[int] | None = Field(None, min_length=1)
+    seeds: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     folds: int = Field(0, ge=0)  # K >= 2: each seed trains K class folds (data.val_fold 0..K-1); 0: off
-    best_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    best_seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     best_set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides for best.yaml's protocol
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
 

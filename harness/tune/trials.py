@@ -142,6 +142,7 @@ class Objective:
         self.signals = signals or StopSignals()
         self.surplus = False
         self.interrupted: Interrupted | None = None
+        self.user_error: UserError | None = None
 
     def _place(self, trial: Any) -> tuple[int, Path, set[int]]:
         """How many counted trials precede this one, the folder it trains in (a stale trial's retry resumes
@@ -198,7 +199,11 @@ class Objective:
                     )
             except Interrupted as stop:
                 return self._interrupted(trial, paths, stop)
-            except (optuna.TrialPruned, UserError, KeyboardInterrupt):
+            except (
+                UserError
+            ) as err:  # the user's to fix (a setting, the data): one line, not Optuna's traceback
+                return self._stopped_by(trial, err)
+            except (optuna.TrialPruned, KeyboardInterrupt):
                 raise
             except Exception as err:  # a crash ends this trial, not the study
                 trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
@@ -208,6 +213,17 @@ class Objective:
                 return math.nan
             values.append(float(outcome.metrics["selected"]["val"][setup.metric]))
         return sum(values) / len(values)
+
+    def _stopped_by(self, trial: Any, err: UserError) -> float:
+        """Keep the user's mistake for the worker to raise; the trial is recorded as interrupted, so a run
+        after the fix retries it (same parameters, same folder) instead of counting it as failed."""
+        import optuna
+
+        self.user_error = err
+        trial.set_user_attr("interrupted", "a user error")
+        trial.set_user_attr("fail_reason", str(err))
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # the caller's logging context restores it
+        return math.nan
 
     def _interrupted(self, trial: Any, paths: CellPaths, stop: Interrupted) -> float:
         """Record the interruption; NaN makes Optuna fail the trial, whose warning lines are silenced."""
@@ -252,5 +268,7 @@ def run_worker(
             study.optimize(objective, n_trials=1, catch=(TrialFailed, SurplusTrial), gc_after_trial=True)
         if objective.interrupted is not None:
             raise objective.interrupted
+        if objective.user_error is not None:
+            raise objective.user_error
         if objective.surplus:
             return

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.config.cluster import ClusterConfig
 from harness.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
@@ -348,6 +349,7 @@ class Experiment(Protocol):
     description: str = ""
     grid: Grid
     dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # Slurm jobs; not part of any cell
 
     @field_validator("dataset_overrides")
     @classmethod

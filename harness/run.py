@@ -29,6 +29,7 @@ from harness.launch import (
     FINISHED,
     CellResult,
     CellTask,
+    Launcher,
     default_jobs,
     final_mtime,
     make_launcher,
@@ -84,7 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
         "(default: one per visible GPU, else CPU cores // train.threads)",
     )
-    parser.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based)")
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="where cells train: local (this machine, --jobs at once; the default) or slurm (one job array "
+        "with the experiment's cluster: settings; see docs/cluster.md)",
+    )
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --launcher slurm: submit and return, printing the command that collects the results",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0-based): several machines share a grid by hand",
+    )
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument(
         "--update-reference",
@@ -189,6 +207,7 @@ def _duration(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
+    check_launcher_options(args)
     experiment = load_experiment(args.experiment, args.sets)
     cells = expand_cells(experiment)
     all_cells = cells
@@ -219,7 +238,10 @@ def main(argv: list[str] | None = None) -> int:
             f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
             "processes; drop --jobs, or run without torchrun"
         )
+    if ctx is not None and args.launcher == "slurm":
+        raise UserError("--launcher slurm under torchrun: submit from a plain python -m harness.run")
     main_rank = ctx is None or ctx.is_main
+    launcher = slurm_launcher(args, experiment, cells, argv) if args.launcher == "slurm" else None
     try:
         if main_rank:
             with folder_lock(exp_dir):
@@ -227,10 +249,18 @@ def main(argv: list[str] | None = None) -> int:
                 record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
         outcomes, skipped = run_cells(
-            cells, exp_dir, force=args.force, jobs=args.jobs, progress=not args.quiet, ctx=ctx
+            cells,
+            exp_dir,
+            force=args.force,
+            jobs=args.jobs,
+            progress=not args.quiet,
+            ctx=ctx,
+            launcher=launcher,
         )
     finally:
         shutdown(ctx)
+    if args.no_wait:
+        return 0
     failed = [
         (r.cell_id, r.reason or "unknown")
         for r in outcomes
@@ -247,6 +277,39 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_launcher_options(args: argparse.Namespace) -> None:
+    """The options that go with --launcher slurm (and Slurm itself, when it is asked for)."""
+    if args.launcher != "slurm":
+        if args.no_wait:
+            raise UserError("--no-wait: only with --launcher slurm (a local run trains in this process)")
+        return
+    if args.jobs is not None:
+        raise UserError(
+            f"--jobs {args.jobs} with --launcher slurm: each cell is its own Slurm job; limit how many "
+            "run at once with --set cluster.max_running=N"
+        )
+    if not args.check:
+        from harness.cluster.jobs import require_slurm
+
+        require_slurm()
+
+
+def slurm_launcher(
+    args: argparse.Namespace, experiment: Experiment, cells: list[CellConfig], argv: list[str] | None
+) -> Launcher:
+    """The Slurm launcher for this run (the experiment's cluster: section), and the command that collects."""
+    from harness.cluster.launcher import SlurmLauncher, collect_command
+
+    return SlurmLauncher(
+        experiment.cluster,
+        experiment.cluster.job_name or experiment.name,
+        len(cells),
+        wait=not args.no_wait,
+        progress=not args.quiet,
+        collect_command=collect_command("harness.run", sys.argv[1:] if argv is None else argv),
+    )
+
+
 def run_cells(
     cells: list[CellConfig],
     exp_dir: Path,
@@ -255,8 +318,10 @@ def run_cells(
     jobs: int | None = None,
     progress: bool = True,
     ctx: Any = None,
+    launcher: Launcher | None = None,
 ) -> tuple[list[CellResult], int]:
-    """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
+    """Train every cell not yet finished, ``jobs`` at once (or with ``launcher``, which shows its own
+    progress); returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
 
     main = ctx is None or ctx.is_main
@@ -268,13 +333,13 @@ def run_cells(
         CellTask(cell, exp_dir, f"{number}/{len(todo)}", force, final_mtime(exp_dir, cell.cell_id), progress)
         for number, cell in enumerate(todo, 1)
     ]
-    overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
+    overall = CellsProgress(len(tasks), enabled=progress and main and width > 1 and launcher is None)
     outcomes: list[CellResult] = []
     try:
-        for result in make_launcher(width, ctx).run(tasks):
+        for result in (launcher or make_launcher(width, ctx)).run(tasks):
             outcomes.append(result)
             overall.update(result)
-            if result.status == FAILED and main and width <= 1:
+            if result.status == FAILED and main and (width <= 1 or launcher is not None):
                 print(f"cell {result.cell_id} failed: {result.reason}", file=sys.stderr, flush=True)
     finally:
         overall.close()

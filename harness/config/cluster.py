@@ -40,6 +40,7 @@ class ClusterConfig(BaseModel):
     max_running: int | None = Field(None, ge=1)  # array tasks running at once (null: no limit of ours)
     max_requeues: int = Field(3, ge=0)  # requeues (time limit, preemption) before the cell is failed
     signal_minutes: int = Field(2, ge=1)  # how long before the time limit the job is told to checkpoint
+    poll_seconds: float = Field(10, gt=0)  # how often the submitting process asks Slurm about its jobs
     job_name: str | None = None  # null: the experiment's name
     setup: list[str] = Field(default_factory=list)  # shell lines each job runs first (module load ...)
     sbatch: dict[str, SbatchValue] = Field(default_factory=dict)  # more sbatch options, e.g. account: lab

@@ -1,0 +1,92 @@
+"""Slurm through submitit: whether Slurm is reachable, the executor a ``cluster:`` section asks for, job states.
+
+Job states come from ``squeue`` (the jobs the controller still holds: pending, running, completing,
+...), which needs no accounting database; a job squeue no longer lists has ended, and what it left
+in the results folder says how.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from harness.config import ClusterConfig
+from harness.errors import UserError
+
+SLURM_TOOLS = ("sbatch", "squeue", "srun")
+SQUEUE_SECONDS = 60  # how long one squeue may take before this poll counts as failed
+RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT"}
+
+
+def require_slurm(option: str = "--launcher slurm") -> None:
+    """Raise a one-line UserError unless Slurm's client commands and submitit are there."""
+    missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise UserError(
+            f"{option}: no {', '.join(missing)} on PATH, so no Slurm cluster to submit to; run the command "
+            "on a machine of the cluster (its login node), or use --launcher local, with --shard i/n on "
+            "each machine to split a grid by hand (docs/cluster.md)"
+        )
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        raise UserError(
+            f"{option} needs submitit, which is not installed: pip install 'gpw-harness[cluster]'"
+        ) from None
+
+
+def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: int) -> Any:
+    """A submitit SlurmExecutor with the section's resources; its files go to ``folder/<job id>/``.
+
+    submitit's own limit on time-outs is set above ``max_requeues``: the harness counts every requeue
+    (time limit or preemption) itself and fails the cell with the reason (:mod:`harness.cluster.task`).
+    """
+    import submitit
+
+    executor = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=cluster.max_requeues + 1)
+    parameters: dict[str, Any] = {
+        "job_name": cluster.job_name or name,
+        "time": cluster.time_minutes,
+        "cpus_per_task": cluster.cpus,
+        "signal_delay_s": cluster.signal_minutes * 60,
+        "array_parallelism": min(cluster.max_running or array_size, array_size),
+        "additional_parameters": dict(cluster.sbatch),
+    }
+    if cluster.partition:
+        parameters["partition"] = cluster.partition
+    if cluster.gpus:
+        parameters["gpus_per_node"] = cluster.gpus
+    if cluster.mem_gb:
+        parameters["mem"] = f"{math.ceil(cluster.mem_gb * 1024)}M"
+    if cluster.setup:
+        parameters["setup"] = list(cluster.setup)
+    executor.update_parameters(**parameters)
+    return executor
+
+
+def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
+    """The squeue state (PENDING, RUNNING, ...) of each of ``job_ids`` Slurm still holds; None when squeue fails.
+
+    Array tasks are listed one by one (``123_4``); a job missing from the answer has ended.
+    """
+    wanted = set(job_ids)
+    if not wanted:
+        return {}
+    command = ["squeue", "--noheader", "--array", f"--user={os.getuid()}", "--format=%i|%T"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_SECONDS, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    states: dict[str, str] = {}
+    for line in done.stdout.splitlines():
+        job_id, _, state = line.strip().partition("|")
+        if job_id in wanted:
+            states[job_id] = state
+    return states

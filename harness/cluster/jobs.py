@@ -1,8 +1,8 @@
 """Slurm through submitit: whether Slurm is reachable, the executor a ``cluster:`` section asks for, job states.
 
-Job states come from ``squeue`` (the jobs the controller still holds: pending, running, completing,
-...), which needs no accounting database; a job squeue no longer lists has ended, and what it left
-in the results folder says how.
+Job states come from ``squeue --states=all`` (the jobs the controller still holds), which needs no
+accounting database; a job that squeue lists in an end state or no longer lists has ended, and what
+it left in the results folder says how.
 """
 
 from __future__ import annotations
@@ -21,6 +21,19 @@ from harness.errors import UserError
 SLURM_TOOLS = ("sbatch", "squeue", "srun")
 SQUEUE_SECONDS = 60  # how long one squeue may take before this poll counts as failed
 RUNNING_STATES = {"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT"}
+END_STATES = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "SPECIAL_EXIT",
+    "TIMEOUT",
+}
 
 
 def require_slurm(option: str = "--launcher slurm") -> None:
@@ -70,14 +83,14 @@ def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: i
 
 
 def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
-    """The squeue state (PENDING, RUNNING, ...) of each of ``job_ids`` Slurm still holds; None when squeue fails.
+    """The squeue state (PENDING, RUNNING, REQUEUED, ...) of each of ``job_ids`` not ended; None when squeue fails.
 
     Array tasks are listed one by one (``123_4``); a job missing from the answer has ended.
     """
     wanted = set(job_ids)
     if not wanted:
         return {}
-    command = ["squeue", "--noheader", "--array", f"--user={os.getuid()}", "--format=%i|%T"]
+    command = ["squeue", "--noheader", "--array", f"--user={os.getuid()}", "--states=all", "--format=%i|%T"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=SQUEUE_SECONDS, check=False)
     except (OSError, subprocess.TimeoutExpired):
@@ -87,6 +100,6 @@ def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
     states: dict[str, str] = {}
     for line in done.stdout.splitlines():
         job_id, _, state = line.strip().partition("|")
-        if job_id in wanted:
+        if job_id in wanted and state not in END_STATES:
             states[job_id] = state
     return states

@@ -110,12 +110,12 @@ def checkpoint_on_signals(signals: tuple[int, ...]) -> Iterator[list[int]]:
         CHECKPOINT_AND_STOP.clear()
 
 
-def requeue_limit_reason(requeues: int, limit: int) -> str:
-    """Why a cell requeued ``requeues`` times is failed."""
+def requeue_limit_reason(stops: int, limit: int) -> str:
+    """Why a cell stopped ``stops`` times by its time limit or preemption is failed instead of requeued."""
     return (
-        f"requeued {requeues} times (time limit or preemption), more than cluster.max_requeues={limit}; "
-        "raise cluster.time_minutes or cluster.max_requeues, then run the command again: the cell "
-        "resumes from its checkpoint"
+        f"stopped {stops} times by its time limit or preemption, more than cluster.max_requeues={limit} "
+        "requeues allow; raise cluster.time_minutes or cluster.max_requeues, then run the command again: "
+        "the cell resumes from its checkpoint"
     )
 
 

@@ -117,6 +117,8 @@ def slurm_args(exp: Path, results: Path, job_name: str, *more: str) -> list[str]
         f"cluster.job_name={job_name}",
         "--set",
         "cluster.poll_seconds=1",
+        "--set",
+        "cluster.settle_seconds=2",  # one machine: no NFS cache to wait for
         *more,
     ]
 

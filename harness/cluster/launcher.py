@@ -165,6 +165,7 @@ class SlurmLauncher:
         display = GridProgress(self.grid_size, finished, self.progress)
         ended: Counter[str] = Counter()
         live, warned = dict(jobs), False
+        settling: dict[str, float] = {}  # cell id -> when its job was first seen ended without a result
         try:
             while live:
                 states = job_states(live.values())
@@ -175,12 +176,17 @@ class SlurmLauncher:
                     time.sleep(self.cluster.poll_seconds)
                     continue
                 for cell_id, job_id in list(live.items()):
-                    if job_id not in states:
-                        del live[cell_id]
-                        result = ended_result(exp_dir, cell_id, job_id)
-                        if result.status != BUSY:
-                            ended[FINISHED if result.status in (FINISHED, DONE_ELSEWHERE) else FAILED] += 1
-                        yield result
+                    if job_id in states:
+                        continue
+                    first_seen = settling.setdefault(cell_id, time.monotonic())
+                    result = ended_result(exp_dir, cell_id, job_id)
+                    if result is None and time.monotonic() - first_seen < self.cluster.settle_seconds:
+                        continue  # its files may not show here yet
+                    del live[cell_id]
+                    result = result or CellResult(cell_id, FAILED, lost_reason(cell_id, job_id))
+                    if result.status != BUSY:
+                        ended[FINISHED if result.status in (FINISHED, DONE_ELSEWHERE) else FAILED] += 1
+                    yield result
                 running = sum(states.get(job) in RUNNING_STATES for job in live.values())
                 display.show(ended, running, len(live) - running)
                 if live:
@@ -196,16 +202,14 @@ class SlurmLauncher:
         display.close()
 
 
-def ended_result(exp_dir: Path, cell_id: str, job_id: str) -> CellResult:
-    """The result of a cell whose job has ended: from its final record, else from the job's, else lost."""
+def ended_result(exp_dir: Path, cell_id: str, job_id: str) -> CellResult | None:
+    """The result of a cell whose job has ended: from its final record, else from the job's; None: neither."""
     paths = cell_paths(exp_dir, cell_id)
     final = paths.read_final()
     if final is not None and final["status"] in (FINISHED, FAILED):
         return CellResult(cell_id, final["status"], final.get("reason"))
     outcome = job_outcome(exp_dir, job_id)
-    if outcome is not None and outcome.status in (BUSY, DONE_ELSEWHERE):
-        return outcome
-    return CellResult(cell_id, FAILED, lost_reason(cell_id, job_id))
+    return outcome if outcome is not None and outcome.status in (BUSY, DONE_ELSEWHERE) else None
 
 
 def job_outcome(exp_dir: Path, job_id: str) -> CellResult | None:

@@ -41,6 +41,9 @@ class ClusterConfig(BaseModel):
     max_requeues: int = Field(3, ge=0)  # requeues (time limit, preemption) before the cell is failed
     signal_minutes: int = Field(2, ge=1)  # how long before the time limit the job is told to checkpoint
     poll_seconds: float = Field(10, gt=0)  # how often the submitting process asks Slurm about its jobs
+    # how long a job that ended without a final record gets for the cell's files to show on the submitting
+    # machine (an NFS client caches directory listings) before the cell counts as lost
+    settle_seconds: float = Field(60, ge=0)
     job_name: str | None = None  # null: the experiment's name
     setup: list[str] = Field(default_factory=list)  # shell lines each job runs first (module load ...)
     sbatch: dict[str, SbatchValue] = Field(default_factory=dict)  # more sbatch options, e.g. account: lab

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from harness.cluster.jobs import add_launcher_argument, require_slurm
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
 from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, UserError, cli_main
@@ -85,13 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
         "(default: one per visible GPU, else CPU cores // train.threads)",
     )
-    parser.add_argument(
-        "--launcher",
-        choices=("local", "slurm"),
-        default="local",
-        help="where cells train: local (this machine, --jobs at once; the default) or slurm (one job array "
-        "with the experiment's cluster: settings; see docs/cluster.md)",
-    )
+    add_launcher_argument(parser, "the cells train (slurm: one job array)")
     parser.add_argument(
         "--no-wait",
         action="store_true",
@@ -289,8 +284,6 @@ def check_launcher_options(args: argparse.Namespace) -> None:
             "run at once with --set cluster.max_running=N"
         )
     if not args.check:
-        from harness.cluster.jobs import require_slurm
-
         require_slurm()
 
 

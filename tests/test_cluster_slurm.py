@@ -18,16 +18,20 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 from conftest import WriteExperiment
+from test_fair import FAIR, RERUN
 
-from harness import run
+from harness import fair, run, tune
 from harness.cluster.task import read_record
 from harness.config import expand_cells, load_experiment
 from harness.errors import UserError, cli_main
+from harness.fair import load_fair
 from harness.results import cell_paths
+from harness.tune import counted_trials
 from harness.tune.schema import load_tune
-from harness.tune.storage import _fingerprint
+from harness.tune.storage import _fingerprint, open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2}
@@ -183,6 +187,19 @@ def test_slurm_only_options_are_refused_elsewhere(tiny_experiment: WriteExperime
         run.main([exp, "--launcher", "slurm", "--jobs", "2"])
 
 
+@pytest.mark.parametrize("tool", ["tune", "fair"])
+def test_slurm_workers_refuse_sqlite_in_one_line(
+    tool: str, tiny_tune_file: WriteExperiment, tiny_experiment: WriteExperiment, tmp_path: Path
+) -> None:
+    path = tiny_tune_file() if tool == "tune" else tiny_experiment({**RERUN, "fair": FAIR}, name="tinyfair")
+    main = tune.main if tool == "tune" else fair.main
+    with pytest.raises(UserError) as caught:
+        main([str(path), "--results", str(tmp_path), "--launcher", "slurm", "--workers", "2"])
+    message = str(caught.value)
+    assert message.startswith("--launcher slurm: the storage sqlite:///") and "\n" not in message
+    assert "--storage journal:FILE with FILE on the shared filesystem, or an RDB URL" in message
+
+
 # ------------------------------------------------------------------------------------------ against Slurm
 
 
@@ -315,3 +332,31 @@ def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_w
     resumed = re.findall(r"resuming at iteration \d+", job_logs(tmp_path / "tiny", cell_id))
     assert len(resumed) == 1, job_logs(tmp_path / "tiny", cell_id)
     assert paths.checkpoint.exists()  # running the command again resumes it
+
+
+@needs_slurm
+def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budget(
+    tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tiny_experiment({**RERUN, "fair": FAIR}, name="tinyfair")
+    journal = tmp_path / "studies.journal"
+    argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--studies-only", "--workers", "2"]
+    slurm = [
+        "--launcher",
+        "slurm",
+        "--storage",
+        f"journal:{journal}",
+        "--set",
+        f"cluster.job_name={job_name}",
+    ]
+    assert fair.main([*argv, *slurm, "--set", "cluster.poll_seconds=1"]) == 0
+    assert re.search(
+        r"^submitted 2 workers as Slurm job array \d+ ", capsys.readouterr().err, flags=re.MULTILINE
+    )
+    setup = load_fair(path)
+    storage = open_storage(f"journal:{journal}", setup.fair.heartbeat)
+    for study in setup.studies:
+        stored = optuna.load_study(study_name=study.name, storage=storage).get_trials()
+        assert len(stored) == FAIR["trials"] and len(counted_trials(stored)) == FAIR["trials"], study.key
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored), study.key
+        assert len({t.user_attrs["folder"] for t in stored}) == FAIR["trials"]

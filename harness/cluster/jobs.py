@@ -7,6 +7,7 @@ it left in the results folder says how.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import shutil
@@ -36,6 +37,17 @@ END_STATES = {
 }
 
 
+def add_launcher_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--launcher local|slurm``: where ``what`` run (slurm: Slurm jobs with the file's ``cluster:`` settings)."""
+    parser.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help=f"where {what} run: local (this machine; the default) or slurm (Slurm jobs with the file's "
+        "cluster: settings; see docs/cluster.md)",
+    )
+
+
 def require_slurm(option: str = "--launcher slurm") -> None:
     """Raise a one-line UserError unless Slurm's client commands and submitit are there."""
     missing = [tool for tool in SLURM_TOOLS if shutil.which(tool) is None]
@@ -51,6 +63,18 @@ def require_slurm(option: str = "--launcher slurm") -> None:
         raise UserError(
             f"{option} needs submitit, which is not installed: pip install 'gpw-harness[cluster]'"
         ) from None
+
+
+def require_shared_storage(storage_url: str, shown: str) -> None:
+    """For study workers on Slurm: refuse (one line) a storage the nodes cannot share (SQLite), then
+    :func:`require_slurm`. ``shown`` is the URL as messages show it (no password)."""
+    if storage_url.startswith("sqlite"):
+        raise UserError(
+            f"--launcher slurm: the storage {shown} is SQLite, which workers on several nodes cannot share "
+            "safely; give --storage journal:FILE with FILE on the shared filesystem, or an RDB URL such as "
+            "postgresql://user:password@host/db"
+        )
+    require_slurm()
 
 
 def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: int) -> Any:

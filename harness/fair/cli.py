@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from harness.cluster.jobs import add_launcher_argument, require_shared_storage
 from harness.errors import UserError
 from harness.fair.report import write_fair_report
 from harness.fair.reruns import (
@@ -26,6 +27,7 @@ from harness.fair.studies import (
     STORAGE_ENV,
     all_full,
     default_storage,
+    fair_worker_commands,
     fill_studies,
     prepare_studies,
     spawn_workers,
@@ -75,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment folder holding (or to hold) the default-hyperparameter cells, e.g. a "
         "finished run of the same grid (default: <results>/<name>/default)",
     )
+    add_launcher_argument(parser, "the workers and the re-runs")
     add_worker_arguments(parser, set_example="fair.trials=4")
     return parser
 
@@ -86,10 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--workers {args.workers}: expected a positive number of processes")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a positive number of cells at once")
+    if args.jobs is not None and args.launcher == "slurm":
+        raise UserError(f"--jobs {args.jobs} with --launcher slurm: each re-run cell is its own Slurm job")
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(fair_dir))
+    if args.launcher == "slurm" and args.worker is None:
+        require_shared_storage(storage_url, shown_url(storage_url))
     storage = open_storage(storage_url, setup.fair.heartbeat)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
@@ -139,8 +146,17 @@ def _run_studies(
     try:
         if all_full(setup, storage):
             _log(args, "every study already holds its trials; raise fair.trials to run more")
-        elif args.workers == 1:
+        elif args.workers == 1 and args.launcher == "local":
             fill_studies(setup, storage, fair_dir, worker=0, progress=not args.quiet, signals=signals)
+        elif args.launcher == "slurm":
+            from harness.cluster.workers import run_slurm_workers
+
+            commands = fair_worker_commands(args.file, args.sets, args.results, args.workers, args.quiet)
+            cluster, name = setup.experiment.cluster, setup.experiment.cluster.job_name or setup.name
+            folder = fair_dir / "slurm"
+            codes = run_slurm_workers(
+                commands, __name__, STORAGE_ENV, storage_url, cluster, folder, name, signals
+            )
         else:
             codes = spawn_workers(
                 args.file,
@@ -207,8 +223,10 @@ def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: 
         f"Written by harness.fair: {setup.name} at each study's best values.",
     )
     codes = [
-        run_experiment(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet),
-        run_experiment(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet),
+        run_experiment(
+            default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher
+        ),
+        run_experiment(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
     ]
     report = write_fair_report(setup, states, defaults, fair_dir / TUNED, fair_dir)
     print(f"fair report: {report}", file=sys.stderr)

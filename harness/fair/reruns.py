@@ -57,11 +57,13 @@ def supports_jobs() -> bool:
     return not build_parser().parse_known_args(["x.yaml", "--jobs", "1"])[1]
 
 
-def run_experiment(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
-    """``python -m harness.run PATH --results RESULTS`` in this process; finished cells are skipped."""
+def run_experiment(
+    path: Path, results: Path, *, jobs: int | None, quiet: bool, launcher: str = "local"
+) -> int:
+    """``python -m harness.run PATH --results RESULTS --launcher LAUNCHER`` in this process; finished cells are skipped."""
     from harness.run import main as run_main
 
-    argv = [str(path), "--results", str(results)]
+    argv = [str(path), "--results", str(results), *(["--launcher", launcher] if launcher != "local" else [])]
     if jobs is not None and supports_jobs():
         argv += ["--jobs", str(jobs)]
     return int(run_main(argv + (["--quiet"] if quiet else [])) or 0)

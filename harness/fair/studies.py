@@ -80,8 +80,16 @@ def spawn_workers(
 
     A stop signal to the parent is passed on to the workers (see :func:`harness.tune.workers.run_workers`).
     """
-    commands = worker_commands("harness.fair", file, workers, ["--results", results], sets, quiet)
-    return run_workers(commands, STORAGE_ENV, storage_url, signals)
+    return run_workers(
+        fair_worker_commands(file, sets, results, workers, quiet), STORAGE_ENV, storage_url, signals
+    )
+
+
+def fair_worker_commands(
+    file: str, sets: list[str], results: str, workers: int, quiet: bool
+) -> list[list[str]]:
+    """The command line of each of ``workers`` workers of ``python -m harness.fair`` (see :func:`spawn_workers`)."""
+    return worker_commands("harness.fair", file, workers, ["--results", results], sets, quiet)
 
 
 @dataclass(frozen=True)

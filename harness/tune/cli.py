@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from harness.cluster.jobs import add_launcher_argument, require_shared_storage
 from harness.errors import UserError
 from harness.files import atomic_write_text
 from harness.tune.interrupt import Interrupted, StopSignals
@@ -50,14 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="total trials the study should hold (default: study.trials of the file)",
     )
+    add_launcher_argument(parser, "the workers")
     add_worker_arguments(parser, set_example="train.iterations=100")
     return parser
 
 
-def _spawn_workers(args: argparse.Namespace, storage_url: str, total: int, signals: StopSignals) -> list[int]:
-    """Run ``args.workers`` worker processes on the storage and wait; returns their exit codes."""
+def _spawn_workers(
+    args: argparse.Namespace, setup: TuneSetup, storage_url: str, total: int, signals: StopSignals
+) -> list[int]:
+    """Run ``args.workers`` worker processes (or Slurm jobs) on the storage and wait; returns their exit codes."""
     options = ["--trials", str(total), "--results", args.results]
     commands = worker_commands("harness.tune", args.file, args.workers, options, args.sets, args.quiet)
+    if args.launcher == "slurm":
+        from harness.cluster.workers import run_slurm_workers
+
+        cluster, folder = setup.experiment.cluster, Path(args.results) / setup.name / "slurm"
+        name = cluster.job_name or setup.name
+        return run_slurm_workers(commands, __name__, STORAGE_ENV, storage_url, cluster, folder, name, signals)
     return run_workers(commands, STORAGE_ENV, storage_url, signals)
 
 
@@ -78,6 +88,8 @@ def _main(args: argparse.Namespace, signals: StopSignals) -> int:
     study_dir = Path(args.results) / setup.name
     study_dir.mkdir(parents=True, exist_ok=True)
     storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(study_dir))
+    if args.launcher == "slurm" and args.worker is None:
+        require_shared_storage(storage_url, shown_url(storage_url))
     storage = open_storage(storage_url, setup.study.heartbeat)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         if args.worker is not None:
@@ -131,10 +143,10 @@ def _run_study(
     try:
         if study_is_full(study, total):
             log(f"study {setup.name} already holds {total} trials; raise --trials to run more")
-        elif args.workers == 1:
+        elif args.workers == 1 and args.launcher == "local":
             run_worker(setup, storage, study_dir, total, worker=0, progress=not args.quiet, signals=signals)
         else:
-            codes = _spawn_workers(args, storage_url, total, signals)
+            codes = _spawn_workers(args, setup, storage_url, total, signals)
     except Interrupted as err:
         stop = err
     study = optuna.load_study(study_name=setup.name, storage=storage)

@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     finally:
         shutdown(ctx)
-    if args.no_wait:
+    if args.no_wait and skipped < len(cells):  # submitted: the collect command reports
         return 0
     failed = [
         (r.cell_id, r.reason or "unknown")

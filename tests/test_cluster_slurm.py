@@ -229,6 +229,21 @@ def test_a_grid_on_slurm_trains_each_cell_once_with_the_local_metrics(
 
 
 @needs_slurm
+def test_sbatch_refusing_the_array_is_one_line_exit_2(
+    tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = slurm_args(
+        tiny_experiment(SHORT), tmp_path, job_name, "--set", "cluster.partition=no-such-partition"
+    )
+    with pytest.raises(SystemExit) as caught:
+        cli_main(run.main, args)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("error: sbatch refused the job array: invalid partition specified"), err
+    assert not any(line.startswith("sbatch:") for line in err), err
+
+
+@needs_slurm
 @pytest.mark.slow
 def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_trains_each_cell_once(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]

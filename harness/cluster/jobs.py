@@ -8,11 +8,13 @@ it left in the results folder says how.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import math
 import os
 import shutil
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,21 @@ def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: i
         parameters["setup"] = list(cluster.setup)
     executor.update_parameters(**parameters)
     return executor
+
+
+def submit_array(executor: Any, function: Any, items: Sequence[Any]) -> list[Any]:
+    """``executor.map_array(function, items)``: the submitit jobs; sbatch refusing them is one UserError line."""
+    from submitit.core.utils import FailedJobError
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's complaint: it is in err
+            return list(executor.map_array(function, items))
+    except FailedJobError as err:
+        lines = [line.removeprefix("sbatch: error: ") for line in str(err).strip().splitlines()]
+        raise UserError(
+            f"sbatch refused the job array: {'; '.join(lines) or err}; check the cluster: section "
+            "(partition, time_minutes, gpus, cpus, mem_gb, sbatch)"
+        ) from None
 
 
 def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:

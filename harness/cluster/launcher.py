@@ -20,7 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.cluster.jobs import RUNNING_STATES, job_states, make_executor
+from harness.cluster.jobs import RUNNING_STATES, job_states, make_executor, submit_array
 from harness.cluster.task import SlurmCell, read_record, update_record
 from harness.config import ClusterConfig
 from harness.errors import UserError
@@ -133,7 +133,7 @@ class SlurmLauncher:
         if not tasks:
             return {}
         executor = make_executor(self.cluster, exp_dir / SUBMITIT_FOLDER, self.name, len(tasks))
-        jobs = executor.map_array(SlurmCell(self.cluster.max_requeues), tasks)
+        jobs = submit_array(executor, SlurmCell(self.cluster.max_requeues), tasks)
         submitted = {}
         for task, job in zip(tasks, jobs, strict=True):
             cell_dir = cell_paths(exp_dir, task.cell.cell_id).root

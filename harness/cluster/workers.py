@@ -21,7 +21,7 @@ from pathlib import Path
 
 import submitit
 
-from harness.cluster.jobs import job_states, make_executor
+from harness.cluster.jobs import job_states, make_executor, submit_array
 from harness.config import ClusterConfig
 from harness.errors import EXIT_USER_ERROR, UserError, one_line
 from harness.tune.interrupt import Interrupted, StopSignals
@@ -77,7 +77,7 @@ def run_slurm_workers(
     before = os.environ.get(storage_env)
     os.environ[storage_env] = storage_url  # sbatch passes this environment on to the jobs
     try:
-        jobs = executor.map_array(SlurmWorker(module), [list(command[3:]) for command in commands])
+        jobs = submit_array(executor, SlurmWorker(module), [list(command[3:]) for command in commands])
     finally:
         if before is None:
             os.environ.pop(storage_env, None)

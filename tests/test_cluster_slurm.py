@@ -245,10 +245,10 @@ def test_sbatch_refusing_the_array_is_one_line_exit_2(
 
 @needs_slurm
 @pytest.mark.slow
-def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_trains_each_cell_once(
+def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retrains_alike(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Slow: four cells trained as Slurm jobs, with the start-up of each job, watched by two submissions."""
+    """Slow: four cells trained twice as Slurm jobs (each job starts a Python with torch), three submissions."""
     exp = tiny_experiment({**SHORT, "grid.seeds": [0, 1]})
     args = slurm_args(exp, tmp_path, job_name)
     assert run.main([*args, "--no-wait"]) == 0
@@ -264,9 +264,16 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_trains_each
     err = capsys.readouterr().err
     assert "submitted nothing; 4 cells already in jobs" in err, err
     assert "4 cells finished" in err and (tmp_path / "tiny" / "report.md").is_file()
+    metrics = {}
     for cell_id, job_id in first.items():
         assert read_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"] == job_id
         assert trainings(job_logs(tmp_path / "tiny", cell_id), cell_id) == 1
+        metrics[cell_id] = final_metrics(tmp_path / "tiny", cell_id)
+    assert run.main([*args, "--force"]) == 0  # every cell again, from scratch: the same numbers
+    for cell_id in first:
+        assert trainings(job_logs(tmp_path / "tiny", cell_id), cell_id) == 2
+        assert "resuming" not in job_logs(tmp_path / "tiny", cell_id)
+        assert final_metrics(tmp_path / "tiny", cell_id) == metrics[cell_id], cell_id
 
 
 def start_submitter(args: list[str]) -> subprocess.Popen[str]:
@@ -350,9 +357,11 @@ def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_w
 
 
 @needs_slurm
+@pytest.mark.slow
 def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budget(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Slow: two Slurm worker jobs, each starting a Python with torch, fill two studies."""
     path = tiny_experiment({**RERUN, "fair": FAIR}, name="tinyfair")
     journal = tmp_path / "studies.journal"
     argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--studies-only", "--workers", "2"]

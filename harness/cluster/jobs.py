@@ -102,8 +102,11 @@ def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: i
         parameters["gpus_per_node"] = cluster.gpus
     if cluster.mem_gb:
         parameters["mem"] = f"{math.ceil(cluster.mem_gb * 1024)}M"
-    if cluster.setup:
-        parameters["setup"] = list(cluster.setup)
+    # torch's threads: the job's cores (an explicit OMP_NUM_THREADS, or train.threads, still decides)
+    parameters["setup"] = [
+        'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"',
+        *cluster.setup,
+    ]
     executor.update_parameters(**parameters)
     return executor
 

@@ -124,8 +124,15 @@ class SlurmLauncher:
             cell_id = task.cell.cell_id
             if cell_id in watched:
                 continue
-            with claim_cell(cell_paths(task.exp_dir, cell_id)) as free:  # a local run may be training it
-                (to_submit if free else busy).append(task if free else cell_id)
+            paths = cell_paths(task.exp_dir, cell_id)
+            with claim_cell(paths) as free:  # a local run may be training it
+                if not free:
+                    busy.append(cell_id)
+                    continue
+                if task.force:  # from scratch here, so that a requeued task resumes its own checkpoint
+                    for path in (paths.final, paths.status, paths.checkpoint):
+                        path.unlink(missing_ok=True)
+                to_submit.append(replace(task, force=False, final_seen=None))
         return watched, to_submit, busy
 
     def _submit(self, exp_dir: Path, tasks: list[CellTask]) -> dict[str, str]:

@@ -357,11 +357,9 @@ def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_w
 
 
 @needs_slurm
-@pytest.mark.slow
 def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budget(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Slow: two Slurm worker jobs, each starting a Python with torch, fill two studies."""
     path = tiny_experiment({**RERUN, "fair": FAIR}, name="tinyfair")
     journal = tmp_path / "studies.journal"
     argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--studies-only", "--workers", "2"]
@@ -384,3 +382,33 @@ def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budge
         assert len(stored) == FAIR["trials"] and len(counted_trials(stored)) == FAIR["trials"], study.key
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored), study.key
         assert len({t.user_attrs["folder"] for t in stored}) == FAIR["trials"]
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_tune_with_two_slurm_workers_on_a_journal_fills_the_study(
+    tmp_path: Path, tiny_tune_file: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Slow: the fair test's Slurm worker path once more, for harness.tune (two jobs starting torch)."""
+    path, journal = tiny_tune_file(), tmp_path / "study.journal"
+    argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--workers", "2"]
+    slurm = [
+        "--launcher",
+        "slurm",
+        "--storage",
+        f"journal:{journal}",
+        "--set",
+        f"cluster.job_name={job_name}",
+    ]
+    assert tune.main([*argv, *slurm, "--set", "cluster.poll_seconds=1"]) == 0
+    setup = load_tune(path)
+    study = optuna.load_study(
+        study_name=setup.name, storage=open_storage(f"journal:{journal}", setup.study.heartbeat)
+    )
+    stored = study.get_trials()
+    assert len(stored) == setup.study.trials == len(counted_trials(stored))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in stored)
+    assert re.search(
+        r"^submitted 2 workers as Slurm job array \d+ ", capsys.readouterr().err, flags=re.MULTILINE
+    )
+    assert (tmp_path / "results" / setup.name / "summary.md").is_file()

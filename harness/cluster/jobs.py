@@ -12,6 +12,7 @@ import contextlib
 import io
 import math
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Sequence
@@ -102,8 +103,10 @@ def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: i
         parameters["gpus_per_node"] = cluster.gpus
     if cluster.mem_gb:
         parameters["mem"] = f"{math.ceil(cluster.mem_gb * 1024)}M"
-    # torch's threads: the job's cores (an explicit OMP_NUM_THREADS, or train.threads, still decides)
+    source = shlex.quote(str(Path(__file__).resolve().parents[2]))  # the folder holding this harness
     parameters["setup"] = [
+        f'export PYTHONPATH={source}"${{PYTHONPATH:+:$PYTHONPATH}}"',  # the jobs import this copy
+        # torch's threads: the job's cores (an explicit OMP_NUM_THREADS, or train.threads, still decides)
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$SLURM_CPUS_PER_TASK}"',
         *cluster.setup,
     ]

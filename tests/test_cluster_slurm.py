@@ -24,7 +24,7 @@ from conftest import WriteExperiment
 from test_fair import FAIR, RERUN
 
 from harness import fair, run, tune
-from harness.cluster.task import read_record
+from harness.cluster.task import read_job_record
 from harness.config import expand_cells, load_experiment
 from harness.errors import UserError, cli_main
 from harness.fair import load_fair
@@ -221,7 +221,7 @@ def test_a_grid_on_slurm_trains_each_cell_once_with_the_local_metrics(
         log = job_logs(exp_dir, cell_id)
         assert trainings(log, cell_id) == 1, log
         assert final_metrics(exp_dir, cell_id) == final_metrics(local / "tiny", cell_id), cell_id
-        record = read_record(cell_paths(exp_dir, cell_id).root)
+        record = read_job_record(cell_paths(exp_dir, cell_id).root)
         assert record["requeues"] == 0 and (cell_paths(exp_dir, cell_id).root / record["stdout"]).is_file()
     assert (exp_dir / "cells.csv").is_file() and (exp_dir / "report.md").is_file()
     assert run.main(slurm_args(exp, slurm, job_name)) == 0  # all finished: nothing is submitted again
@@ -257,7 +257,7 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retra
     assert "--no-wait" not in err.rsplit("with: ", 1)[1]
     assert not (tmp_path / "tiny" / "cells.csv").exists()  # --no-wait returns without collecting
     first = {
-        cell_id: read_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"]
+        cell_id: read_job_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"]
         for cell_id in cell_ids(exp)
     }
     assert run.main(args) == 0  # the same command again: the cells are in the first submission's jobs
@@ -266,7 +266,7 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retra
     assert "4 cells finished" in err and (tmp_path / "tiny" / "report.md").is_file()
     metrics = {}
     for cell_id, job_id in first.items():
-        assert read_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"] == job_id
+        assert read_job_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"] == job_id
         assert trainings(job_logs(tmp_path / "tiny", cell_id), cell_id) == 1
         metrics[cell_id] = final_metrics(tmp_path / "tiny", cell_id)
     assert run.main([*args, "--force"]) == 0  # every cell again, from scratch: the same numbers
@@ -309,7 +309,8 @@ def test_scancel_and_scontrol_requeue_of_running_tasks_resume_them_from_their_ch
     checkpoints = [cell_paths(exp_dir, cell_id).checkpoint for cell_id in (cancelled, requeued)]
     wait_until("both cells to write a checkpoint", lambda: all(p.exists() for p in checkpoints))
     job = {
-        cell_id: read_record(cell_paths(exp_dir, cell_id).root)["job_id"] for cell_id in (cancelled, requeued)
+        cell_id: read_job_record(cell_paths(exp_dir, cell_id).root)["job_id"]
+        for cell_id in (cancelled, requeued)
     }
     subprocess.run(["scancel", job[cancelled]], check=True)
     subprocess.run(["scontrol", "requeue", job[requeued]], check=True)
@@ -318,9 +319,9 @@ def test_scancel_and_scontrol_requeue_of_running_tasks_resume_them_from_their_ch
     assert f"{cancelled}: its Slurm job {job[cancelled]} ended without a result" in err, err
     assert cell_paths(exp_dir, cancelled).status_value() == "running"  # stopped mid-way, checkpoint kept
     assert cell_paths(exp_dir, requeued).status_value() == "finished"
-    assert read_record(cell_paths(exp_dir, requeued).root)["requeues"] == 1
+    assert read_job_record(cell_paths(exp_dir, requeued).root)["requeues"] == 1
     assert run.main(args) == 0  # the same command again submits the cancelled cell anew
-    assert read_record(cell_paths(exp_dir, cancelled).root)["job_id"] != job[cancelled]
+    assert read_job_record(cell_paths(exp_dir, cancelled).root)["job_id"] != job[cancelled]
     local = tmp_path / "local"
     assert run.main([str(exp), "--results", str(local), "--jobs", "1", "--no-report", "--quiet"]) == 0
     for cell_id in (cancelled, requeued):
@@ -344,7 +345,7 @@ def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_w
             f"training start number {started}",
             lambda n=started: trainings_started(tmp_path / "tiny", cell_id) == n,
         )
-        subprocess.run(["scancel", "--signal=USR2", read_record(paths.root)["job_id"]], check=True)
+        subprocess.run(["scancel", "--signal=USR2", read_job_record(paths.root)["job_id"]], check=True)
     _, err = submitter.communicate(timeout=WAIT_SECONDS)
     assert submitter.returncode == 1, err
     reason = (

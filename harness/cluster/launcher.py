@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.cluster.jobs import RUNNING_STATES, job_states, make_executor, submit_array
-from harness.cluster.task import SlurmCell, read_record, update_record
+from harness.cluster.task import SlurmCell, read_job_record, update_job_record
 from harness.config import ClusterConfig
 from harness.errors import UserError
 from harness.launch import BUSY, DONE_ELSEWHERE, FAILED, FINISHED, CellResult, CellTask
@@ -110,7 +110,7 @@ class SlurmLauncher:
 
     def _plan(self, tasks: list[CellTask]) -> tuple[dict[str, str], list[CellTask], list[str]]:
         """Cells in a live job of an earlier submission (cell id -> job id), tasks to submit, cells busy elsewhere."""
-        earlier = {t.cell.cell_id: read_record(cell_paths(t.exp_dir, t.cell.cell_id).root) for t in tasks}
+        earlier = {t.cell.cell_id: read_job_record(cell_paths(t.exp_dir, t.cell.cell_id).root) for t in tasks}
         jobs = {cell_id: record["job_id"] for cell_id, record in earlier.items() if record.get("job_id")}
         states = job_states(jobs.values())
         if states is None:
@@ -144,7 +144,7 @@ class SlurmLauncher:
         submitted = {}
         for task, job in zip(tasks, jobs, strict=True):
             cell_dir = cell_paths(exp_dir, task.cell.cell_id).root
-            update_record(cell_dir, job_id=job.job_id, submitted=now(), requeues=0)
+            update_job_record(cell_dir, job_id=job.job_id, submitted=now(), requeues=0)
             submitted[task.cell.cell_id] = job.job_id
         return submitted
 

@@ -42,19 +42,19 @@ from harness.launch import (
 from harness.results import cell_paths, claim_cell, now
 from harness.train import CHECKPOINT_AND_STOP, CheckpointedStop
 
-SLURM_RECORD = "slurm.json"  # in the cell's folder: its job, log files and requeues
+JOB_RECORD = "slurm.json"  # in the cell's folder: its job, log files and requeues
 
 
-def read_record(cell_dir: Path) -> dict[str, Any]:
+def read_job_record(cell_dir: Path) -> dict[str, Any]:
     """The cell's ``slurm.json`` ({} when it was never submitted)."""
-    data = read_json_if_exists(cell_dir / SLURM_RECORD, remedy="delete it; the next submission rewrites it")
+    data = read_json_if_exists(cell_dir / JOB_RECORD, remedy="delete it; the next submission rewrites it")
     return data if isinstance(data, dict) else {}
 
 
-def update_record(cell_dir: Path, **fields: Any) -> None:
+def update_job_record(cell_dir: Path, **fields: Any) -> None:
     """Merge ``fields`` into the cell's ``slurm.json``."""
     cell_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cell_dir / SLURM_RECORD, {**read_record(cell_dir), **fields})
+    atomic_write_json(cell_dir / JOB_RECORD, {**read_job_record(cell_dir), **fields})
 
 
 def restart_count() -> int:
@@ -135,7 +135,7 @@ class SlurmCell(submitit.helpers.Checkpointable):
         out, err = paths.root / f"slurm-{job_id}.out", paths.root / f"slurm-{job_id}.err"
         paths.root.mkdir(parents=True, exist_ok=True)
         with output_to(out, err):
-            update_record(
+            update_job_record(
                 paths.root,
                 job_id=job_id,
                 requeues=requeues,

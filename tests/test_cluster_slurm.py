@@ -251,7 +251,8 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retra
     """Slow: four cells trained twice as Slurm jobs (each job starts a Python with torch), three submissions."""
     exp = tiny_experiment({**SHORT, "grid.seeds": [0, 1]})
     args = slurm_args(exp, tmp_path, job_name)
-    assert run.main([*args, "--no-wait"]) == 0
+    held = ["--set", "cluster.sbatch={hold: true}"]  # the jobs wait until released: still pending below
+    assert run.main([*args, *held, "--no-wait"]) == 0
     err = capsys.readouterr().err
     assert f"collect the results, once the jobs are done, with: python -m harness.run {exp} " in err
     assert "--no-wait" not in err.rsplit("with: ", 1)[1]
@@ -260,7 +261,10 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retra
         cell_id: read_job_record(cell_paths(tmp_path / "tiny", cell_id).root)["job_id"]
         for cell_id in cell_ids(exp)
     }
-    assert run.main(args) == 0  # the same command again: the cells are in the first submission's jobs
+    assert run.main([*args, "--no-wait"]) == 0  # a second submission: the cells are in the first one's jobs
+    assert "submitted nothing; 4 cells already in jobs" in capsys.readouterr().err
+    subprocess.run(["scontrol", "release", next(iter(first.values())).split("_")[0]], check=True)
+    assert run.main(args) == 0  # collects: waits for the first submission's jobs
     err = capsys.readouterr().err
     assert "submitted nothing; 4 cells already in jobs" in err, err
     assert "4 cells finished" in err and (tmp_path / "tiny" / "report.md").is_file()

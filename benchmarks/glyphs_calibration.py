@@ -33,14 +33,16 @@ import pandas as pd
 import yaml
 
 from harness.files import read_json_if_exists
+from harness.records import CellStatus
 from harness.report.tables import markdown_table, num
+from harness.results import CellPaths
 from harness.stats import detectable_difference, seeds_needed
 
 SELECT_METRIC = "recall@1"
 
 
 @dataclass(frozen=True)
-class Protocol:
+class RunProtocol:
     """What one run folder trained: the settings that shape its learning curves."""
 
     name: str
@@ -65,18 +67,23 @@ def _read_json(path: Path) -> dict:
     return read_json_if_exists(path) or {}
 
 
+def _seconds(value: float | None) -> float:
+    """A timing of final.json, NaN where the record lacks it."""
+    return math.nan if value is None else value
+
+
 def loss_order(run_dir: Path) -> list[str]:
     """The grid's loss names in the experiment's order (Table 2's rows for glyphs-ablation)."""
     experiment = yaml.safe_load((run_dir / "experiment.yaml").read_text())
     return [loss if isinstance(loss, str) else loss["name"] for loss in experiment["grid"]["losses"]]
 
 
-def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
+def load_runs(run_dir: Path) -> tuple[RunProtocol, pd.DataFrame, pd.DataFrame]:
     """The protocol, the validation curves (loss, seed, iteration, value) and one row per finished cell."""
     curves, cells, configs = [], [], []
     for cell_dir in sorted((run_dir / "cells").iterdir()):
-        final = _read_json(cell_dir / "final.json")
-        if final.get("status") != "finished":
+        final = CellPaths(cell_dir).read_final()
+        if final is None or final.status != CellStatus.FINISHED or final.timings is None:
             continue
         config = _read_json(cell_dir / "config.json")
         configs.append(config)
@@ -89,11 +96,12 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
             {
                 "loss": loss,
                 "seed": seed,
-                "test": 100 * final["metrics"]["selected"]["test"][SELECT_METRIC],
-                "selected_iteration": final["selected_iteration"],
-                "wall_seconds": final["timings"]["train_seconds"] + final["timings"]["final_eval_seconds"],
+                "test": 100 * final.metrics["selected"]["test"][SELECT_METRIC],
+                "selected_iteration": final.selected_iteration,
+                "wall_seconds": _seconds(final.timings.train_seconds)
+                + _seconds(final.timings.final_eval_seconds),
                 # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
-                "cpu_seconds": cpu.get("cpu_seconds", final["timings"].get("cpu_seconds", math.nan)),
+                "cpu_seconds": cpu.get("cpu_seconds", _seconds(final.timings.cpu_seconds)),
                 "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
             }
         )
@@ -106,7 +114,7 @@ def load_runs(run_dir: Path) -> tuple[Protocol, pd.DataFrame, pd.DataFrame]:
         return frame.assign(_order=key).sort_values(["_order", "seed"], kind="stable").drop(columns="_order")
 
     first = configs[0]
-    protocol = Protocol(
+    protocol = RunProtocol(
         name=run_dir.name,
         iterations=first["train"]["iterations"],
         eval_every=first["train"]["eval_every"],
@@ -145,7 +153,7 @@ def paired_differences(cells: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def summary_table(
-    protocol: Protocol, curves: pd.DataFrame, cells: pd.DataFrame, reference: str
+    protocol: RunProtocol, curves: pd.DataFrame, cells: pd.DataFrame, reference: str
 ) -> pd.DataFrame:
     """One row per loss: seeds, evaluations, plateau gain, selected iterations, test R@1, paired SD."""
     means = mean_curves(curves)
@@ -188,7 +196,7 @@ def power_lines(differences: pd.DataFrame, args: argparse.Namespace) -> list[str
     return lines
 
 
-def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float | None) -> list[str]:
+def cost_lines(protocol: RunProtocol, cells: pd.DataFrame, idle_images_per_s: float | None) -> list[str]:
     """CPU seconds per cell as measured (loaded machine) and, given the idle throughput, the idle estimate."""
     wall = cells["wall_seconds"]
     wall_line = f"- wall per cell (training and evaluation, load-dependent): {wall.mean():.1f} s mean"
@@ -214,7 +222,7 @@ def cost_lines(protocol: Protocol, cells: pd.DataFrame, idle_images_per_s: float
 
 
 def plot(
-    results: list[tuple[Protocol, pd.DataFrame, pd.DataFrame]], reference: str, out_dir: Path
+    results: list[tuple[RunProtocol, pd.DataFrame, pd.DataFrame]], reference: str, out_dir: Path
 ) -> list[Path]:
     """calibration_curves.png and calibration_paired.png under ``out_dir``."""
     import matplotlib

@@ -25,6 +25,7 @@ from harness.builders import build_model, build_optimizer, load_splits
 from harness.config import CellConfig
 from harness.data import DatasetSplits
 from harness.models import freeze_batchnorm_statistics
+from harness.records import CellStatus
 from harness.results import CellPaths
 from harness.train import autocast_dtype, pick_device, seed_everything, train_cell, training_batches
 
@@ -111,7 +112,7 @@ def harness_loop(cell: CellConfig, splits: DatasetSplits) -> list[float]:
     with tempfile.TemporaryDirectory() as tmp:
         paths = CellPaths(Path(tmp) / "cell")
         outcome = train_cell(cell, paths, splits=splits, progress=False)
-        assert outcome.status == "finished", outcome.reason
+        assert outcome.status == CellStatus.FINISHED, outcome.reason
         with paths.train_log.open() as handle:
             return [float(row["images_per_s"]) for row in csv.DictReader(handle)]
 

@@ -1,77 +1,40 @@
 """What a cell is built from: its dataset splits, embedding model, optimiser and learning-rate schedule.
 
-The entry points (run, tune, benchmarks) and the trainer share these builders. Backbones come from
-the registry :data:`harness.models.BACKBONES`; optimisers from :data:`OPTIMIZERS`, filled by
-:func:`register_optimizer` (a factory ``name(groups, settings) -> Optimizer`` with a one-line
-docstring). Adding an optimiser is one decorated function here.
+The entry points (run, tune, benchmarks) and the trainer share these builders. Datasets come from the
+registry :data:`harness.data.DATASETS`, backbones from :data:`harness.models.BACKBONES`, optimisers from
+:data:`harness.optimizers.OPTIMIZERS` (re-exported here with :func:`register_optimizer`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from harness import models
+from harness.config import data_root
 from harness.data import DatasetSplits, build_splits
-from harness.errors import UserError, did_you_mean
+from harness.optimizers import OPTIMIZERS, OptimizerEntry, register_optimizer
 
 if TYPE_CHECKING:
-    from harness.config import CellConfig, OptimConfig
+    from harness.config import CellConfig
 
-ParamGroups = list[dict[str, Any]]
-OptimizerFactory = Callable[[ParamGroups, "OptimConfig"], torch.optim.Optimizer]
-
-
-@dataclass(frozen=True)
-class OptimizerEntry:
-    """What the registry knows about one optimiser."""
-
-    name: str
-    summary: str
-    factory: OptimizerFactory
-
-
-OPTIMIZERS: dict[str, OptimizerEntry] = {}
-
-
-def register_optimizer(factory: OptimizerFactory) -> OptimizerFactory:
-    """Register an optimiser factory under its function name (its docstring's first line is its summary)."""
-    name = factory.__name__
-    if name in OPTIMIZERS:
-        raise RuntimeError(f"optimizer {name!r} is registered twice")
-    OPTIMIZERS[name] = OptimizerEntry(name, (factory.__doc__ or "").strip().split("\n", 1)[0], factory)
-    return factory
-
-
-@register_optimizer
-def adam(groups: ParamGroups, settings: OptimConfig) -> torch.optim.Optimizer:
-    """Adam (the paper's optimiser); weight decay is added to the gradients (L2), as in the official code."""
-    return torch.optim.Adam(groups, weight_decay=settings.weight_decay)
-
-
-@register_optimizer
-def adamw(groups: ParamGroups, settings: OptimConfig) -> torch.optim.Optimizer:
-    """AdamW: Adam with decoupled weight decay."""
-    return torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
-
-
-@register_optimizer
-def sgd(groups: ParamGroups, settings: OptimConfig) -> torch.optim.Optimizer:
-    """SGD with momentum ``optim.momentum``."""
-    return torch.optim.SGD(groups, momentum=settings.momentum, weight_decay=settings.weight_decay)
-
+__all__ = [
+    "OPTIMIZERS",
+    "OptimizerEntry",
+    "build_model",
+    "build_optimizer",
+    "build_schedule",
+    "load_splits",
+    "register_optimizer",
+]
 
 _SPLITS_CACHE: dict[str, DatasetSplits] = {}
 
 
 def load_splits(cfg: CellConfig) -> DatasetSplits:
     """The dataset splits of a cell (cached per dataset and data settings within one process)."""
-    from harness.config import data_root
-
     convention = models.backbone_entry(cfg.model.backbone).convention
     key = repr((cfg.dataset, data_root(cfg), convention, cfg.data.model_dump()))
     if key not in _SPLITS_CACHE:
@@ -107,14 +70,12 @@ def build_model(cfg: CellConfig, in_channels: int) -> models.EmbeddingModel:
 
 def build_optimizer(cfg: CellConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The cell's optimiser (``optim.name``) with separate learning rates for backbone and head."""
-    name = cfg.optim.name
-    if name not in OPTIMIZERS:
-        raise UserError(f"optim.name: unknown optimizer {name!r}{did_you_mean(name, sorted(OPTIMIZERS))}")
+    entry = OPTIMIZERS.lookup(cfg.optim.name)
     groups = [
         {"params": [p for p in model.backbone.parameters() if p.requires_grad], "lr": cfg.optim.lr_backbone},
         {"params": [p for p in model.head.parameters() if p.requires_grad], "lr": cfg.optim.lr_head},
     ]
-    return OPTIMIZERS[name].factory(groups, cfg.optim)
+    return entry.factory(groups, cfg.optim)
 
 
 def build_schedule(cfg: CellConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
+from harness.stopping import Interrupted
+
 EXIT_USER_ERROR = 2
 
 
@@ -94,9 +96,9 @@ def cli_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         code = main(argv)
     except UserError as err:
         fail(str(err))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C, or a stop signal (harness.stopping): exit 128 + signal
         print("interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(err.exit_code if isinstance(err, Interrupted) else 130) from None
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         raise SystemExit(0) from None

@@ -3,34 +3,33 @@
 :func:`train_task` is the whole life of one cell for a run: claim its lock (a cell another run holds is
 skipped), check it still needs training, train it (resuming its checkpoint) and record a crash. A
 :class:`Launcher` decides where that happens: :class:`InProcessLauncher` (``--jobs 1``, ``torchrun``)
-or :class:`LocalProcessLauncher` (``--jobs N``: spawned workers, one cell each at a time, each cell's
-output in ``cells/<id>/train.log``, one GPU per worker on a GPU machine). A cluster launcher is one
-more class with the same ``run`` method that submits :func:`train_task` calls elsewhere; the trainer
-does not change.
+or :class:`LocalProcessLauncher` (``--jobs N``: workers of the :mod:`harness.pool`, one cell each at a
+time over a connection to the parent, each cell's output in ``cells/<id>/train.log``, one GPU per
+worker on a GPU machine). Both stop on the stop signals of :mod:`harness.stopping`: the running cells
+keep their checkpoints. A cluster launcher is one more class with the same ``run`` method that submits
+:func:`train_task` calls elsewhere; the trainer does not change.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.connection
 import os
 import signal
+import socket
 import sys
-import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag
 from harness.errors import UserError, one_line
-from harness.files import atomic_write_json
+from harness.pool import LocalWorkers, Worker, WorkerCommand, stop_workers, usable_cpus
+from harness.records import CellOutcome, CellStatus, FinalRecord, StatusRecord, write_record
 from harness.results import cell_paths, claim_cell, now
-
-FINISHED, FAILED, BUSY, DONE_ELSEWHERE = "finished", "failed", "busy", "done elsewhere"
-STOP_SECONDS = 30  # how long stopped workers get to leave before they are terminated
+from harness.stopping import Interrupted, StopSignals, watch_parent
 
 
 @dataclass(frozen=True)
@@ -45,19 +44,10 @@ class CellTask:
     progress: bool = True
 
 
-@dataclass(frozen=True)
-class CellResult:
-    """What became of a task: finished, failed (with the reason), busy (another run holds it) or done elsewhere."""
-
-    cell_id: str
-    status: str
-    reason: str | None = None
-
-
 class Launcher(Protocol):
     """Trains tasks somewhere and yields each one's result as it completes (in any order)."""
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]: ...
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]: ...
 
 
 def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
@@ -71,13 +61,15 @@ def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
 def record_failed(task: CellTask, reason: str, traceback_text: str | None = None) -> str:
     """Write the cell's ``failed`` status.json and final.json with ``reason`` (call holding its lock)."""
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
-    atomic_write_json(
+    write_record(
         paths.status,
-        {"status": FAILED, "reason": reason, "finished": now(), "traceback": traceback_text},
+        StatusRecord(status=CellStatus.FAILED, reason=reason, finished=now(), traceback=traceback_text),
     )
-    atomic_write_json(
+    write_record(
         paths.final,
-        {"cell_id": task.cell.cell_id, "status": FAILED, "reason": reason, "metrics": {}, "finished": now()},
+        FinalRecord(
+            cell_id=task.cell.cell_id, status=CellStatus.FAILED, reason=reason, metrics={}, finished=now()
+        ),
     )
     return reason
 
@@ -89,12 +81,12 @@ def _record_crash(task: CellTask, err: BaseException) -> str:
 def _still_to_train(task: CellTask) -> bool:
     """Under the cell's lock: False when another run finished (or re-ran, with --force) the cell meanwhile."""
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
-    if paths.status_value() != FINISHED:
+    if paths.status_value() != CellStatus.FINISHED:
         return True
     return task.force and final_mtime(task.exp_dir, task.cell.cell_id) == task.final_seen
 
 
-def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
+def train_task(task: CellTask, ctx: DistContext | None = None) -> CellOutcome:
     """Claim, train and record one cell; under torchrun the main rank claims and every rank follows."""
     from harness.train import train_cell
 
@@ -102,9 +94,9 @@ def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
     paths = cell_paths(task.exp_dir, cell_id)
     with claim_cell(paths) if main else _NOT_CLAIMED as claimed:
         if broadcast_flag(main and not claimed, ctx):
-            return CellResult(cell_id, BUSY)
+            return CellOutcome(cell_id, CellStatus.BUSY)
         if broadcast_flag(main and not _still_to_train(task), ctx):
-            return CellResult(cell_id, DONE_ELSEWHERE)
+            return CellOutcome(cell_id, CellStatus.DONE_ELSEWHERE)
         if task.force and main:  # --force retrains from scratch
             paths.checkpoint.unlink(missing_ok=True)
         if task.progress and main:
@@ -114,8 +106,8 @@ def train_task(task: CellTask, ctx: DistContext | None = None) -> CellResult:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as err:  # a crash in one cell must not lose the others
-            return CellResult(cell_id, FAILED, _record_crash(task, err) if main else str(err))
-    return CellResult(cell_id, outcome.status, outcome.reason)
+            return CellOutcome(cell_id, CellStatus.FAILED, _record_crash(task, err) if main else str(err))
+    return outcome
 
 
 class _NotClaimed:
@@ -134,12 +126,14 @@ _NOT_CLAIMED = _NotClaimed()
 class InProcessLauncher:
     """Trains the tasks one after the other in this process (``--jobs 1``; every rank under ``torchrun``)."""
 
-    def __init__(self, ctx: DistContext | None = None) -> None:
-        self.ctx = ctx
+    def __init__(self, ctx: DistContext | None = None, signals: StopSignals | None = None) -> None:
+        self.ctx, self.signals = ctx, signals or StopSignals()
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]:
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
         for task in tasks:
-            yield train_task(task, self.ctx)
+            with self.signals.armed():  # a stop signal interrupts the cell at once; it keeps its checkpoint
+                result = train_task(task, self.ctx)
+            yield result
 
 
 def visible_gpus() -> list[str]:
@@ -154,13 +148,6 @@ def visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
-def usable_cpus() -> int:
-    """The CPU cores this process may run on."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
 def default_jobs(cells: Sequence[CellConfig]) -> int:
     """What the machine allows: one cell per visible GPU, else cores // ``train.threads`` (at least 1)."""
     gpus = visible_gpus()
@@ -171,20 +158,31 @@ def default_jobs(cells: Sequence[CellConfig]) -> int:
     return max(1, cores // threads)
 
 
-def _worker(gpu: str | None, conn: Any) -> None:
-    """A spawned worker: train the tasks the parent sends, one at a time, each cell's output in its train.log."""
-    if gpu is not None:  # before anything initialises CUDA
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
-    try:
-        while (task := conn.recv()) is not None:
-            conn.send(_train_logged(task))
-    except (EOFError, BrokenPipeError):  # the parent is gone: an orphan trains nothing more
-        return
-    except KeyboardInterrupt:  # Ctrl-C: the cell keeps its checkpoint; its lock goes with this process
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one must not break the exit
+def serve_cells(fd: int) -> int:
+    """A cell worker: train the tasks the parent sends over connection ``fd``, one at a time, each cell's
+    output in its train.log, until the parent sends None or goes; the exit code (``128 + signal`` after a stop).
+
+    A stop signal interrupts the running cell at once: it keeps its checkpoint (its status stays
+    ``running``, so the next run resumes it) and its lock goes with this process.
+    """
+    conn = multiprocessing.connection.Connection(fd)
+    with StopSignals().installed() as signals:
+        watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
+        try:
+            while True:
+                with signals.armed():
+                    task = conn.recv()
+                    if task is None:
+                        return 0
+                    result = _train_logged(task)
+                conn.send(result)
+        except (EOFError, BrokenPipeError):  # the parent is gone: an orphan trains nothing more
+            return 0
+        except Interrupted as stop:
+            return stop.exit_code
 
 
-def _train_logged(task: CellTask) -> CellResult | str:
+def _train_logged(task: CellTask) -> CellOutcome | str:
     """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its text."""
     log = cell_paths(task.exp_dir, task.cell.cell_id).root / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -202,50 +200,58 @@ def _train_logged(task: CellTask) -> CellResult | str:
             sys.stderr.flush()
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _cell_worker(fd: int, gpu: str | None) -> WorkerCommand:
+    """The command of a cell worker serving connection ``fd``; on a GPU machine it sees one GPU."""
+    return WorkerCommand(
+        ["-c", f"import sys, harness.launch as launch; sys.exit(launch.serve_cells({fd}))"],
+        {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {},
+        (fd,),
+    )
 
 
 @dataclass
 class _Slot:
-    """One worker process, the parent's end of its pipe and the cell it is training (None: idle or gone)."""
+    """One cell worker, the parent's end of its connection and the cell it is training (None: idle or gone)."""
 
-    process: Any
-    conn: Any
+    worker: Worker
+    conn: multiprocessing.connection.Connection
     cell_id: str | None = None
 
 
 class LocalProcessLauncher:
-    """Trains up to ``jobs`` tasks at once in spawned worker processes; on a GPU machine one GPU per worker."""
+    """Trains up to ``jobs`` tasks at once in a pool of worker processes; on a GPU machine one GPU per worker."""
 
-    def __init__(self, jobs: int, gpus: Sequence[str] = ()) -> None:
-        self.jobs, self.gpus = jobs, list(gpus)
+    def __init__(self, jobs: int, gpus: Sequence[str] = (), signals: StopSignals | None = None) -> None:
+        self.jobs, self.gpus, self.signals = jobs, list(gpus), signals or StopSignals()
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]:
-        context = multiprocessing.get_context("spawn")
-        slots: list[_Slot] = []
-        on_main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _interrupt) if on_main_thread else None  # a scheduler's stop
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
+        pairs = [socket.socketpair() for _ in range(min(self.jobs, len(tasks)))]
+        gpus = [self.gpus[k % len(self.gpus)] if self.gpus else None for k in range(len(pairs))]
         try:
-            for slot in range(min(self.jobs, len(tasks))):
-                gpu = self.gpus[slot % len(self.gpus)] if self.gpus else None
-                parent_end, child_end = context.Pipe()
-                process = context.Process(target=_worker, args=(gpu, child_end))
-                process.start()
-                child_end.close()
-                slots.append(_Slot(process, parent_end))
-            yield from _dispatch(slots, list(reversed(tasks)))
-        except BaseException:
-            _stop(slots, interrupt=True)
+            commands = [
+                _cell_worker(theirs.fileno(), gpu) for (_, theirs), gpu in zip(pairs, gpus, strict=True)
+            ]
+            workers = LocalWorkers().start(commands)
+        finally:
+            for _, theirs in pairs:
+                theirs.close()
+        slots = [
+            _Slot(worker, multiprocessing.connection.Connection(ours.detach()))
+            for worker, (ours, _) in zip(workers, pairs, strict=True)
+        ]
+        try:
+            yield from _dispatch(slots, list(reversed(tasks)), self.signals)
+        except BaseException as err:  # a stop signal (or the caller gave up): the workers stop too
+            stop_workers(workers, err.signum if isinstance(err, Interrupted) else signal.SIGINT)
             raise
         else:
-            _stop(slots, interrupt=False)
+            stop_workers(workers, None)
         finally:
-            if on_main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            for slot in slots:
+                slot.conn.close()
 
 
-def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
+def _dispatch(slots: list[_Slot], todo: list[CellTask], signals: StopSignals) -> Iterator[CellOutcome]:
     """Hand each idle worker the next task and yield results as they come; a worker that dies fails its cell."""
 
     def hand_out(slot: _Slot) -> None:
@@ -260,43 +266,34 @@ def _dispatch(slots: list[_Slot], todo: list[CellTask]) -> Iterator[CellResult]:
     for slot in slots:
         hand_out(slot)
     while busy := [slot for slot in slots if slot.cell_id is not None]:
-        multiprocessing.connection.wait(
-            [slot.conn for slot in busy] + [slot.process.sentinel for slot in busy]
-        )
+        with signals.armed():
+            ready = multiprocessing.connection.wait([slot.conn for slot in busy])
         for slot in busy:
-            if slot.conn.poll():
+            if slot.conn not in ready or slot.cell_id is None:
+                continue
+            try:
                 payload = slot.conn.recv()
-                if isinstance(payload, str):
-                    raise UserError(one_line(payload))
-                yield payload
-                hand_out(slot)
-            elif not slot.process.is_alive():
-                yield CellResult(
+            except (EOFError, OSError):  # its end closed: the worker died
+                yield CellOutcome(
                     slot.cell_id,
-                    FAILED,
-                    f"its worker process died (exit code {slot.process.exitcode}); "
+                    CellStatus.FAILED,
+                    f"its worker process died (exit code {slot.worker.wait()}); "
                     "re-run to resume it from its last checkpoint",
                 )
                 slot.cell_id = None
+                continue
+            if isinstance(payload, str):
+                raise UserError(one_line(payload))
+            yield payload
+            hand_out(slot)
     for task in reversed(todo):  # left when every worker died
-        yield CellResult(task.cell.cell_id, FAILED, "not started: every worker process stopped; re-run")
+        yield CellOutcome(
+            task.cell.cell_id, CellStatus.FAILED, "not started: every worker process stopped; re-run"
+        )
 
 
-def _stop(slots: list[_Slot], *, interrupt: bool) -> None:
-    """Wait for the workers to leave, first interrupting them when ``interrupt`` (their cells keep their checkpoints)."""
-    for slot in slots:
-        if interrupt and slot.process.is_alive() and slot.process.pid is not None:
-            os.kill(slot.process.pid, signal.SIGINT)
-    for slot in slots:
-        slot.process.join(STOP_SECONDS)
-        if slot.process.is_alive():
-            slot.process.kill()
-            slot.process.join()
-        slot.conn.close()
-
-
-def make_launcher(jobs: int, ctx: DistContext | None = None) -> Launcher:
+def make_launcher(jobs: int, ctx: DistContext | None = None, signals: StopSignals | None = None) -> Launcher:
     """The local launcher for ``jobs`` cells at once (in-process for one job, or under torchrun)."""
     if ctx is not None or jobs <= 1:
-        return InProcessLauncher(ctx)
-    return LocalProcessLauncher(jobs, visible_gpus())
+        return InProcessLauncher(ctx, signals)
+    return LocalProcessLauncher(jobs, visible_gpus(), signals)

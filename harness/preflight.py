@@ -2,14 +2,14 @@
 
 A grid should never die at its first evaluation (or halfway through) for a mistake visible up front.
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
-that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's list
-files or, for glyphs, its options; no image is opened), a ``select_metric`` the evaluation does not
-measure, ``select_on: val`` without a validation split, and a ``model.weights`` file that is missing.
+that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's
+registry entry: its list files or, for glyphs, its options; no image is opened), a ``select_metric``
+the evaluation does not measure, ``select_on: val`` without a validation split, and a
+``model.weights`` file that is missing.
 """
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import numpy as np
@@ -20,30 +20,25 @@ from harness.errors import UserError
 
 def _training_classes(cell: CellConfig) -> int:
     """How many classes the sampler draws from: the training classes less those kept for validation."""
-    from harness.data import OFFICIAL, split_classes
+    from harness.data import DATASETS, DatasetRequest, split_classes
 
-    if cell.dataset == "glyphs":
-        from harness.data.glyphs import build_glyph_splits
-
-        default = inspect.signature(build_glyph_splits).parameters["num_classes"].default
-        class_ids = np.arange(int(cell.data.options.get("num_classes", default)) // 2)
-    else:
-        from harness.data.official import check_splits, find_dataset_folder
-
-        spec = OFFICIAL[cell.dataset]
-        folder = find_dataset_folder(spec, data_root(cell))
-        lists = spec.read(folder)
-        check_splits(spec, folder, lists, strict_counts=cell.data.strict_counts)
-        class_ids = lists["train"].class_ids
+    entry = DATASETS[cell.dataset]
+    request = DatasetRequest(
+        root=data_root(cell),
+        image_size=cell.data.image_size,
+        convention=entry.convention,
+        strict_counts=cell.data.strict_counts,
+        options=cell.data.options,
+    )
+    class_ids = entry.train_classes(request)
     train_idx, _ = split_classes(class_ids, cell.data.val_fraction, cell.data.val_seed)
     return len(np.unique(np.asarray(class_ids)[train_idx]))
 
 
 def _default_ks(dataset: str) -> tuple[int, ...]:
-    from harness.data import OFFICIAL
-    from harness.data.glyphs import EVAL_KS
+    from harness.data import DATASETS
 
-    return OFFICIAL[dataset].default_ks if dataset in OFFICIAL else EVAL_KS
+    return DATASETS[dataset].default_ks
 
 
 def _metric_problem(cell: CellConfig) -> str | None:

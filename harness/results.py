@@ -9,12 +9,15 @@ Results are bound to the configuration that produced them: a run records its gri
 ``<results>/<experiment>/grid.json`` beside ``experiment.yaml``; cells.csv and the report hold only
 those cells, and any other folder under ``cells/`` (a run of another configuration into the same
 folder) is listed as stale, never pooled. A cell JSON file that is not the object the harness wrote
-is a :class:`~harness.errors.DamagedFileError` naming the file and what to do.
+is a :class:`~harness.errors.DamagedFileError` naming the file and what to do; the records themselves
+(their fields, and the statuses) are defined in :mod:`harness.records`.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
+import errno
 import io
 import platform
 import socket
@@ -27,17 +30,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from filelock import FileLock, Timeout
 
 import losses
-from harness.errors import DamagedFileError, UserError, filesystem_message
-from harness.files import (
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    read_json_if_exists,
-    temporaries,
+from harness.errors import DamagedFileError, UserError, cli_main, filesystem_message
+from harness.files import atomic_save_npz, atomic_write_csv, atomic_write_text, temporaries
+from harness.records import (
+    CellStatus,
+    ConfigRecord,
+    EnvRecord,
+    FinalRecord,
+    GridRecord,
+    StatusRecord,
+    read_record,
+    write_record,
 )
 
 if TYPE_CHECKING:
@@ -93,8 +101,8 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    """Package versions, device, git commit and host: what a reader needs to trust a number."""
+def environment(device: torch.device, world_size: int = 1) -> EnvRecord:
+    """Package versions, device, git commit and host (env.json): what a reader needs to trust a number."""
     from importlib import metadata
 
     versions = {}
@@ -112,11 +120,16 @@ def environment(device: torch.device) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "git_commit": git_commit(),
         "recorded": now(),
+        "world_size": world_size,
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
-    return info
+    return EnvRecord(**info)
+
+
+PAIR_WEIGHTS_FILE = "pair_weights.npz"
+"""A cell's pair weights; in a reference folder, the aggregate of its cells' pair weights."""
 
 
 class _CellFile:
@@ -141,7 +154,7 @@ class CellPaths:
     train_log = _CellFile("train_log.csv")
     evals = _CellFile("evals.csv")
     final = _CellFile("final.json")
-    pair_weights = _CellFile("pair_weights.npz")
+    pair_weights = _CellFile(PAIR_WEIGHTS_FILE)  # in a reference folder: aggregated, see read_pair_weights
     checkpoint = _CellFile("checkpoint.pt")
     # the lock a run holds while it trains the cell (see :func:`claim_cell`); no result
     lock = _CellFile("cell.lock")
@@ -149,31 +162,28 @@ class CellPaths:
     def weights(self, which: str) -> Path:
         return self.root / f"weights_{which}.pt"
 
-    def status_value(self) -> str | None:
+    def status_value(self) -> CellStatus | None:
         """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never started).
 
         final.json decides: a cell whose final.json is complete is finished (or failed) whatever its
         status.json says (a run killed between the two writes leaves ``running`` there).
         """
-        for data in (self.read_final(), self.read_status()):
-            if data is not None:
-                return data["status"]
+        for record in (self.read_final(), self.read_status()):
+            if record is not None:
+                return record.status
         return None
 
-    def read_final(self) -> dict[str, Any] | None:
-        """final.json, checked (status, and for a finished cell its metrics); None when absent."""
-        final = read_cell_json(self.final, {"status": str})
-        if final is not None and final["status"] == "finished":
-            _check_metrics(self.final, final.get("metrics"))
-        return final
+    def read_final(self) -> FinalRecord | None:
+        """final.json, checked; None when absent."""
+        return read_record(self.final, FinalRecord, remedy=RETRAIN_CELL)
 
-    def read_status(self) -> dict[str, Any] | None:
+    def read_status(self) -> StatusRecord | None:
         """status.json, checked; None when absent."""
-        return read_cell_json(self.status, {"status": str})
+        return read_record(self.status, StatusRecord, remedy=RETRAIN_CELL)
 
-    def read_config(self) -> dict[str, Any] | None:
+    def read_config(self) -> ConfigRecord | None:
         """config.json, checked for the fields cells.csv needs; None when absent."""
-        return read_cell_json(self.config, CONFIG_FIELDS)
+        return read_record(self.config, ConfigRecord, remedy=RETRAIN_CELL)
 
 
 def experiment_dir(results_root: str | Path, experiment: str) -> Path:
@@ -186,52 +196,12 @@ def cell_paths(exp_dir: Path, cell_id: str) -> CellPaths:
     return CellPaths(exp_dir / "cells" / cell_id)
 
 
-CONFIG_FIELDS: dict[str, type] = {
-    "experiment": str,
-    "loss": dict,
-    "dataset": str,
-    "embedding_size": int,
-    "seed": int,
-    "train": dict,
-}
-"""The fields of config.json that cells.csv is made of, with their JSON types."""
 GRID_FILE = "grid.json"
 REWRITE_GRID = "re-run `python -m harness.run` on the experiment file to rewrite it (finished cells are kept)"
 
 
 def _damaged(path: Path, problem: str, remedy: str = RETRAIN_CELL) -> DamagedFileError:
     return DamagedFileError(f"{path}: damaged file, {problem}; {remedy}")
-
-
-def read_cell_json(path: Path, fields: dict[str, type]) -> dict[str, Any] | None:
-    """A cell's JSON file as a mapping with ``fields`` of the given types; None when the file is absent.
-
-    Anything else (invalid JSON, ``[1, 2]``, a missing field) is a DamagedFileError naming the file.
-    """
-    data = read_json_if_exists(path, remedy=RETRAIN_CELL)
-    if data is None:
-        return None
-    if not isinstance(data, dict):
-        raise _damaged(path, f"expected a JSON object, got {type(data).__name__}")
-    for key, kind in fields.items():
-        value = data.get(key)
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise _damaged(path, f"field {key!r} is missing or not a {kind.__name__}")
-    return data
-
-
-def _check_metrics(path: Path, metrics: object) -> None:
-    """A finished cell's ``metrics``: ``{weights: {split: {metric: number}}}``, else DamagedFileError."""
-    ok = isinstance(metrics, dict) and all(
-        isinstance(splits, dict)
-        and all(
-            isinstance(values, dict) and all(isinstance(v, int | float) for v in values.values())
-            for values in splits.values()
-        )
-        for splits in metrics.values()
-    )
-    if not ok:
-        raise _damaged(path, "'metrics' is not {weights: {split: {metric: number}}}")
 
 
 DELETE_CHECKPOINT = "delete it to restart the cell from scratch"
@@ -266,21 +236,15 @@ def record_experiment(exp_dir: Path, experiment: Experiment, cells: list[CellCon
     atomic_write_text(
         exp_dir / "experiment.yaml", yaml.safe_dump(experiment.model_dump(mode="json"), sort_keys=False)
     )
-    atomic_write_json(
-        exp_dir / GRID_FILE, {"experiment": experiment.name, "cell_ids": [c.cell_id for c in cells]}
+    write_record(
+        exp_dir / GRID_FILE, GridRecord(experiment=experiment.name, cell_ids=[c.cell_id for c in cells])
     )
 
 
 def grid_cell_ids(exp_dir: Path) -> list[str] | None:
     """The cell ids of the grid last run into ``exp_dir`` (``grid.json``); None for results without one."""
-    path = exp_dir / GRID_FILE
-    data = read_json_if_exists(path, remedy=REWRITE_GRID)
-    if data is None:
-        return None
-    ids = data.get("cell_ids") if isinstance(data, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise _damaged(path, "expected {'cell_ids': [cell id, ...]}", REWRITE_GRID)
-    return ids
+    grid = read_record(exp_dir / GRID_FILE, GridRecord, remedy=REWRITE_GRID)
+    return None if grid is None else grid.cell_ids
 
 
 def _cell_folders(exp_dir: Path) -> list[Path]:
@@ -313,10 +277,10 @@ def stale_cells_note(exp_dir: Path) -> str | None:
     )
 
 
-def _result_rows(status: str, final: dict[str, Any]) -> list[dict[str, Any]]:
+def _result_rows(status: CellStatus, final: FinalRecord | None) -> list[dict[str, Any]]:
     """The (weights, split, metric, value) rows of one cell; one empty row when it has no results."""
-    metrics = final.get("metrics") or {}
-    if status != "finished" or not metrics:
+    metrics = final.metrics if final is not None else {}
+    if status != CellStatus.FINISHED or not metrics:
         return [{"weights": "", "split": "", "metric": "", "value": ""}]
     return [
         {"weights": weights, "split": split, "metric": metric, "value": value}
@@ -326,8 +290,11 @@ def _result_rows(status: str, final: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def _cell_status(paths: CellPaths, final: dict[str, Any]) -> str:
-    return final.get("status") or paths.status_value() or "pending"
+def _cell_status(paths: CellPaths, final: FinalRecord | None) -> CellStatus:
+    if final is not None:
+        return final.status
+    status = paths.read_status()
+    return CellStatus.PENDING if status is None else status.status
 
 
 def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
@@ -338,20 +305,20 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
         config = paths.read_config()
         if config is None:
             continue
-        final = paths.read_final() or {}
+        final = paths.read_final()
         status = _cell_status(paths, final)
         base = {
-            "experiment": config["experiment"],
+            "experiment": config.experiment,
             "cell_id": folder.name,
-            "loss": config["loss"]["name"],
-            "loss_label": config["loss"].get("label") or loss_label(config["loss"]["name"]),
-            "preset": config["loss"].get("preset") or "",
-            "dataset": config["dataset"],
-            "embedding_size": config["embedding_size"],
-            "seed": config["seed"],
-            "variant": config.get("variant", "default"),
+            "loss": config.loss.name,
+            "loss_label": config.loss.label or loss_label(config.loss.name),
+            "preset": config.loss.preset or "",
+            "dataset": config.dataset,
+            "embedding_size": config.embedding_size,
+            "seed": config.seed,
+            "variant": config.variant,
             "status": status,
-            "select_on": config["train"]["select_on"],
+            "select_on": config.train.select_on,
         }
         rows += [{**base, **result} for result in _result_rows(status, final)]
     return rows
@@ -367,7 +334,7 @@ def cells_table_mismatch(exp_dir: Path) -> str | None:
     for folder in current_cell_folders(exp_dir):
         paths = CellPaths(folder)
         if paths.config.is_file():
-            final = paths.read_final() or {}
+            final = paths.read_final()
             expected[folder.name] = len(_result_rows(_cell_status(paths, final), final))
     if not (exp_dir / "cells").is_dir():
         return None
@@ -463,3 +430,89 @@ def remove_stale_temporaries(folder: Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+# ------------------------------------------------------------------------------------ reference folders
+
+CELL_HOLDERS = ("cells", "trials")
+"""The folders whose subfolders are cells: a run's ``cells/<id>/``, a study's ``trials/<n>/``."""
+UNREAD_CELL_FILES = ("train.log",)
+"""Cell files no report reads (a worker's output under ``--jobs N``): left out of a reference folder."""
+PAIR_KINDS = ("pos", "neg")
+
+
+def read_pair_weights(paths: CellPaths) -> dict[str, np.ndarray]:
+    """A cell's pair weights (``pos``, ``neg``): its own pair_weights.npz, else its entry in the aggregate
+    beside the folder holding the cell (``<exp>/pair_weights.npz``, key ``cells/<id>/pos``; see
+    :func:`aggregate_reference`).
+
+    FileNotFoundError when neither holds them; a damaged file raises what ``numpy.load`` raises.
+    """
+    source, prefix = paths.pair_weights, ""
+    if not source.is_file():
+        source = paths.root.parent.parent / PAIR_WEIGHTS_FILE
+        prefix = f"{paths.root.parent.name}/{paths.root.name}/"
+    with source.open("rb") as handle, np.load(handle, allow_pickle=False) as npz:
+        if prefix and prefix + PAIR_KINDS[0] not in npz.files:
+            raise FileNotFoundError(errno.ENOENT, "no pair weights for this cell", str(paths.pair_weights))
+        return {kind: np.asarray(npz[prefix + kind]) for kind in PAIR_KINDS}
+
+
+def _aggregate_pair_weights(holder: Path, cells: Path) -> Path | None:
+    """Move the pair_weights.npz of every cell under ``cells`` into ``holder/pair_weights.npz``, keyed by
+    the cell folder relative to ``holder``; entries already there are kept while their folder exists."""
+    target = holder / PAIR_WEIGHTS_FILE
+    arrays: dict[str, np.ndarray] = {}
+    if target.is_file():
+        with np.load(target, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files if (holder / key).parent.is_dir()}
+    found = sorted(cells.rglob(PAIR_WEIGHTS_FILE))
+    for path in found:
+        folder = path.parent.relative_to(holder).as_posix()
+        with np.load(path, allow_pickle=False) as npz:
+            arrays.update({f"{folder}/{kind}": npz[kind] for kind in PAIR_KINDS})
+    if not found:
+        return None
+    atomic_save_npz(target, dict(sorted(arrays.items())))
+    for path in found:
+        path.unlink()
+    return target
+
+
+def aggregate_reference(folder: Path) -> list[Path]:
+    """Shrink a reference folder to what the reports read: one pair_weights.npz per run (and per study)
+    instead of one per cell, and no :data:`UNREAD_CELL_FILES`; returns the aggregates written.
+
+    Every folder below ``folder`` (itself included) holding ``cells/`` or ``trials/`` gets the aggregate
+    of its cells' pair weights; :func:`read_pair_weights` reads a cell's entry there. Run again after
+    cells were added or retrained: their new files replace their entries.
+    """
+    written = []
+    for cells in sorted(d for name in CELL_HOLDERS for d in folder.rglob(name) if d.is_dir()):
+        aggregate = _aggregate_pair_weights(cells.parent, cells)
+        if aggregate is not None:
+            written.append(aggregate)
+    for name in UNREAD_CELL_FILES:
+        for path in folder.rglob(name):
+            path.unlink()
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.results --aggregate DIR``: :func:`aggregate_reference` on an existing folder."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.results",
+        description="Shrink a committed reference folder to what the reports read: one pair_weights.npz "
+        "per run and per study instead of one per cell, no train.log.",
+    )
+    parser.add_argument("--aggregate", type=Path, required=True, metavar="DIR", help="the reference folder")
+    folder = parser.parse_args(argv).aggregate
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such folder; expected a results folder, e.g. results/reference/<name>")
+    written = aggregate_reference(folder)
+    print(f"{len(written)} pair-weight aggregate(s) written under {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    cli_main(main)

@@ -6,7 +6,9 @@ its last checkpoint, ``--jobs N`` trains N cells at once in separate processes (
 ``torchrun`` runs each cell data-parallel. Each cell is claimed with a lock, so runs sharing a folder
 never train the same cell twice. A cell whose loss or gradient becomes non-finite is recorded as
 failed and the grid goes on; the command then exits 1 with a summary. The committed reference runs
-under ``results/reference/`` are only written with ``--update-reference``.
+under ``results/reference/`` are only written with ``--update-reference``. Ctrl-C or SIGTERM stops
+the running cells (each keeps its checkpoint) and exits with 128 + the signal. :func:`run_experiment`
+is the runner from Python.
 """
 
 from __future__ import annotations
@@ -23,20 +25,12 @@ from harness.config import CellConfig, Experiment, expand_cells, load_experiment
 from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, UserError, cli_main
 from harness.files import temporaries
-from harness.launch import (
-    BUSY,
-    DONE_ELSEWHERE,
-    FAILED,
-    FINISHED,
-    CellResult,
-    CellTask,
-    Launcher,
-    default_jobs,
-    final_mtime,
-    make_launcher,
-)
+from harness.launch import CellTask, Launcher, default_jobs, final_mtime, make_launcher
+from harness.options import add_set_option
 from harness.preflight import preflight, require_preflight
+from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
+    aggregate_reference,
     cell_paths,
     claim_cell,
     experiment_dir,
@@ -46,6 +40,7 @@ from harness.results import (
     stale_cells_note,
     write_cells_table,
 )
+from harness.stopping import StopSignals
 
 EXIT_FAILED_CELLS = 1
 REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
@@ -69,14 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--check", action="store_true", help="validate the file and list the grid, run nothing"
     )
-    parser.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set train.iterations=100 (repeatable)",
-    )
+    add_set_option(parser, "train.iterations=100")
     parser.add_argument("--force", action="store_true", help="re-run cells that already finished")
     parser.add_argument(
         "--jobs",
@@ -150,7 +138,7 @@ def clean_leftovers(exp_dir: Path) -> None:
         remove_stale_temporaries(folder)
     for folder in sorted(p for p in cells_dir.iterdir() if p.is_dir()) if cells_dir.is_dir() else []:
         paths = cell_paths(exp_dir, folder.name)
-        stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == FINISHED
+        stale_checkpoint = paths.checkpoint.exists() and paths.status_value() == CellStatus.FINISHED
         if stale_checkpoint or temporaries(folder):
             with claim_cell(paths) as claimed:
                 if claimed:
@@ -171,14 +159,14 @@ class CellsProgress:
 
             self.bar = tqdm(total=total, desc="cells", unit="cell", file=self.out, dynamic_ncols=True)
 
-    def update(self, result: CellResult) -> None:
+    def update(self, result: CellOutcome) -> None:
         self.done += 1
         if not self.enabled:
             return
         note = f"{result.cell_id} {result.status}" + (f": {result.reason}" if result.reason else "")
         if self.bar is not None:
             self.bar.update(1)
-            if result.status != FINISHED:
+            if result.status != CellStatus.FINISHED:
                 self.bar.write(note, file=self.out)
             return
         elapsed = time.monotonic() - self.started
@@ -204,66 +192,113 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_launcher_options(args)
     experiment = load_experiment(args.experiment, args.sets)
-    cells = expand_cells(experiment)
-    all_cells = cells
-    if args.shard:
-        index, count = parse_shard(args.shard)
-        cells = shard_cells(cells, index, count)
-    exp_dir = experiment_dir(args.results, experiment.name)
-    if args.check:
-        problems = preflight(experiment, cells)
-        for problem in problems:
-            print(f"error: {problem}", file=sys.stderr)
-        if problems:
-            return EXIT_USER_ERROR
-        print(
-            f"ok: {describe(experiment, all_cells)}"
-            + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    if not args.check:
+        return run_experiment(
+            experiment,
+            args.results,
+            shard=args.shard,
+            force=args.force,
+            jobs=args.jobs,
+            update_reference=args.update_reference,
+            report=not args.no_report,
+            progress=not args.quiet,
+            launcher=slurm_launcher(args, experiment, argv) if args.launcher == "slurm" else None,
+            collect=not args.no_wait,
         )
-        for cell in cells:
-            status = cell_paths(exp_dir, cell.cell_id).status_value() or "pending"
-            print(f"  {cell.cell_id}  [{status}]")
-        return 0
+    all_cells, cells = grid_cells(experiment, args.shard)
+    exp_dir = experiment_dir(args.results, experiment.name)
+    problems = preflight(experiment, cells)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    if problems:
+        return EXIT_USER_ERROR
+    print(
+        f"ok: {describe(experiment, all_cells)}"
+        + (f"; shard {args.shard}: {len(cells)} cells" if args.shard else "")
+    )
+    for cell in cells:
+        status = cell_paths(exp_dir, cell.cell_id).status_value() or CellStatus.PENDING
+        print(f"  {cell.cell_id}  [{status}]")
+    return 0
+
+
+def grid_cells(experiment: Experiment, shard: str | None) -> tuple[list[CellConfig], list[CellConfig]]:
+    """The grid's cells, and those of shard ``I/N`` (all of them without a shard)."""
+    cells = expand_cells(experiment)
+    if not shard:
+        return cells, cells
+    index, count = parse_shard(shard)
+    return cells, shard_cells(cells, index, count)
+
+
+def run_experiment(
+    experiment: Experiment,
+    results: str | Path = "results",
+    *,
+    shard: str | None = None,
+    force: bool = False,
+    jobs: int | None = None,
+    update_reference: bool = False,
+    report: bool = True,
+    progress: bool = True,
+    launcher: Launcher | None = None,
+    collect: bool = True,
+) -> int:
+    """The runner: train the cells of ``experiment`` (shard ``I/N``) not yet finished into
+    ``results/<name>/``, then write cells.csv, the summary and (once every cell is done) the report.
+
+    What ``python -m harness.run FILE`` does after its options; returns the exit code (0, or
+    :data:`EXIT_FAILED_CELLS`). Ctrl-C or SIGTERM stops it with :class:`~harness.stopping.Interrupted`
+    once the running cells are stopped (each keeps its checkpoint). ``launcher`` trains the cells elsewhere
+    (``--launcher slurm``); with ``collect=False`` it returns once they are submitted, before the summary.
+    """
+    all_cells, cells = grid_cells(experiment, shard)
+    exp_dir = experiment_dir(results, experiment.name)
     require_preflight(experiment, cells)
-    check_destination(exp_dir, args.update_reference)
+    check_destination(exp_dir, update_reference)
 
     ctx = init_from_env()
-    if ctx is not None and args.jobs and args.jobs > 1:
+    if ctx is not None and jobs and jobs > 1:
         raise UserError(
-            f"--jobs {args.jobs} under torchrun: torchrun already trains each cell on several "
+            f"--jobs {jobs} under torchrun: torchrun already trains each cell on several "
             "processes; drop --jobs, or run without torchrun"
         )
-    if ctx is not None and args.launcher == "slurm":
+    if ctx is not None and launcher is not None:
         raise UserError("--launcher slurm under torchrun: submit from a plain python -m harness.run")
     main_rank = ctx is None or ctx.is_main
-    launcher = slurm_launcher(args, experiment, cells, argv) if args.launcher == "slurm" else None
     try:
         if main_rank:
             with folder_lock(exp_dir):
                 clean_leftovers(exp_dir)
                 record_experiment(exp_dir, experiment, all_cells)
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
-        outcomes, skipped = run_cells(
-            cells,
-            exp_dir,
-            force=args.force,
-            jobs=args.jobs,
-            progress=not args.quiet,
-            ctx=ctx,
-            launcher=launcher,
-        )
+        with StopSignals().installed() as signals:
+            outcomes, skipped = run_cells(
+                cells,
+                exp_dir,
+                force=force,
+                jobs=jobs,
+                progress=progress,
+                ctx=ctx,
+                signals=signals,
+                launcher=launcher,
+            )
+            signals.check()  # a signal that came after the last cell's training
     finally:
         shutdown(ctx)
-    if args.no_wait and skipped < len(cells):  # submitted: the collect command reports
+    if not collect and skipped < len(cells):  # submitted: the collect command reports
         return 0
     failed = [
         (r.cell_id, r.reason or "unknown")
         for r in outcomes
-        if r.status not in (FINISHED, BUSY, DONE_ELSEWHERE)
+        if r.status not in (CellStatus.FINISHED, CellStatus.BUSY, CellStatus.DONE_ELSEWHERE)
     ]
     if not main_rank:
         return EXIT_FAILED_CELLS if failed else 0
-    summarise(exp_dir, all_cells, outcomes, skipped, write_report=not args.no_report)
+    if update_reference:  # a committed reference keeps what the reports read, pair weights aggregated
+        with folder_lock(exp_dir):
+            aggregate_reference(exp_dir)
+    summarise(exp_dir, all_cells, outcomes, skipped, write_report=report)
     if failed:
         print("failed cells:", file=sys.stderr)
         for cell_id, reason in failed:
@@ -287,16 +322,13 @@ def check_launcher_options(args: argparse.Namespace) -> None:
         require_slurm()
 
 
-def slurm_launcher(
-    args: argparse.Namespace, experiment: Experiment, cells: list[CellConfig], argv: list[str] | None
-) -> Launcher:
+def slurm_launcher(args: argparse.Namespace, experiment: Experiment, argv: list[str] | None) -> Launcher:
     """The Slurm launcher for this run (the experiment's cluster: section), and the command that collects."""
     from harness.cluster.launcher import SlurmLauncher, collect_command
 
-    return SlurmLauncher(
-        experiment.cluster,
-        experiment.cluster.job_name or experiment.name,
-        len(cells),
+    return SlurmLauncher.for_experiment(
+        experiment,
+        len(grid_cells(experiment, args.shard)[1]),
         wait=not args.no_wait,
         progress=not args.quiet,
         collect_command=collect_command("harness.run", sys.argv[1:] if argv is None else argv),
@@ -311,14 +343,15 @@ def run_cells(
     jobs: int | None = None,
     progress: bool = True,
     ctx: Any = None,
+    signals: StopSignals | None = None,
     launcher: Launcher | None = None,
-) -> tuple[list[CellResult], int]:
+) -> tuple[list[CellOutcome], int]:
     """Train every cell not yet finished, ``jobs`` at once (or with ``launcher``, which shows its own
     progress); returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
 
     main = ctx is None or ctx.is_main
-    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != FINISHED]
+    todo = [c for c in cells if force or cell_paths(exp_dir, c.cell_id).status_value() != CellStatus.FINISHED]
     for cell in todo:  # missing data stops the run here, before any training, with one line
         load_splits(cell)
     width = min(jobs or default_jobs(todo), len(todo))
@@ -327,12 +360,12 @@ def run_cells(
         for number, cell in enumerate(todo, 1)
     ]
     overall = CellsProgress(len(tasks), enabled=progress and main and width > 1 and launcher is None)
-    outcomes: list[CellResult] = []
+    outcomes: list[CellOutcome] = []
     try:
-        for result in (launcher or make_launcher(width, ctx)).run(tasks):
+        for result in (launcher or make_launcher(width, ctx, signals)).run(tasks):
             outcomes.append(result)
             overall.update(result)
-            if result.status == FAILED and main and (width <= 1 or launcher is not None):
+            if result.status == CellStatus.FAILED and main and (width <= 1 or launcher is not None):
                 print(f"cell {result.cell_id} failed: {result.reason}", file=sys.stderr, flush=True)
     finally:
         overall.close()
@@ -342,7 +375,7 @@ def run_cells(
 def summarise(
     exp_dir: Path,
     all_cells: list[CellConfig],
-    outcomes: list[CellResult],
+    outcomes: list[CellOutcome],
     skipped: int,
     *,
     write_report: bool,
@@ -351,15 +384,14 @@ def summarise(
     counts = Counter(result.status for result in outcomes)
     with folder_lock(exp_dir):
         table = write_cells_table(exp_dir)
-        pending = [
-            c.cell_id
-            for c in all_cells
-            if cell_paths(exp_dir, c.cell_id).status_value() not in (FINISHED, FAILED)
-        ]
-        busy = f"; {counts[BUSY]} cells are being trained by another run" if counts[BUSY] else ""
+        pending = [c.cell_id for c in all_cells if cell_paths(exp_dir, c.cell_id).status_value() not in ENDED]
+        finished, busy, elsewhere = (
+            counts[s] for s in (CellStatus.FINISHED, CellStatus.BUSY, CellStatus.DONE_ELSEWHERE)
+        )
+        held = f"; {busy} cells are being trained by another run" if busy else ""
         print(
-            f"{counts[FINISHED]} cells finished, {skipped + counts[DONE_ELSEWHERE]} already finished (skipped), "
-            f"{len(outcomes) - counts[FINISHED] - counts[BUSY] - counts[DONE_ELSEWHERE]} failed{busy}; table: {table}",
+            f"{finished} cells finished, {skipped + elsewhere} already finished (skipped), "
+            f"{len(outcomes) - finished - busy - elsewhere} failed{held}; table: {table}",
             file=sys.stderr,
         )
         stale = stale_cells_note(exp_dir)

@@ -5,7 +5,8 @@ split every ``train.eval_every`` iterations, keeps the weights that score best t
 set, only when the config says ``select_on: test``; ``select_on: final`` evaluates nothing during training
 and reports the final weights as the selected ones), checkpoints atomically, resumes from the last
 checkpoint, and at the end evaluates the test set with both the final and the selected weights.
-A non-finite loss or gradient ends the cell with status ``failed`` and the reason.
+A non-finite loss or gradient ends the cell with status ``failed`` and the reason. The records it
+writes (status.json, env.json, final.json) are those of :mod:`harness.records`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +31,7 @@ from harness.distributed import DistContext, broadcast_flag, gather_rows, gather
 from harness.errors import UserError
 from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
 from harness.models import freeze_batchnorm_statistics
+from harness.records import CellOutcome, CellStatus, FinalRecord, Metrics, StatusRecord, Timings, write_record
 from harness.results import CellPaths, environment, load_checkpoint, now
 
 TRAIN_LOG_COLUMNS = (
@@ -59,17 +60,6 @@ and raise :class:`CheckpointedStop`; training the cell again resumes exactly the
 
 class CheckpointedStop(BaseException):
     """:func:`train_cell` saved a checkpoint and stopped because :data:`CHECKPOINT_AND_STOP` was set."""
-
-
-@dataclass
-class CellOutcome:
-    """What one cell ended with."""
-
-    cell_id: str
-    status: str
-    reason: str | None = None
-    metrics: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
-    seconds: float = 0.0
 
 
 def pick_device(ctx: DistContext | None = None) -> torch.device:
@@ -386,10 +376,12 @@ class _CellRun:
         if self.main:
             self.paths.root.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.paths.config, self.cfg.record())
-            atomic_write_json(self.paths.env, {**environment(self.device), "world_size": self.world_size})
-            atomic_write_json(
+            write_record(self.paths.env, environment(self.device, self.world_size))
+            write_record(
                 self.paths.status,
-                {"status": "running", "reason": None, "started": now(), "resumed_from": self.start or None},
+                StatusRecord(
+                    status=CellStatus.RUNNING, reason=None, started=now(), resumed_from=self.start or None
+                ),
             )
 
     def distribute(self) -> None:
@@ -518,7 +510,7 @@ class _CellRun:
         )
         self._write_logs()
 
-    def final_evaluation(self) -> dict[str, dict[str, dict[str, float]]]:
+    def final_evaluation(self) -> Metrics:
         """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and weights)."""
         net, final_state = _unwrap(self.model), _state(self.model)
         names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
@@ -546,44 +538,43 @@ class _CellRun:
                 atomic_torch_save(self.paths.weights("selected"), self.best["state"] or final_state)
         return metrics
 
-    def finish(self, status: str, reason: str | None) -> CellOutcome:
+    def finish(self, status: CellStatus, reason: str | None) -> CellOutcome:
         """Final evaluation (when the cell finished), then final.json, the logs and the status; no checkpoint."""
         train_seconds = self.elapsed_before + time.perf_counter() - self.started
         eval_started = time.perf_counter()
-        metrics = self.final_evaluation() if status == "finished" else {}
+        metrics = self.final_evaluation() if status == CellStatus.FINISHED else {}
         eval_seconds = time.perf_counter() - eval_started
         if self.main:
             self._write_logs()
             rates, best = [row["images_per_s"] for row in self.log], self.best
             no_selection = self.cfg.train.select_on == "final"  # the selected weights are the final ones
-            atomic_write_json(
+            write_record(
                 self.paths.final,
-                {
-                    "cell_id": self.cfg.cell_id,
-                    "status": status,
-                    "reason": reason,
-                    "resolved_loss": self.cfg.resolved_loss(),
-                    "select_on": self.cfg.train.select_on,
-                    "select_metric": None if no_selection else self.cfg.train.select_metric,
-                    "selected_iteration": (self.cfg.train.iterations if metrics else None)
+                FinalRecord(
+                    cell_id=self.cfg.cell_id,
+                    status=status,
+                    reason=reason,
+                    resolved_loss=self.cfg.resolved_loss(),
+                    select_on=self.cfg.train.select_on,
+                    select_metric=None if no_selection else self.cfg.train.select_metric,
+                    selected_iteration=(self.cfg.train.iterations if metrics else None)
                     if no_selection
                     else best["iteration"],
-                    "selected_value": best["value"] if best["iteration"] is not None else None,
-                    "iterations": self.cfg.train.iterations,
-                    "metrics": metrics,
-                    "timings": {
-                        "train_seconds": train_seconds,
-                        "final_eval_seconds": eval_seconds,
-                        # this process's CPU time since the cell (re)started: less load-sensitive than wall time
-                        "cpu_seconds": time.process_time() - self.cpu_started,
-                        "median_images_per_s": float(np.median(rates)) if rates else None,
-                    },
-                    "device": str(self.device),
-                    "world_size": self.world_size,
-                    "finished": now(),
-                },
+                    selected_value=best["value"] if best["iteration"] is not None else None,
+                    iterations=self.cfg.train.iterations,
+                    metrics=metrics,
+                    timings=Timings(
+                        train_seconds=train_seconds,
+                        final_eval_seconds=eval_seconds,
+                        cpu_seconds=time.process_time() - self.cpu_started,
+                        median_images_per_s=float(np.median(rates)) if rates else None,
+                    ),
+                    device=str(self.device),
+                    world_size=self.world_size,
+                    finished=now(),
+                ),
             )
-            atomic_write_json(self.paths.status, {"status": status, "reason": reason, "finished": now()})
+            write_record(self.paths.status, StatusRecord(status=status, reason=reason, finished=now()))
             self.paths.checkpoint.unlink(missing_ok=True)
         return CellOutcome(self.cfg.cell_id, status, reason, metrics, train_seconds)
 
@@ -617,7 +608,7 @@ def train_cell(
     bar.message(run.describe())
     batches = training_batches(run.splits, cfg, run.start, ctx)
     run.window_start = time.perf_counter()
-    status, reason = "finished", None
+    status, reason = CellStatus.FINISHED, None
     try:
         for iteration in range(run.start + 1, cfg.train.iterations + 1):
             loss = run.step(iteration, *next(batches))
@@ -628,9 +619,10 @@ def train_cell(
             if stop:
                 raise CheckpointedStop(f"{cfg.cell_id}: checkpointed at iteration {iteration} on request")
     except NonFiniteError as err:
-        status, reason = "failed", str(err)
+        status, reason = CellStatus.FAILED, str(err)
     finally:
         bar.close()
-    if broadcast_flag(status == "failed", ctx) and status != "failed":
-        status, reason = "failed", "another rank stopped on a non-finite value"
+    failed = status == CellStatus.FAILED
+    if broadcast_flag(failed, ctx) and not failed:
+        status, reason = CellStatus.FAILED, "another rank stopped on a non-finite value"
     return run.finish(status, reason)

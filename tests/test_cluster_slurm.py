@@ -29,9 +29,10 @@ from harness.config import expand_cells, load_experiment
 from harness.errors import UserError, cli_main
 from harness.fair import load_fair
 from harness.results import cell_paths
+from harness.studies.storage import open_storage
 from harness.tune import counted_trials
 from harness.tune.schema import load_tune
-from harness.tune.storage import _fingerprint, open_storage
+from harness.tune.study import _fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2}

@@ -151,6 +151,21 @@ def test_cell_id_is_stable_and_tracks_the_config(tmp_path: Path) -> None:
     assert first[0].startswith("cars-ms-d64-s0-")
 
 
+def test_cell_id_is_computed_once_and_a_changed_copy_gets_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cell = expand_cells(load_experiment(write(tmp_path, GRID)))[0]
+    resolutions = []
+    resolved = LossSpec.resolved
+    monkeypatch.setattr(LossSpec, "resolved", lambda spec: resolutions.append(spec) or resolved(spec))
+    assert cell.cell_id == cell.cell_id == cell.record()["cell_id"]
+    assert len(resolutions) == 2  # one for the id, one for the record's resolved_loss
+    trained_longer = cell.model_copy(update={"train": cell.train.model_copy(update={"iterations": 5})})
+    assert trained_longer.cell_id != cell.cell_id
+    assert trained_longer.cell_id == CellConfig.model_validate(trained_longer.model_dump()).cell_id
+    assert "cell_id" not in cell.model_dump()
+
+
 def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: Path) -> None:
     """New options arrive with a default that keeps the old behaviour: existing ids (and results) stay valid."""
     import harness.config.schema  # cell_id reads CELL_ID_VERSION from the module that defines it
@@ -163,7 +178,8 @@ def test_a_setting_at_its_schema_default_leaves_the_cell_id_unchanged(tmp_path: 
     ids = {c.cell_id for c in plain}
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(harness.config.schema, "CELL_ID_VERSION", harness.config.schema.CELL_ID_VERSION + 1)
-        assert not ids & {c.cell_id for c in plain}
+        bumped = expand_cells(load_experiment(write(tmp_path, GRID)))  # an id is computed once per cell
+        assert not ids & {c.cell_id for c in bumped}
 
 
 def test_a_cell_records_its_loss_with_every_hyperparameter_resolved(tmp_path: Path) -> None:
@@ -194,7 +210,7 @@ def test_cell_id_changes_when_a_preset_value_changes(tmp_path: Path, monkeypatch
     cells = expand_cells(load_experiment(write(tmp_path, data)))
     before = {c.cell_id: c for c in cells}
     monkeypatch.setitem(zoo.PRESETS["paper"], "beta", 45.0)
-    after = {c.cell_id: c for c in cells}
+    after = {c.cell_id: c for c in expand_cells(load_experiment(write(tmp_path, data)))}  # ids: once per cell
     retrained = {c.loss.name + (c.loss.preset or "") for old_id, c in before.items() if old_id not in after}
     assert retrained == {
         "ms"

@@ -15,7 +15,7 @@ from PIL import Image
 from pydantic import ValidationError
 from torchvision.transforms import v2
 
-import harness.data
+import harness.data.official
 from harness import builders
 from harness.config import DataConfig, expand_cells, load_experiment
 from harness.data import OFFICIAL, SAMPLERS, OfficialBatchSampler
@@ -33,7 +33,7 @@ def transforms_of(cell: Any, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
         captured.update(options)
         return captured
 
-    monkeypatch.setattr(harness.data, "build_official_splits", capture)
+    monkeypatch.setattr(harness.data.official, "build_official_splits", capture)
     monkeypatch.setattr(builders, "_SPLITS_CACHE", {})
     builders.load_splits(cell)
     return captured

@@ -209,7 +209,7 @@ def test_blocks_stay_within_block_size_and_follow_classes(leave_one_out, monkeyp
         and blocks[0][0] == 0
         and blocks[-1][1] == 300
     )
-    starts = set(sets.ranges[2])
+    starts = set(sets.ranges.query_start)
     assert all(b[0] in starts and b[1] - b[0] <= 64 for b in blocks)  # cut at class boundaries
 
 

@@ -23,10 +23,10 @@ from harness.fair.studies import study_dir
 from harness.files import atomic_write_json
 from harness.results import CellPaths
 from harness.stats import holm, paired_test
+from harness.stopping import Interrupted
 from harness.train import CellOutcome
 from harness.tune import counted_trials, load_tune
 from harness.tune import outputs as tune_outputs
-from harness.tune.interrupt import Interrupted
 from harness.tune.schema import declared_space
 from losses.zoo import PRESETS
 

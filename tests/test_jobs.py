@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from conftest import WriteExperiment
 from harness import launch, run
 from harness.config import expand_cells, load_experiment
 from harness.errors import UserError
-from harness.results import cell_paths, claim_cell, folder_lock
+from harness.results import cell_paths, claim_cell, folder_lock, read_pair_weights
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -133,39 +134,81 @@ def _children(pid: int) -> list[int]:
     return [int(child) for child in found.read_text().split()] if found.exists() else []
 
 
-@pytest.mark.skipif(
-    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
-)
-def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(
+def start_endless_run(
     tmp_path: Path, tiny_experiment: WriteExperiment
-) -> None:
+) -> tuple[subprocess.Popen[str], Path, list[Path]]:
+    """``--jobs 2`` on cells that outlive the test, once both cells hold a checkpoint (returned)."""
     exp = tiny_experiment(
         {"train.iterations": 100000, "train.eval_every": 100000, "train.checkpoint_every": 4}
     )
     exp_dir = tmp_path / "results" / "tiny"
     proc = start_cli(str(exp), "--results", str(tmp_path / "results"), "--jobs", "2")
+    deadline = time.monotonic() + 120
+    while len(checkpoints := sorted(exp_dir.glob("cells/*/checkpoint.pt"))) < 2:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.1)
+    return proc, exp_dir, checkpoints
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie (an orphan's zombie waits for init to reap it)."""
     try:
-        deadline = time.monotonic() + 120
-        while len(checkpoints := sorted(exp_dir.glob("cells/*/checkpoint.pt"))) < 2:
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.1)
-        workers = _children(proc.pid)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 130, err
-    assert err.rstrip().endswith("interrupted") and "Traceback" not in err, err
-    assert len(workers) >= 2  # the two workers (and multiprocessing's resource tracker, which leaves at EOF)
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def check_workers_gone_and_cells_resumable(
+    workers: list[int], exp_dir: Path, checkpoints: list[Path]
+) -> None:
     deadline = time.monotonic() + 30
-    while [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
+    while [pid for pid in workers if running(pid)]:
         assert time.monotonic() < deadline, "a worker outlived the interrupted run"
         time.sleep(0.1)
     for path in checkpoints:  # each cell kept its checkpoint (a re-run resumes it) and its lock is free again
         assert path.exists() and json.loads((path.parent / "status.json").read_text())["status"] == "running"
         with claim_cell(cell_paths(exp_dir, path.parent.name)) as claimed:
             assert claimed
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
+)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_the_workers_and_each_cell_keeps_its_checkpoint(
+    tmp_path: Path, tiny_experiment: WriteExperiment, signum: signal.Signals
+) -> None:
+    proc, exp_dir, checkpoints = start_endless_run(tmp_path, tiny_experiment)
+    try:
+        workers = _children(proc.pid)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, err  # 130 for Ctrl-C, 143 for SIGTERM
+    assert err.rstrip().endswith("interrupted") and "Traceback" not in err, err
+    assert len(workers) >= 2  # the two workers
+    check_workers_gone_and_cells_resumable(workers, exp_dir, checkpoints)
+
+
+@pytest.mark.skipif(
+    not Path("/proc/self/task").exists(), reason="needs Linux /proc to find the worker processes"
+)
+def test_workers_stop_when_their_run_is_killed_outright(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    proc, exp_dir, checkpoints = start_endless_run(tmp_path, tiny_experiment)
+    workers = _children(proc.pid)
+    try:
+        proc.kill()
+        proc.communicate(timeout=30)
+        assert len(workers) == 2
+        check_workers_gone_and_cells_resumable(workers, exp_dir, checkpoints)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_default_jobs_follow_the_machine(
@@ -196,6 +239,18 @@ def test_a_plain_run_never_writes_a_reference(tmp_path: Path, tiny_experiment: W
         run.main([str(exp), "--jobs", "0"])
     assert exit_info.value.code == 2
     assert run.REGENERATE_REFERENCE in " ".join(run.build_parser().format_help().split())
+
+
+def test_an_update_reference_run_aggregates_the_pair_weights(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    exp = tiny_experiment(SHORT)
+    results_dir = tmp_path / "results" / "reference"
+    assert run.main([str(exp), "--results", str(results_dir), "--update-reference", "--no-report"]) == 0
+    exp_dir = results_dir / "tiny"
+    assert (exp_dir / "pair_weights.npz").is_file() and not list(exp_dir.glob("cells/*/pair_weights.npz"))
+    for cell_id in cell_ids(exp):
+        assert read_pair_weights(cell_paths(exp_dir, cell_id))["pos"].size
 
 
 def test_the_folder_lock_waits_then_says_the_folder_is_busy(tmp_path: Path) -> None:

@@ -41,9 +41,9 @@ gpu_check = load_gpu_check()
 
 
 def paper_rows(dataset: str, size: int) -> list[dict[str, str]]:
-    """The paper's MS rows (Tables 3-5) for one dataset and embedding size, from results/paper/."""
+    """The paper's MS rows (Tables 3-5) for one dataset and embedding size, from harness/paper/."""
     rows = []
-    for table in sorted((ROOT / "results" / "paper").glob("table*.csv")):
+    for table in sorted((ROOT / "harness" / "paper").glob("table*.csv")):
         with table.open(newline="") as handle:
             rows += [
                 r

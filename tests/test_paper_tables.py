@@ -1,4 +1,4 @@
-"""results/paper/: the paper's Tables 2-5 as tidy CSV: shape, keys and spot values as printed."""
+"""harness/paper/: the paper's Tables 2-5 as tidy CSV: shape, keys and spot values as printed."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper"
+PAPER_DIR = Path(__file__).resolve().parents[1] / "harness" / "paper"
 COLUMNS = [
     "table",
     "dataset",

@@ -22,7 +22,7 @@ import pytest
 from harness import report, results
 from harness.errors import UserError, cli_main
 from harness.report import plots
-from harness.results import CELLS_TABLE_COLUMNS
+from harness.results import CELLS_TABLE_COLUMNS, aggregate_reference
 
 pytestmark = pytest.mark.filterwarnings("error")  # no warning may leak out of the report or its plots
 
@@ -679,3 +679,14 @@ def test_cli_module_exits_2_without_traceback(tmp_path):
         and result.stderr.count("\n") == 1
         and "Traceback" not in result.stderr
     )
+
+
+def test_the_report_reads_the_pair_weights_of_an_aggregated_reference_as_the_cells_own(tmp_path):
+    exp_dir = build_results(tmp_path, Spec(losses=("ms", "binomial"), seeds=(0, 1), ks=(1,)))
+    cells = report.read_cells(exp_dir)
+    before = report.read_cell_files(exp_dir, cells)
+    assert aggregate_reference(exp_dir) == [exp_dir / "pair_weights.npz"]
+    assert not list(exp_dir.glob("cells/*/pair_weights.npz"))
+    after = report.read_cell_files(exp_dir, cells)
+    assert after.problems == before.problems == {}
+    pd.testing.assert_frame_equal(after.weights, before.weights)

@@ -7,11 +7,26 @@ import stat
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from harness.errors import DamagedFileError, UserError
-from harness.files import atomic_write_bytes, atomic_write_json, read_json, read_json_if_exists
-from harness.results import CELLS_TABLE_COLUMNS, CellPaths, loss_label, tidy_rows, write_cells_table
+from harness.files import (
+    atomic_save_npz,
+    atomic_write_bytes,
+    atomic_write_json,
+    read_json,
+    read_json_if_exists,
+)
+from harness.results import (
+    CELLS_TABLE_COLUMNS,
+    CellPaths,
+    aggregate_reference,
+    loss_label,
+    read_pair_weights,
+    tidy_rows,
+    write_cells_table,
+)
 
 
 def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path: Path) -> None:
@@ -132,3 +147,57 @@ def test_git_commit_is_dirty_for_modified_code_not_for_results(tmp_path: Path) -
     assert git_commit(tmp_path) == clean
     (tmp_path / "code.py").write_text("x = 2\n")
     assert git_commit(tmp_path) == clean + "+dirty"
+
+
+def _weights(seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"pos": rng.random(5, dtype=np.float32), "neg": rng.random(7, dtype=np.float32)}
+
+
+def test_a_reference_keeps_one_pair_weights_file_per_run_and_drops_unread_files(tmp_path: Path) -> None:
+    run_cells, trial = tmp_path / "run" / "cells", tmp_path / "studies" / "ms" / "trials" / "0"
+    stored = {name: _weights(i) for i, name in enumerate("ab")}
+    for name, arrays in stored.items():
+        atomic_save_npz(run_cells / name / "pair_weights.npz", arrays)
+        (run_cells / name / "train.log").write_text("worker output\n")
+    (run_cells / "c").mkdir()  # a failed cell: no pair weights
+    atomic_save_npz(trial / "pair_weights.npz", _weights(9))
+    written = aggregate_reference(tmp_path)
+    assert written == [
+        tmp_path / "run" / "pair_weights.npz",
+        tmp_path / "studies" / "ms" / "pair_weights.npz",
+    ]
+    assert not list(tmp_path.rglob("cells/*/pair_weights.npz")) and not list(tmp_path.rglob("train.log"))
+    assert not (trial / "pair_weights.npz").exists()
+    for name, arrays in stored.items():
+        back = read_pair_weights(CellPaths(run_cells / name))
+        assert all(np.array_equal(back[k], arrays[k]) and back[k].dtype == arrays[k].dtype for k in arrays)
+    assert np.array_equal(read_pair_weights(CellPaths(trial))["neg"], _weights(9)["neg"])
+    with pytest.raises(FileNotFoundError):
+        read_pair_weights(CellPaths(run_cells / "c"))
+    retrained = _weights(
+        5
+    )  # a cell retrained after the aggregation: its own file first, then aggregated again
+    atomic_save_npz(run_cells / "a" / "pair_weights.npz", retrained)
+    assert np.array_equal(read_pair_weights(CellPaths(run_cells / "a"))["pos"], retrained["pos"])
+    aggregate_reference(tmp_path)
+    assert np.array_equal(read_pair_weights(CellPaths(run_cells / "a"))["pos"], retrained["pos"])
+    assert np.array_equal(read_pair_weights(CellPaths(run_cells / "b"))["neg"], stored["b"]["neg"])
+
+
+def test_aggregate_command_names_a_missing_folder(tmp_path: Path) -> None:
+    from harness.results import main
+
+    with pytest.raises(UserError, match="no such folder"):
+        main(["--aggregate", str(tmp_path / "absent")])
+
+
+def test_the_committed_reference_holds_aggregated_pair_weights_for_every_finished_cell() -> None:
+    reference = Path(__file__).resolve().parent.parent / "results" / "reference"
+    assert not list(reference.rglob("*/cells/*/pair_weights.npz"))
+    assert not list(reference.rglob("trials/**/pair_weights.npz")) and not list(reference.rglob("train.log"))
+    finished = [p for p in reference.rglob("cells/*") if CellPaths(p).status_value() == "finished"]
+    assert finished
+    for folder in finished:
+        arrays = read_pair_weights(CellPaths(folder))
+        assert arrays["pos"].size and arrays["neg"].size

@@ -22,10 +22,12 @@ from typing import Any
 
 from harness.cluster.jobs import RUNNING_STATES, job_states, make_executor, submit_array
 from harness.cluster.task import SlurmCell, read_job_record, update_job_record
-from harness.config import ClusterConfig
+from harness.config import ClusterConfig, Experiment
 from harness.errors import UserError
-from harness.launch import BUSY, DONE_ELSEWHERE, FAILED, FINISHED, CellResult, CellTask
+from harness.launch import CellTask
+from harness.records import CellOutcome, CellStatus
 from harness.results import cell_paths, claim_cell, folder_lock, now
+from harness.stopping import Interrupted, StopSignals
 
 SUBMITIT_FOLDER = "slurm"  # in the results folder: submitit's pickles, sbatch scripts and start-up logs
 
@@ -45,7 +47,7 @@ class GridProgress:
 
     def show(self, ended: Counter[str], running: int, pending: int) -> None:
         """Redraw with the results so far (``ended``: finished/failed counts) and the live jobs' states."""
-        numbers = (self.finished + ended[FINISHED], running, pending, ended[FAILED])
+        numbers = (self.finished + ended[CellStatus.FINISHED], running, pending, ended[CellStatus.FAILED])
         if not self.enabled or numbers == self.shown:
             return
         if self.bar is not None:
@@ -95,7 +97,12 @@ class SlurmLauncher:
         self.cluster, self.name, self.grid_size, self.wait = cluster, name, grid_size, wait
         self.progress, self.collect_command = progress, collect_command
 
-    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellResult]:
+    @classmethod
+    def for_experiment(cls, experiment: Experiment, grid_size: int, **options: Any) -> SlurmLauncher:
+        """The launcher of ``experiment``'s cells with its ``cluster:`` section (``grid_size``: cells shown)."""
+        return cls(experiment.cluster, experiment.cluster.job_name or experiment.name, grid_size, **options)
+
+    def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
         if not tasks:
             return
         tasks = [replace(task, exp_dir=task.exp_dir.resolve()) for task in tasks]  # the nodes' view
@@ -104,7 +111,7 @@ class SlurmLauncher:
             watched, to_submit, busy = self._plan(tasks)
             submitted = self._submit(exp_dir, to_submit)
         self._announce(submitted, watched, busy)
-        yield from (CellResult(cell_id, BUSY) for cell_id in busy)
+        yield from (CellOutcome(cell_id, CellStatus.BUSY) for cell_id in busy)
         if self.wait:
             yield from self._watch(exp_dir, {**watched, **submitted}, finished=self.grid_size - len(tasks))
 
@@ -167,38 +174,42 @@ class SlurmLauncher:
             line += f"; collect the results, once the jobs are done, with: {self.collect_command}"
         print(line, file=sys.stderr, flush=True)
 
-    def _watch(self, exp_dir: Path, jobs: dict[str, str], finished: int) -> Iterator[CellResult]:
-        """Poll until every job in ``jobs`` (cell id -> job id) has ended; yield each cell's result then."""
+    def _watch(self, exp_dir: Path, jobs: dict[str, str], finished: int) -> Iterator[CellOutcome]:
+        """Poll until every job in ``jobs`` (cell id -> job id) has ended; yield each cell's result then.
+
+        Ctrl-C or SIGTERM stops the watching, not the jobs: it says how to stop them or collect later.
+        """
         display = GridProgress(self.grid_size, finished, self.progress)
         ended: Counter[str] = Counter()
-        live, warned = dict(jobs), False
+        live = dict(jobs)
         settling: dict[str, float] = {}  # cell id -> when its job was first seen ended without a result
         try:
-            while live:
-                states = job_states(live.values())
-                if states is None:  # the controller did not answer: ask again next time
-                    if not warned and self.progress:
-                        print("[slurm] squeue failed; trying again", file=sys.stderr, flush=True)
-                    warned = True
-                    time.sleep(self.cluster.poll_seconds)
-                    continue
-                for cell_id, job_id in list(live.items()):
-                    if job_id in states:
-                        continue
-                    first_seen = settling.setdefault(cell_id, time.monotonic())
-                    result = ended_result(exp_dir, cell_id, job_id)
-                    if result is None and time.monotonic() - first_seen < self.cluster.settle_seconds:
-                        continue  # its files may not show here yet
-                    del live[cell_id]
-                    result = result or CellResult(cell_id, FAILED, lost_reason(cell_id, job_id))
-                    if result.status != BUSY:
-                        ended[FINISHED if result.status in (FINISHED, DONE_ELSEWHERE) else FAILED] += 1
-                    yield result
-                running = sum(states.get(job) in RUNNING_STATES for job in live.values())
-                display.show(ended, running, len(live) - running)
-                if live:
-                    time.sleep(self.cluster.poll_seconds)
-        except KeyboardInterrupt:
+            with StopSignals().installed() as signals:
+                while live:
+                    with signals.armed():
+                        states = job_states(live.values())
+                    for cell_id, job_id in list(live.items()) if states is not None else []:
+                        if job_id in states:
+                            continue
+                        first_seen = settling.setdefault(cell_id, time.monotonic())
+                        result = ended_result(exp_dir, cell_id, job_id)
+                        if result is None and time.monotonic() - first_seen < self.cluster.settle_seconds:
+                            continue  # its files may not show on this machine yet
+                        del live[cell_id]
+                        result = result or CellOutcome(
+                            cell_id, CellStatus.FAILED, lost_reason(cell_id, job_id)
+                        )
+                        if result.status != CellStatus.BUSY:
+                            trained = result.status in (CellStatus.FINISHED, CellStatus.DONE_ELSEWHERE)
+                            ended[CellStatus.FINISHED if trained else CellStatus.FAILED] += 1
+                        yield result
+                    if states is not None:  # None: squeue did not answer this time
+                        running = sum(states.get(job) in RUNNING_STATES for job in live.values())
+                        display.show(ended, running, len(live) - running)
+                    if live:
+                        with signals.armed():
+                            time.sleep(self.cluster.poll_seconds)
+        except Interrupted:
             display.close()
             print(
                 f"stopped watching; the Slurm jobs go on (scancel {' '.join(sorted(set(live.values())))} stops "
@@ -209,22 +220,26 @@ class SlurmLauncher:
         display.close()
 
 
-def ended_result(exp_dir: Path, cell_id: str, job_id: str) -> CellResult | None:
+def ended_result(exp_dir: Path, cell_id: str, job_id: str) -> CellOutcome | None:
     """The result of a cell whose job has ended: from its final record, else from the job's; None: neither."""
     paths = cell_paths(exp_dir, cell_id)
     final = paths.read_final()
-    if final is not None and final["status"] in (FINISHED, FAILED):
-        return CellResult(cell_id, final["status"], final.get("reason"))
+    if final is not None:  # final.json holds an end status (finished or failed)
+        return CellOutcome(cell_id, final.status, final.reason)
     outcome = job_outcome(exp_dir, job_id)
-    return outcome if outcome is not None and outcome.status in (BUSY, DONE_ELSEWHERE) else None
+    return (
+        outcome
+        if outcome is not None and outcome.status in (CellStatus.BUSY, CellStatus.DONE_ELSEWHERE)
+        else None
+    )
 
 
-def job_outcome(exp_dir: Path, job_id: str) -> CellResult | None:
-    """The CellResult a finished job returned (submitit's result pickle); None when it left none."""
+def job_outcome(exp_dir: Path, job_id: str) -> CellOutcome | None:
+    """The CellOutcome a finished job returned (submitit's result pickle); None when it left none."""
     from submitit.core.utils import JobPaths, pickle_load
 
     path = JobPaths(exp_dir / SUBMITIT_FOLDER / "%j", job_id=job_id, task_id=0).result_pickle
     if not path.exists():
         return None
     outcome, value = pickle_load(path)
-    return value if outcome == "success" and isinstance(value, CellResult) else None
+    return value if outcome == "success" and isinstance(value, CellOutcome) else None

@@ -29,16 +29,8 @@ from typing import Any
 import submitit
 
 from harness.files import atomic_write_json, read_json_if_exists
-from harness.launch import (
-    BUSY,
-    DONE_ELSEWHERE,
-    FAILED,
-    FINISHED,
-    CellResult,
-    CellTask,
-    record_failed,
-    train_task,
-)
+from harness.launch import CellTask, record_failed, train_task
+from harness.records import CellOutcome, CellStatus
 from harness.results import cell_paths, claim_cell, now
 from harness.train import CHECKPOINT_AND_STOP, CheckpointedStop
 
@@ -129,7 +121,7 @@ class SlurmCell(submitit.helpers.Checkpointable):
     def __init__(self, max_requeues: int) -> None:
         self.max_requeues = max_requeues
 
-    def __call__(self, task: CellTask) -> CellResult:
+    def __call__(self, task: CellTask) -> CellOutcome:
         paths = cell_paths(task.exp_dir, task.cell.cell_id)
         job_id, requeues = current_job_id(), restart_count()
         out, err = paths.root / f"slurm-{job_id}.out", paths.root / f"slurm-{job_id}.err"
@@ -149,7 +141,7 @@ class SlurmCell(submitit.helpers.Checkpointable):
                 return self._give_up(task, requeues)
             return self._train(task)
 
-    def _train(self, task: CellTask) -> CellResult:
+    def _train(self, task: CellTask) -> CellOutcome:
         """The cell's life; on a signal, a fresh checkpoint, then a requeue (submitit) or the exit (SIGTERM)."""
         usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         submitit_handler = signal.getsignal(usr_signal)  # submitit's: checkpoint(), requeue, exit
@@ -165,15 +157,15 @@ class SlurmCell(submitit.helpers.Checkpointable):
             submitit_handler(usr_signal, None)  # calls self.checkpoint(task), requeues this task and exits
         raise SystemExit(128 + signum)
 
-    def _give_up(self, task: CellTask, requeues: int) -> CellResult:
+    def _give_up(self, task: CellTask, requeues: int) -> CellOutcome:
         """Record the cell failed (past its requeue limit), unless another run holds or finished it."""
         cell_id = task.cell.cell_id
         paths = cell_paths(task.exp_dir, cell_id)
         with claim_cell(paths) as claimed:
             if not claimed:
-                return CellResult(cell_id, BUSY)
-            if paths.status_value() == FINISHED:
-                return CellResult(cell_id, DONE_ELSEWHERE)
+                return CellOutcome(cell_id, CellStatus.BUSY)
+            if paths.status_value() == CellStatus.FINISHED:
+                return CellOutcome(cell_id, CellStatus.DONE_ELSEWHERE)
             reason = record_failed(task, requeue_limit_reason(requeues, self.max_requeues))
         print(f"{cell_id} failed: {reason}", file=sys.stderr, flush=True)
-        return CellResult(cell_id, FAILED, reason)
+        return CellOutcome(cell_id, CellStatus.FAILED, reason)

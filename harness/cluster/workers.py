@@ -1,42 +1,55 @@
-"""Study workers as Slurm jobs: ``harness.tune`` and ``harness.fair`` with ``--launcher slurm``.
+"""Study workers as Slurm jobs: the cluster starter of :mod:`harness.pool` (``--launcher slurm``).
 
-The N workers of a study go in as one submitit job array; each array task runs the worker's own
-command line in-process (``main(argv)`` of the tool, ``--worker K`` included), with the storage URL in
-its environment as a local worker has it (never in a file or on a command line). The storage must be
-one every node reaches (:func:`harness.cluster.jobs.require_shared_storage`).
-Before its time limit (or on preemption) a worker stops as on SIGTERM (its running trial is recorded
-interrupted, to be retried as without Slurm) and submitit requeues it to go on filling the study.
+:class:`SlurmWorkers` starts a pool's worker commands (``-m harness.tune FILE ... --worker K``) as one
+submitit job array; each array task runs its command in-process, as ``python -m`` would
+(:class:`SlurmWorker`), and the handles it returns have the four methods of a local process, so
+:func:`harness.pool.run_workers` waits for and stops Slurm workers as it does local ones. The storage
+URL reaches the jobs through their environment (sbatch passes the submitting one on), never through a
+file. Before its time limit (or on preemption) a worker stops as on SIGTERM (its running trial is
+recorded interrupted, retried as without Slurm) and submitit requeues it to go on filling the study.
 """
 
 from __future__ import annotations
 
-import importlib
+import contextlib
 import os
+import runpy
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import submitit
 
 from harness.cluster.jobs import job_states, make_executor, submit_array
 from harness.config import ClusterConfig
-from harness.errors import EXIT_USER_ERROR, UserError, one_line
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.pool import Worker, WorkerCommand
 
 EXIT_LOST = 1  # the exit code of a worker whose job ended without a result (cancelled, killed)
 
 
+@contextlib.contextmanager
+def environment(variables: Mapping[str, str]) -> Iterator[None]:
+    """``variables`` in os.environ for the block (what sbatch hands on to the jobs), then as they were."""
+    before = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class SlurmWorker(submitit.helpers.Checkpointable):
-    """One array task: ``main(argv)`` of ``module``; requeued (to go on) after its time-limit signal."""
+    """One array task: ``python ARGS`` (``-m MODULE ...``) in this process; requeued after its time-limit signal."""
 
-    def __init__(self, module: str) -> None:
-        self.module = module
-
-    def __call__(self, argv: list[str]) -> int:
-        main = importlib.import_module(self.module).main
+    def __call__(self, args: list[str]) -> int:
         usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         submitit_handler = signal.getsignal(usr_signal)  # submitit's: checkpoint(), requeue, exit
         received: list[int] = []
@@ -46,66 +59,71 @@ class SlurmWorker(submitit.helpers.Checkpointable):
             os.kill(os.getpid(), signal.SIGTERM)  # the worker's own stop: its trial is recorded interrupted
 
         previous = signal.signal(usr_signal, stop_like_sigterm)
+        argv = sys.argv
         try:
-            code = int(main(argv) or 0)
-        except UserError as err:  # as a local worker reports it: one line, exit code 2
-            print(f"error: {one_line(err)}", file=sys.stderr, flush=True)
-            code = EXIT_USER_ERROR
+            sys.argv = [args[1], *args[2:]]
+            runpy.run_module(args[1], run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as done:  # the command's cli_main: its exit code
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
         finally:
+            sys.argv = argv
             signal.signal(usr_signal, previous)
         if received and callable(submitit_handler):
-            submitit_handler(usr_signal, None)  # requeues this task (the same argv) and exits
+            submitit_handler(usr_signal, None)  # requeues this task (the same command) and exits
         return code
 
 
-def run_slurm_workers(
-    commands: Sequence[Sequence[str]],
-    module: str,
-    storage_env: str,
-    storage_url: str,
-    cluster: ClusterConfig,
-    folder: Path,
-    name: str,
-    signals: StopSignals,
-) -> list[int]:
-    """Submit one worker per command (``python -m tool *argv``) as one array running ``module``'s main; wait.
+class SlurmJobWorker:
+    """A :class:`harness.pool.Worker` handle on one array task: poll, wait, send_signal and kill via Slurm."""
 
-    Returns the workers' exit codes. A stop signal to this process cancels the jobs (their workers record
-    their running trials as interrupted), waits for them to end, then raises :class:`Interrupted`.
-    """
-    executor = make_executor(cluster, folder.resolve(), name, len(commands))
-    before = os.environ.get(storage_env)
-    os.environ[storage_env] = storage_url  # sbatch passes this environment on to the jobs
-    try:
-        jobs = submit_array(executor, SlurmWorker(module), [list(command[3:]) for command in commands])
-    finally:
-        if before is None:
-            os.environ.pop(storage_env, None)
-        else:
-            os.environ[storage_env] = before
-    ids = [job.job_id for job in jobs]
-    print(
-        f"submitted {len(ids)} workers as Slurm job array {ids[0].split('_')[0]} (logs: {folder}/<job id>/)",
-        file=sys.stderr,
-        flush=True,
-    )
-    try:
-        with signals.armed():
-            _wait(ids, cluster.poll_seconds)
-    except Interrupted:
-        subprocess.run(["scancel", *ids], check=False)
-        _wait(ids, cluster.poll_seconds)
-        raise
-    return [_exit_code(job) for job in jobs]
+    def __init__(self, job: Any, poll_seconds: float) -> None:
+        self.job, self.poll_seconds = job, poll_seconds
+        self.code: int | None = None
+
+    def poll(self) -> int | None:
+        if self.code is None:
+            states = job_states([self.job.job_id])
+            if states is not None and self.job.job_id not in states:
+                self.code = _exit_code(self.job)
+        return self.code
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"Slurm job {self.job.job_id}", timeout or 0)
+            time.sleep(self.poll_seconds if deadline is None else min(self.poll_seconds, timeout or 0))
+        return code
+
+    def send_signal(self, sig: int) -> None:
+        subprocess.run(["scancel", f"--signal={signal.Signals(sig).name}", self.job.job_id], check=False)
+
+    def kill(self) -> None:
+        subprocess.run(["scancel", self.job.job_id], check=False)
 
 
-def _wait(job_ids: list[str], poll_seconds: float) -> None:
-    """Until squeue holds none of ``job_ids`` (a failed squeue is asked again)."""
-    while (states := job_states(job_ids)) is None or states:
-        time.sleep(poll_seconds)
+class SlurmWorkers:
+    """Starts a pool's commands as one Slurm job array with the ``cluster:`` section's resources each."""
+
+    def __init__(self, cluster: ClusterConfig, folder: Path, name: str) -> None:
+        self.cluster, self.folder, self.name = cluster, folder.resolve(), name
+
+    def start(self, commands: Sequence[WorkerCommand]) -> list[Worker]:
+        executor = make_executor(self.cluster, self.folder, self.name, len(commands))
+        shared = {name: value for command in commands for name, value in command.env.items()}
+        with environment(shared):  # the storage URL: in the jobs' environment, not in their pickles
+            jobs = submit_array(executor, SlurmWorker(), [list(command.args) for command in commands])
+        print(
+            f"submitted {len(jobs)} workers as Slurm job array {jobs[0].job_id.split('_')[0]} "
+            f"(logs: {self.folder}/<job id>/)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return [SlurmJobWorker(job, self.cluster.poll_seconds) for job in jobs]
 
 
-def _exit_code(job: submitit.Job[int]) -> int:
+def _exit_code(job: Any) -> int:
     """The worker's exit code from its result; :data:`EXIT_LOST` when it left none or raised."""
     from submitit.core.utils import pickle_load
 

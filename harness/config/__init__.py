@@ -47,7 +47,7 @@ from harness.config.schema import (
     LossSpec,
     ModelConfig,
     OptimConfig,
-    Protocol,
+    ProtocolConfig,
     ScheduleConfig,
     TrainConfig,
 )
@@ -65,7 +65,7 @@ __all__ = [
     "LossSpec",
     "ModelConfig",
     "OptimConfig",
-    "Protocol",
+    "ProtocolConfig",
     "ScheduleConfig",
     "TrainConfig",
     "apply_sets",

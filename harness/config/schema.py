@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
@@ -201,7 +202,7 @@ class ModelConfig(_Strict):
     def _known_backbone(cls, name: str) -> str:
         from harness.models import BACKBONES
 
-        return _known_name("backbone", name, sorted(BACKBONES))
+        return BACKBONES.check(name)
 
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
@@ -220,7 +221,7 @@ class ModelConfig(_Strict):
 class OptimConfig(_Strict):
     """Optimiser with separate learning rates for backbone and head."""
 
-    name: str = "adam"  # a key of harness.builders.OPTIMIZERS
+    name: str = "adam"  # a key of harness.optimizers.OPTIMIZERS
     lr_backbone: float = Field(3e-5, gt=0)
     lr_head: float = Field(3e-5, gt=0)
     weight_decay: float = Field(5e-4, ge=0)
@@ -229,9 +230,9 @@ class OptimConfig(_Strict):
     @field_validator("name")
     @classmethod
     def _known_optimizer(cls, name: str) -> str:
-        from harness.builders import OPTIMIZERS  # lazily: builders imports torch
+        from harness.optimizers import OPTIMIZERS  # lazily: the factories import torch
 
-        return _known_name("optimizer", name, sorted(OPTIMIZERS))
+        return OPTIMIZERS.check(name)
 
 
 class ScheduleConfig(_Strict):
@@ -284,7 +285,7 @@ class EvalConfig(_Strict):
         return ks
 
 
-class Protocol(_Strict):
+class ProtocolConfig(_Strict):
     """Every setting of a cell except the grid axes."""
 
     data: DataConfig = Field(default_factory=DataConfig)
@@ -342,7 +343,7 @@ class Grid(_Strict):
         return sizes[dataset] if isinstance(sizes, dict) else sizes
 
 
-class Experiment(Protocol):
+class Experiment(ProtocolConfig):
     """A whole experiment file."""
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -372,7 +373,7 @@ its identity (the cell id, a tuning study's fingerprint)."""
 CELL_ID_VERSION = 1
 
 
-class CellConfig(Protocol):
+class CellConfig(ProtocolConfig):
     """One resolved grid cell: the protocol after variant and dataset overrides, plus the axes."""
 
     experiment: str
@@ -382,9 +383,12 @@ class CellConfig(Protocol):
     seed: int
     variant: str = "default"
 
-    @property
+    @functools.cached_property
     def cell_id(self) -> str:
         """Stable id: readable axes plus a hash of the resolved config and the resolved loss.
+
+        Computed once per object (the model is frozen); :meth:`model_copy` drops it, since a copy
+        with ``update`` is not validated again and may differ.
 
         The hash covers the cell's config as written (where the data lies excluded) and
         :meth:`resolved_loss`, so changing a preset's numbers gives every cell that uses it a new id
@@ -405,6 +409,12 @@ class CellConfig(Protocol):
         return (
             f"{self.dataset}-{self.loss.name}{preset}-d{self.embedding_size}{variant}-s{self.seed}-{digest}"
         )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> CellConfig:
+        """pydantic's copy, without the cached :attr:`cell_id` of the original."""
+        copied = super().model_copy(update=update, deep=deep)
+        copied.__dict__.pop("cell_id", None)
+        return copied
 
     def resolved_loss(self) -> dict[str, Any]:
         """The loss as this cell trains it (:meth:`LossSpec.resolved`): every hyperparameter, resolved.

@@ -1,8 +1,10 @@
 """Datasets for the benchmark: build_splits(name, root, ...) -> DatasetSplits, plus the batch sampler.
 
-Real benchmarks (``cub``, ``cars``, ``sop``, ``inshop``) are read from their official layout under a
-data root (``root`` or ``$HARNESS_DATA``); ``glyphs`` is rendered by :mod:`harness.data.glyphs` into a
-cache folder. See docs/data.md for the layouts, splits, transforms and sampling schemes.
+Every benchmark is an entry of the registry :data:`DATASETS` (:mod:`harness.data.registry`, filled
+by :mod:`harness.data.catalog`). Real benchmarks (``cub``, ``cars``, ``sop``, ``inshop``) are read
+from their official layout under a data root (``root`` or ``$HARNESS_DATA``); ``glyphs`` is rendered
+by :mod:`harness.data.glyphs` into a cache folder. See docs/data.md for the layouts, splits,
+transforms and sampling schemes.
 """
 
 from __future__ import annotations
@@ -11,11 +13,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from harness.data.cars import CARS
-from harness.data.cub import CUB
+from harness.data.catalog import OFFICIAL
 from harness.data.images import ImageDataset
-from harness.data.inshop import INSHOP
-from harness.data.official import DATA_ROOT_ENV, OfficialDataset, build_official_splits
+from harness.data.official import DATA_ROOT_ENV
+from harness.data.registry import DATASETS, DatasetEntry, DatasetRequest
 from harness.data.sampler import (
     SAMPLERS,
     ClassBatchSampler,
@@ -23,20 +24,19 @@ from harness.data.sampler import (
     OfficialBatchSampler,
     build_batch_sampler,
 )
-from harness.data.sop import SOP
 from harness.data.splits import DatasetSplits, LabelledDataset, class_folds, relabel, split_classes
 from harness.data.transforms import CONVENTIONS, build_transform
 from harness.errors import UserError, did_you_mean
-
-OFFICIAL: dict[str, OfficialDataset] = {spec.name: spec for spec in (CUB, CARS, SOP, INSHOP)}
-DATASETS: tuple[str, ...] = (*OFFICIAL, "glyphs")
 
 __all__ = [
     "CONVENTIONS",
     "DATASETS",
     "DATA_ROOT_ENV",
+    "OFFICIAL",
     "SAMPLERS",
     "ClassBatchSampler",
+    "DatasetEntry",
+    "DatasetRequest",
     "DatasetSplits",
     "ImageDataset",
     "LabelledDataset",
@@ -65,83 +65,44 @@ def build_splits(
     cache_dir: str | os.PathLike[str] | None = None,
     strict_counts: bool = True,
     crop_scale: Sequence[float] = (0.08, 1.0),
-    resize_size: int | None = None,
-    train_resize: bool = False,
-    **glyph_options: Any,
+    **options: Any,
 ) -> DatasetSplits:
-    """Build the train / val / test (or query + gallery) datasets of benchmark ``name``.
+    """Build the train / val / test (or query + gallery) datasets of benchmark ``name`` (in :data:`DATASETS`).
 
     ``root``: the data root holding the dataset's official folder, or the dataset folder itself; None
     means ``$HARNESS_DATA``. ``strict_counts=False`` accepts image and class counts other than the
     official ones (subsets, test fixtures). ``val_fraction`` of the training classes (chosen with
     ``val_seed``) form ``val``; 0 gives ``val=None``; ``val_folds`` K >= 2 makes class fold
     ``val_fold`` of K the validation set instead (:func:`harness.data.splits.class_folds`).
-    ``crop_scale``, ``resize_size`` and ``train_resize`` shape the transforms (see
-    :func:`harness.data.transforms.build_transform`).
-    ``glyphs`` ignores ``root``, ``strict_counts`` and the crop options; it renders into ``cache_dir``
-    and receives ``image_size``, ``convention`` and ``glyph_options`` (other names are an error for the
-    real datasets).
+    ``image_size`` and ``convention`` default to the benchmark's own (224 px BN-Inception input for the
+    official ones, 32 px greyscale for glyphs). ``options`` (config ``data.options``) are the keys the
+    benchmark's registry entry declares: ``resize_size`` and ``train_resize`` for the official ones
+    (see :func:`harness.data.transforms.build_transform`), the generator's settings for glyphs, which
+    ignores ``root``, ``strict_counts`` and ``crop_scale`` and renders into ``cache_dir``.
     """
-    if image_size is None:  # each benchmark's own default: 32 px greyscale glyphs, 224 px BN-Inception input
-        image_size = 32 if name == "glyphs" else 224
-    if convention is None:
-        convention = "grey" if name == "glyphs" else "bninception"
-    if name == "glyphs":
-        import inspect
-
-        from harness.data.glyphs import build_glyph_splits
-
-        parameters = inspect.signature(build_glyph_splits).parameters
-        accepted = [
-            p
-            for p in parameters
-            if p
-            not in (
-                "cache_dir",
-                "val_fraction",
-                "val_seed",
-                "val_folds",
-                "val_fold",
-                "image_size",
-                "convention",
-            )
-        ]
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        unknown = [] if takes_any else [key for key in glyph_options if key not in accepted]
-        if unknown:
+    if name not in DATASETS:
+        raise UserError(DATASETS.unknown(name))
+    entry = DATASETS[name]
+    for key in options:
+        if key not in entry.options:
             raise UserError(
-                f"unknown data option {unknown[0]!r} for dataset 'glyphs' (config data.options)"
-                f"{did_you_mean(unknown[0], accepted)}"
+                f"unknown data option {key!r} for dataset {name!r} (config data.options)"
+                f"{did_you_mean(key, list(entry.options))}"
             )
-        return build_glyph_splits(
-            cache_dir,
-            val_fraction=val_fraction,
-            val_seed=val_seed,
-            val_folds=val_folds,
-            val_fold=val_fold,
-            image_size=image_size,
-            convention=convention,
-            **glyph_options,
-        )
-    if name not in OFFICIAL:
-        raise UserError(f"unknown dataset {name!r}{did_you_mean(str(name).lower(), DATASETS)}")
-    if glyph_options:
-        raise UserError(
-            f"unknown data option(s) {', '.join(map(repr, glyph_options))} for dataset {name!r} (config "
-            "data.options); the real datasets take resize_size and train_resize"
-        )
-    options = {"image_size": image_size, "crop_scale": crop_scale, "resize_size": resize_size}
-    return build_official_splits(
-        OFFICIAL[name],
-        root,
-        train_transform=build_transform(convention, train=True, train_resize=train_resize, **options),
-        eval_transform=build_transform(convention, train=False, **options),
+    request = DatasetRequest(
+        root=root,
+        image_size=entry.image_size if image_size is None else image_size,
+        convention=entry.convention if convention is None else convention,
         val_fraction=val_fraction,
         val_seed=val_seed,
         val_folds=val_folds,
         val_fold=val_fold,
+        cache_dir=cache_dir,
         strict_counts=strict_counts,
+        crop_scale=tuple(crop_scale),
+        options=options,
     )
+    return entry.factory(request)
 
 
 def verify_images(splits: DatasetSplits, *, decode: bool = False) -> None:

@@ -3,7 +3,8 @@
 A dataset module describes itself with an :class:`OfficialDataset` (folder name, list files, official
 counts, where to get it) and a ``read`` function that turns its list files into :class:`ImageList` per
 split. This module finds the folder under the data root, parses list files, checks the official counts
-and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`.
+and that every image file exists, carves the validation split and assembles :class:`DatasetSplits`;
+:func:`register_official` enters a benchmark in the dataset registry.
 Nothing is downloaded: every problem is a one-line :class:`DataError`.
 """
 
@@ -13,12 +14,14 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from harness.data.images import ImageDataset
+from harness.data.registry import DATASETS, DatasetEntry, DatasetRequest
 from harness.data.splits import DatasetSplits, relabel, split_classes
-from harness.data.transforms import Transform
+from harness.data.transforms import Transform, build_transform
 from harness.errors import DataError
 
 DATA_ROOT_ENV = "HARNESS_DATA"
@@ -286,3 +289,49 @@ def build_official_splits(
     for built in datasets.values():
         built.verify()
     return DatasetSplits(**datasets, eval_mode=spec.eval_mode, default_ks=spec.default_ks)
+
+
+OFFICIAL_OPTIONS: dict[str, Any] = {"resize_size": None, "train_resize": False}
+"""The ``data.options`` the official benchmarks take (see :func:`harness.data.transforms.build_transform`)."""
+
+
+def register_official(spec: OfficialDataset) -> DatasetEntry:
+    """Register ``spec`` in :data:`~harness.data.registry.DATASETS`: its metadata and the shared builder."""
+
+    def build(request: DatasetRequest) -> DatasetSplits:
+        given = {**OFFICIAL_OPTIONS, **request.options}
+        train_resize, convention = given["train_resize"], request.convention
+        shape = {"image_size": request.image_size, "crop_scale": request.crop_scale}
+        shape["resize_size"] = given["resize_size"]
+        return build_official_splits(
+            spec,
+            request.root,
+            train_transform=build_transform(convention, train=True, train_resize=train_resize, **shape),
+            eval_transform=build_transform(convention, train=False, **shape),
+            val_fraction=request.val_fraction,
+            val_seed=request.val_seed,
+            val_folds=request.val_folds,
+            val_fold=request.val_fold,
+            strict_counts=request.strict_counts,
+        )
+
+    def train_classes(request: DatasetRequest) -> np.ndarray:
+        folder = find_dataset_folder(spec, request.root)
+        lists = spec.read(folder)
+        check_splits(spec, folder, lists, strict_counts=request.strict_counts)
+        return lists["train"].class_ids
+
+    entry = DatasetEntry(
+        name=spec.name,
+        summary=f"{spec.title}, read from its official files ({spec.folder}/ under the data root)",
+        factory=build,
+        title=spec.title,
+        eval_mode=spec.eval_mode,
+        default_ks=spec.default_ks,
+        image_size=224,
+        convention="bninception",
+        options=OFFICIAL_OPTIONS,
+        train_classes=train_classes,
+    )
+    DATASETS[spec.name] = entry
+    return entry

@@ -74,7 +74,9 @@ def _same_class_by_class(sets: SortedSets, first: int, stop: int, table: torch.T
     when no block holds all their class-mates: each class's queries times its references, classes
     of equal sizes in one batch, a huge class in pieces of rows."""
     device, dims = sets.queries.device, sets.queries.shape[1]
-    query_class, _, query_start, query_end, reference_start, reference_end = sets.ranges
+    ranges = sets.ranges
+    query_class, query_start, query_end = ranges.query_class, ranges.query_start, ranges.query_end
+    reference_start, reference_end = ranges.reference_start, ranges.reference_end
     pieces: dict[tuple[int, int], list[tuple[int, int]]] = {}  # (queries, references) -> starts
     for cls in range(query_class[first], query_class[stop - 1] + 1):
         q0, q1 = max(query_start[cls], first), min(query_end[cls], stop)
@@ -112,7 +114,13 @@ def _mask_same_class(
     block: torch.Tensor, sets: SortedSets, rows: tuple[int, int], cols: tuple[int, int]
 ) -> None:
     """Set the same-class entries (the query itself included) of a block to -inf."""
-    query_class, reference_class, query_start, query_end, reference_start, reference_end = sets.ranges
+    ranges = sets.ranges
+    query_class, query_start, query_end = ranges.query_class, ranges.query_start, ranges.query_end
+    reference_class, reference_start, reference_end = (
+        ranges.reference_class,
+        ranges.reference_start,
+        ranges.reference_end,
+    )
     first = max(query_class[rows[0]], reference_class[cols[0]])
     last = min(query_class[rows[1] - 1], reference_class[cols[1] - 1])
     for cls in range(first, last + 1):
@@ -125,7 +133,7 @@ def _mask_same_class(
 def _row_blocks(sets: SortedSets, first: int, stop: int, size: int) -> list[tuple[int, int]]:
     """Blocks of sorted queries ``first:stop`` of at most ``size``, cut at class boundaries unless a
     class is longer than half a block."""
-    ends = sets.ranges[3]  # per class: end of its sorted queries
+    ends = sets.ranges.query_end
     points = [first, *ends[bisect.bisect_right(ends, first) : bisect.bisect_left(ends, stop)], stop]
     longest = max(b - a for a, b in itertools.pairwise(points))
     if 2 * longest > size:
@@ -141,8 +149,11 @@ def _row_blocks(sets: SortedSets, first: int, stop: int, size: int) -> list[tupl
 
 def _home(sets: SortedSets, rows: tuple[int, int]) -> tuple[int, int]:
     """The references of the classes of sorted queries ``rows`` (with any class between them)."""
-    query_class, reference_start, reference_end = sets.ranges[0], sets.ranges[4], sets.ranges[5]
-    return reference_start[query_class[rows[0]]], reference_end[query_class[rows[1] - 1]]
+    ranges = sets.ranges
+    return (
+        ranges.reference_start[ranges.query_class[rows[0]]],
+        ranges.reference_end[ranges.query_class[rows[1] - 1]],
+    )
 
 
 def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Workspace) -> None:

@@ -19,7 +19,8 @@ loss's space as the loss library declares it). The command then:
 Re-running continues where it stopped: studies fill up to their trial count, finished cells are skipped.
 
 Modules: ``schema`` (the fair file), ``studies`` (filling the studies), ``reruns`` (default.yaml,
-tuned.yaml), ``report`` (report.md), ``cli`` (the command line).
+tuned.yaml, run with :func:`harness.run.run_experiment`), ``report`` (report.md), ``cli`` (the command
+line and what the fair studies add to the steps of :mod:`harness.studies.command`).
 """
 
 from harness.fair.cli import build_parser, main

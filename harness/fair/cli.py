@@ -1,44 +1,30 @@
-"""``python -m harness.fair``: the command line, the worker processes and the parent's run of the whole protocol."""
+"""``python -m harness.fair``: the command line, what the fair studies add to the shared study steps, then the
+test-set re-runs and the report."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.cluster.jobs import add_launcher_argument, require_shared_storage
 from harness.errors import UserError
 from harness.fair.report import write_fair_report
-from harness.fair.reruns import (
-    DEFAULT,
-    TUNED,
-    default_experiment,
-    run_experiment,
-    tuned_experiment,
-    write_experiment,
-)
+from harness.fair.reruns import DEFAULT, TUNED, default_experiment, rerun, tuned_experiment, write_experiment
 from harness.fair.schema import FairSetup, load_fair
 from harness.fair.studies import (
     STORAGE_ENV,
     all_full,
     default_storage,
-    fair_worker_commands,
     fill_studies,
     prepare_studies,
-    spawn_workers,
     study_dir,
     study_state,
 )
-from harness.files import atomic_write_text
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
+from harness.studies.command import add_study_arguments, require_positive, run_study_command
 from harness.tune.outputs import optuna_verbosity, write_outputs
-from harness.tune.storage import open_storage, shown_url
-from harness.tune.workers import add_worker_arguments, storage_for, work_share
 
 EXIT_FAILED = 1
 
@@ -50,14 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
     )
     parser.add_argument("file", help="fair file: an experiment YAML with a fair: section")
-    parser.add_argument(
-        "--storage",
-        default=None,
-        metavar="URL",
-        help="Optuna storage shared by every study: an SQLAlchemy URL or journal:FILE "
+    add_study_arguments(
+        parser,
+        storage_help="Optuna storage shared by every study: an SQLAlchemy URL or journal:FILE "
         "(default: sqlite:///<results>/<name>/studies.db)",
+        workers_help="processes filling the studies",
+        set_example="fair.trials=4",
     )
-    parser.add_argument("--workers", type=int, default=1, metavar="N", help="processes filling the studies")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -77,37 +62,89 @@ def build_parser() -> argparse.ArgumentParser:
         help="experiment folder holding (or to hold) the default-hyperparameter cells, e.g. a "
         "finished run of the same grid (default: <results>/<name>/default)",
     )
-    add_launcher_argument(parser, "the workers and the re-runs")
-    add_worker_arguments(parser, set_example="fair.trials=4")
     return parser
+
+
+class FairCommand:
+    """The studies of a fair run: one per loss on one storage, each filled to ``fair.trials``."""
+
+    module = "harness.fair"
+    storage_env = STORAGE_ENV
+
+    def __init__(self, setup: FairSetup, folder: Path) -> None:
+        self.setup, self.folder = setup, folder
+
+    def worker_options(self) -> list[str]:
+        return []
+
+    def check_data(self) -> None:
+        """Class folds leaving too few classes stop here too."""
+        from harness.builders import load_splits
+        from harness.tune.trials import trial_cell
+
+        first = self.setup.studies[0].setup
+        load_splits(trial_cell(first.template, {}, first.seeds[0], first.name, folds=self.setup.fair.folds))
+
+    def prepare(self, storage: Any) -> list[str]:
+        return prepare_studies(self.setup, storage)
+
+    def resolved(self) -> tuple[str, dict[str, Any]]:
+        return "fair.yaml", {
+            **self.setup.experiment.model_dump(mode="json"),
+            "fair": self.setup.fair.model_dump(mode="json"),
+        }
+
+    def opening(self, shown_url: str, workers: int) -> str:
+        return (
+            f"{self.setup.name}: {len(self.setup.studies)} studies of {self.setup.fair.trials} trials on "
+            f"{shown_url}, {workers} worker(s)"
+        )
+
+    def full(self, storage: Any) -> str | None:
+        if not all_full(self.setup, storage):
+            return None
+        return "every study already holds its trials; raise fair.trials to run more"
+
+    def share(self, storage: Any, worker: int, progress: bool, signals: StopSignals) -> None:
+        fill_studies(self.setup, storage, self.folder, worker=worker, progress=progress, signals=signals)
+
+    def outputs(self, storage: Any, storage_url: str, seconds: float, stop: Interrupted | None) -> None:
+        import optuna
+
+        for study in self.setup.studies:
+            loaded = optuna.load_study(study_name=study.name, storage=storage)
+            folder = study_dir(self.folder, study)
+            write_outputs(study.setup, loaded, folder, storage_url=storage_url, seconds=seconds)
+        if stop is not None:
+            print(
+                f"interrupted by {stop.name}: running trials recorded as failed; the next run retries them "
+                "and goes on",
+                file=sys.stderr,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.fair``; Ctrl-C or SIGTERM stops it cleanly (exit 128 + signal)."""
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        raise UserError(f"--workers {args.workers}: expected a positive number of processes")
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError(f"--jobs {args.jobs}: expected a positive number of cells at once")
+    require_positive("--workers", args.workers, "a positive number of processes")
+    require_positive("--jobs", args.jobs, "a positive number of cells at once")
     if args.jobs is not None and args.launcher == "slurm":
         raise UserError(f"--jobs {args.jobs} with --launcher slurm: each re-run cell is its own Slurm job")
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(fair_dir))
-    if args.launcher == "slurm" and args.worker is None:
-        require_shared_storage(storage_url, shown_url(storage_url))
-    storage = open_storage(storage_url, setup.fair.heartbeat)
+    command = FairCommand(setup, fair_dir)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
+        code, storage = run_study_command(
+            command,
+            args,
+            default_storage=default_storage(fair_dir),
+            heartbeat=setup.fair.heartbeat,
+            cluster=setup.experiment.cluster,
+        )
         if args.worker is not None:
-            with StopSignals().installed() as signals:
-                return work_share(
-                    signals,
-                    lambda: fill_studies(
-                        setup, storage, fair_dir, worker=args.worker, progress=not args.quiet, signals=signals
-                    ),
-                )
-        return _run(args, setup, storage, storage_url, fair_dir)
+            return code
+        return _rerun_and_report(args, setup, storage, fair_dir, code)
 
 
 def _log(args: argparse.Namespace, text: str) -> None:
@@ -115,84 +152,11 @@ def _log(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def _run_studies(
-    args: argparse.Namespace,
-    setup: FairSetup,
-    storage: Any,
-    storage_url: str,
-    fair_dir: Path,
-    signals: StopSignals,
+def _rerun_and_report(
+    args: argparse.Namespace, setup: FairSetup, storage: Any, fair_dir: Path, studies_code: int
 ) -> int:
-    """Fill every study to the budget (in this process or ``--workers`` processes); write their outputs
-    (also when stopped: then it returns ``128 + signal``)."""
-    from harness.builders import load_splits
-    from harness.tune.trials import trial_cell
-
-    started = time.perf_counter()
-    first = setup.studies[0].setup
-    # a missing dataset, or class folds leaving too few classes, stops here with one line
-    load_splits(trial_cell(first.template, {}, first.seeds[0], first.name, folds=setup.fair.folds))
-    retried = prepare_studies(setup, storage)
-    resolved = {**setup.experiment.model_dump(mode="json"), "fair": setup.fair.model_dump(mode="json")}
-    atomic_write_text(fair_dir / "fair.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    _log(
-        args,
-        f"{setup.name}: {len(setup.studies)} studies of {setup.fair.trials} trials on "
-        f"{shown_url(storage_url)}, {args.workers} worker(s)",
-    )
-    if retried:
-        _log(args, f"retrying interrupted trial(s) {', '.join(retried)} in their folders")
-    codes, stop = [0], None
-    try:
-        if all_full(setup, storage):
-            _log(args, "every study already holds its trials; raise fair.trials to run more")
-        elif args.workers == 1 and args.launcher == "local":
-            fill_studies(setup, storage, fair_dir, worker=0, progress=not args.quiet, signals=signals)
-        elif args.launcher == "slurm":
-            from harness.cluster.workers import run_slurm_workers
-
-            commands = fair_worker_commands(args.file, args.sets, args.results, args.workers, args.quiet)
-            cluster, name = setup.experiment.cluster, setup.experiment.cluster.job_name or setup.name
-            folder = fair_dir / "slurm"
-            codes = run_slurm_workers(
-                commands, __name__, STORAGE_ENV, storage_url, cluster, folder, name, signals
-            )
-        else:
-            codes = spawn_workers(
-                args.file,
-                args.sets,
-                args.results,
-                storage_url,
-                args.workers,
-                quiet=args.quiet,
-                signals=signals,
-            )
-    except Interrupted as err:
-        stop = err
-    import optuna
-
-    seconds = time.perf_counter() - started
-    for study in setup.studies:
-        loaded = optuna.load_study(study_name=study.name, storage=storage)
-        write_outputs(
-            study.setup, loaded, study_dir(fair_dir, study), storage_url=storage_url, seconds=seconds
-        )
-    if stop is not None:
-        print(
-            f"interrupted by {stop.name}: running trials recorded as failed; the next run retries them and "
-            "goes on",
-            file=sys.stderr,
-        )
-        return stop.exit_code
-    bad = [code for code in codes if code != 0]
-    return 0 if not bad else (2 if 2 in bad else EXIT_FAILED)
-
-
-def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: str, fair_dir: Path) -> int:
-    """The parent: studies (stop signals handled as harness.tune does), then the default and tuned re-runs on
-    the test set (an interrupted cell resumes from its checkpoint), then the report."""
-    with StopSignals().installed() as signals:
-        code = _run_studies(args, setup, storage, storage_url, fair_dir, signals)
+    """The parent after the studies: their counts, then the default and tuned re-runs on the test set (an
+    interrupted cell resumes from its checkpoint), then the report."""
     states = [study_state(study, storage) for study in setup.studies]
     for state in states:
         c = state.counts
@@ -201,8 +165,8 @@ def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: 
             f"  {state.study.key}: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
             f"{c.get('fail', 0)} failed of {setup.fair.trials}",
         )
-    if code != 0 or args.studies_only:
-        return code
+    if studies_code != 0 or args.studies_only:
+        return studies_code
     unsettled = [s.study.key for s in states if not s.settled]
     if unsettled:
         print(
@@ -223,10 +187,8 @@ def _run(args: argparse.Namespace, setup: FairSetup, storage: Any, storage_url: 
         f"Written by harness.fair: {setup.name} at each study's best values.",
     )
     codes = [
-        run_experiment(
-            default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher
-        ),
-        run_experiment(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
+        rerun(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
+        rerun(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
     ]
     report = write_fair_report(setup, states, defaults, fair_dir / TUNED, fair_dir)
     print(f"fair report: {report}", file=sys.stderr)

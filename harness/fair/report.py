@@ -11,6 +11,7 @@ import pandas as pd
 from harness.fair.schema import FairSetup
 from harness.fair.studies import StudyState
 from harness.files import atomic_write_text
+from harness.records import CellStatus
 from harness.report.reading import ORDER_TABLE, load_paper_tables, read_cells
 from harness.report.tables import esc, markdown_table, num, p_value
 from harness.stats import detectable_difference, holm, planned_comparisons, rank_agreement, t_interval
@@ -39,7 +40,7 @@ def test_block(exp_dir: Path, setup: FairSetup) -> pd.DataFrame:
     """Seeds x losses (study keys) of test Recall@1 in percent, selected weights, finished cells only."""
     cells = read_cells(exp_dir)
     keep = (cells["split"] == "test") & (cells["metric"] == METRIC) & (cells["weights"] == WEIGHTS)
-    cells = cells[keep & (cells["status"] == "finished")]
+    cells = cells[keep & (cells["status"] == CellStatus.FINISHED)]
     cells = cells.assign(key=_study_keys(setup, cells)).dropna(subset=["key"])
     block = cells.pivot_table(index="seed", columns="key", values="value", aggfunc="first")
     return block.reindex(columns=[s.key for s in setup.studies])

@@ -50,20 +50,16 @@ def write_experiment(doc: dict[str, Any], path: Path, header: str) -> Path:
     return path
 
 
-def supports_jobs() -> bool:
-    """Whether ``harness.run`` takes ``--jobs N`` (several cells at once)."""
-    from harness.run import build_parser
+def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool, launcher: str = "local") -> int:
+    """Run the experiment file ``path`` into ``results`` with the runner (:func:`harness.run.run_experiment`),
+    finished cells skipped, on this machine or (``launcher="slurm"``) as Slurm jobs; the runner's exit code."""
+    from harness.config import expand_cells, load_experiment
+    from harness.run import run_experiment
 
-    return not build_parser().parse_known_args(["x.yaml", "--jobs", "1"])[1]
+    experiment = load_experiment(path)
+    on_slurm = None
+    if launcher == "slurm":
+        from harness.cluster.launcher import SlurmLauncher
 
-
-def run_experiment(
-    path: Path, results: Path, *, jobs: int | None, quiet: bool, launcher: str = "local"
-) -> int:
-    """``python -m harness.run PATH --results RESULTS --launcher LAUNCHER`` in this process; finished cells are skipped."""
-    from harness.run import main as run_main
-
-    argv = [str(path), "--results", str(results), *(["--launcher", launcher] if launcher != "local" else [])]
-    if jobs is not None and supports_jobs():
-        argv += ["--jobs", str(jobs)]
-    return int(run_main(argv + (["--quiet"] if quiet else [])) or 0)
+        on_slurm = SlurmLauncher.for_experiment(experiment, len(expand_cells(experiment)), progress=not quiet)
+    return run_experiment(experiment, results, jobs=jobs, progress=not quiet, launcher=on_slurm)

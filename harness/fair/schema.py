@@ -19,6 +19,7 @@ from harness.tune.schema import (
     Range,
     SamplerConfig,
     TuneSetup,
+    pop_section,
     validate_tune,
 )
 
@@ -140,14 +141,9 @@ def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str,
 
 def validate_fair(raw: dict[str, Any], source: str) -> FairSetup:
     """Validate a raw fair mapping (an experiment plus ``fair:``); every mistake is one line."""
-    raw = dict(raw)
-    if "fair" not in raw:
-        raise UserError(
-            f"{source}: no fair: section; a fair file is an experiment file plus fair: "
-            "(see experiments/fair-glyphs.yaml)"
-        )
+    raw, section = pop_section(raw, "fair", source, "fair")
     try:
-        fair = _FairSection.model_validate({"fair": raw.pop("fair")}).fair
+        fair = _FairSection.model_validate(section).fair
     except ValidationError as err:
         raise UserError(validation_message(source, err)) from None
     experiment = validate_experiment(raw, source)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.fair.schema import FairSetup, LossStudy
-from harness.tune.interrupt import StopSignals
-from harness.tune.storage import open_study
-from harness.tune.trials import counted_trials, retry_interrupted, run_worker, study_counts, study_is_full
-from harness.tune.workers import run_workers, worker_commands
+from harness.stopping import StopSignals
+from harness.studies.storage import sqlite_url
+from harness.tune.trials import counted_trials, prepare_study, run_worker, study_counts, study_is_full
 
 STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's storage URL
 
 
 def default_storage(fair_dir: Path) -> str:
     """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one file."""
-    return f"sqlite:///{(fair_dir / 'studies.db').resolve()}"
+    return sqlite_url(fair_dir / "studies.db")
 
 
 def study_dir(fair_dir: Path, study: LossStudy) -> Path:
@@ -29,15 +27,10 @@ def study_dir(fair_dir: Path, study: LossStudy) -> Path:
 def prepare_studies(setup: FairSetup, storage: Any) -> list[str]:
     """Create every study (or check the stored one was made from the same settings), fail its stale trials
     and queue its interrupted trials again; returns ``study #number`` of each trial queued again."""
-    import optuna
-
     retried = []
     for study in setup.studies:
-        opened = open_study(study.setup, storage, study.setup.study.sampler.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            optuna.storages.fail_stale_trials(opened)
-        retried += [f"{study.key} #{number}" for number in retry_interrupted(opened, setup.fair.trials)]
+        _, numbers = prepare_study(study.setup, storage, setup.fair.trials)
+        retried += [f"{study.key} #{number}" for number in numbers]
     return retried
 
 
@@ -64,32 +57,6 @@ def fill_studies(
             progress=progress,
             signals=signals,
         )
-
-
-def spawn_workers(
-    file: str,
-    sets: list[str],
-    results: str,
-    storage_url: str,
-    workers: int,
-    *,
-    quiet: bool,
-    signals: StopSignals,
-) -> list[int]:
-    """Run ``workers`` worker processes of ``python -m harness.fair`` on the storage and wait; returns their exit codes.
-
-    A stop signal to the parent is passed on to the workers (see :func:`harness.tune.workers.run_workers`).
-    """
-    return run_workers(
-        fair_worker_commands(file, sets, results, workers, quiet), STORAGE_ENV, storage_url, signals
-    )
-
-
-def fair_worker_commands(
-    file: str, sets: list[str], results: str, workers: int, quiet: bool
-) -> list[list[str]]:
-    """The command line of each of ``workers`` workers of ``python -m harness.fair`` (see :func:`spawn_workers`)."""
-    return worker_commands("harness.fair", file, workers, ["--results", results], sets, quiet)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The backbone registry: ``@register_backbone`` next to each backbone's factory, looked up by name.
+"""The backbone registry: ``@register_backbone(convention=...)`` next to each backbone's factory.
 
 A factory is a function ``name(options: BackboneOptions) -> (feature extractor, feature size)`` with a
 one-line docstring; the extractor maps ``(n, C, H, W)`` images to ``(n, features)``. Its registration
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from harness.errors import UserError, did_you_mean
+from harness.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -34,30 +34,19 @@ class BackboneEntry:
     """What the registry knows about one backbone."""
 
     name: str
-    convention: str
     summary: str
     factory: BackboneFactory
+    convention: str
 
 
-BACKBONES: dict[str, BackboneEntry] = {}
+BACKBONES: Registry[BackboneEntry] = Registry("backbone", "model.backbone", BackboneEntry)
 
 
 def register_backbone(*, convention: str) -> Callable[[BackboneFactory], BackboneFactory]:
     """Register a backbone factory under its function name, with the input convention its images need."""
-
-    def decorate(factory: BackboneFactory) -> BackboneFactory:
-        name = factory.__name__
-        if name in BACKBONES:
-            raise RuntimeError(f"backbone {name!r} is registered twice")
-        summary = (factory.__doc__ or "").strip().split("\n", 1)[0]
-        BACKBONES[name] = BackboneEntry(name, convention, summary, factory)
-        return factory
-
-    return decorate
+    return BACKBONES.register(convention=convention)
 
 
 def backbone_entry(name: str) -> BackboneEntry:
     """The registry entry of backbone ``name``; an unknown name is one line naming the close matches."""
-    if name not in BACKBONES:
-        raise UserError(f"model.backbone: unknown backbone {name!r}{did_you_mean(name, sorted(BACKBONES))}")
-    return BACKBONES[name]
+    return BACKBONES.lookup(name)

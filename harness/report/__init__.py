@@ -1,7 +1,7 @@
 """`python -m harness.report DIR`: report.md and figures of one experiment, from its stored runs only.
 
 Reads ``DIR/cells.csv`` (and each cell's ``final.json``, ``train_log.csv``, ``evals.csv``,
-``pair_weights.npz``) and the paper's tables (``results/paper/``) in :mod:`.reading`, computes the
+``pair_weights.npz``) and the paper's tables (``harness/paper/``) in :mod:`.reading`, computes the
 statistics of :mod:`harness.stats` into the tables of :mod:`.tables`, draws the figures of
 :mod:`.figures` (drawing in :mod:`.plots`) and writes ``DIR/report.md`` (:mod:`.sections`) plus
 ``DIR/figures/*.png|svg``. No training, no model. Values in cells.csv are fractions; they are

@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import stats
+from harness.records import CellStatus
 from harness.report import comparison_plots, plots
 from harness.report.figures import Figure, Skipped, figure_markdown, slug, variant_slug
 from harness.report.protocol import PAPER_PRESETS
@@ -368,7 +369,7 @@ def reference_section(ctx: ReportContext) -> str:
         & (ctx.finished["weights"] == weights)
     ]
     theirs = theirs[
-        (theirs["status"] == "finished")
+        (theirs["status"] == CellStatus.FINISHED)
         & (theirs["split"] == "test")
         & (theirs["metric"] == "recall@1")
         & (theirs["weights"] == weights)

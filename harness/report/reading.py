@@ -5,17 +5,26 @@ from __future__ import annotations
 import sys
 import zipfile
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from harness.data import DATASETS
 from harness.errors import DamagedFileError, UserError
-from harness.files import read_json_if_exists
-from harness.results import CELLS_TABLE_COLUMNS, cells_table_mismatch, loss_label, write_cells_table
+from harness.records import CellStatus, EnvRecord, FinalRecord, Record, StatusRecord, read_record, record_dict
+from harness.results import (
+    CELLS_TABLE_COLUMNS,
+    CellPaths,
+    cells_table_mismatch,
+    loss_label,
+    read_pair_weights,
+    write_cells_table,
+)
 
-PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
-"""The paper's tables in a checkout (``results/paper/table{2,3,4,5}.csv``)."""
+PAPER_DIR = Path(str(resources.files("harness").joinpath("paper")))
+"""The paper's tables, shipped as package data (``harness/paper/table{2,3,4,5}.csv``)."""
 
 OPTIONAL_CELLS_COLUMNS = {"variant": "default"}
 """Columns of cells.csv older results may lack, with the value they stand for."""
@@ -34,13 +43,8 @@ PAPER_COLUMNS = (
 ORDER_TABLE = 2
 """The paper table whose row order orders the losses in every table and figure (the ablation)."""
 
-DATASET_NAMES = {
-    "cub": "CUB-200-2011",
-    "cars": "Cars-196",
-    "sop": "Stanford Online Products",
-    "inshop": "In-Shop",
-    "glyphs": "glyphs (synthetic, no paper numbers)",
-}
+DATASET_NAMES = {name: entry.title for name, entry in DATASETS.items()}
+"""The title of each registered dataset, in the paper's order (the order of the report's tables)."""
 WEIGHTS_ORDER = ("selected", "final")
 FIGURE_FAMILY = ("dataset", "embedding_size", "variant")
 """One ablation, training-curve and pair-weight figure per value of these columns."""
@@ -205,7 +209,8 @@ def paper_reference(paper: pd.DataFrame) -> pd.DataFrame:
         first = clash.iloc[0]
         raise UserError(
             f"paper tables {first['tables']} give different values for {first['loss']} on "
-            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; fix results/paper/"
+            f"{first['dataset']} at embedding size {first['embedding_size']}, K={first['k']}; "
+            "fix harness/paper/"
         )
     return grouped.drop(columns="distinct")
 
@@ -224,6 +229,7 @@ class CellFiles:
     evals: pd.DataFrame
     weights: pd.DataFrame
     finals: dict[str, dict]
+    """cell id -> its final.json, else its status.json (the fields the file holds)."""
     configs: dict[str, dict] = field(default_factory=dict)
     """cell id -> its config.json (cells whose file is missing or damaged are absent)."""
     envs: dict[str, dict] = field(default_factory=dict)
@@ -232,21 +238,30 @@ class CellFiles:
     """file name -> the finished cells where it is missing or unreadable."""
 
 
+CELL_RECORDS: dict[str, type[Record]] = {
+    "final.json": FinalRecord,
+    "status.json": StatusRecord,
+    "config.json": Record,  # the whole resolved config, any JSON object (the report reads a few fields)
+    "env.json": EnvRecord,
+}
+"""The cell files the report reads, with the record each is checked as (:mod:`harness.records`)."""
+
+
 def _cell_json(
     folder: Path,
     problems: dict[str, list[str]],
     cell_id: object,
     names: tuple[str, ...] = ("final.json", "status.json"),
 ) -> dict | None:
-    """The first of ``names`` a cell has as a JSON object; a damaged one is listed in ``problems`` and skipped."""
+    """The first of ``names`` a cell has, checked and as a mapping; a damaged one is listed in ``problems`` and skipped."""
     for name in names:
         try:
-            data = read_json_if_exists(folder / name)
+            record = read_record(folder / name, CELL_RECORDS[name])
         except (DamagedFileError, OSError) as err:
             problems.setdefault(name, []).append(_problem(cell_id, err))
             continue
-        if isinstance(data, dict):
-            return data
+        if record is not None:
+            return record_dict(record)
     return None
 
 
@@ -271,7 +286,7 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
             data = _cell_json(folder, problems, cell_id, names)
             if data is not None:
                 into[str(cell_id)] = data
-        if info["status"] != "finished":
+        if info["status"] != CellStatus.FINISHED:
             continue
         tags = {
             "cell_id": cell_id,
@@ -290,16 +305,13 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
         except (OSError, KeyError, ValueError, pd.errors.ParserError) as err:
             problems.setdefault("evals.csv", []).append(_problem(cell_id, err))
         try:
-            with (
-                (folder / "pair_weights.npz").open("rb") as handle,
-                np.load(handle, allow_pickle=False) as npz,
-            ):
-                for key, kind in (("pos", "positive"), ("neg", "negative")):
-                    weights.append(
-                        pd.DataFrame(
-                            {"weight": np.asarray(npz[key], dtype=float).ravel(), "kind": kind, **tags}
-                        )
+            arrays = read_pair_weights(CellPaths(folder))  # the cell's own file, or a reference's aggregate
+            for key, kind in (("pos", "positive"), ("neg", "negative")):
+                weights.append(
+                    pd.DataFrame(
+                        {"weight": np.asarray(arrays[key], dtype=float).ravel(), "kind": kind, **tags}
                     )
+                )
         except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
             problems.setdefault("pair_weights.npz", []).append(_problem(cell_id, err))
     return CellFiles(_concat(logs), _concat(evals), _concat(weights), finals, configs, envs, problems)
@@ -315,7 +327,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     )
 
 
-REFERENCE_ROOT = PAPER_DIR.parent / "reference"
+REFERENCE_ROOT = Path(__file__).resolve().parents[2] / "results" / "reference"
 """Committed reference runs of a checkout: ``results/reference/<experiment>/``."""
 DEFAULT_MARGIN = 2.0
 """Equivalence margin (points) for "reproduced within +-m points"."""

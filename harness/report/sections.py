@@ -8,6 +8,7 @@ import pandas as pd
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
+from harness.records import ENDED, CellStatus
 from harness.report.decisions import (
     between_losses_section,
     blocks,
@@ -135,7 +136,7 @@ def _runs_section(ctx: ReportContext) -> str:
     stale = stale_cells_note(ctx.exp_dir)
     if stale:
         lines.append(f"- stale: {esc(stale)}")
-    not_done = per_cell[~per_cell["status"].isin(["finished", "failed"])]
+    not_done = per_cell[~per_cell["status"].isin(ENDED)]
     if len(not_done):
         lines.append(
             f"- {len(not_done)} cell(s) not finished ({', '.join(sorted(set(not_done['status'])))}): "
@@ -149,7 +150,7 @@ def _runs_section(ctx: ReportContext) -> str:
             f"- {dupes} result(s) repeat a (loss, dataset, size, variant, seed): they count as extra runs "
             "in the per-cell statistics and are averaged per seed in the paired tests."
         )
-    failed = per_cell[per_cell["status"] == "failed"]
+    failed = per_cell[per_cell["status"] == CellStatus.FAILED]
     if len(failed):
         rows = [
             [
@@ -238,7 +239,7 @@ def load_context(
     cells = read_cells(exp_dir)
     if paper_dir is not None and not Path(paper_dir).is_dir():
         raise UserError(
-            f"{paper_dir}: no such directory; expected the paper's tables (results/paper/table2.csv ...)"
+            f"{paper_dir}: no such directory; expected the paper's tables (table2.csv ..., as harness/paper/)"
         )
     paper = load_paper_tables(Path(paper_dir) if paper_dir is not None else PAPER_DIR)
     paper_note = (
@@ -249,7 +250,9 @@ def load_context(
             "columns are empty (pass --paper DIR)."
         )
     )
-    finished = cells[(cells["status"] == "finished") & cells["value"].notna() & (cells["metric"] != "")]
+    finished = cells[
+        (cells["status"] == CellStatus.FINISHED) & cells["value"].notna() & (cells["metric"] != "")
+    ]
     files: CellFiles = read_cell_files(exp_dir, cells)
     coincide = weights_coincide(finished)
     if coincide:
@@ -298,7 +301,7 @@ def write_report(
 ) -> Path:
     """Write ``<experiment_dir>/report.md`` and ``<experiment_dir>/figures/``; return the report's path.
 
-    ``paper_dir`` defaults to the checkout's ``results/paper/``; when that is absent the report is
+    ``paper_dir`` defaults to the package's ``harness/paper/``; when that is absent the report is
     written without the paper's columns (and says so). An explicitly given ``paper_dir`` must exist.
     ``all_pairs``: compare every pair of losses instead of MS against each other loss. ``margin``:
     the equivalence margin (points) of the paper verdicts. ``reference``: the committed reference run

@@ -21,13 +21,16 @@ killed outright (SIGKILL) notices within a second and stops the same way.
 At the end the parent writes ``best.yaml`` (an experiment file for ``python -m harness.run``),
 ``summary.md`` and the importance, history, slice, intermediate-value and timeline plots.
 
-Modules: ``schema`` (the tune file), ``storage`` (Optuna storages and studies), ``trials`` (training a
-trial, counting the study's places), ``outputs`` (best.yaml, summary, figures), ``interrupt`` (stop
-signals), ``workers`` (worker processes, shared with :mod:`harness.fair`), ``cli`` (the command line).
+Modules: ``schema`` (the tune file), ``study`` (opening the study, refusing other settings), ``trials``
+(training a trial, counting the study's places), ``outputs`` (best.yaml, summary, figures), ``cli``
+(the command line and what a tune study adds to the steps of :mod:`harness.studies.command`). Storages
+are :mod:`harness.studies.storage`, stop signals :mod:`harness.stopping`, worker processes
+:mod:`harness.pool`; :mod:`harness.fair` shares them all.
 """
 
-from harness.tune.cli import EXIT_FAILED_WORKER, STORAGE_ENV, build_parser, main
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
+from harness.studies.storage import open_storage, shown_url, with_installed_driver
+from harness.tune.cli import EXIT_FAILED_WORKER, STORAGE_ENV, TuneCommand, build_parser, main
 from harness.tune.outputs import (
     STATE_WORDS,
     importances,
@@ -48,14 +51,7 @@ from harness.tune.schema import (
     load_tune,
     validate_tune,
 )
-from harness.tune.storage import (
-    default_storage,
-    open_storage,
-    open_study,
-    shown_url,
-    with_installed_driver,
-    worker_seed,
-)
+from harness.tune.study import default_storage, open_study, worker_seed
 from harness.tune.trials import (
     Objective,
     SurplusTrial,
@@ -85,6 +81,7 @@ __all__ = [
     "StudyConfig",
     "SurplusTrial",
     "TrialFailed",
+    "TuneCommand",
     "TuneSetup",
     "best_experiment",
     "build_parser",

@@ -1,30 +1,29 @@
-"""``python -m harness.tune``: the command line, the worker processes and the parent's run of a study."""
+"""``python -m harness.tune``: the command line and what one tune study adds to the shared study steps."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from harness.cluster.jobs import add_launcher_argument, require_shared_storage
-from harness.errors import UserError
-from harness.files import atomic_write_text
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
+from harness.studies.command import (
+    EXIT_FAILED_WORKER,
+    add_study_arguments,
+    require_positive,
+    run_study_command,
+)
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
-from harness.tune.storage import default_storage, open_storage, open_study, shown_url
-from harness.tune.trials import interrupted_trials, retry_interrupted, run_worker, study_counts, study_is_full
-from harness.tune.workers import add_worker_arguments, run_workers, storage_for, work_share, worker_commands
+from harness.tune.study import default_storage
+from harness.tune.trials import interrupted_trials, prepare_study, run_worker, study_counts, study_is_full
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
-EXIT_FAILED_WORKER = 1
+__all__ = ["EXIT_FAILED_WORKER", "STORAGE_ENV", "TuneCommand", "build_parser", "main"]
+
 STORAGE_ENV = "HARNESS_TUNE_STORAGE"  # how a worker process learns its parent's storage URL
 
 
@@ -34,15 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m harness.tune", description="Optuna study over one cell's loss hyperparameters."
     )
     parser.add_argument("file", help="tune file: an experiment YAML with a study: section")
-    parser.add_argument(
-        "--storage",
-        default=None,
-        metavar="URL",
-        help="Optuna storage: an SQLAlchemy URL (postgresql://..., sqlite:///...) or journal:FILE "
+    add_study_arguments(
+        parser,
+        storage_help="Optuna storage: an SQLAlchemy URL (postgresql://..., sqlite:///...) or journal:FILE "
         "(default: sqlite:///<results>/<study>/study.db)",
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, metavar="N", help="processes sharing the study (default 1)"
+        workers_help="processes sharing the study (default 1)",
+        set_example="train.iterations=100",
     )
     parser.add_argument(
         "--trials",
@@ -51,126 +47,90 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="total trials the study should hold (default: study.trials of the file)",
     )
-    add_launcher_argument(parser, "the workers")
-    add_worker_arguments(parser, set_example="train.iterations=100")
     return parser
 
 
-def _spawn_workers(
-    args: argparse.Namespace, setup: TuneSetup, storage_url: str, total: int, signals: StopSignals
-) -> list[int]:
-    """Run ``args.workers`` worker processes (or Slurm jobs) on the storage and wait; returns their exit codes."""
-    options = ["--trials", str(total), "--results", args.results]
-    commands = worker_commands("harness.tune", args.file, args.workers, options, args.sets, args.quiet)
-    if args.launcher == "slurm":
-        from harness.cluster.workers import run_slurm_workers
+class TuneCommand:
+    """One study over one cell's loss hyperparameters, ``total`` trials in ``folder``."""
 
-        cluster, folder = setup.experiment.cluster, Path(args.results) / setup.name / "slurm"
-        name = cluster.job_name or setup.name
-        return run_slurm_workers(commands, __name__, STORAGE_ENV, storage_url, cluster, folder, name, signals)
-    return run_workers(commands, STORAGE_ENV, storage_url, signals)
+    module = "harness.tune"
+    storage_env = STORAGE_ENV
+
+    def __init__(self, setup: TuneSetup, folder: Path, total: int) -> None:
+        self.setup, self.folder, self.total = setup, folder, total
+        self.found = 0  # the counted trials the storage held when the run began
+
+    def worker_options(self) -> list[str]:
+        return ["--trials", str(self.total)]
+
+    def check_data(self) -> None:
+        from harness.builders import load_splits
+
+        load_splits(self.setup.template)
+
+    def prepare(self, storage: Any) -> list[str]:
+        self.found, retried = prepare_study(self.setup, storage, self.total)
+        return [str(number) for number in retried]
+
+    def resolved(self) -> tuple[str, dict[str, Any]]:
+        return "tune.yaml", {
+            **self.setup.experiment.model_dump(mode="json"),
+            "study": self.setup.study.resolved(),
+        }
+
+    def opening(self, shown_url: str, workers: int) -> str:
+        return (
+            f"study {self.setup.name} on {shown_url}: {self.found} of {self.total} trials there; "
+            f"{workers} worker(s)"
+        )
+
+    def full(self, storage: Any) -> str | None:
+        import optuna
+
+        if not study_is_full(optuna.load_study(study_name=self.setup.name, storage=storage), self.total):
+            return None
+        return f"study {self.setup.name} already holds {self.total} trials; raise --trials to run more"
+
+    def share(self, storage: Any, worker: int, progress: bool, signals: StopSignals) -> None:
+        run_worker(
+            self.setup, storage, self.folder, self.total, worker=worker, progress=progress, signals=signals
+        )
+
+    def outputs(self, storage: Any, storage_url: str, seconds: float, stop: Interrupted | None) -> None:
+        import optuna
+
+        study = optuna.load_study(study_name=self.setup.name, storage=storage)
+        written = write_outputs(self.setup, study, self.folder, storage_url=storage_url, seconds=seconds)
+        counts = study_counts(study)
+        line = (
+            f"{self.setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
+            f"{counts.get('fail', 0)} failed of {self.total}; summary: {written['summary']}"
+            + (f"; best: {written['best']}" if written["best"] else "")
+        )
+        if stop is not None:
+            waiting = len(interrupted_trials(study.get_trials(deepcopy=False)))
+            line = (
+                f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run "
+                f"retries them; {line}"
+            )
+        print(line, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.tune``."""
     args = build_parser().parse_args(argv)
-    with StopSignals().installed() as signals:
-        return _main(args, signals)
-
-
-def _main(args: argparse.Namespace, signals: StopSignals) -> int:
-    if args.workers < 1:
-        raise UserError(f"--workers {args.workers}: expected a positive number of processes")
-    if args.trials is not None and args.trials < 1:
-        raise UserError(f"--trials {args.trials}: expected the total number of trials, at least 1")
+    require_positive("--workers", args.workers, "a positive number of processes")
+    require_positive("--trials", args.trials, "the total number of trials, at least 1")
     setup = load_tune(args.file, args.sets)
-    total = args.trials or setup.study.trials
-    study_dir = Path(args.results) / setup.name
-    study_dir.mkdir(parents=True, exist_ok=True)
-    storage_url = storage_for(args.storage, args.worker, STORAGE_ENV, default_storage(study_dir))
-    if args.launcher == "slurm" and args.worker is None:
-        require_shared_storage(storage_url, shown_url(storage_url))
-    storage = open_storage(storage_url, setup.study.heartbeat)
+    folder = Path(args.results) / setup.name
+    folder.mkdir(parents=True, exist_ok=True)
+    command = TuneCommand(setup, folder, args.trials or setup.study.trials)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
-        if args.worker is not None:
-            return work_share(
-                signals,
-                lambda: run_worker(
-                    setup,
-                    storage,
-                    study_dir,
-                    total,
-                    worker=args.worker,
-                    progress=not args.quiet,
-                    signals=signals,
-                ),
-            )
-        return _run_study(args, setup, storage, storage_url, study_dir, total, signals)
-
-
-def _run_study(
-    args: argparse.Namespace,
-    setup: TuneSetup,
-    storage: Any,
-    storage_url: str,
-    study_dir: Path,
-    total: int,
-    signals: StopSignals,
-) -> int:
-    """The parent: check the data, prepare the study, run the workers, write the outputs (also when stopped)."""
-    import optuna
-
-    from harness.builders import load_splits
-
-    started = time.perf_counter()
-    load_splits(setup.template)  # a missing dataset stops here with one line, before any trial
-    study = open_study(setup, storage, setup.study.sampler.seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    resolved = {**setup.experiment.model_dump(mode="json"), "study": setup.study.resolved()}
-    atomic_write_text(study_dir / "tune.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    counts = study_counts(study)
-    log = (lambda text: None) if args.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
-    log(
-        f"study {setup.name} on {shown_url(storage_url)}: {counts['total']} of {total} trials there; "
-        f"{args.workers} worker(s)"
-    )
-    retried = retry_interrupted(study, total)
-    if retried:
-        log(f"retrying interrupted trial(s) {', '.join(map(str, retried))} in their folders")
-    codes, stop = [0], None
-    try:
-        if study_is_full(study, total):
-            log(f"study {setup.name} already holds {total} trials; raise --trials to run more")
-        elif args.workers == 1 and args.launcher == "local":
-            run_worker(setup, storage, study_dir, total, worker=0, progress=not args.quiet, signals=signals)
-        else:
-            codes = _spawn_workers(args, setup, storage_url, total, signals)
-    except Interrupted as err:
-        stop = err
-    study = optuna.load_study(study_name=setup.name, storage=storage)
-    outputs = write_outputs(
-        setup, study, study_dir, storage_url=storage_url, seconds=time.perf_counter() - started
-    )
-    counts = study_counts(study)
-    line = (
-        f"{setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "
-        f"{counts.get('fail', 0)} failed of {total}; summary: {outputs['summary']}"
-        + (f"; best: {outputs['best']}" if outputs["best"] else "")
-    )
-    if stop is not None:
-        waiting = len(interrupted_trials(study.get_trials(deepcopy=False)))
-        print(
-            f"interrupted by {stop.name}: {waiting} running trial(s) recorded as failed, the next run retries "
-            f"them; {line}",
-            file=sys.stderr,
+        code, _ = run_study_command(
+            command,
+            args,
+            default_storage=default_storage(folder),
+            heartbeat=setup.study.heartbeat,
+            cluster=setup.experiment.cluster,
         )
-        return stop.exit_code
-    print(line, file=sys.stderr)
-    bad = [(k, c) for k, c in enumerate(codes) if c != 0]
-    for worker, code in bad:
-        print(f"worker {worker} exited with code {code}", file=sys.stderr)
-    if not bad:
-        return 0
-    return 2 if any(code == 2 for _, code in bad) else EXIT_FAILED_WORKER
+    return code

@@ -14,8 +14,8 @@ import yaml
 
 from harness.config import validate_experiment
 from harness.files import atomic_write_text
+from harness.studies.storage import shown_url
 from harness.tune.schema import TuneSetup, best_experiment
-from harness.tune.storage import shown_url
 from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
 
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))

@@ -334,15 +334,22 @@ def _check_protocol(setup: TuneSetup) -> None:
             )
 
 
+def pop_section(
+    raw: dict[str, Any], key: str, source: str, kind: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``raw`` without its ``key:`` section, and ``{key: section}``; one line when a ``kind`` file has none."""
+    raw = dict(raw)
+    if key not in raw:
+        raise UserError(
+            f"{source}: no {key}: section; a {kind} file is an experiment file plus {key}: "
+            f"(see experiments/{kind}-glyphs.yaml)"
+        )
+    return raw, {key: raw.pop(key)}
+
+
 def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
     """Validate a raw tune mapping (an experiment plus ``study:``); every mistake is one line."""
-    raw = dict(raw)
-    if "study" not in raw:
-        raise UserError(
-            f"{source}: no study: section; a tune file is an experiment file plus study: "
-            "(see experiments/tune-glyphs.yaml)"
-        )
-    section = {"study": raw.pop("study")}
+    raw, section = pop_section(raw, "study", source, "tune")
     experiment = validate_experiment(raw, source)
     try:
         study = _TuneSection.model_validate(section).study

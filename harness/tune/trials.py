@@ -11,11 +11,11 @@ from typing import Any
 
 from harness.config import CellConfig
 from harness.errors import UserError
-from harness.files import atomic_write_json
+from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
-from harness.tune.interrupt import Interrupted, StopSignals
+from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
-from harness.tune.storage import open_study, worker_seed
+from harness.tune.study import open_study, worker_seed
 
 
 class TrialFailed(RuntimeError):
@@ -63,6 +63,20 @@ def retry_interrupted(study: Any, total: int) -> list[int]:
     return [t.number for t in todo]
 
 
+def prepare_study(setup: TuneSetup, storage: Any, total: int) -> tuple[int, list[int]]:
+    """Before a run: create the study (or check the stored one was made from the same settings), fail its
+    stale trials and queue its interrupted ones again; returns (the counted trials it held, the numbers
+    queued again)."""
+    import optuna
+
+    study = open_study(setup, storage, setup.study.sampler.seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    found = study_counts(study)["total"]
+    return found, retry_interrupted(study, total)
+
+
 def study_counts(study: Any) -> dict[str, int]:
     """Counted trials by state (lower-case names), plus ``total``."""
     counts: dict[str, int] = {}
@@ -97,14 +111,14 @@ def trial_cell(
 
 
 def _mark_pruned(paths: CellPaths, reason: str) -> None:
-    atomic_write_json(paths.status, {"status": "pruned", "reason": reason, "finished": now()})
+    write_record(paths.status, StatusRecord(status=CellStatus.PRUNED, reason=reason, finished=now()))
     paths.checkpoint.unlink(missing_ok=True)
 
 
 def _mark_interrupted(paths: CellPaths, stop: Interrupted) -> None:
     """The folder says failed (not running); its checkpoint stays for the retry to resume."""
     reason = f"interrupted by {stop.name}; the next run of the study retries it"
-    atomic_write_json(paths.status, {"status": "failed", "reason": reason, "finished": now()})
+    write_record(paths.status, StatusRecord(status=CellStatus.FAILED, reason=reason, finished=now()))
 
 
 class Objective:
@@ -186,7 +200,7 @@ class Objective:
             except Exception as err:  # a crash ends this trial, not the study
                 trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
                 raise TrialFailed(f"{type(err).__name__}: {err}") from err
-            if outcome.status != "finished":  # non-finite loss: Optuna records a NaN value as FAIL
+            if outcome.status != CellStatus.FINISHED:  # non-finite loss: Optuna records a NaN value as FAIL
                 trial.set_user_attr("fail_reason", outcome.reason or outcome.status)
                 return math.nan
             values.append(float(outcome.metrics["selected"]["val"][setup.metric]))

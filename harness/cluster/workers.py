@@ -12,6 +12,7 @@ recorded interrupted, retried as without Slurm) and submitit requeues it to go o
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import runpy
 import signal
@@ -89,11 +90,12 @@ class SlurmJobWorker:
         return self.code
 
     def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
         while (code := self.poll()) is None:
-            if deadline is not None and time.monotonic() >= deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise subprocess.TimeoutExpired(f"Slurm job {self.job.job_id}", timeout or 0)
-            time.sleep(self.poll_seconds if deadline is None else min(self.poll_seconds, timeout or 0))
+            time.sleep(min(self.poll_seconds, left))
         return code
 
     def send_signal(self, sig: int) -> None:

@@ -70,8 +70,8 @@ class SlurmWorker(submitit.helpers.Checkpointable):
         finally:
             sys.argv = argv
             signal.signal(usr_signal, previous)
-        if received and callable(submitit_handler):
-            submitit_handler(usr_signal, None)  # requeues this task (the same command) and exits
+        if received and code == 128 + signal.SIGTERM and callable(submitit_handler):
+            submitit_handler(usr_signal, None)  # stopped early: requeue this task (the same command), exit
         return code
 
 

@@ -111,21 +111,15 @@ def trainings(log: str, cell_id: str) -> int:
     return len(re.findall(rf"^\[\d+/\d+\] {re.escape(cell_id)}$", log, flags=re.MULTILINE))
 
 
+def slurm_options(job_name: str) -> list[str]:
+    """--launcher slurm with a job name of the test's own, polling every second."""
+    return ["--launcher", "slurm", "--set", f"cluster.job_name={job_name}", "--set", "cluster.poll_seconds=1"]
+
+
 def slurm_args(exp: Path, results: Path, job_name: str, *more: str) -> list[str]:
-    return [
-        str(exp),
-        "--results",
-        str(results),
-        "--launcher",
-        "slurm",
-        "--set",
-        f"cluster.job_name={job_name}",
-        "--set",
-        "cluster.poll_seconds=1",
-        "--set",
-        "cluster.settle_seconds=2",  # one machine: no NFS cache to wait for
-        *more,
-    ]
+    """harness.run's arguments for ``exp`` on Slurm (``more`` appended)."""
+    settle = ["--set", "cluster.settle_seconds=2"]  # one machine: no NFS cache to wait for
+    return [str(exp), "--results", str(results), *slurm_options(job_name), *settle, *more]
 
 
 # ------------------------------------------------------------------------------------------ without Slurm
@@ -362,20 +356,6 @@ def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_w
     assert paths.checkpoint.exists()  # running the command again resumes it
 
 
-def study_slurm_args(journal: Path, job_name: str) -> list[str]:
-    """The options that put a study command's workers on Slurm, sharing the journal file ``journal``."""
-    storage = ["--storage", f"journal:{journal}"]
-    return [
-        "--launcher",
-        "slurm",
-        *storage,
-        "--set",
-        f"cluster.job_name={job_name}",
-        "--set",
-        "cluster.poll_seconds=1",
-    ]
-
-
 @needs_slurm
 def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budget(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
@@ -383,7 +363,7 @@ def test_fair_with_two_slurm_workers_on_a_journal_fills_every_study_to_its_budge
     path = tiny_experiment({**RERUN, "fair": FAIR}, name="tinyfair")
     journal = tmp_path / "studies.journal"
     argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--studies-only", "--workers", "2"]
-    assert fair.main([*argv, *study_slurm_args(journal, job_name)]) == 0
+    assert fair.main([*argv, *slurm_options(job_name), "--storage", f"journal:{journal}"]) == 0
     assert re.search(
         r"^submitted 2 workers as Slurm job array \d+ ", capsys.readouterr().err, flags=re.MULTILINE
     )
@@ -404,7 +384,7 @@ def test_tune_with_two_slurm_workers_on_a_journal_fills_the_study(
     """Slow: the fair test's Slurm worker path once more, for harness.tune (two jobs starting torch)."""
     path, journal = tiny_tune_file(), tmp_path / "study.journal"
     argv = [str(path), "--results", str(tmp_path / "results"), "--quiet", "--workers", "2"]
-    assert tune.main([*argv, *study_slurm_args(journal, job_name)]) == 0
+    assert tune.main([*argv, *slurm_options(job_name), "--storage", f"journal:{journal}"]) == 0
     setup = load_tune(path)
     study = optuna.load_study(
         study_name=setup.name, storage=open_storage(f"journal:{journal}", setup.study.heartbeat)

@@ -68,15 +68,10 @@ def wait_until(what: str, done: Callable[[], bool], seconds: float = WAIT_SECOND
         time.sleep(0.5)
 
 
-def live_jobs(name: str) -> list[str]:
-    """The ids of this user's Slurm jobs called ``name`` that are pending or running."""
-    out = subprocess.run(
-        ["squeue", "--noheader", "--array", f"--name={name}", "--format=%i"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return out.split()
+def running_jobs(name: str) -> list[str]:
+    """The ids of this user's Slurm jobs called ``name`` that are running."""
+    command = ["squeue", "--noheader", "--array", f"--name={name}", "--states=RUNNING", "--format=%i"]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
 
 
 @pytest.fixture()
@@ -275,10 +270,10 @@ def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retra
         assert final_metrics(tmp_path / "tiny", cell_id) == metrics[cell_id], cell_id
 
 
-def start_submitter(args: list[str]) -> subprocess.Popen[str]:
-    """``python -m harness.run *args`` in its own process: the command a user leaves waiting."""
+def start_submitter(args: list[str], module: str = "harness.run") -> subprocess.Popen[str]:
+    """``python -m module *args`` in its own process: the command a user leaves waiting."""
     return subprocess.Popen(
-        [sys.executable, "-m", "harness.run", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},
         text=True,
@@ -396,3 +391,38 @@ def test_tune_with_two_slurm_workers_on_a_journal_fills_the_study(
         r"^submitted 2 workers as Slurm job array \d+ ", capsys.readouterr().err, flags=re.MULTILINE
     )
     assert (tmp_path / "results" / setup.name / "summary.md").is_file()
+
+
+@needs_slurm
+@pytest.mark.slow
+def test_a_slurm_worker_told_its_time_limit_is_near_stops_its_trial_and_is_requeued(
+    tmp_path: Path, tiny_tune_file: WriteExperiment, job_name: str
+) -> None:
+    """Slow: three 300-iteration trials on two Slurm workers, one of them signalled and requeued."""
+    path, journal, results = (
+        tiny_tune_file({**LONG}, trials=3),
+        tmp_path / "study.journal",
+        tmp_path / "results",
+    )
+    setup = load_tune(path)
+    argv = [str(path), "--results", str(results), "--quiet", "--workers", "2"]
+    parent = start_submitter(
+        [*argv, *slurm_options(job_name), "--storage", f"journal:{journal}"], "harness.tune"
+    )
+
+    def training_trial() -> bool:
+        statuses = (results / setup.name).glob("**/status.json")
+        return any(json.loads(p.read_text())["status"] == "running" for p in statuses)
+
+    wait_until("a worker to train a trial", training_trial)
+    signalled = running_jobs(job_name)[0]
+    subprocess.run(["scancel", "--signal=USR2", signalled], check=True)
+    _, err = parent.communicate(timeout=WAIT_SECONDS)
+    assert parent.returncode == 0, err
+    storage = open_storage(f"journal:{journal}", setup.study.heartbeat)
+    stored = optuna.load_study(study_name=setup.name, storage=storage).get_trials()
+    counted = counted_trials(stored)
+    assert len(counted) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in counted)
+    assert len([t for t in stored if t.user_attrs.get("interrupted")]) == 1  # the signalled worker's trial
+    logs = "".join(p.read_text() for p in (results / setup.name / "slurm").glob("*/*_log.out"))
+    assert f"Requeued job {signalled}" in logs

@@ -487,7 +487,7 @@ class _CellRun:
         self.window_start += time.perf_counter() - eval_started  # images/s counts training time only
 
     def checkpoint(self, iteration: int, now: bool = False) -> None:
-        """Every ``train.checkpoint_every`` (default: ``eval_every``) iterations before the last: save all state.
+        """Every ``train.checkpoint_every`` (default ``eval_every``) iterations before the last: save it all.
 
         ``now`` saves at this iteration whatever its number (a scheduler asked the cell to stop)."""
         every = self.cfg.train.checkpoint_every or self.cfg.train.eval_every

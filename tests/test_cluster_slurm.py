@@ -238,7 +238,7 @@ def test_sbatch_refusing_the_array_is_one_line_exit_2(
 def test_no_wait_then_a_second_submission_watches_the_first_jobs_and_force_retrains_alike(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Slow: four cells trained twice as Slurm jobs (each job starts a Python with torch), three submissions."""
+    """Slow: four cells trained twice as Slurm jobs (each job starts Python and torch), three submissions."""
     exp = tiny_experiment({**SHORT, "grid.seeds": [0, 1]})
     args = slurm_args(exp, tmp_path, job_name)
     held = ["--set", "cluster.sbatch={hold: true}"]  # the jobs wait until released: still pending below
@@ -329,7 +329,7 @@ def test_scancel_and_scontrol_requeue_of_running_tasks_resume_them_from_their_ch
 def test_the_time_limit_signal_requeues_until_max_requeues_then_the_cell_fails_with_the_reason(
     tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str
 ) -> None:
-    """Slow: a 300-iteration cell on Slurm, signalled twice (the signal submitit asks for before the time limit)."""
+    """Slow: a 300-iteration cell on Slurm, given twice the signal submitit asks for before the limit."""
     exp = tiny_experiment({**LONG, "grid.losses": ["ms"]})
     (cell_id,) = cell_ids(exp)
     paths = cell_paths(tmp_path / "tiny", cell_id)

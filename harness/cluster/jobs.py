@@ -1,4 +1,4 @@
-"""Slurm through submitit: whether Slurm is reachable, the executor a ``cluster:`` section asks for, job states.
+"""Slurm through submitit: whether Slurm is there, the executor a ``cluster:`` section asks for, job states.
 
 Job states come from ``squeue --states=all`` (the jobs the controller still holds), which needs no
 accounting database; a job that squeue lists in an end state or no longer lists has ended, and what
@@ -41,7 +41,7 @@ END_STATES = {
 
 
 def add_launcher_argument(parser: argparse.ArgumentParser, what: str) -> None:
-    """``--launcher local|slurm``: where ``what`` run (slurm: Slurm jobs with the file's ``cluster:`` settings)."""
+    """``--launcher local|slurm``: where ``what`` run (slurm: Slurm jobs with the ``cluster:`` settings)."""
     parser.add_argument(
         "--launcher",
         choices=("local", "slurm"),
@@ -115,7 +115,7 @@ def make_executor(cluster: ClusterConfig, folder: Path, name: str, array_size: i
 
 
 def submit_array(executor: Any, function: Any, items: Sequence[Any]) -> list[Any]:
-    """``executor.map_array(function, items)``: the submitit jobs; sbatch refusing them is one UserError line."""
+    """``executor.map_array(function, items)``: the jobs; sbatch refusing them is one UserError line."""
     from submitit.core.utils import FailedJobError
 
     try:
@@ -130,7 +130,7 @@ def submit_array(executor: Any, function: Any, items: Sequence[Any]) -> list[Any
 
 
 def job_states(job_ids: Iterable[str]) -> dict[str, str] | None:
-    """The squeue state (PENDING, RUNNING, REQUEUED, ...) of each of ``job_ids`` not ended; None when squeue fails.
+    """The squeue state (PENDING, RUNNING, REQUEUED, ...) of each of ``job_ids`` not ended (None: no answer).
 
     Array tasks are listed one by one (``123_4``); a job missing from the answer has ended.
     """

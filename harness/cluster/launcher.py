@@ -33,7 +33,7 @@ SUBMITIT_FOLDER = "slurm"  # in the results folder: submitit's pickles, sbatch s
 
 
 class GridProgress:
-    """The submitting process's one display: cells finished / running / pending / failed (tqdm on a terminal)."""
+    """The submitting process's one display: cells finished, running, pending, failed (tqdm on a terminal)."""
 
     def __init__(self, total: int, finished: int, enabled: bool, out: Any = None) -> None:
         self.total, self.enabled, self.out = total, enabled, out or sys.stderr
@@ -82,7 +82,7 @@ def lost_reason(cell_id: str, job_id: str) -> str:
 
 
 class SlurmLauncher:
-    """Trains tasks as one Slurm job array through submitit and yields each cell's result when its job ends."""
+    """Trains tasks as one Slurm job array through submitit; yields each cell's result when its job ends."""
 
     def __init__(
         self,
@@ -99,7 +99,7 @@ class SlurmLauncher:
 
     @classmethod
     def for_experiment(cls, experiment: Experiment, grid_size: int, **options: Any) -> SlurmLauncher:
-        """The launcher of ``experiment``'s cells with its ``cluster:`` section (``grid_size``: cells shown)."""
+        """The launcher of ``experiment``'s cells, its ``cluster:`` section (``grid_size``: cells shown)."""
         return cls(experiment.cluster, experiment.cluster.job_name or experiment.name, grid_size, **options)
 
     def run(self, tasks: Sequence[CellTask]) -> Iterator[CellOutcome]:
@@ -116,7 +116,7 @@ class SlurmLauncher:
             yield from self._watch(exp_dir, {**watched, **submitted}, finished=self.grid_size - len(tasks))
 
     def _plan(self, tasks: list[CellTask]) -> tuple[dict[str, str], list[CellTask], list[str]]:
-        """Cells in a live job of an earlier submission (cell id -> job id), tasks to submit, cells busy elsewhere."""
+        """Cells in a live job of an earlier submission (id -> job id), tasks to submit, busy cells."""
         earlier = {t.cell.cell_id: read_job_record(cell_paths(t.exp_dir, t.cell.cell_id).root) for t in tasks}
         jobs = {cell_id: record["job_id"] for cell_id, record in earlier.items() if record.get("job_id")}
         states = job_states(jobs.values())
@@ -212,8 +212,8 @@ class SlurmLauncher:
         except Interrupted:
             display.close()
             print(
-                f"stopped watching; the Slurm jobs go on (scancel {' '.join(sorted(set(live.values())))} stops "
-                f"them); collect the results with: {self.collect_command}",
+                f"stopped watching; the Slurm jobs go on (scancel {' '.join(sorted(set(live.values())))} "
+                f"stops them); collect the results with: {self.collect_command}",
                 file=sys.stderr,
             )
             raise

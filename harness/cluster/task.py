@@ -1,4 +1,4 @@
-"""What one Slurm array task runs: the cell's life, its logs beside the cell, checkpoint and requeue on signals.
+"""What one Slurm array task runs: a cell's life, its logs beside the cell, checkpoint and requeue on signals.
 
 :class:`SlurmCell` is a submitit ``Checkpointable``. It calls :func:`harness.launch.train_task`, the same
 life a local run gives a cell (claim its lock, resume its checkpoint, record a crash), with the job's
@@ -84,7 +84,7 @@ def output_to(stdout: Path, stderr: Path) -> Iterator[None]:
 
 @contextmanager
 def checkpoint_on_signals(signals: tuple[int, ...]) -> Iterator[list[int]]:
-    """For the block, each of ``signals`` asks the trainer to checkpoint and stop; yields the signals received."""
+    """For the block, each of ``signals`` asks the trainer to checkpoint and stop; yields those received."""
     received: list[int] = []
 
     def ask(signum: int, frame: object) -> None:
@@ -112,7 +112,7 @@ def requeue_limit_reason(stops: int, limit: int) -> str:
 
 
 class SlurmCell(submitit.helpers.Checkpointable):
-    """The function of a grid's job array: ``SlurmCell(max_requeues)(task)`` trains one cell in one array task.
+    """The function of a grid's job array: ``SlurmCell(max_requeues)(task)`` trains one cell in one task.
 
     On Slurm's time-limit or preemption signal submitit calls :meth:`checkpoint` (Checkpointable's: this
     same call again) and requeues the task, after the trainer has saved the cell's checkpoint.
@@ -142,7 +142,7 @@ class SlurmCell(submitit.helpers.Checkpointable):
             return self._train(task)
 
     def _train(self, task: CellTask) -> CellOutcome:
-        """The cell's life; on a signal, a fresh checkpoint, then a requeue (submitit) or the exit (SIGTERM)."""
+        """The cell's life; on a signal a fresh checkpoint, then a requeue (submitit) or exit (SIGTERM)."""
         usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")
         submitit_handler = signal.getsignal(usr_signal)  # submitit's: checkpoint(), requeue, exit
         with checkpoint_on_signals((usr_signal, signal.SIGTERM)) as received:

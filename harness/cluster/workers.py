@@ -48,7 +48,7 @@ def environment(variables: Mapping[str, str]) -> Iterator[None]:
 
 
 class SlurmWorker(submitit.helpers.Checkpointable):
-    """One array task: ``python ARGS`` (``-m MODULE ...``) in this process; requeued after its time-limit signal."""
+    """One array task: ``python ARGS`` (``-m MODULE ...``) in this process; requeued after its time limit."""
 
     def __call__(self, args: list[str]) -> int:
         usr_signal = getattr(signal, f"SIG{submitit.JobEnvironment.USR_SIG}")

@@ -52,7 +52,7 @@ def write_experiment(doc: dict[str, Any], path: Path, header: str) -> Path:
 
 def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool, launcher: str = "local") -> int:
     """Run the experiment file ``path`` into ``results`` with the runner (:func:`harness.run.run_experiment`),
-    finished cells skipped, on this machine or (``launcher="slurm"``) as Slurm jobs; the runner's exit code."""
+    finished cells skipped, on this machine or (``launcher="slurm"``) as Slurm jobs; the exit code."""
     from harness.config import expand_cells, load_experiment
     from harness.run import run_experiment
 

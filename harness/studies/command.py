@@ -35,8 +35,8 @@ EXIT_FAILED_WORKER = 1
 def add_study_arguments(
     parser: argparse.ArgumentParser, *, storage_help: str, workers_help: str, set_example: str
 ) -> None:
-    """The options every study command takes: --storage, --workers, --set, --results, --quiet, --launcher (and --worker K,
-    hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
+    """The options every study command takes: --storage, --workers, --set, --results, --quiet, --launcher
+    (and --worker K, hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
     parser.add_argument("--storage", default=None, metavar="URL", help=storage_help)
     parser.add_argument("--workers", type=int, default=1, metavar="N", help=workers_help)
     add_set_option(parser, set_example)

@@ -58,14 +58,12 @@ def final_mtime(exp_dir: Path, cell_id: str) -> int | None:
         return None
 
 
-def _record_crash(task: CellTask, err: BaseException) -> str:
+def record_failed(task: CellTask, reason: str, traceback_text: str | None = None) -> str:
+    """Write the cell's ``failed`` status.json and final.json with ``reason`` (call holding its lock)."""
     paths = cell_paths(task.exp_dir, task.cell.cell_id)
-    reason = f"{type(err).__name__}: {err}"
     write_record(
         paths.status,
-        StatusRecord(
-            status=CellStatus.FAILED, reason=reason, finished=now(), traceback=traceback.format_exc()
-        ),
+        StatusRecord(status=CellStatus.FAILED, reason=reason, finished=now(), traceback=traceback_text),
     )
     write_record(
         paths.final,
@@ -74,6 +72,10 @@ def _record_crash(task: CellTask, err: BaseException) -> str:
         ),
     )
     return reason
+
+
+def _record_crash(task: CellTask, err: BaseException) -> str:
+    return record_failed(task, f"{type(err).__name__}: {err}", traceback.format_exc())
 
 
 def _still_to_train(task: CellTask) -> bool:

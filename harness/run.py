@@ -20,11 +20,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from harness.cluster.jobs import add_launcher_argument, require_slurm
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
 from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
-from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
+from harness.launch import CellTask, Launcher, default_jobs, final_mtime, make_launcher
 from harness.options import add_set_option
 from harness.preflight import preflight_report, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
@@ -80,7 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="cells trained at once, each in its own process with its output in cells/<id>/train.log "
         "(default: one per visible GPU, else CPU cores // train.threads)",
     )
-    parser.add_argument("--shard", default=None, metavar="I/N", help="run only shard I of N (0-based)")
+    add_launcher_argument(parser, "the cells train (slurm: one job array)")
+    parser.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --launcher slurm: submit and return, printing the command that collects the results",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only shard I of N (0-based): several machines share a grid by hand",
+    )
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument(
         "--update-reference",
@@ -185,6 +197,7 @@ def _duration(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
+    check_launcher_options(args)
     experiment = load_experiment(args.experiment, args.sets)
     if not args.check:
         return run_experiment(
@@ -197,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             report=not args.no_report,
             progress=not args.quiet,
             decode=args.decode,
+            launcher=slurm_launcher(args, experiment, argv) if args.launcher == "slurm" else None,
+            collect=not args.no_wait,
         )
     all_cells, cells = grid_cells(experiment, args.shard)
     exp_dir = experiment_dir(args.results, experiment.name)
@@ -238,6 +253,8 @@ def run_experiment(
     report: bool = True,
     progress: bool = True,
     decode: bool = False,
+    launcher: Launcher | None = None,
+    collect: bool = True,
 ) -> int:
     """The runner: train the cells of ``experiment`` (shard ``I/N``) not yet finished into
     ``results/<name>/``, then write cells.csv, the summary and (once every cell is done) the report.
@@ -245,7 +262,8 @@ def run_experiment(
     What ``python -m harness.run FILE`` does after its options; returns the exit code (0, or
     :data:`EXIT_FAILED_CELLS`). Ctrl-C or SIGTERM stops it with :class:`~harness.stopping.Interrupted`
     once the running cells are stopped (each keeps its checkpoint). ``decode``: decode every listed image
-    first (as ``--decode``).
+    first (as ``--decode``). ``launcher`` trains the cells elsewhere (``--launcher slurm``); with
+    ``collect=False`` it returns once they are submitted, before the summary.
     """
     all_cells, cells = grid_cells(experiment, shard)
     exp_dir = experiment_dir(results, experiment.name)
@@ -258,6 +276,8 @@ def run_experiment(
             f"--jobs {jobs} under torchrun: torchrun already trains each cell on several "
             "processes; drop --jobs, or run without torchrun"
         )
+    if ctx is not None and launcher is not None:
+        raise UserError("--launcher slurm under torchrun: submit from a plain python -m harness.run")
     main_rank = ctx is None or ctx.is_main
     try:
         if main_rank:
@@ -267,11 +287,20 @@ def run_experiment(
             print(describe(experiment, all_cells), file=sys.stderr, flush=True)
         with StopSignals().installed() as signals:
             outcomes, skipped = run_cells(
-                cells, exp_dir, force=force, jobs=jobs, progress=progress, ctx=ctx, signals=signals
+                cells,
+                exp_dir,
+                force=force,
+                jobs=jobs,
+                progress=progress,
+                ctx=ctx,
+                signals=signals,
+                launcher=launcher,
             )
             signals.check()  # a signal that came after the last cell's training
     finally:
         shutdown(ctx)
+    if not collect and skipped < len(cells):  # submitted: the collect command reports
+        return 0
     failed = [
         (r.cell_id, r.reason or "unknown")
         for r in outcomes
@@ -291,6 +320,34 @@ def run_experiment(
     return 0
 
 
+def check_launcher_options(args: argparse.Namespace) -> None:
+    """The options that go with --launcher slurm (and Slurm itself, when it is asked for)."""
+    if args.launcher != "slurm":
+        if args.no_wait:
+            raise UserError("--no-wait: only with --launcher slurm (a local run trains in this process)")
+        return
+    if args.jobs is not None:
+        raise UserError(
+            f"--jobs {args.jobs} with --launcher slurm: each cell is its own Slurm job; limit how many "
+            "run at once with --set cluster.max_running=N"
+        )
+    if not args.check:
+        require_slurm()
+
+
+def slurm_launcher(args: argparse.Namespace, experiment: Experiment, argv: list[str] | None) -> Launcher:
+    """The Slurm launcher for this run (the experiment's cluster: section), and the command that collects."""
+    from harness.cluster.launcher import SlurmLauncher, collect_command
+
+    return SlurmLauncher.for_experiment(
+        experiment,
+        len(grid_cells(experiment, args.shard)[1]),
+        wait=not args.no_wait,
+        progress=not args.quiet,
+        collect_command=collect_command("harness.run", sys.argv[1:] if argv is None else argv),
+    )
+
+
 def run_cells(
     cells: list[CellConfig],
     exp_dir: Path,
@@ -300,8 +357,10 @@ def run_cells(
     progress: bool = True,
     ctx: Any = None,
     signals: StopSignals | None = None,
+    launcher: Launcher | None = None,
 ) -> tuple[list[CellOutcome], int]:
-    """Train every cell not yet finished, ``jobs`` at once; returns (each trained cell's result, cells skipped)."""
+    """Train every cell not yet finished, ``jobs`` at once (or with ``launcher``, which shows its own
+    progress); returns (each trained cell's result, cells skipped)."""
     from harness.builders import load_splits
 
     main = ctx is None or ctx.is_main
@@ -313,13 +372,13 @@ def run_cells(
         CellTask(cell, exp_dir, f"{number}/{len(todo)}", force, final_mtime(exp_dir, cell.cell_id), progress)
         for number, cell in enumerate(todo, 1)
     ]
-    overall = CellsProgress(len(tasks), enabled=progress and main and width > 1)
+    overall = CellsProgress(len(tasks), enabled=progress and main and width > 1 and launcher is None)
     outcomes: list[CellOutcome] = []
     try:
-        for result in make_launcher(width, ctx, signals).run(tasks):
+        for result in (launcher or make_launcher(width, ctx, signals)).run(tasks):
             outcomes.append(result)
             overall.update(result)
-            if result.status == CellStatus.FAILED and main and width <= 1:
+            if result.status == CellStatus.FAILED and main and (width <= 1 or launcher is not None):
                 print(f"cell {result.cell_id} failed: {result.reason}", file=sys.stderr, flush=True)
     finally:
         overall.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import random
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
@@ -50,6 +51,15 @@ EvalCallback = Callable[[int, dict[str, float]], None]
 
 class NonFiniteError(RuntimeError):
     """The loss or a gradient became NaN or infinite."""
+
+
+CHECKPOINT_AND_STOP = threading.Event()
+"""Set (by a scheduler's signal handler) to make :func:`train_cell` checkpoint after its current iteration
+and raise :class:`CheckpointedStop`; training the cell again resumes exactly there."""
+
+
+class CheckpointedStop(BaseException):
+    """:func:`train_cell` saved a checkpoint and stopped because :data:`CHECKPOINT_AND_STOP` was set."""
 
 
 def pick_device(ctx: DistContext | None = None) -> torch.device:
@@ -476,10 +486,12 @@ class _CellRun:
             on_eval(iteration, values)
         self.window_start += time.perf_counter() - eval_started  # images/s counts training time only
 
-    def checkpoint(self, iteration: int) -> None:
-        """Every ``train.checkpoint_every`` (default: ``eval_every``) iterations before the last: save all state."""
+    def checkpoint(self, iteration: int, now: bool = False) -> None:
+        """Every ``train.checkpoint_every`` (default ``eval_every``) iterations before the last: save it all.
+
+        ``now`` saves at this iteration whatever its number (a scheduler asked the cell to stop)."""
         every = self.cfg.train.checkpoint_every or self.cfg.train.eval_every
-        if not self.main or iteration % every != 0 or iteration >= self.cfg.train.iterations:
+        if not self.main or (iteration % every != 0 and not now) or iteration >= self.cfg.train.iterations:
             return
         atomic_torch_save(
             self.paths.checkpoint,
@@ -602,7 +614,10 @@ def train_cell(
             loss = run.step(iteration, *next(batches))
             run.log_step(iteration, loss, bar)
             run.evaluate_and_select(iteration, on_eval, bar)
-            run.checkpoint(iteration)
+            stop = CHECKPOINT_AND_STOP.is_set() and iteration < cfg.train.iterations
+            run.checkpoint(iteration, now=stop)
+            if stop:
+                raise CheckpointedStop(f"{cfg.cell_id}: checkpointed at iteration {iteration} on request")
     except NonFiniteError as err:
         status, reason = CellStatus.FAILED, str(err)
     finally:

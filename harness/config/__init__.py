@@ -12,11 +12,13 @@ An experiment's ``name`` (its results folder) is never inherited from a base fil
 accident. Files must be UTF-8 text; a key given twice in one mapping and a grid axis listing the same
 entry twice are errors, not last-wins or a cell trained twice.
 
-The package: :mod:`~harness.config.schema` (the models and cell ids), :mod:`~harness.config.loading`
+The package: :mod:`~harness.config.schema` (the models and cell ids), :mod:`~harness.config.cluster` (the
+``cluster:`` section, Slurm resources that never enter a cell), :mod:`~harness.config.loading`
 (YAML, bases, ``--set``, error messages) and :mod:`~harness.config.grid` (validation of a whole
 experiment, its cells and shards). Importing it loads no torch.
 """
 
+from harness.config.cluster import ClusterConfig
 from harness.config.grid import (
     data_root,
     expand_cells,
@@ -56,6 +58,7 @@ __all__ = [
     "NON_NEGATIVE_HPARAMS",
     "NOT_TRAINING",
     "CellConfig",
+    "ClusterConfig",
     "DataConfig",
     "EvalConfig",
     "Experiment",

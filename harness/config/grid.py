@@ -31,7 +31,7 @@ def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experime
 
 def _expand(experiment: Experiment, source: str) -> list[CellConfig]:
     protocol = experiment.model_dump(
-        mode="python", exclude={"name", "description", "grid", "dataset_overrides"}
+        mode="python", exclude={"name", "description", "grid", "dataset_overrides", "cluster"}
     )
     cells: list[CellConfig] = []
     grid = experiment.grid

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from harness.config.cluster import ClusterConfig
 from harness.errors import UserError, did_you_mean
 
 if TYPE_CHECKING:
@@ -484,6 +485,7 @@ class Experiment(ProtocolConfig):
     description: str = ""
     grid: Grid
     dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # Slurm jobs; not part of any cell
 
     @field_validator("dataset_overrides")
     @classmethod

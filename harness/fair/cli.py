@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ArgumentParser
+from harness.errors import UserError
 from harness.fair.report import write_fair_report
 from harness.fair.reruns import DEFAULT, TUNED, default_experiment, rerun, tuned_experiment, write_experiment
 from harness.fair.schema import FairSetup, load_fair
@@ -128,13 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_positive("--workers", args.workers, "a positive number of processes")
     require_positive("--jobs", args.jobs, "a positive number of cells at once")
+    if args.jobs is not None and args.launcher == "slurm":
+        raise UserError(f"--jobs {args.jobs} with --launcher slurm: each re-run cell is its own Slurm job")
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)
     command = FairCommand(setup, fair_dir)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         code, storage = run_study_command(
-            command, args, default_storage=default_storage(fair_dir), heartbeat=setup.fair.heartbeat
+            command,
+            args,
+            default_storage=default_storage(fair_dir),
+            heartbeat=setup.fair.heartbeat,
+            cluster=setup.experiment.cluster,
         )
         if args.worker is not None:
             return code
@@ -181,8 +188,8 @@ def _rerun_and_report(
         f"Written by harness.fair: {setup.name} at each study's best values.",
     )
     codes = [
-        rerun(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet),
-        rerun(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet),
+        rerun(default_file, defaults.parent, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
+        rerun(tuned_file, fair_dir, jobs=args.jobs, quiet=args.quiet, launcher=args.launcher),
     ]
     report = write_fair_report(setup, states, defaults, fair_dir / TUNED, fair_dir)
     print(f"fair report: {report}", file=sys.stderr)

@@ -52,10 +52,16 @@ def write_experiment(doc: dict[str, Any], path: Path, header: str) -> Path:
     return path
 
 
-def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool) -> int:
+def rerun(path: Path, results: Path, *, jobs: int | None, quiet: bool, launcher: str = "local") -> int:
     """Run the experiment file ``path`` into ``results`` with the runner (:func:`harness.run.run_experiment`),
-    finished cells skipped; the runner's exit code."""
-    from harness.config import load_experiment
+    finished cells skipped, on this machine or (``launcher="slurm"``) as Slurm jobs; the exit code."""
+    from harness.config import expand_cells, load_experiment
     from harness.run import run_experiment
 
-    return run_experiment(load_experiment(path), results, jobs=jobs, progress=not quiet)
+    experiment = load_experiment(path)
+    on_slurm = None
+    if launcher == "slurm":
+        from harness.cluster.launcher import SlurmLauncher
+
+        on_slurm = SlurmLauncher.for_experiment(experiment, len(expand_cells(experiment)), progress=not quiet)
+    return run_experiment(experiment, results, jobs=jobs, progress=not quiet, launcher=on_slurm)

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from harness.cluster.jobs import add_launcher_argument, require_shared_storage
+from harness.config import ClusterConfig
 from harness.errors import EXIT_USER_ERROR, UserError
 from harness.files import atomic_write_text
 from harness.options import add_set_option
@@ -33,13 +35,14 @@ EXIT_FAILED_WORKER = 1
 def add_study_arguments(
     parser: argparse.ArgumentParser, *, storage_help: str, workers_help: str, set_example: str
 ) -> None:
-    """The options every study command takes: --storage, --workers, --set, --results, --quiet (and --worker K,
-    hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
+    """The options every study command takes: --storage, --workers, --set, --results, --quiet, --launcher
+    (and --worker K, hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
     parser.add_argument("--storage", default=None, metavar="URL", help=storage_help)
     parser.add_argument("--workers", type=int, default=1, metavar="N", help=workers_help)
     add_set_option(parser, set_example)
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_launcher_argument(parser, "the workers")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -138,11 +141,19 @@ def run_study_command(
     default_storage: str,
     heartbeat: Heartbeat,
     starter: WorkerStarter | None = None,
+    cluster: ClusterConfig | None = None,
 ) -> tuple[int, Any]:
     """The shared steps: the storage, then a worker's share (``--worker K``) or the parent's run (check the
     data, prepare the studies, fill them, write the outputs, also when stopped); returns (the exit code,
-    ``128 + signal`` when stopped; the storage)."""
+    ``128 + signal`` when stopped; the storage). With ``--launcher slurm`` the workers are Slurm jobs with
+    ``cluster``'s resources, on a storage every node reaches."""
     storage_url = storage_for(args.storage, args.worker, command.storage_env, default_storage)
+    if args.launcher == "slurm" and args.worker is None:
+        require_shared_storage(storage_url, shown_url(storage_url))
+        from harness.cluster.workers import SlurmWorkers
+
+        cluster = cluster or ClusterConfig()
+        starter = SlurmWorkers(cluster, command.folder / "slurm", cluster.job_name or command.folder.name)
     storage = open_storage(storage_url, heartbeat)
     with StopSignals().installed() as signals:
         if args.worker is not None:
@@ -174,7 +185,7 @@ def _run_parent(
     try:
         if (note := command.full(storage)) is not None:
             log(note)
-        elif args.workers == 1:
+        elif args.workers == 1 and args.launcher == "local":
             command.share(storage, 0, not args.quiet, signals)
         else:
             options = command.worker_options()

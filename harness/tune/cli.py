@@ -130,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     command = TuneCommand(setup, folder, args.trials or setup.study.trials)
     with optuna_verbosity(logging.WARNING if args.quiet else logging.INFO):
         code, _ = run_study_command(
-            command, args, default_storage=default_storage(folder), heartbeat=setup.study.heartbeat
+            command,
+            args,
+            default_storage=default_storage(folder),
+            heartbeat=setup.study.heartbeat,
+            cluster=setup.experiment.cluster,
         )
     return code

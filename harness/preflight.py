@@ -4,7 +4,8 @@ A grid should never die at its first evaluation (or halfway through) for a mista
 :func:`preflight` looks at every cell and returns one line per problem: a data root or dataset folder
 that is missing, ``classes_per_batch`` above the number of training classes (from the dataset's list
 files or, for glyphs, its options; no image is opened), a ``select_metric`` the evaluation does not
-measure, ``select_on: val`` without a validation split, and a ``model.weights`` file that is missing.
+measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, and a
+logger of ``tracking.loggers`` whose package is not installed (MLflow is an optional extra).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from harness.config import CellConfig, Experiment, data_root
 from harness.errors import UserError
+from harness.tracking import missing_packages
 
 
 def _training_classes(cell: CellConfig) -> int:
@@ -72,6 +74,7 @@ def _cell_problems(cell: CellConfig, classes: dict[str, int | str]) -> list[str]
     weights = cell.model.weights
     if cell.model.pretrained and weights and not Path(weights).expanduser().is_file():
         problems.append(f"model.weights: file {weights} not found; give the path to the weights file")
+    problems += missing_packages(cell)
     key = repr(
         (
             cell.dataset,

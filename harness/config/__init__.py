@@ -47,6 +47,7 @@ from harness.config.schema import (
     OptimConfig,
     Protocol,
     ScheduleConfig,
+    TrackingConfig,
     TrainConfig,
 )
 
@@ -64,6 +65,7 @@ __all__ = [
     "OptimConfig",
     "Protocol",
     "ScheduleConfig",
+    "TrackingConfig",
     "TrainConfig",
     "apply_sets",
     "data_root",

@@ -7,9 +7,10 @@ above the images of the largest one (from the dataset's list files or, for glyph
 value given in ``evaluate.ks`` beyond the smallest gallery, a listed image file that is missing or
 empty (one ``stat`` each; with ``decode`` every image is decoded too), a ``data.options`` key the
 dataset does not take, an unusable glyph cache folder, a ``select_metric`` the evaluation does not
-measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, and
-a missing standard weights file whose URL cannot be reached (:func:`preflight_report` also lists those
-that will be downloaded when the run starts).
+measure, ``select_on: val`` without a validation split, a ``model.weights`` file that is missing, a
+missing standard weights file whose URL cannot be reached (:func:`preflight_report` also lists those
+that will be downloaded when the run starts), and a logger of ``tracking.loggers`` whose package is not
+installed (MLflow is an optional extra).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 from harness.config import CellConfig, Experiment, data_root
 from harness.errors import UserError
 from harness.models.weights import MissingWeights, missing_weights
+from harness.tracking import missing_packages
 
 
 class DataFacts(NamedTuple):
@@ -127,6 +129,7 @@ def _cell_problems(
     if missing is not None and missing.unreachable is not None:
         problems.append(missing.line())
     problems += _data_problems(cell)
+    problems += missing_packages(cell)
     key = repr(
         (
             cell.dataset,

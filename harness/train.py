@@ -33,6 +33,7 @@ from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, 
 from harness.models import freeze_batchnorm_statistics
 from harness.records import CellOutcome, CellStatus, FinalRecord, Metrics, StatusRecord, Timings, write_record
 from harness.results import CellPaths, environment, load_checkpoint, now
+from harness.tracking import Loggers, open_loggers
 
 TRAIN_LOG_COLUMNS = (
     "iteration",
@@ -357,6 +358,7 @@ class _CellRun:
         self.best: dict[str, Any] = {"iteration": None, "value": -math.inf, "state": None}
         self.start, self.elapsed_before = 0, 0.0
         self.window_start, self.window_images = 0.0, 0  # images/s over the current log window
+        self.tracker = Loggers()  # live logging (harness.tracking): the main rank's, from start_tracking
 
     def restore(self) -> None:
         """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so far."""
@@ -383,6 +385,11 @@ class _CellRun:
                     status=CellStatus.RUNNING, reason=None, started=now(), resumed_from=self.start or None
                 ),
             )
+
+    def start_tracking(self) -> None:
+        """Open the live loggers of ``tracking.loggers`` (main rank), continuing the cell's run when it resumes."""
+        if self.main:
+            self.tracker = open_loggers(self.cfg, self.paths, first_step=self.start + 1)
 
     def distribute(self) -> None:
         """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on GPU)."""
@@ -450,6 +457,7 @@ class _CellRun:
             "images_per_s": self.window_images / max(seconds, 1e-9),
         }
         self.log.append(row)
+        self.tracker.log_scalars(iteration, {f"train/{k}": v for k, v in row.items() if k != "iteration"})
         bar.update(
             iteration,
             {
@@ -472,6 +480,7 @@ class _CellRun:
         self.evals.extend(
             {"iteration": iteration, "split": split, "metric": k, "value": v} for k, v in values.items()
         )
+        self.tracker.log_scalars(iteration, {f"{split}/{k}": v for k, v in values.items()})
         if metric not in values:
             raise UserError(
                 f"train.select_metric: {metric!r} is not measured; expected one of {sorted(values)}"
@@ -576,6 +585,8 @@ class _CellRun:
             )
             write_record(self.paths.status, StatusRecord(status=status, reason=reason, finished=now()))
             self.paths.checkpoint.unlink(missing_ok=True)
+            self.tracker.log_metrics(self.cfg.train.iterations, metrics)
+            self.tracker.close(status)
         return CellOutcome(self.cfg.cell_id, status, reason, metrics, train_seconds)
 
     def _write_logs(self) -> None:
@@ -603,6 +614,7 @@ def train_cell(
     run = _CellRun(cfg, paths, ctx, splits, evaluate_test)
     run.restore()
     run.record_start()
+    run.start_tracking()
     run.distribute()
     bar = Progress(cfg.train.iterations, run.start, cfg.cell_id, enabled=progress and run.main)
     bar.message(run.describe())
@@ -620,9 +632,15 @@ def train_cell(
                 raise CheckpointedStop(f"{cfg.cell_id}: checkpointed at iteration {iteration} on request")
     except NonFiniteError as err:
         status, reason = CellStatus.FAILED, str(err)
+    except BaseException:  # interrupted, pruned or crashed: the loggers keep what they have, the run resumes
+        run.tracker.close(None)
+        raise
     finally:
         bar.close()
     failed = status == CellStatus.FAILED
     if broadcast_flag(failed, ctx) and not failed:
         status, reason = CellStatus.FAILED, "another rank stopped on a non-finite value"
-    return run.finish(status, reason)
+    try:
+        return run.finish(status, reason)  # closes the loggers with the cell's status
+    finally:
+        run.tracker.close(None)  # unless the final evaluation raised

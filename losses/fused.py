@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from losses.gpw import Fused, stats_from_sums
+from losses.gpw import Fused
 from losses.weightings import exp_flushed_
 
 _INF = float("inf")
@@ -92,12 +92,12 @@ class FusedMultiSimilarity:
         pos_weights = pos_exps.mul_(1.0 / (m * pos_total))
         grad_sim.scatter_add_(1, pos_index, -pos_weights)
         loss = (pos_lse / alpha + neg_lse / beta).sum() / m
-        counts = torch.stack(
+        sums = torch.stack(
             [
                 pos_sel.to(sim.dtype).sum(),
                 neg_count.sum(),
                 pos_weights.sum(),
                 (neg_factor * neg_total).sum(),
             ]
-        ).tolist()
-        return Fused(loss, grad_sim, stats_from_sums(*counts))
+        )
+        return Fused(loss, grad_sim, sums)

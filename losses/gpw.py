@@ -40,25 +40,33 @@ def stats_from_sums(
     }
 
 
-def weight_stats(out: Weighted) -> dict[str, float]:
-    """Selected-pair counts and mean weights of one weighting output, with one device-to-host transfer."""
-    sums = torch.stack(
+def weight_sums(out: Weighted) -> Tensor:
+    """Selected-pair counts and weight sums of one weighting output, on its device (no transfer)."""
+    return torch.stack(
         [
             out.selected.pos.count_nonzero().to(out.w_pos.dtype),
             out.selected.neg.count_nonzero().to(out.w_pos.dtype),
             out.w_pos.sum(),
             out.w_neg.sum(),
         ]
-    ).tolist()
-    return stats_from_sums(*sums)
+    )
 
 
 class Fused(NamedTuple):
-    """A fused forward: the scalar loss, dL/dS (m, m), and the last_stats it implies."""
+    """A fused forward: the scalar loss, dL/dS (m, m), and the pair sums its last_stats come from.
+
+    ``sums`` is ``(pos_pairs, neg_pairs, pos_weight_sum, neg_weight_sum)`` on the loss's device: it is
+    read (one device-to-host transfer) only when someone looks at :attr:`stats`.
+    """
 
     loss: Tensor
     grad_sim: Tensor
-    stats: dict[str, float]
+    sums: Tensor
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The last_stats this forward implies (:func:`stats_from_sums` of :attr:`sums`)."""
+        return stats_from_sums(*self.sums.tolist())
 
 
 class Kernel(Protocol):
@@ -70,8 +78,8 @@ class Kernel(Protocol):
 def generic_forward(loss: GPWLoss, sim: Tensor, labels: Tensor) -> Fused:
     """Miner, then weighting, on dense masks; dL/dS = w_neg - w_pos (built in place)."""
     out = loss.weigh(sim, labels)
-    stats = weight_stats(out)
-    return Fused(out.loss, out.w_neg.sub_(out.w_pos), stats)
+    sums = weight_sums(out)
+    return Fused(out.loss, out.w_neg.sub_(out.w_pos), sums)
 
 
 class _PairWeightedSimilarity(torch.autograd.Function):
@@ -81,7 +89,7 @@ class _PairWeightedSimilarity(torch.autograd.Function):
     def forward(ctx: Any, embeddings: Tensor, labels: Tensor, loss: GPWLoss) -> Tensor:
         sim = embeddings @ embeddings.T
         fused = loss.kernel(sim, labels) if loss.kernel is not None else generic_forward(loss, sim, labels)
-        loss.last_stats = fused.stats
+        loss._last_sums = fused.sums
         ctx.save_for_backward(embeddings, fused.grad_sim)
         return fused.loss
 
@@ -101,6 +109,8 @@ class GPWLoss(nn.Module):
 
     Call as ``loss(embeddings, labels)`` with L2-normalised embeddings (m, d) and integer labels (m,);
     returns a scalar. ``last_stats`` describes the last call; ``pair_weights`` gives (w_pos, w_neg).
+    The statistics stay on the device until ``last_stats`` is read, so a training loop that reads
+    them every few steps does not wait for the device at every step.
     """
 
     def __init__(
@@ -117,7 +127,14 @@ class GPWLoss(nn.Module):
         self.weighting = weighting
         self.kernel = kernel
         self.hparams = dict(hparams)
-        self.last_stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
+        self._last_sums: Tensor | None = None  # Fused.sums of the last call, still on the device
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Selected-pair counts and mean pair weights of the last call (zeros before the first)."""
+        if self._last_sums is None:
+            return dict.fromkeys(STAT_KEYS, 0.0)
+        return stats_from_sums(*self._last_sums.tolist())
 
     def weigh(self, sim: Tensor, labels: Tensor) -> Weighted:
         """Mine and weight the pairs of a similarity matrix; differentiable in ``sim`` if it requires grad."""

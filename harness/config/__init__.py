@@ -50,6 +50,7 @@ from harness.config.schema import (
     OptimConfig,
     ProtocolConfig,
     ScheduleConfig,
+    TrackingConfig,
     TrainConfig,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "OptimConfig",
     "ProtocolConfig",
     "ScheduleConfig",
+    "TrackingConfig",
     "TrainConfig",
     "apply_sets",
     "data_root",

@@ -339,6 +339,23 @@ class EvalConfig(_Strict):
         return ks
 
 
+class TrackingConfig(_Strict):
+    """Live logging of each cell's training (see :mod:`harness.tracking`); never part of a cell's identity."""
+
+    loggers: list[str] = Field(default_factory=lambda: ["tensorboard"])  # keys of harness.tracking.LOGGERS
+    # MLflow's tracking URI; null: $MLFLOW_TRACKING_URI, else a SQLite store in <results>/<experiment>/mlruns/
+    mlflow_uri: str | None = None
+
+    @field_validator("loggers")
+    @classmethod
+    def _known_loggers(cls, names: list[str]) -> list[str]:
+        from harness.tracking import LOGGERS
+
+        _check_known("logger", names, LOGGERS)
+        _check_unique("loggers", names)
+        return names
+
+
 class ProtocolConfig(_Strict):
     """Every setting of a cell except the grid axes."""
 
@@ -348,6 +365,7 @@ class ProtocolConfig(_Strict):
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 CELL_AXES = ("experiment", "dataset", "embedding_size", "seed", "variant")
@@ -506,9 +524,9 @@ def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kept.items() if value != {}}
 
 
-NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
-"""Fields of a cell's config that do not change what it trains (where the data lies, its folder): left out of
-its identity (the cell id, a tuning study's fingerprint)."""
+NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}, "tracking": True}
+"""Fields of a cell's config that do not change what it trains (where the data lies, its folder, where its
+training is logged live): left out of its identity (the cell id, a tuning study's fingerprint)."""
 
 # Enters every cell id: bump it when the meaning of an existing schema default changes
 # (see CellConfig.cell_id).

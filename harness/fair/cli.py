@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ArgumentParser
-from harness.errors import UserError
+from harness.errors import ArgumentParser, UserError
 from harness.fair.report import write_fair_report
 from harness.fair.reruns import DEFAULT, TUNED, default_experiment, rerun, tuned_experiment, write_experiment
 from harness.fair.schema import FairSetup, load_fair

@@ -1,7 +1,8 @@
 """Calibration of a glyphs protocol from finished run folders: plateau, paired SD, seeds, CPU per cell.
 
 Reads the cells of one or more experiment folders (``<results>/<experiment>/cells/*``: config.json,
-evals.csv, final.json (its timings hold the cell's ``cpu_seconds``) and, for the calibration runs, cpu.json holding ``cpu_seconds`` and
+evals.csv, final.json (its timings hold the cell's ``cpu_seconds``) and, for the calibration runs, cpu.json
+holding ``cpu_seconds`` and
 ``eval_cpu_seconds``, the process CPU time, user + sys, of the cell and of its evaluations) and prints
 a Markdown table per folder:
 
@@ -101,7 +102,8 @@ def load_runs(run_dir: Path) -> tuple[RunProtocol, pd.DataFrame, pd.DataFrame]:
                 "selected_iteration": final.selected_iteration,
                 "wall_seconds": _seconds(final.timings.train_seconds)
                 + _seconds(final.timings.final_eval_seconds),
-                # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs' wrapper
+                # the trainer records the cell's CPU time in final.json; cpu.json is the calibration runs'
+                # wrapper
                 "cpu_seconds": cpu.get("cpu_seconds", _seconds(final.timings.cpu_seconds)),
                 "eval_cpu_seconds": cpu.get("eval_cpu_seconds", math.nan),
             }
@@ -246,7 +248,8 @@ def plot(
             ax.axvline(milestone, color="grey", linestyle=":", linewidth=1)
         seeds = curves.groupby("loss")["seed"].nunique().min()
         ax.set(
-            title=f"{protocol.name}: width {protocol.width}, lr steps at {list(protocol.milestones)}, {seeds}+ seeds",
+            title=f"{protocol.name}: width {protocol.width}, "
+            f"lr steps at {list(protocol.milestones)}, {seeds}+ seeds",
             xlabel="iteration",
             ylabel="validation Recall@1 % (mean)",
         )

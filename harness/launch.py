@@ -34,7 +34,8 @@ from harness.stopping import Interrupted, StopSignals, watch_parent
 
 @dataclass(frozen=True)
 class CellTask:
-    """One cell to train into ``exp_dir``; ``final_seen`` is final.json's mtime (ns) when the run planned it."""
+    """One cell to train into ``exp_dir``; ``final_seen`` is final.json's mtime (ns) when the run planned
+    it."""
 
     cell: CellConfig
     exp_dir: Path
@@ -137,7 +138,8 @@ class InProcessLauncher:
 
 
 def visible_gpus() -> list[str]:
-    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else every device torch sees); [] on CPU."""
+    """The GPU ids this process may use (``CUDA_VISIBLE_DEVICES``, else every device torch sees); [] on
+    CPU."""
     import torch
 
     if not torch.cuda.is_available():
@@ -160,7 +162,8 @@ def default_jobs(cells: Sequence[CellConfig]) -> int:
 
 def serve_cells(fd: int) -> int:
     """A cell worker: train the tasks the parent sends over connection ``fd``, one at a time, each cell's
-    output in its train.log, until the parent sends None or goes; the exit code (``128 + signal`` after a stop).
+    output in its train.log, until the parent sends None or goes; the exit code (``128 + signal`` after a
+    stop).
 
     A stop signal interrupts the running cell at once: it keeps its checkpoint (its status stays
     ``running``, so the next run resumes it) and its lock goes with this process.
@@ -183,7 +186,8 @@ def serve_cells(fd: int) -> int:
 
 
 def _train_logged(task: CellTask) -> CellOutcome | str:
-    """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its text."""
+    """:func:`train_task` with stdout and stderr in ``cells/<id>/train.log``; a user error comes back as its
+    text."""
     log = cell_paths(task.exp_dir, task.cell.cell_id).root / "train.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
@@ -211,7 +215,8 @@ def _cell_worker(fd: int, gpu: str | None) -> WorkerCommand:
 
 @dataclass
 class _Slot:
-    """One cell worker, the parent's end of its connection and the cell it is training (None: idle or gone)."""
+    """One cell worker, the parent's end of its connection and the cell it is training (None: idle or
+    gone)."""
 
     worker: Worker
     conn: multiprocessing.connection.Connection
@@ -219,7 +224,8 @@ class _Slot:
 
 
 class LocalProcessLauncher:
-    """Trains up to ``jobs`` tasks at once in a pool of worker processes; on a GPU machine one GPU per worker."""
+    """Trains up to ``jobs`` tasks at once in a pool of worker processes; on a GPU machine one GPU per
+    worker."""
 
     def __init__(self, jobs: int, gpus: Sequence[str] = (), signals: StopSignals | None = None) -> None:
         self.jobs, self.gpus, self.signals = jobs, list(gpus), signals or StopSignals()
@@ -252,7 +258,8 @@ class LocalProcessLauncher:
 
 
 def _dispatch(slots: list[_Slot], todo: list[CellTask], signals: StopSignals) -> Iterator[CellOutcome]:
-    """Hand each idle worker the next task and yield results as they come; a worker that dies fails its cell."""
+    """Hand each idle worker the next task and yield results as they come; a worker that dies fails its
+    cell."""
 
     def hand_out(slot: _Slot) -> None:
         task = todo.pop() if todo else None

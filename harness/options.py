@@ -6,7 +6,8 @@ import argparse
 
 
 def add_set_option(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--set KEY=VALUE`` (repeatable, into ``sets``): a field of the file overridden, as ``load_experiment`` takes it."""
+    """``--set KEY=VALUE`` (repeatable, into ``sets``): a field of the file overridden, as
+    ``load_experiment`` takes it."""
     parser.add_argument(
         "--set",
         dest="sets",

@@ -1,4 +1,5 @@
-"""The records of a results folder (final, status, env, grid JSON files): typed, read and written through here.
+"""The records of a results folder (final, status, env, grid JSON files): typed, read and written through
+here.
 
 Each JSON record of a results folder has one pydantic model here (config.json only as the fields
 cells.csv reads: the file itself is ``CellConfig.record()``), and :class:`CellStatus` names every
@@ -159,7 +160,8 @@ class TrainFields(Record):
 
 
 class ConfigRecord(Record):
-    """config.json as cells.csv reads it (the file holds the whole resolved cell config; see ``CellConfig.record``)."""
+    """config.json as cells.csv reads it (the file holds the whole resolved cell config; see
+    ``CellConfig.record``)."""
 
     experiment: str
     loss: LossFields
@@ -205,7 +207,8 @@ def parse_record(path: Path, data: object, model: type[RecordT], *, remedy: str 
 
 
 def read_record(path: Path, model: type[RecordT], *, remedy: str = REWRITE_IT) -> RecordT | None:
-    """The record in ``path`` (None when the file is absent); a damaged file is a one-line DamagedFileError."""
+    """The record in ``path`` (None when the file is absent); a damaged file is a one-line
+    DamagedFileError."""
     data = read_json_if_exists(path, remedy=remedy)
     return None if data is None else parse_record(path, data, model, remedy=remedy)
 

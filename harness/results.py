@@ -162,7 +162,8 @@ class CellPaths:
         return self.root / f"weights_{which}.pt"
 
     def status_value(self) -> CellStatus | None:
-        """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never started).
+        """``finished`` or ``failed`` (from final.json), ``running`` (started, not ended) or None (never
+        started).
 
         final.json decides: a cell whose final.json is complete is finished (or failed) whatever its
         status.json says (a run killed between the two writes leaves ``running`` there).
@@ -229,7 +230,8 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = ()) -> dict[str, Any
 
 
 def record_experiment(exp_dir: Path, experiment: Experiment, cells: list[CellConfig]) -> None:
-    """Write ``experiment.yaml`` (the resolved experiment) and ``grid.json`` (its cell ids) into ``exp_dir``."""
+    """Write ``experiment.yaml`` (the resolved experiment) and ``grid.json`` (its cell ids) into
+    ``exp_dir``."""
     import yaml
 
     atomic_write_text(
@@ -335,7 +337,8 @@ def tidy_rows(exp_dir: Path) -> list[dict[str, Any]]:
 
 
 def cells_table_mismatch(exp_dir: Path) -> str | None:
-    """How ``cells.csv`` disagrees with the current grid's cells under ``cells/`` (ids, rows per cell), or None.
+    """How ``cells.csv`` disagrees with the current grid's cells under ``cells/`` (ids, rows per cell), or
+    None.
 
     None also when there is no ``cells/`` folder to compare with. A file cut short (no final newline,
     missing cells or rows) or one pooling other cells is reported, so it can be rebuilt.
@@ -392,7 +395,8 @@ FOLDER_LOCK_SECONDS = 600
 
 @contextmanager
 def claim_cell(paths: CellPaths) -> Iterator[bool]:
-    """Hold the cell's lock for the block: yields True when this process claimed it, False when another holds it.
+    """Hold the cell's lock for the block: yields True when this process claimed it, False when another holds
+    it.
 
     The lock is an OS file lock (released when its process ends, even by ``kill -9``), so a cell whose
     status says ``running`` while nobody holds its lock was left by a run that died: claim and resume it.
@@ -412,7 +416,8 @@ def claim_cell(paths: CellPaths) -> Iterator[bool]:
 
 @contextmanager
 def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator[None]:
-    """Hold the results folder's short lock (experiment.yaml, cells.csv, the report), waiting up to ``seconds``."""
+    """Hold the results folder's short lock (experiment.yaml, cells.csv, the report), waiting up to
+    ``seconds``."""
     lock = FileLock(exp_dir / ".lock")
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -435,7 +440,8 @@ def folder_lock(exp_dir: Path, seconds: float = FOLDER_LOCK_SECONDS) -> Iterator
 
 
 def remove_stale_temporaries(folder: Path) -> int:
-    """Delete the temporary files that atomic writes in ``folder`` left behind (a killed run); returns how many."""
+    """Delete the temporary files that atomic writes in ``folder`` left behind (a killed run); returns how
+    many."""
     stale = temporaries(folder)
     for path in stale:
         path.unlink(missing_ok=True)

@@ -44,7 +44,10 @@ from harness.results import (
 from harness.stopping import StopSignals
 
 EXIT_FAILED_CELLS = 1
-REGENERATE_REFERENCE = "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference --update-reference --force"
+REGENERATE_REFERENCE = (
+    "python -m harness.run experiments/glyphs-ablation.yaml --results results/reference "
+    "--update-reference --force"
+)
 
 
 def _jobs(text: str) -> int:
@@ -58,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="python -m harness.run",
         description="Run an experiment grid (losses x datasets x sizes x seeds).",
-        epilog="The committed reference runs (results/reference/<experiment>/) are never written by a plain run. "
+        epilog="The committed reference runs (results/reference/<experiment>/) are never written by "
+        "a plain run. "
         f"Regenerate one, from a clean commit, with: {REGENERATE_REFERENCE}",
     )
     parser.add_argument("experiment", help="experiment YAML file, e.g. experiments/glyphs-ablation.yaml")
@@ -135,7 +139,8 @@ def check_destination(exp_dir: Path, update_reference: bool) -> None:
 
 
 def clean_leftovers(exp_dir: Path) -> None:
-    """What a killed run left: temporary files (in cells only when no other run holds them), a finished cell's checkpoint.
+    """What a killed run left: temporary files (in cells only when no other run holds them), a finished
+    cell's checkpoint.
 
     Call under the folder lock. A cell whose status says ``running`` while nobody holds its lock is
     left as it is: its run died, and training it resumes from its checkpoint.
@@ -155,7 +160,8 @@ def clean_leftovers(exp_dir: Path) -> None:
 
 
 class CellsProgress:
-    """The run's one progress display: cells done / total, elapsed, estimated remaining (tqdm on a terminal)."""
+    """The run's one progress display: cells done / total, elapsed, estimated remaining (tqdm on a
+    terminal)."""
 
     def __init__(self, total: int, enabled: bool, out: Any = None) -> None:
         self.total, self.enabled, self.out, self.done = total, enabled, out or sys.stderr, 0
@@ -393,7 +399,8 @@ def summarise(
     *,
     write_report: bool,
 ) -> None:
-    """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the report."""
+    """Under the folder lock: cells.csv, the summary line and (when every cell of the grid is done) the
+    report."""
     counts = Counter(result.status for result in outcomes)
     with folder_lock(exp_dir):
         table = write_cells_table(exp_dir)

@@ -40,7 +40,8 @@ class StopSignals:
 
     Inside a cell's or a trial's training (and while a parent waits for its workers) the process is
     armed, so a signal stops it at once; elsewhere (Optuna's storage calls, writing outputs) the signal
-    waits for the next :meth:`check`, so no storage write is cut in half. Later signals are recorded only: the clean-up after the first one runs to its end.
+    waits for the next :meth:`check`, so no storage write is cut in half. Later signals are recorded only:
+    the clean-up after the first one runs to its end.
     """
 
     def __init__(self) -> None:

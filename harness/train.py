@@ -325,7 +325,8 @@ CHECKPOINT_KEYS = (
 
 
 class _CellRun:
-    """One cell in training: what it is built from, what it has logged, and the steps of :func:`train_cell`."""
+    """One cell in training: what it is built from, what it has logged, and the steps of
+    :func:`train_cell`."""
 
     def __init__(
         self,
@@ -361,7 +362,8 @@ class _CellRun:
         self.tracker = Loggers()  # live logging (harness.tracking): the main rank's, from start_tracking
 
     def restore(self) -> None:
-        """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so far."""
+        """Resume from the cell's checkpoint, when there is one: weights, optimiser, RNG, logs, best so
+        far."""
         if not self.paths.checkpoint.is_file():
             return
         ckpt = load_checkpoint(self.paths.checkpoint, CHECKPOINT_KEYS)  # a damaged file: one line, delete it
@@ -387,12 +389,14 @@ class _CellRun:
             )
 
     def start_tracking(self) -> None:
-        """Open the live loggers of ``tracking.loggers`` (main rank), continuing the cell's run when it resumes."""
+        """Open the live loggers of ``tracking.loggers`` (main rank), continuing the cell's run when it
+        resumes."""
         if self.main:
             self.tracker = open_loggers(self.cfg, self.paths, first_step=self.start + 1)
 
     def distribute(self) -> None:
-        """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on GPU)."""
+        """Under torchrun, wrap the model in DistributedDataParallel (synchronised BN where BN trains on
+        GPU)."""
         if self.ctx is not None:
             if (
                 not self.cfg.model.freeze_bn and self.device.type == "cuda"
@@ -470,7 +474,8 @@ class _CellRun:
         self.window_start, self.window_images = time.perf_counter(), 0
 
     def evaluate_and_select(self, iteration: int, on_eval: EvalCallback | None, bar: Progress) -> None:
-        """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so far."""
+        """Every ``train.eval_every`` iterations: evaluate the selection split, keep the best weights so
+        far."""
         cfg = self.cfg
         if cfg.train.select_on == "final" or not _due(iteration, cfg.train.eval_every, cfg.train.iterations):
             return  # select_on final: no selection, nothing to evaluate before the end
@@ -520,7 +525,8 @@ class _CellRun:
         self._write_logs()
 
     def final_evaluation(self) -> Metrics:
-        """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and weights)."""
+        """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and
+        weights)."""
         net, final_state = _unwrap(self.model), _state(self.model)
         names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
 
@@ -548,7 +554,8 @@ class _CellRun:
         return metrics
 
     def finish(self, status: CellStatus, reason: str | None) -> CellOutcome:
-        """Final evaluation (when the cell finished), then final.json, the logs and the status; no checkpoint."""
+        """Final evaluation (when the cell finished), then final.json, the logs and the status; no
+        checkpoint."""
         train_seconds = self.elapsed_before + time.perf_counter() - self.started
         eval_started = time.perf_counter()
         metrics = self.final_evaluation() if status == CellStatus.FINISHED else {}

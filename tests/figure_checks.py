@@ -1,4 +1,5 @@
-"""Checks on drawn matplotlib figures for the figure tests: record what is saved, compare legends with artists."""
+"""Checks on drawn matplotlib figures for the figure tests: record what is saved, compare legends with
+artists."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from matplotlib.patches import Patch
 
 
 def record_figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, matplotlib.figure.Figure]:
-    """From now on every figure saved is kept, by file stem (e.g. ``recall_at_k_cars_d64``), and still written."""
+    """From now on every figure saved is kept, by file stem (e.g. ``recall_at_k_cars_d64``), and still
+    written."""
     saved: dict[str, matplotlib.figure.Figure] = {}
     original = matplotlib.figure.Figure.savefig
 

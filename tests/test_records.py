@@ -1,4 +1,5 @@
-"""The cell records (harness.records): round trips, one-line errors for damaged files, the committed reference."""
+"""The cell records (harness.records): round trips, one-line errors for damaged files, the committed
+reference."""
 
 from __future__ import annotations
 

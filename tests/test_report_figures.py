@@ -72,7 +72,10 @@ def test_every_report_figure_has_one_kind_of_weights_and_legends_of_drawn_artist
     assert [t.get_text() for t in ax.get_xticklabels()] == ["Binomial", "MS mining", "MS"]
     assert len(ax.containers) == 3  # one error bar per loss, not one per loss and kind of weights
     # the weights left out are named in the captions, with the largest gap (selected = final + 0.5 points)
-    note = "Not drawn: the final weights, whose means differ from the drawn validation-selected weights by at most 0.50"
+    note = (
+        "Not drawn: the final weights, whose means differ from the drawn validation-selected weights "
+        "by at most 0.50"
+    )
     assert text.count(note) == 2
     assert (
         len(_data_axes(drawn["training_cars_d64"])) == 4

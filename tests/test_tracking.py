@@ -1,4 +1,5 @@
-"""Live logging of each cell: TensorBoard event files read back with TensorBoard's reader, MLflow on a real server."""
+"""Live logging of each cell: TensorBoard event files read back with TensorBoard's reader, MLflow on a real
+server."""
 
 from __future__ import annotations
 
@@ -49,7 +50,8 @@ def steps(events: EventAccumulator, tag: str) -> list[int]:
 
 
 def expected_scalars(cell: Path) -> dict[str, dict[int, float]]:
-    """``{tag: {step: value}}`` the cell's logs say its run must hold: train_log.csv, evals.csv, final.json."""
+    """``{tag: {step: value}}`` the cell's logs say its run must hold: train_log.csv, evals.csv,
+    final.json."""
     expected: dict[str, dict[int, float]] = {}
     for row in csv.DictReader((cell / "train_log.csv").open()):
         for column, value in row.items():
@@ -162,7 +164,8 @@ def test_a_missing_mlflow_is_one_line_and_exit_2_at_check(
     assert run.main([str(exp), "--check"]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == (
-        "error: tiny: tracking.loggers: 'mlflow' needs the mlflow package, which is not installed; install it "
+        "error: tiny: tracking.loggers: 'mlflow' needs the mlflow package, which is not installed; "
+        "install it "
         "(pip install 'gpw-harness[mlflow]') or remove 'mlflow' from tracking.loggers"
     )
     with pytest.raises(UserError, match="needs the mlflow package"):  # and before a run trains anything

@@ -49,7 +49,8 @@ def checked_labels(
     tensor = torch.as_tensor(values)
     if tensor.ndim != 1 or tensor.shape[0] != count:
         raise UserError(
-            f"{name} must be a 1-D array with one label per embedding ({count}); got shape {tuple(tensor.shape)}"
+            f"{name} must be a 1-D array with one label per embedding ({count}); "
+            f"got shape {tuple(tensor.shape)}"
         )
     if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
         raise UserError(f"{name} must hold integer class ids; got dtype {tensor.dtype}")

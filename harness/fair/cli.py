@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = ArgumentParser(
         prog="python -m harness.fair",
-        description="The fair protocol: every loss tuned with the same budget, then default and tuned on the test set.",
+        description="The fair protocol: every loss tuned with the same budget, "
+        "then default and tuned on the test set.",
     )
     parser.add_argument("file", help="fair file: an experiment YAML with a fair: section")
     add_study_arguments(
@@ -170,7 +171,8 @@ def _rerun_and_report(
     unsettled = [s.study.key for s in states if not s.settled]
     if unsettled:
         print(
-            f"studies {', '.join(unsettled)} still have trials running elsewhere; run this command again when "
+            f"studies {', '.join(unsettled)} still have trials running elsewhere; run this command "
+            f"again when "
             "they finish for the re-runs and the report",
             file=sys.stderr,
         )

@@ -1,4 +1,5 @@
-"""The studies of a fair run: one per loss on one storage, filled to the same trial count by any number of workers."""
+"""The studies of a fair run: one per loss on one storage, filled to the same trial count by any number of
+workers."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's
 
 
 def default_storage(fair_dir: Path) -> str:
-    """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one file."""
+    """``sqlite:///<fair_dir>/studies.db`` (absolute, so worker processes agree on it): every study in one
+    file."""
     return sqlite_url(fair_dir / "studies.db")
 
 

@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=DEFAULT_MAP_CLASSES,
         metavar="N",
-        help=f"test classes drawn in each embedding map, chosen with a fixed seed (default: {DEFAULT_MAP_CLASSES})",
+        help="test classes drawn in each embedding map, chosen with a fixed seed "
+        f"(default: {DEFAULT_MAP_CLASSES})",
     )
     reference = parser.add_mutually_exclusive_group()
     reference.add_argument(

@@ -1,4 +1,5 @@
-"""Drawing the report's example figures: a grid of retrieved test images per loss, and t-SNE maps of the embeddings."""
+"""Drawing the report's example figures: a grid of retrieved test images per loss, and t-SNE maps of the
+embeddings."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 For each figure family (dataset, embedding size, variant), one cell per loss at one seed (by default the
 control row's first seed with kept weights; the control is the one the planned comparisons use) is
-rebuilt from its ``config.json`` (:func:`harness.builders.load_splits`, :func:`~harness.builders.build_model`),
+rebuilt from its ``config.json`` (:func:`harness.builders.load_splits`,
+:func:`~harness.builders.build_model`),
 given its kept weights (``weights_selected.pt``, or ``weights_final.pt`` where the report shows final
 weights only) and embeds the test set with the trainer's own :func:`harness.train.embed`. From these
 embeddings come the retrieval grid (the same test queries for every loss, some chosen where the losses'
@@ -149,7 +150,8 @@ def choose_queries(
 
 
 def choose_classes(labels: np.ndarray, count: int, seed: int = EXAMPLES_SEED) -> list[int]:
-    """``count`` of the classes in ``labels`` (all of them when there are fewer), drawn with ``seed``, sorted."""
+    """``count`` of the classes in ``labels`` (all of them when there are fewer), drawn with ``seed``,
+    sorted."""
     present = np.unique(labels)
     return sorted(
         int(c) for c in np.random.default_rng(seed).choice(present, min(count, len(present)), replace=False)
@@ -299,7 +301,8 @@ def _map_figure(
     )
     caption = (
         f"t-SNE (scikit-learn, perplexity {perplexity:.0f}, PCA start, seed {EXAMPLES_SEED}) of the test "
-        f"embeddings of {len(classes)} test classes drawn with seed {EXAMPLES_SEED} (`--map-classes`; at most "
+        f"embeddings of {len(classes)} test classes drawn with seed {EXAMPLES_SEED} "
+        f"(`--map-classes`; at most "
         f"{MAP_IMAGES_PER_CLASS} images each), one panel per loss, the same classes and colours in every "
         "panel. A t-SNE map keeps neighbourhoods, not distances: tight, separate clusters mean classes the "
         "embedding keeps apart; the gaps between clusters and the axes carry no meaning."

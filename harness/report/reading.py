@@ -1,4 +1,5 @@
-"""Reading an experiment's stored results (cells.csv, cell files) and the paper's tables, checked, in percent."""
+"""Reading an experiment's stored results (cells.csv, cell files) and the paper's tables, checked, in
+percent."""
 
 from __future__ import annotations
 
@@ -254,7 +255,8 @@ def _cell_json(
     cell_id: object,
     names: tuple[str, ...] = ("final.json", "status.json"),
 ) -> dict | None:
-    """The first of ``names`` a cell has, checked and as a mapping; a damaged one is listed in ``problems`` and skipped."""
+    """The first of ``names`` a cell has, checked and as a mapping; a damaged one is listed in ``problems``
+    and skipped."""
     for name in names:
         try:
             record = read_record(folder / name, CELL_RECORDS[name])
@@ -351,7 +353,8 @@ class ReportOptions:
     agreement_margin: float = DEFAULT_AGREEMENT_MARGIN
     """Points of Recall@1 within which a row agrees with the reference run (TOST)."""
     examples_seed: int | None = None
-    """The seed of the cells drawn in the retrieval examples and embedding maps (None: the control's first)."""
+    """The seed of the cells drawn in the retrieval examples and embedding maps (None: the control's
+    first)."""
     map_classes: int = DEFAULT_MAP_CLASSES
     """Test classes drawn in the embedding maps."""
 

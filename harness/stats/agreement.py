@@ -1,4 +1,5 @@
-"""A run of an experiment against a committed reference run of it: equivalence (TOST) and Welch's test per row,
+"""A run of an experiment against a committed reference run of it: equivalence (TOST) and Welch's test per
+row,
 Holm across rows.
 
 The two runs share no seeds' noise in a way we may rely on (another machine gives other floating-point
@@ -85,7 +86,8 @@ def _welch(ours: np.ndarray, reference: np.ndarray) -> tuple[float, float, float
 
 
 def _equivalence_p(ours: np.ndarray, reference: np.ndarray, margin: float) -> float:
-    """TOST p-value (Welch) for ``|true mean(ours) - true mean(reference)| < margin``; exact at zero spread."""
+    """TOST p-value (Welch) for ``|true mean(ours) - true mean(reference)| < margin``; exact at zero
+    spread."""
     diff = float(np.mean(ours) - np.mean(reference))
     if is_constant(ours) and is_constant(reference):  # both spreads zero: the answer is known exactly
         return 0.0 if abs(diff) < margin and not close(abs(diff), margin) else 1.0

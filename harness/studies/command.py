@@ -53,7 +53,8 @@ def require_positive(option: str, value: int | None, expected: str) -> None:
 
 
 def storage_for(given: str | None, worker: int | None, storage_env: str, default: str) -> str:
-    """``--storage`` when given, else in a worker the parent's URL (from ``storage_env``), else ``default``."""
+    """``--storage`` when given, else in a worker the parent's URL (from ``storage_env``), else
+    ``default``."""
     from_parent = os.environ.get(storage_env) if worker is not None else None
     return given or from_parent or default
 
@@ -76,7 +77,8 @@ def worker_commands(
 
 
 def work_share(signals: StopSignals, share: Callable[[], object]) -> int:
-    """Run a worker's ``share`` with its parent watched; the exit code: 0, or ``128 + signal`` after a stop."""
+    """Run a worker's ``share`` with its parent watched; the exit code: 0, or ``128 + signal`` after a
+    stop."""
     watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
     try:
         share()
@@ -94,7 +96,8 @@ def worker_exit_code(codes: Sequence[int]) -> int:
 
 
 class StudyCommand(Protocol):
-    """What one study command adds to the shared steps (harness.tune: one study; harness.fair: one per loss)."""
+    """What one study command adds to the shared steps (harness.tune: one study; harness.fair: one per
+    loss)."""
 
     module: str  # a worker runs ``python -m module``
     storage_env: str  # the environment variable that carries the parent's storage URL to a worker
@@ -105,7 +108,8 @@ class StudyCommand(Protocol):
         ...
 
     def check_data(self) -> None:
-        """Load what the first trial trains on: a missing dataset stops here with one line, before any trial."""
+        """Load what the first trial trains on: a missing dataset stops here with one line, before any
+        trial."""
         ...
 
     def prepare(self, storage: Any) -> list[str]:

@@ -1,4 +1,5 @@
-"""Optuna storages: opening one from a URL (SQLite, journal file, PostgreSQL), hiding its password in messages."""
+"""Optuna storages: opening one from a URL (SQLite, journal file, PostgreSQL), hiding its password in
+messages."""
 
 from __future__ import annotations
 

@@ -153,7 +153,8 @@ def run_label(cfg: CellConfig) -> str:
 
 
 def run_hparams(cfg: CellConfig) -> dict[str, HParam]:
-    """The cell's resolved hyperparameters, flat with dotted keys: what it trains, every loss parameter resolved.
+    """The cell's resolved hyperparameters, flat with dotted keys: what it trains, every loss parameter
+    resolved.
 
     The cell config without what does not change the training (``NOT_TRAINING``), the loss as
     ``loss.name``, ``loss.preset``, ``loss.label`` and ``loss.<hyperparameter>`` (resolved), plus

@@ -40,7 +40,8 @@ END_STATUS = {CellStatus.FINISHED: "FINISHED", CellStatus.FAILED: "FAILED", None
 
 
 def metric_key(tag: str) -> str:
-    """A trainer tag as an MLflow metric name: ``@`` as ``_at_``, any other character MLflow rejects as ``_``."""
+    """A trainer tag as an MLflow metric name: ``@`` as ``_at_``, any other character MLflow rejects as
+    ``_``."""
     return re.sub(r"[^/\w.\- :]", "_", tag.replace("@", "_at_"))
 
 

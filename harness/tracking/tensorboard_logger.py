@@ -1,7 +1,8 @@
 """The TensorBoard logger: a cell's scalars and hyperparameters as event files in ``cells/<id>/tensorboard/``.
 
 ``tensorboard --logdir results/<experiment>`` shows every cell of the grid as one run (the run's path
-names the cell id; its ``label`` hyperparameter and its ``cell`` text give :func:`~harness.tracking.run_label`),
+names the cell id; its ``label`` hyperparameter and its ``cell`` text give
+:func:`~harness.tracking.run_label`),
 refreshed while it trains. The hyperparameters go to the hparams plugin as a session-start record
 (no experiment record: the plugin then offers every scalar tag, the final metrics included, as a
 metric column); the session-end record carries the cell's status.

@@ -339,7 +339,8 @@ def _check_protocol(setup: TuneSetup) -> None:
 def pop_section(
     raw: dict[str, Any], key: str, source: str, kind: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``raw`` without its ``key:`` section, and ``{key: section}``; one line when a ``kind`` file has none."""
+    """``raw`` without its ``key:`` section, and ``{key: section}``; one line when a ``kind`` file has
+    none."""
     raw = dict(raw)
     if key not in raw:
         raise UserError(

@@ -1,4 +1,5 @@
-"""Opening a tune study: its sampler and pruner, and the fingerprint that refuses a study made from other settings."""
+"""Opening a tune study: its sampler and pruner, and the fingerprint that refuses a study made from other
+settings."""
 
 from __future__ import annotations
 

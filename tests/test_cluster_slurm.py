@@ -35,7 +35,7 @@ from harness.tune.schema import load_tune
 from harness.tune.study import _fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
-SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2}
+SHORT = {"train.iterations": 4, "train.eval_every": 4, "train.log_every": 2, "schedule.milestones": [2]}
 # long enough that a signal sent once the first checkpoint exists always finds the cell training
 LONG = {"train.iterations": 300, "train.eval_every": 100, "train.checkpoint_every": 5, "train.log_every": 50}
 WAIT_SECONDS = 240  # the most any one wait for the cluster may take before the test fails

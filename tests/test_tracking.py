@@ -35,7 +35,7 @@ from harness.train import train_cell
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "results" / "reference" / "glyphs-ablation"
-SHORT = {"train.iterations": 8, "train.eval_every": 4, "train.log_every": 2}
+SHORT = {"train.iterations": 8, "train.eval_every": 4, "train.log_every": 2, "schedule.milestones": [6]}
 
 
 def read_events(folder: Path) -> EventAccumulator:

@@ -6,7 +6,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -535,6 +535,8 @@ CELL_ID_VERSION = 1
 
 class CellConfig(ProtocolConfig):
     """One resolved grid cell: the protocol after variant and dataset overrides, plus the axes."""
+
+    not_training: ClassVar[dict[str, Any]] = NOT_TRAINING  # for readers that must not import config
 
     experiment: str
     loss: LossSpec

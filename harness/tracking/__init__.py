@@ -160,10 +160,8 @@ def run_hparams(cfg: CellConfig) -> dict[str, HParam]:
     ``loss.name``, ``loss.preset``, ``loss.label`` and ``loss.<hyperparameter>`` (resolved), plus
     ``cell_id`` and ``label`` (:func:`run_label`).
     """
-    from harness.config import NOT_TRAINING
-
     resolved = cfg.resolved_loss()
-    tree: dict[str, Any] = cfg.model_dump(mode="json", exclude={**NOT_TRAINING, "loss": True})
+    tree: dict[str, Any] = cfg.model_dump(mode="json", exclude={**cfg.not_training, "loss": True})
     tree["loss"] = {
         "name": resolved["name"],
         "preset": resolved["preset"],

@@ -304,7 +304,7 @@ class Grid(_Strict):
     datasets: list[str] = Field(min_length=1)
     embedding_sizes: list[int] | dict[str, list[int]] = Field(default_factory=lambda: [512])
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"default": dict[str, Any]()})
 
     @field_validator("losses", "seeds")
     @classmethod
@@ -365,7 +365,7 @@ def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kept.items() if value != {}}
 
 
-NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
+NOT_TRAINING: dict[str, bool | set[str]] = {"experiment": True, "data": {"root", "cache_dir", "workers"}}
 """Fields of a cell's config that do not change what it trains (where the data lies, its folder): left out of
 its identity (the cell id, a tuning study's fingerprint)."""
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from harness import models
 from harness.config import data_root
@@ -68,7 +67,7 @@ def build_model(cfg: CellConfig, in_channels: int) -> models.EmbeddingModel:
     )
 
 
-def build_optimizer(cfg: CellConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: CellConfig, model: models.EmbeddingModel) -> torch.optim.Optimizer:
     """The cell's optimiser (``optim.name``) with separate learning rates for backbone and head."""
     entry = OPTIMIZERS.lookup(cfg.optim.name)
     groups = [

@@ -104,7 +104,7 @@ def environment(device: torch.device, world_size: int = 1) -> EnvRecord:
     """Package versions, device, git commit and host (env.json): what a reader needs to trust a number."""
     from importlib import metadata
 
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in ("torch", "torchvision", "pretrainedmodels", "numpy", "optuna", "scipy", "pandas"):
         try:
             versions[package] = metadata.version(package)

@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Never, TextIO
 
 from harness.cluster.jobs import add_launcher_argument, require_slurm
 from harness.config import CellConfig, Experiment, expand_cells, load_experiment, parse_shard, shard_cells
@@ -42,6 +42,11 @@ from harness.results import (
     write_cells_table,
 )
 from harness.stopping import StopSignals
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from harness.distributed import DistContext
 
 EXIT_FAILED_CELLS = 1
 REGENERATE_REFERENCE = (
@@ -163,10 +168,10 @@ class CellsProgress:
     """The run's one progress display: cells done / total, elapsed, estimated remaining (tqdm on a
     terminal)."""
 
-    def __init__(self, total: int, enabled: bool, out: Any = None) -> None:
+    def __init__(self, total: int, enabled: bool, out: TextIO | None = None) -> None:
         self.total, self.enabled, self.out, self.done = total, enabled, out or sys.stderr, 0
         self.started = time.monotonic()
-        self.bar: Any = None
+        self.bar: tqdm[Never] | None = None
         if enabled and self.out.isatty():
             from tqdm import tqdm
 
@@ -361,7 +366,7 @@ def run_cells(
     force: bool = False,
     jobs: int | None = None,
     progress: bool = True,
-    ctx: Any = None,
+    ctx: DistContext | None = None,
     signals: StopSignals | None = None,
     launcher: Launcher | None = None,
 ) -> tuple[list[CellOutcome], int]:

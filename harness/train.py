@@ -16,9 +16,9 @@ import random
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any, Never, TextIO, cast
 
 import numpy as np
 import torch
@@ -30,10 +30,15 @@ from harness.data import DatasetSplits, LabelledDataset, build_batch_sampler
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
 from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
-from harness.models import freeze_batchnorm_statistics
+from harness.models import EmbeddingModel, freeze_batchnorm_statistics
 from harness.records import CellOutcome, CellStatus, FinalRecord, Metrics, StatusRecord, Timings, write_record
 from harness.results import CellPaths, environment, load_checkpoint, now
 from harness.tracking import Loggers, open_loggers
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from losses import GPWLoss
 
 TRAIN_LOG_COLUMNS = (
     "iteration",
@@ -87,8 +92,9 @@ def seed_everything(seed: int, deterministic: bool, device: torch.device) -> Non
         torch.backends.cudnn.benchmark = not deterministic
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+def _unwrap(model: nn.Module) -> EmbeddingModel:
+    net = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return cast(EmbeddingModel, net)  # the trainer's model is an EmbeddingModel, maybe inside DDP
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -112,8 +118,11 @@ def embed(
     indices = list(range(len(dataset)))
     if ctx is not None:
         indices = indices[ctx.rank :: ctx.world_size]
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=workers
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]] = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(dataset, indices),  # type: ignore[arg-type]  # torch takes any map-style dataset
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
     )
     chunks = []
     for images, _ in loader:
@@ -147,7 +156,7 @@ def evaluate_split(
     """Metrics of one split: ``val`` (leave-one-out) or ``test`` (leave-one-out or query -> gallery)."""
     from harness.evaluate import evaluate
 
-    opts = {
+    opts: dict[str, Any] = {
         "device": device,
         "batch_size": cfg.evaluate.batch_size,
         "workers": cfg.data.workers,
@@ -157,10 +166,12 @@ def evaluate_split(
     ks = list(cfg.evaluate.ks or splits.default_ks)
     metrics = tuple(cfg.evaluate.metrics)
     if split == "test" and splits.eval_mode == "query_gallery":
+        assert splits.query is not None and splits.gallery is not None  # DatasetSplits checks its eval_mode
         q, ql = embed(model, splits.query, **opts)
         g, gl = embed(model, splits.gallery, **opts)
         return evaluate(q, ql, ks=ks, metrics=metrics, gallery=g, gallery_labels=gl)
     dataset = splits.val if split == "val" else splits.test
+    assert dataset is not None  # the callers check that the split exists
     emb, labels = embed(model, dataset, **opts)
     return evaluate(emb, labels, ks=ks, metrics=metrics)
 
@@ -171,9 +182,9 @@ def evaluate_split(
 class Progress:
     """A tqdm bar on a terminal, plain log lines otherwise."""
 
-    def __init__(self, total: int, start: int, label: str, enabled: bool, out: Any = None) -> None:
+    def __init__(self, total: int, start: int, label: str, enabled: bool, out: TextIO | None = None) -> None:
         self.out, self.label, self.total, self.enabled = out or sys.stderr, label, total, enabled
-        self.bar: Any = None
+        self.bar: tqdm[Never] | None = None
         self.every = max(1, total // 10)
         if enabled and self.out.isatty():
             from tqdm import tqdm
@@ -206,7 +217,7 @@ class Progress:
 
 def training_batches(
     splits: DatasetSplits, cfg: CellConfig, start: int, ctx: DistContext | None
-) -> Iterator[Any]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch."""
     sampler = build_batch_sampler(
         cfg.data.sampler,
@@ -223,8 +234,8 @@ def training_batches(
                 yield batch if ctx is None else batch[ctx.rank :: ctx.world_size]
 
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
-    loader = torch.utils.data.DataLoader(
-        splits.train,
+    loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]] = torch.utils.data.DataLoader(
+        splits.train,  # type: ignore[arg-type]  # torch takes any map-style dataset
         batch_sampler=_Share(),
         num_workers=cfg.data.workers,
         generator=generator,
@@ -234,7 +245,7 @@ def training_batches(
     return iter(loader)
 
 
-def _grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
+def _grad_norm(parameters: Sequence[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -243,7 +254,7 @@ def _grad_norm(parameters: list[torch.Tensor]) -> torch.Tensor:
 
 def _collect_pair_weights(
     model: nn.Module,
-    loss_fn: nn.Module,
+    loss_fn: GPWLoss,
     splits: DatasetSplits,
     cfg: CellConfig,
     device: torch.device,

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx
 
 from losses.miners import Miner
 from losses.pairs import label_masks
@@ -86,7 +87,7 @@ class _PairWeightedSimilarity(torch.autograd.Function):
     """L(E E^T, y) with the backward dL/dE = (W + W^T) E from the closed-form weights W = dL/dS."""
 
     @staticmethod
-    def forward(ctx: Any, embeddings: Tensor, labels: Tensor, loss: GPWLoss) -> Tensor:
+    def forward(ctx: FunctionCtx, embeddings: Tensor, labels: Tensor, loss: GPWLoss) -> Tensor:
         sim = embeddings @ embeddings.T
         fused = loss.kernel(sim, labels) if loss.kernel is not None else generic_forward(loss, sim, labels)
         loss._last_sums = fused.sums
@@ -95,8 +96,8 @@ class _PairWeightedSimilarity(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_loss: Tensor) -> tuple[Tensor, None, None]:
-        embeddings, grad_sim = ctx.saved_tensors
+    def backward(ctx: FunctionCtx, grad_loss: Tensor) -> tuple[Tensor, None, None]:
+        embeddings, grad_sim = ctx.saved_tensors  # type: ignore[attr-defined]  # set by autograd, not in stubs
         sym = grad_sim + grad_sim.T
         return (sym @ embeddings).mul_(grad_loss), None, None
 

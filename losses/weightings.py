@@ -50,7 +50,7 @@ def exp_flushed_(x: Tensor) -> Tensor:
     Subnormal results make exp, the products after it and the backward matmul many times slower on
     x86 CPUs; the terms dropped are below 1e-26 of the row's largest term (float32), far under rounding.
     """
-    return F.threshold_(x, -underflow_cutoff(x.dtype), -_INF).exp_()
+    return torch.threshold_(x, -underflow_cutoff(x.dtype), -_INF).exp_()
 
 
 def masked_log_sum_exp(

@@ -189,7 +189,7 @@ class SlurmLauncher:
                     with signals.armed():
                         states = job_states(live.values())
                     for cell_id, job_id in list(live.items()) if states is not None else []:
-                        if job_id in states:
+                        if states is not None and job_id in states:
                             continue
                         first_seen = settling.setdefault(cell_id, time.monotonic())
                         result = ended_result(exp_dir, cell_id, job_id)

@@ -333,7 +333,8 @@ class EvalConfig(_Strict):
     def _positive(cls, ks: list[int] | None) -> list[int] | None:
         if ks is not None and (not ks or min(ks) < 1):
             raise ValueError("K values must be a non-empty list of integers >= 1")
-        repeated = sorted({k for k in ks or [] if ks.count(k) > 1})
+        listed = ks or []
+        repeated = sorted({k for k in listed if listed.count(k) > 1})
         if repeated:
             raise ValueError(f"K {repeated[0]} is listed twice; list each K once")
         return ks
@@ -431,7 +432,7 @@ class Grid(_Strict):
     datasets: list[str] = Field(min_length=1)
     embedding_sizes: list[int] | dict[str, list[int]] = Field(default_factory=lambda: [512])
     seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0], min_length=1)
-    variants: dict[SafeName, dict[str, Any]] = Field(default_factory=lambda: {"default": {}})
+    variants: dict[SafeName, dict[str, Any]] = Field(default_factory=lambda: {"default": dict[str, Any]()})
 
     @field_validator("losses", "seeds")
     @classmethod
@@ -524,7 +525,11 @@ def _without_empty(tree: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in kept.items() if value != {}}
 
 
-NOT_TRAINING = {"experiment": True, "data": {"root", "cache_dir", "workers"}, "tracking": True}
+NOT_TRAINING: dict[str, bool | set[str]] = {
+    "experiment": True,
+    "data": {"root", "cache_dir", "workers"},
+    "tracking": True,
+}
 """Fields of a cell's config that do not change what it trains (where the data lies, its folder, where its
 training is logged live): left out of its identity (the cell id, a tuning study's fingerprint)."""
 

@@ -24,13 +24,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Never, TextIO
 
 from harness.data.images import require_files
 from harness.data.official import OfficialDataset, check_splits
 from harness.data.sources import SOURCES, Archive, DatasetSource
 from harness.download import CHUNK_BYTES, Checksum, DownloadFailed, download, file_digest, part_path
 from harness.errors import DataError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 WORK_FOLDER = ".fetch"  # under the data root: downloads in progress, extraction in progress, locks
 MIRROR_ENV = "HARNESS_DATA_MIRROR"
@@ -300,7 +303,7 @@ def member_path(spec: OfficialDataset, archive: Archive, name: str) -> str | Non
     return "/".join(parts) or None
 
 
-def progress(total: int | None, label: str, out: TextIO) -> Any:
+def progress(total: int | None, label: str, out: TextIO) -> tqdm[Never]:
     """A tqdm bar counting extracted files, shown on a terminal only."""
     from tqdm import tqdm
 

@@ -232,7 +232,9 @@ def glyph_classes(num_classes: int = 400, min_fonts: int = 16, class_seed: int =
     """
     pool, merged = merge_lookalikes(_candidate_pool(min_fonts))
     drawn: dict[str, tuple[int, ...]] = {}
-    draw_order = np.random.default_rng(class_seed).permutation(len(pool)) if num_classes <= len(pool) else []
+    draw_order: np.ndarray | list[int] = (
+        np.random.default_rng(class_seed).permutation(len(pool)) if num_classes <= len(pool) else []
+    )
     for i in draw_order:
         faces = faces_with_glyph(pool[i])
         if len(faces) >= min_fonts:

@@ -341,7 +341,7 @@ def register_official(spec: OfficialDataset) -> DatasetEntry:
     def build(request: DatasetRequest) -> DatasetSplits:
         given = {**OFFICIAL_OPTIONS, **request.options}
         train_resize, convention = given["train_resize"], request.convention
-        shape = {"image_size": request.image_size, "crop_scale": request.crop_scale}
+        shape: dict[str, Any] = {"image_size": request.image_size, "crop_scale": request.crop_scale}
         shape["resize_size"] = given["resize_size"]
         return build_official_splits(
             spec,

@@ -36,6 +36,7 @@ then continues exactly as iterating from 0 and dropping k batches would.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import overload
 
 import numpy as np
 
@@ -45,6 +46,10 @@ from harness.errors import UserError, did_you_mean
 _EXTRA_DRAWS, _EPOCH_TABLE, _CLASS_PASS, _OFFICIAL_DRAWS, _OFFICIAL_ORDER = range(5)
 
 
+@overload
+def _ceil_div(a: np.ndarray, b: int) -> np.ndarray: ...
+@overload
+def _ceil_div(a: int, b: int) -> int: ...
 def _ceil_div(a: np.ndarray | int, b: int) -> np.ndarray | int:
     return -(-a // b)
 

@@ -55,11 +55,11 @@ class _RescaleAndReorder:
         self.value_range = value_range
         self.bgr = bgr
 
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = torch.as_tensor(image)
+    def __call__(self, image: object) -> torch.Tensor:
+        tensor = torch.as_tensor(image)
         if self.bgr:
-            image = image.flip(0)
-        return image * self.value_range
+            tensor = tensor.flip(0)
+        return tensor * self.value_range
 
 
 def to_normalised_tensor(convention: str) -> list[Transform]:
@@ -87,8 +87,8 @@ def to_display_image(image: torch.Tensor, convention: str) -> np.ndarray:
     pixels = (image.detach().cpu().float() * std + mean) / spec.value_range
     if spec.bgr:
         pixels = pixels.flip(0)
-    pixels = pixels.clamp(0.0, 1.0).numpy()
-    return pixels[0] if spec.channels == 1 else np.transpose(pixels, (1, 2, 0))
+    shown = pixels.clamp(0.0, 1.0).numpy()
+    return shown[0] if spec.channels == 1 else np.transpose(shown, (1, 2, 0))
 
 
 def eval_resize_size(image_size: int) -> int:

@@ -108,7 +108,7 @@ def sort_by_class(
         raise UserError(
             "gallery and gallery_labels must be given together (query -> gallery mode) or both left out"
         )
-    if gallery is None:
+    if gallery is None or gallery_labels is None:  # both or neither, checked above
         references, reference_labels = queries, query_labels
     else:
         references = checked_embeddings(gallery, "gallery").to(queries.device)

@@ -7,7 +7,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArgumentParser, UserError
 from harness.fair.report import write_fair_report
@@ -25,6 +25,9 @@ from harness.fair.studies import (
 from harness.stopping import Interrupted, StopSignals
 from harness.studies.command import add_study_arguments, require_positive, run_study_command
 from harness.tune.outputs import optuna_verbosity, write_outputs
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 EXIT_FAILED = 1
 
@@ -86,7 +89,7 @@ class FairCommand:
         first = self.setup.studies[0].setup
         load_splits(trial_cell(first.template, {}, first.seeds[0], first.name, folds=self.setup.fair.folds))
 
-    def prepare(self, storage: Any) -> list[str]:
+    def prepare(self, storage: BaseStorage) -> list[str]:
         return prepare_studies(self.setup, storage)
 
     def resolved(self) -> tuple[str, dict[str, Any]]:
@@ -101,15 +104,17 @@ class FairCommand:
             f"{shown_url}, {workers} worker(s)"
         )
 
-    def full(self, storage: Any) -> str | None:
+    def full(self, storage: BaseStorage) -> str | None:
         if not all_full(self.setup, storage):
             return None
         return "every study already holds its trials; raise fair.trials to run more"
 
-    def share(self, storage: Any, worker: int, progress: bool, signals: StopSignals) -> None:
+    def share(self, storage: BaseStorage, worker: int, progress: bool, signals: StopSignals) -> None:
         fill_studies(self.setup, storage, self.folder, worker=worker, progress=progress, signals=signals)
 
-    def outputs(self, storage: Any, storage_url: str, seconds: float, stop: Interrupted | None) -> None:
+    def outputs(
+        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
+    ) -> None:
         import optuna
 
         for study in self.setup.studies:
@@ -154,7 +159,7 @@ def _log(args: argparse.Namespace, text: str) -> None:
 
 
 def _rerun_and_report(
-    args: argparse.Namespace, setup: FairSetup, storage: Any, fair_dir: Path, studies_code: int
+    args: argparse.Namespace, setup: FairSetup, storage: BaseStorage, fair_dir: Path, studies_code: int
 ) -> int:
     """The parent after the studies: their counts, then the default and tuned re-runs on the test set (an
     interrupted cell resumes from its checkpoint), then the report."""

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.fair.schema import FairSetup, LossStudy
 from harness.stopping import StopSignals
 from harness.studies.storage import sqlite_url
 from harness.tune.trials import counted_trials, prepare_study, run_worker, study_counts, study_is_full
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 STORAGE_ENV = "HARNESS_FAIR_STORAGE"  # how a worker process learns its parent's storage URL
 
@@ -26,7 +29,7 @@ def study_dir(fair_dir: Path, study: LossStudy) -> Path:
     return fair_dir / "studies" / study.key
 
 
-def prepare_studies(setup: FairSetup, storage: Any) -> list[str]:
+def prepare_studies(setup: FairSetup, storage: BaseStorage) -> list[str]:
     """Create every study (or check the stored one was made from the same settings), fail its stale trials
     and queue its interrupted trials again; returns ``study #number`` of each trial queued again."""
     retried = []
@@ -43,7 +46,13 @@ def worker_order(studies: list[LossStudy], worker: int) -> list[LossStudy]:
 
 
 def fill_studies(
-    setup: FairSetup, storage: Any, fair_dir: Path, *, worker: int, progress: bool, signals: StopSignals
+    setup: FairSetup,
+    storage: BaseStorage,
+    fair_dir: Path,
+    *,
+    worker: int,
+    progress: bool,
+    signals: StopSignals,
 ) -> None:
     """One worker's share: each study in :func:`worker_order` gets trials until it holds ``fair.trials``.
 
@@ -80,7 +89,7 @@ class StudyState:
         )
 
 
-def study_state(study: LossStudy, storage: Any) -> StudyState:
+def study_state(study: LossStudy, storage: BaseStorage) -> StudyState:
     """The stored state of a loss's study."""
     import optuna
 
@@ -94,10 +103,11 @@ def study_state(study: LossStudy, storage: Any) -> StudyState:
     if not complete:
         return StudyState(study, counts, None, {}, None)
     best = max(complete, key=lambda t: (t.value, -t.number))
+    assert best.value is not None  # a complete trial has its value
     return StudyState(study, counts, float(best.value), dict(best.params), best.number)
 
 
-def all_full(setup: FairSetup, storage: Any) -> bool:
+def all_full(setup: FairSetup, storage: BaseStorage) -> bool:
     """Whether every study holds its trial count (running trials included)."""
     import optuna
 

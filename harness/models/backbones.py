@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,10 @@ from harness.models.weights import (
     ensure_weights,
     torch_hub_checkpoints,
 )
+
+if TYPE_CHECKING:
+    from pretrainedmodels.models.bninception import BNInception
+    from torchvision.models import ResNet
 
 
 class GlobalPool(nn.Module):
@@ -45,7 +50,7 @@ class Features(nn.Module):
 
 
 class _BNInceptionTrunk(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: BNInception) -> None:
         super().__init__()
         self.net = net
 
@@ -54,7 +59,7 @@ class _BNInceptionTrunk(nn.Module):
 
 
 class _ResNetTrunk(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: ResNet) -> None:
         super().__init__()
         net.fc = nn.Identity()
         net.avgpool = nn.Identity()

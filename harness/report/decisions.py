@@ -270,7 +270,7 @@ def _kendall_rows(ctx: ReportContext, compared: pd.DataFrame, key: tuple) -> lis
     dataset, size, variant, weights = key
     recall = with_k(compared)
     paper = ctx.paper
-    rows = []
+    rows: list[list[object]] = []
     loss_of = ctx.finished.drop_duplicates("row").set_index("row")["loss"]
     for k in (1, 2, 4, 8):
         ours = select(recall, k=k, dataset=dataset, embedding_size=size, variant=variant, weights=weights)

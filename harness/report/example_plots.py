@@ -58,7 +58,7 @@ def retrieval_grid(
     with figure_style():
         block_height = _IMAGE_INCHES * len(queries) + 0.5
         fig = plt.figure(figsize=(_IMAGE_INCHES * (k + 1) + 0.4, block_height * len(rows) + 0.5))
-        blocks = np.atleast_1d(fig.subfigures(len(rows), 1))
+        blocks = fig.subfigures(len(rows), 1, squeeze=False)[:, 0]
         for block, row in zip(blocks, rows, strict=True):
             block.suptitle(row, x=0.02, ha="left", fontweight="bold")
             axes = block.subplots(len(queries), k + 1, squeeze=False, gridspec_kw={"wspace": 0.12})

@@ -17,6 +17,7 @@ import math
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -28,6 +29,9 @@ from harness.report.figures import Figure, Skipped, family_name, slug, variant_s
 from harness.report.reading import FIGURE_FAMILY, ReportContext
 from harness.report.tables import esc, weights_shown
 from harness.results import cell_paths
+
+if TYPE_CHECKING:
+    from harness.data import LabelledDataset
 
 RETRIEVAL_QUERIES = 4
 """Queries in the retrieval grid (the same for every loss)."""
@@ -52,8 +56,8 @@ class EmbeddedCell:
     row: str
     cell_id: str
     convention: str
-    queries: object
-    gallery: object
+    queries: LabelledDataset
+    gallery: LabelledDataset
     query_embeddings: np.ndarray
     gallery_embeddings: np.ndarray
     query_labels: np.ndarray
@@ -92,6 +96,7 @@ def embed_cell(exp_dir: Path, row: str, cell_id: str, record: dict, weights: str
     leave_one_out = splits.eval_mode == "leave_one_out"
     queries = splits.test if leave_one_out else splits.query
     gallery = splits.test if leave_one_out else splits.gallery
+    assert queries is not None and gallery is not None  # DatasetSplits holds the sets of its eval_mode
     model = build_model(cfg, in_channels=int(queries[0][0].shape[0]))
     path = cell_paths(exp_dir, cell_id).weights(weights)
     try:
@@ -104,7 +109,7 @@ def embed_cell(exp_dir: Path, row: str, cell_id: str, record: dict, weights: str
     model.load_state_dict(state)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = model.to(device)
-    options = {
+    options: dict[str, Any] = {
         "device": device,
         "batch_size": cfg.evaluate.batch_size,
         "workers": cfg.data.workers,
@@ -158,7 +163,7 @@ def choose_classes(labels: np.ndarray, count: int, seed: int = EXAMPLES_SEED) ->
     )
 
 
-def _shown(dataset: object, index: int, label: int, convention: str) -> example_plots.Shown:
+def _shown(dataset: LabelledDataset, index: int, label: int, convention: str) -> example_plots.Shown:
     from harness.data.transforms import to_display_image
 
     return example_plots.Shown(to_display_image(dataset[int(index)][0], convention), int(label), int(index))

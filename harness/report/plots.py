@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -21,16 +22,17 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.artist import Artist
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
 
 from harness.stats import t_interval
 
-LineStyle = dict[str, object]
+LineStyle = dict[str, Any]
 """Keyword arguments of ``Axes.plot`` for one label: ``color``, ``marker``, ``linestyle``."""
 Styles = Mapping[str, LineStyle]
 
-PAPER_STYLE = {"color": "black", "marker": "D", "markersize": 7, "linestyle": "none", "zorder": 5}
+PAPER_STYLE: LineStyle = {"color": "black", "marker": "D", "markersize": 7, "linestyle": "none", "zorder": 5}
 _DPI = 130
 _MAX_BINS = 200  # training curves: iterations are averaged into at most this many bins
 _MAX_WEIGHTS = 4000  # pair weights: at most this many drawn per (loss, pair kind)
@@ -81,9 +83,12 @@ def save_figure(fig: plt.Figure, stem: Path) -> list[Path]:
 
 
 def legend_outside(
-    ax: plt.Axes, handles: list | None = None, labels: list[str] | None = None, **kwargs
+    ax: plt.Axes,
+    handles: Sequence[Artist | tuple[Artist, ...]] | None = None,
+    labels: Sequence[str] | None = None,
+    **kwargs: Any,
 ) -> None:
-    if handles is None:
+    if handles is None or labels is None:  # the two come together
         handles, labels = ax.get_legend_handles_labels()
     ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **kwargs)
 
@@ -117,7 +122,7 @@ def ablation_dots(
     kinds = list(weights_labels)
     colours = dict(zip(kinds, sns.color_palette("Dark2", len(kinds)), strict=True))
     offsets = dict(zip(kinds, np.linspace(-0.14, 0.14, len(kinds)) if len(kinds) > 1 else [0.0], strict=True))
-    legend: dict[str, object] = {}  # legend text -> the first artist drawn for it
+    legend: dict[str, Artist | tuple[Artist, ...]] = {}  # legend text -> the first artist drawn for it
     with figure_style():
         fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(order) + 2.5), 4.6))
         for i, row in enumerate(order):
@@ -282,7 +287,7 @@ def _ours_vs_paper(
     The legend's loss entries are the lines drawn for ours (their first drawing); ``ours_label`` is
     the legend's title, saying how ours is drawn; "paper" is a black key in the paper's line style.
     """
-    drawn: dict[str, object] = {}  # loss -> its first drawn line of ours (the legend handle)
+    drawn: dict[str, Artist] = {}  # loss -> its first drawn line of ours (the legend handle)
     with figure_style():
         fig, axes = plt.subplots(
             1, len(panels), figsize=(4.6 * len(panels) + 2.2, 4.3), squeeze=False, sharey=True

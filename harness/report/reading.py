@@ -275,7 +275,8 @@ def read_cell_files(experiment_dir: Path, cells: pd.DataFrame) -> CellFiles:
     need it are drawn from the other cells (or skipped).
     """
     meta = cells.drop_duplicates("cell_id").set_index("cell_id")
-    logs, evals, weights, problems = [], [], [], {}
+    logs, evals, weights = [], [], []
+    problems: dict[str, list[str]] = {}
     finals: dict[str, dict] = {}
     configs: dict[str, dict] = {}
     envs: dict[str, dict] = {}

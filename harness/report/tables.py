@@ -32,7 +32,7 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> s
     return "\n".join(lines)
 
 
-def num(x: float, digits: int = 2, sign: bool = False) -> str:
+def num(x: float | None, digits: int = 2, sign: bool = False) -> str:
     """A number for a table ('–' for missing)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"

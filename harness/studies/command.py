@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import yaml
 
@@ -28,6 +28,9 @@ from harness.options import add_set_option
 from harness.pool import LocalWorkers, WorkerCommand, WorkerStarter, run_workers
 from harness.stopping import Interrupted, StopSignals, watch_parent
 from harness.studies.storage import Heartbeat, open_storage, shown_url
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 EXIT_FAILED_WORKER = 1
 
@@ -112,7 +115,7 @@ class StudyCommand(Protocol):
         trial."""
         ...
 
-    def prepare(self, storage: Any) -> list[str]:
+    def prepare(self, storage: BaseStorage) -> list[str]:
         """Create or check every study, fail its stale trials, queue its interrupted ones again; the names of
         the trials queued again."""
         ...
@@ -125,15 +128,17 @@ class StudyCommand(Protocol):
         """The first progress line."""
         ...
 
-    def full(self, storage: Any) -> str | None:
+    def full(self, storage: BaseStorage) -> str | None:
         """A note when every study already holds its trials (nothing to run), else None."""
         ...
 
-    def share(self, storage: Any, worker: int, progress: bool, signals: StopSignals) -> None:
+    def share(self, storage: BaseStorage, worker: int, progress: bool, signals: StopSignals) -> None:
         """Worker ``worker``'s share of the trials; raises Interrupted after a stop signal."""
         ...
 
-    def outputs(self, storage: Any, storage_url: str, seconds: float, stop: Interrupted | None) -> None:
+    def outputs(
+        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
+    ) -> None:
         """Write every study's outputs and print the closing lines (``stop``: what interrupted the run)."""
         ...
 
@@ -146,7 +151,7 @@ def run_study_command(
     heartbeat: Heartbeat,
     starter: WorkerStarter | None = None,
     cluster: ClusterConfig | None = None,
-) -> tuple[int, Any]:
+) -> tuple[int, BaseStorage]:
     """The shared steps: the storage, then a worker's share (``--worker K``) or the parent's run (check the
     data, prepare the studies, fill them, write the outputs, also when stopped); returns (the exit code,
     ``128 + signal`` when stopped; the storage). With ``--launcher slurm`` the workers are Slurm jobs with
@@ -169,7 +174,7 @@ def run_study_command(
 def _run_parent(
     command: StudyCommand,
     args: argparse.Namespace,
-    storage: Any,
+    storage: BaseStorage,
     storage_url: str,
     signals: StopSignals,
     starter: WorkerStarter,

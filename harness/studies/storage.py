@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from harness.errors import UserError
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 
 class Heartbeat(Protocol):
     """Stale-trial settings of an RDB storage (``study.heartbeat`` of a tune file, ``fair.heartbeat``)."""
 
-    interval: int
-    grace_period: int
-    max_retry: int
+    @property
+    def interval(self) -> int: ...
+    @property
+    def grace_period(self) -> int: ...
+    @property
+    def max_retry(self) -> int: ...
 
 
 def sqlite_url(path: Path) -> str:
@@ -65,7 +71,7 @@ def with_installed_driver(url: str) -> str:
     return f"postgresql://{rest}"
 
 
-def open_storage(url: str, heartbeat: Heartbeat) -> Any:
+def open_storage(url: str, heartbeat: Heartbeat) -> BaseStorage:
     """An Optuna storage: ``journal:FILE`` is a journal file, anything else an SQLAlchemy URL.
 
     SQLite waits up to 60 s for the file lock, so several worker processes can share one file.

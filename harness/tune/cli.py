@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArgumentParser
 from harness.preflight import require_preflight
@@ -21,6 +21,9 @@ from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
 from harness.tune.study import default_storage
 from harness.tune.trials import interrupted_trials, prepare_study, run_worker, study_counts, study_is_full
+
+if TYPE_CHECKING:
+    from optuna.storages import BaseStorage
 
 # Optuna is imported inside functions: validating a tune file should not pay for it.
 
@@ -71,7 +74,7 @@ class TuneCommand:
         require_preflight(self.setup.experiment, [self.setup.template])  # --check's problems: before a trial
         load_splits(self.setup.template)
 
-    def prepare(self, storage: Any) -> list[str]:
+    def prepare(self, storage: BaseStorage) -> list[str]:
         self.found, retried = prepare_study(self.setup, storage, self.total)
         return [str(number) for number in retried]
 
@@ -87,19 +90,21 @@ class TuneCommand:
             f"{workers} worker(s)"
         )
 
-    def full(self, storage: Any) -> str | None:
+    def full(self, storage: BaseStorage) -> str | None:
         import optuna
 
         if not study_is_full(optuna.load_study(study_name=self.setup.name, storage=storage), self.total):
             return None
         return f"study {self.setup.name} already holds {self.total} trials; raise --trials to run more"
 
-    def share(self, storage: Any, worker: int, progress: bool, signals: StopSignals) -> None:
+    def share(self, storage: BaseStorage, worker: int, progress: bool, signals: StopSignals) -> None:
         run_worker(
             self.setup, storage, self.folder, self.total, worker=worker, progress=progress, signals=signals
         )
 
-    def outputs(self, storage: Any, storage_url: str, seconds: float, stop: Interrupted | None) -> None:
+    def outputs(
+        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
+    ) -> None:
         import optuna
 
         study = optuna.load_study(study_name=self.setup.name, storage=storage)

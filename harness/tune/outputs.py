@@ -8,7 +8,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import yaml
 
@@ -17,6 +17,15 @@ from harness.files import atomic_write_text
 from harness.studies.storage import shown_url
 from harness.tune.schema import TuneSetup, best_experiment
 from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    import optuna
+    from matplotlib.axes import Axes
+    from matplotlib.axis import Axis
+    from matplotlib.figure import Figure
+    from optuna.trial import FrozenTrial
 
 STATE_WORDS = (("complete", "complete"), ("pruned", "pruned"), ("fail", "failed"))
 
@@ -34,7 +43,7 @@ def optuna_verbosity(level: int) -> Iterator[None]:
         optuna.logging.set_verbosity(before)
 
 
-def write_best(setup: TuneSetup, study: Any, study_dir: Path) -> Path | None:
+def write_best(setup: TuneSetup, study: optuna.Study, study_dir: Path) -> Path | None:
     """``best.yaml`` from the best complete trial (None when no trial completed)."""
     try:
         best = study.best_trial
@@ -66,14 +75,14 @@ def importance_caveat(complete: int) -> str:
     )
 
 
-def _percent_axis(axis: Any) -> None:
+def _percent_axis(axis: Axis) -> None:
     """An axis of fractions (the objective, importances) labelled in percent, as every figure of a study."""
     from matplotlib import ticker
 
     axis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{100 * value:.3g}"))
 
 
-def _importance_in_percent(ax: Any) -> None:
+def _importance_in_percent(ax: Axes) -> None:
     """Optuna's importance bars (fractions of the total) and their value labels in percent."""
     _percent_axis(ax.xaxis)
     ax.set_xlabel("share of the total importance (%)")
@@ -85,14 +94,14 @@ def _importance_in_percent(ax: Any) -> None:
             text.set_text(f"{100 * float(label):.0f}")
 
 
-def _complete_trials(study: Any) -> list[Any]:
+def _complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's complete trials (what the importances are computed from)."""
     import optuna
 
     return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
 
 
-def importances(setup: TuneSetup, study: Any) -> dict[str, float] | None:
+def importances(setup: TuneSetup, study: optuna.Study) -> dict[str, float] | None:
     """Hyperparameter importances with the configured evaluator (None with fewer than 2 complete trials)."""
     import optuna
 
@@ -103,7 +112,7 @@ def importances(setup: TuneSetup, study: Any) -> dict[str, float] | None:
         return optuna.importance.get_param_importances(study, evaluator=setup.study.importance.build())
 
 
-def _readable_log_ticks(ax: Any) -> None:
+def _readable_log_ticks(ax: Axes) -> None:
     """Plain numbers on a log x axis: 1-2-5 ticks over a wide range, about 4 ticks over a narrow one."""
     from matplotlib import ticker
 
@@ -118,7 +127,9 @@ def _readable_log_ticks(ax: Any) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
-def _intermediate_values(setup: TuneSetup, study: Any, figures_dir: Path, report_plots: Any) -> list[Path]:
+def _intermediate_values(
+    setup: TuneSetup, study: optuna.Study, figures_dir: Path, report_plots: ModuleType
+) -> list[Path]:
     """The trials' validation curves in the report's style (colour by trial number, pruned trials grey)."""
     rows = [
         {"trial": trial.number, "state": trial.state.name.lower(), "step": step, "value": 100 * value}
@@ -141,7 +152,7 @@ def _intermediate_values(setup: TuneSetup, study: Any, figures_dir: Path, report
     return [path for path in written if path.suffix == ".png"]
 
 
-def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]:
+def write_figures(setup: TuneSetup, study: optuna.Study, figures_dir: Path) -> list[Path]:
     """Importance, optimisation history, slice, intermediate values and timeline as PNG (Agg backend)."""
     import matplotlib
 
@@ -173,7 +184,7 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
         every = list(axes.flat) if hasattr(axes, "flat") else [axes]
         for ax in every:
             _readable_log_ticks(ax)
-        figure = every[0].figure
+        figure = cast("Figure", every[0].figure)  # Optuna draws on a top-level figure, not a subfigure
         if name == "importance":
             evaluator_name = type(setup.study.importance.build()).__name__
             caveat = importance_caveat(len(complete))
@@ -194,12 +205,18 @@ def write_figures(setup: TuneSetup, study: Any, figures_dir: Path) -> list[Path]
     return written
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
 def write_summary(
-    setup: TuneSetup, study: Any, study_dir: Path, *, storage_url: str, figures: list[Path], seconds: float
+    setup: TuneSetup,
+    study: optuna.Study,
+    study_dir: Path,
+    *,
+    storage_url: str,
+    figures: list[Path],
+    seconds: float,
 ) -> Path:
     """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
     counts = study_counts(study)
@@ -282,7 +299,7 @@ def write_summary(
 
 
 def write_outputs(
-    setup: TuneSetup, study: Any, study_dir: Path, *, storage_url: str, seconds: float
+    setup: TuneSetup, study: optuna.Study, study_dir: Path, *, storage_url: str, seconds: float
 ) -> dict[str, Any]:
     """best.yaml, the figures and summary.md; returns what was written."""
     best = write_best(setup, study, study_dir)

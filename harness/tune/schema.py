@@ -7,7 +7,7 @@ import copy
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,6 +23,10 @@ from harness.config import (
     validation_message,
 )
 from harness.errors import UserError, did_you_mean
+
+if TYPE_CHECKING:
+    from optuna.importance import BaseImportanceEvaluator
+    from optuna.pruners import BasePruner
 
 
 class _Strict(BaseModel):
@@ -129,11 +133,14 @@ class PrunerConfig(_Kinded):
     min_early_stopping_rate: int | None = Field(None, ge=0)
     bootstrap_count: int = Field(0, ge=0)
 
-    def build(self) -> Any:
+    def build(self) -> BasePruner:
         """The Optuna pruner."""
         from optuna import pruners
 
-        kinds = {"hyperband": pruners.HyperbandPruner, "successive_halving": pruners.SuccessiveHalvingPruner}
+        kinds: dict[str, type[BasePruner]] = {
+            "hyperband": pruners.HyperbandPruner,
+            "successive_halving": pruners.SuccessiveHalvingPruner,
+        }
         return kinds[self.name](**self.settings()) if self.name in kinds else pruners.NopPruner()
 
 
@@ -167,11 +174,11 @@ class ImportanceConfig(_Kinded):
                 ) from None
         return self
 
-    def build(self) -> Any:
+    def build(self) -> BaseImportanceEvaluator:
         """The Optuna importance evaluator."""
         from optuna import importance
 
-        kinds = {
+        kinds: dict[str, type[BaseImportanceEvaluator]] = {
             "ped_anova": importance.PedAnovaImportanceEvaluator,
             "fanova": importance.FanovaImportanceEvaluator,
         }

@@ -7,12 +7,16 @@ import json
 import warnings
 import zlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import NOT_TRAINING
 from harness.errors import UserError
 from harness.studies.storage import sqlite_url
 from harness.tune.schema import TuneSetup
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
 
 
 def default_storage(study_dir: Path) -> str:
@@ -42,7 +46,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
     return out
 
 
-def open_study(setup: TuneSetup, storage: Any, sampler_seed: int) -> Any:
+def open_study(setup: TuneSetup, storage: BaseStorage, sampler_seed: int) -> optuna.Study:
     """Create the study or load it (``load_if_exists``); refuse one created from a different tune file."""
     import optuna
 

@@ -7,7 +7,7 @@ import os
 import socket
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from harness.config import CellConfig
 from harness.errors import UserError
@@ -16,6 +16,11 @@ from harness.results import CellPaths, now
 from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
 from harness.tune.study import open_study, worker_seed
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.storages import BaseStorage
+    from optuna.trial import FrozenTrial
 
 
 class TrialFailed(RuntimeError):
@@ -26,12 +31,12 @@ class SurplusTrial(RuntimeError):
     """A trial created after the study already held its total (a race between workers); it is not counted."""
 
 
-def retried_numbers(trials: list[Any]) -> set[int]:
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
     """The numbers of the stale trials that a later trial retried (Optuna's ``retry_history``)."""
     return {number for t in trials for number in t.system_attrs.get("retry_history", [])}
 
 
-def counted_trials(trials: list[Any]) -> list[Any]:
+def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that take one of the study's places: not surplus, not interrupted,
     not a retried stale one."""
     retried = retried_numbers(trials)
@@ -42,13 +47,13 @@ def counted_trials(trials: list[Any]) -> list[Any]:
     ]
 
 
-def interrupted_trials(trials: list[Any]) -> list[Any]:
+def interrupted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """The trials a stop signal interrupted that no later trial retries yet."""
     queued = {t.user_attrs.get("retry_of") for t in trials}
     return [t for t in trials if t.user_attrs.get("interrupted") and t.number not in queued]
 
 
-def retry_interrupted(study: Any, total: int) -> list[int]:
+def retry_interrupted(study: optuna.Study, total: int) -> list[int]:
     """Queue each interrupted trial not yet retried (same parameters, same folder) while places are free.
 
     Returns the numbers of the trials queued again. A retry resumes the folder's checkpoint, as a stale
@@ -64,7 +69,7 @@ def retry_interrupted(study: Any, total: int) -> list[int]:
     return [t.number for t in todo]
 
 
-def prepare_study(setup: TuneSetup, storage: Any, total: int) -> tuple[int, list[int]]:
+def prepare_study(setup: TuneSetup, storage: BaseStorage, total: int) -> tuple[int, list[int]]:
     """Before a run: create the study (or check the stored one was made from the same settings), fail its
     stale trials and queue its interrupted ones again; returns (the counted trials it held, the numbers
     queued again)."""
@@ -78,7 +83,7 @@ def prepare_study(setup: TuneSetup, storage: Any, total: int) -> tuple[int, list
     return found, retry_interrupted(study, total)
 
 
-def study_counts(study: Any) -> dict[str, int]:
+def study_counts(study: optuna.Study) -> dict[str, int]:
     """Counted trials by state (lower-case names), plus ``total``."""
     counts: dict[str, int] = {}
     for t in counted_trials(study.get_trials(deepcopy=False)):
@@ -87,7 +92,7 @@ def study_counts(study: Any) -> dict[str, int]:
     return counts
 
 
-def study_is_full(study: Any, total: int) -> bool:
+def study_is_full(study: optuna.Study, total: int) -> bool:
     """True when the study holds ``total`` counted trials (running ones included) and none is queued."""
     trials = counted_trials(study.get_trials(deepcopy=False))
     return len(trials) >= total and not any(t.state.name == "WAITING" for t in trials)
@@ -144,7 +149,7 @@ class Objective:
         self.interrupted: Interrupted | None = None
         self.user_error: UserError | None = None
 
-    def _place(self, trial: Any) -> tuple[int, Path, set[int]]:
+    def _place(self, trial: optuna.Trial) -> tuple[int, Path, set[int]]:
         """How many counted trials precede this one, the folder it trains in (a stale trial's retry resumes
         that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute) and the steps it
         already holds (inherited by a stale trial's retry)."""
@@ -155,7 +160,7 @@ class Objective:
         folder = me.user_attrs.get("folder", f"trials/{trial.number if origin is None else int(origin)}")
         return before, self.study_dir / folder, set(me.intermediate_values)
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: optuna.Trial) -> float:
         import optuna
 
         from harness import train
@@ -214,7 +219,7 @@ class Objective:
             values.append(float(outcome.metrics["selected"]["val"][setup.metric]))
         return sum(values) / len(values)
 
-    def _stopped_by(self, trial: Any, err: UserError) -> float:
+    def _stopped_by(self, trial: optuna.Trial, err: UserError) -> float:
         """Keep the user's mistake for the worker to raise; the trial is recorded as interrupted, so a run
         after the fix retries it (same parameters, same folder) instead of counting it as failed."""
         import optuna
@@ -225,7 +230,7 @@ class Objective:
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # the caller's logging context restores it
         return math.nan
 
-    def _interrupted(self, trial: Any, paths: CellPaths, stop: Interrupted) -> float:
+    def _interrupted(self, trial: optuna.Trial, paths: CellPaths, stop: Interrupted) -> float:
         """Record the interruption; NaN makes Optuna fail the trial, whose warning lines are silenced."""
         import optuna
 
@@ -240,7 +245,7 @@ class Objective:
 
 def run_worker(
     setup: TuneSetup,
-    storage: Any,
+    storage: BaseStorage,
     study_dir: Path,
     total: int,
     *,

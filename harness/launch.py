@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag
 from harness.errors import UserError, one_line
+from harness.plugins import load_plugins, loaded_plugins
 from harness.records import CellOutcome, CellStatus, FinalRecord, StatusRecord, write_record
 from harness.results import cell_paths, claim_cell, now
 
@@ -161,10 +162,20 @@ def default_jobs(cells: Sequence[CellConfig]) -> int:
     return max(1, cores // threads)
 
 
-def _worker(gpu: str | None, conn: Any) -> None:
-    """A spawned worker: train the tasks the parent sends, one at a time, each cell's output in its train.log."""
+def _worker(gpu: str | None, conn: Any, plugins: Sequence[str] = ()) -> None:
+    """A spawned worker: train the tasks the parent sends, one at a time, each cell's output in its train.log.
+
+    It first imports the parent's plugin modules (spawn starts a fresh interpreter), so that their losses,
+    backbones and datasets are registered before any task arrives.
+    """
     if gpu is not None:  # before anything initialises CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    try:
+        load_plugins(plugins)
+    except UserError as err:  # the parent imported them, so this is rare: its next task gets the message
+        conn.recv()
+        conn.send(str(err))
+        return
     try:
         while (task := conn.recv()) is not None:
             conn.send(_train_logged(task))
@@ -220,7 +231,7 @@ class LocalProcessLauncher:
             for slot in range(min(self.jobs, len(tasks))):
                 gpu = self.gpus[slot % len(self.gpus)] if self.gpus else None
                 parent_end, child_end = context.Pipe()
-                process = context.Process(target=_worker, args=(gpu, child_end))
+                process = context.Process(target=_worker, args=(gpu, child_end, loaded_plugins()))
                 process.start()
                 child_end.close()
                 slots.append(_Slot(process, parent_end))

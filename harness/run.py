@@ -23,6 +23,7 @@ from harness.distributed import init_from_env, shutdown
 from harness.errors import EXIT_USER_ERROR, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import CellTask, default_jobs, final_mtime, make_launcher
+from harness.plugins import add_import_argument, load_plugins
 from harness.preflight import preflight, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_import_argument(parser)
     return parser
 
 
@@ -181,6 +183,7 @@ def _duration(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
+    load_plugins(args.imports)
     experiment = load_experiment(args.experiment, args.sets)
     cells = expand_cells(experiment)
     all_cells = cells

@@ -60,6 +60,13 @@ class LossInfo:
 _REGISTRY: dict[str, LossInfo] = {}
 
 
+def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
+    """Whether two factories are one definition (a module imported twice): same name, file and line."""
+    codes = [getattr(f, "__code__", None) for f in (old, new)]
+    where = [(f.__qualname__, c.co_filename, c.co_firstlineno) for f, c in zip((old, new), codes, strict=True) if c]
+    return len(where) == 2 and where[0] == where[1]
+
+
 def register_loss(
     *, label: str, equation: str, similarities: str, search_space: Sequence[SearchParam] = ()
 ) -> Callable[[Factory], Factory]:
@@ -70,7 +77,7 @@ def register_loss(
 
     def decorate(factory: Factory) -> Factory:
         name = factory.__name__
-        if name in _REGISTRY:
+        if name in _REGISTRY and not _same_definition(_REGISTRY[name].factory, factory):
             raise RuntimeError(f"loss {name!r} is registered twice")
         keywords = set(inspect.signature(factory).parameters)
         strangers = [p.name for p in search_space if p.name not in keywords]

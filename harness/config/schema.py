@@ -349,6 +349,7 @@ class Experiment(ProtocolConfig):
     description: str = ""
     grid: Grid
     dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    imports: list[str] = Field(default_factory=list)  # plugin modules, imported before validation
 
     @field_validator("dataset_overrides")
     @classmethod

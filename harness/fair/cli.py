@@ -33,6 +33,7 @@ from harness.fair.studies import (
     study_state,
 )
 from harness.files import atomic_write_text
+from harness.plugins import load_plugins
 from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.storage import open_storage, shown_url
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"--workers {args.workers}: expected a positive number of processes")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: expected a positive number of cells at once")
+    load_plugins(args.imports)
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)

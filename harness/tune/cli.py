@@ -14,6 +14,7 @@ import yaml
 
 from harness.errors import UserError
 from harness.files import atomic_write_text
+from harness.plugins import load_plugins
 from harness.tune.interrupt import Interrupted, StopSignals
 from harness.tune.outputs import optuna_verbosity, write_outputs
 from harness.tune.schema import TuneSetup, load_tune
@@ -73,6 +74,7 @@ def _main(args: argparse.Namespace, signals: StopSignals) -> int:
         raise UserError(f"--workers {args.workers}: expected a positive number of processes")
     if args.trials is not None and args.trials < 1:
         raise UserError(f"--trials {args.trials}: expected the total number of trials, at least 1")
+    load_plugins(args.imports)
     setup = load_tune(args.file, args.sets)
     total = args.trials or setup.study.trials
     study_dir = Path(args.results) / setup.name

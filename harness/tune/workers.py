@@ -8,11 +8,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 
+from harness.plugins import add_import_argument, import_arguments
 from harness.tune.interrupt import Interrupted, StopSignals, watch_parent
 
 
 def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> None:
-    """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet, --worker."""
+    """The options a worker's command line carries (see :func:`worker_commands`): --set, --results, --quiet, --worker, --import."""
     parser.add_argument(
         "--set",
         dest="sets",
@@ -24,6 +25,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser, set_example: str) -> N
     parser.add_argument("--results", default="results", help="results root folder (default: results)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    add_import_argument(parser)
 
 
 def worker_commands(
@@ -31,6 +33,7 @@ def worker_commands(
 ) -> list[list[str]]:
     """One command line per worker: ``python -m module file *options --worker K``, the ``--set`` items, ``--quiet``."""
     tail = [arg for item in sets for arg in ("--set", item)] + (["--quiet"] if quiet else [])
+    tail += import_arguments()  # the plugins this process loaded, imported by each worker before the file
     return [[sys.executable, "-m", module, file, *options, "--worker", str(k), *tail] for k in range(workers)]
 
 

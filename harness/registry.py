@@ -88,8 +88,8 @@ class Registry(MutableMapping[str, T], Generic[T]):
         return self._entries[name]
 
     def __setitem__(self, name: str, entry: T) -> None:
-        old = self._entries.get(name)
-        if old is not None and not same_definition(getattr(old, "factory", None), getattr(entry, "factory", None)):
+        old = getattr(self._entries.get(name), "factory", None)
+        if name in self._entries and not same_definition(old, getattr(entry, "factory", None)):
             raise RuntimeError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 

@@ -62,9 +62,8 @@ _REGISTRY: dict[str, LossInfo] = {}
 
 def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
     """Whether two factories are one definition (a module imported twice): same name, file and line."""
-    codes = [getattr(f, "__code__", None) for f in (old, new)]
-    where = [(f.__qualname__, c.co_filename, c.co_firstlineno) for f, c in zip((old, new), codes, strict=True) if c]
-    return len(where) == 2 and where[0] == where[1]
+    where = [(f.__qualname__, f.__code__.co_filename, f.__code__.co_firstlineno) for f in (old, new)]
+    return where[0] == where[1]
 
 
 def register_loss(

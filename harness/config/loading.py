@@ -129,7 +129,7 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     inherited = _with_bases(base_path, (*seen, path))
     inherited.pop("name", None)  # a name is never inherited: each file writes to its own results folder
     merged = _deep_merge(inherited, data)
-    if "imports" in inherited and "imports" in data:  # a base's plugins are still needed: both lists, base first
+    if "imports" in inherited and "imports" in data:  # a base's plugins stay needed: both, base first
         merged["imports"] = list(dict.fromkeys([*inherited["imports"], *data["imports"]]))
     return merged
 

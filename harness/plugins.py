@@ -12,9 +12,9 @@ A module is an importable name (``mylab.losses``) or a path to a ``.py`` file: r
 experiment file that lists it (``imports:``) or to the current folder (``--import``). A path is
 imported under a name made from its stem and a hash of its absolute path, the same in every process,
 so worker processes (``--jobs N``, tuning workers) import it again by :func:`loaded_plugins` before
-they read a cell. Importing a module should only register things; registering the same function twice
-(the module imported again under another name) is harmless, a different one under a taken name is an
-error. A module that cannot be imported is one line naming it and the error.
+they read a cell. Importing a module should only register things (no ``__main__`` guard is needed):
+each file is imported once per process, whether it is named by module name or by path, so its
+registrations never run twice. A module that cannot be imported is one line naming it and the error.
 """
 
 from __future__ import annotations
@@ -57,12 +57,34 @@ def _module_name(path: Path) -> str:
     return f"gpw_plugin_{stem}_{digest}"
 
 
+def _imported_file(path: Path) -> ModuleType | None:
+    """The module already imported from ``path`` (under any name), if any."""
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and Path(file).resolve() == path:
+            return module
+    return None
+
+
+def _import_name(name: str) -> ModuleType:
+    """``import name``; a module whose file was already imported by path is that module, not a second copy."""
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        origin = Path(spec.origin).resolve() if spec is not None and spec.origin else None
+        module = _imported_file(origin) if origin is not None and origin.is_file() else None
+        if module is not None:
+            sys.modules[name] = module
+            return module
+    return importlib.import_module(name)
+
+
 def _import_path(path: Path, where: str) -> ModuleType:
     if not path.is_file():
         raise UserError(f"{where}: plugin file {path} not found; give an importable module or a .py file")
+    known = _imported_file(path)
+    if known is not None:
+        return known
     name = _module_name(path)
-    if name in sys.modules:
-        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise UserError(f"{where}: {path} is not a Python module; give a .py file")
@@ -81,7 +103,7 @@ def import_plugin(spec: str, *, where: str = "--import") -> ModuleType:
     if spec in _LOADED:
         return _LOADED[spec]
     try:
-        module = _import_path(Path(spec), where) if is_path(spec) else importlib.import_module(spec)
+        module = _import_path(Path(spec), where) if is_path(spec) else _import_name(spec)
     except UserError:
         raise
     except Exception as err:  # any failure of a user's module is theirs to fix

@@ -25,27 +25,11 @@ def summary_of(factory: Callable[..., Any]) -> str:
     return (factory.__doc__ or "").strip().split("\n", 1)[0]
 
 
-def same_definition(old: object, new: object) -> bool:
-    """Whether two functions are one definition: same qualified name, same source file and line.
-
-    A module imported twice (by name and by path, or as ``__main__`` in a spawned worker) defines its
-    functions again; registering them again is then no conflict.
-    """
-    codes = [getattr(f, "__code__", None) for f in (old, new)]
-    if codes[0] is None or codes[1] is None:
-        return False
-    return getattr(old, "__qualname__", None) == getattr(new, "__qualname__", None) and (
-        codes[0].co_filename,
-        codes[0].co_firstlineno,
-    ) == (codes[1].co_filename, codes[1].co_firstlineno)
-
-
 class Registry(MutableMapping[str, T], Generic[T]):
     """Entries of one kind by name: ``kind`` names them in messages, ``where`` is their config key.
 
     ``entry_type`` builds an entry from ``name=``, ``summary=``, ``factory=`` and the metadata given to
-    :meth:`register`. Registering a name twice is a programming error (RuntimeError), not a replacement,
-    unless it is the same function again (:func:`same_definition`: a plugin module imported twice).
+    :meth:`register`. Registering a name twice is a programming error (RuntimeError), not a replacement.
     """
 
     def __init__(self, kind: str, where: str, entry_type: Callable[..., T]) -> None:
@@ -88,8 +72,7 @@ class Registry(MutableMapping[str, T], Generic[T]):
         return self._entries[name]
 
     def __setitem__(self, name: str, entry: T) -> None:
-        old = getattr(self._entries.get(name), "factory", None)
-        if name in self._entries and not same_definition(old, getattr(entry, "factory", None)):
+        if name in self._entries:
             raise RuntimeError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
 

@@ -60,12 +60,6 @@ class LossInfo:
 _REGISTRY: dict[str, LossInfo] = {}
 
 
-def _same_definition(old: Callable[..., Any], new: Callable[..., Any]) -> bool:
-    """Whether two factories are one definition (a module imported twice): same name, file and line."""
-    where = [(f.__qualname__, f.__code__.co_filename, f.__code__.co_firstlineno) for f in (old, new)]
-    return where[0] == where[1]
-
-
 def register_loss(
     *, label: str, equation: str, similarities: str, search_space: Sequence[SearchParam] = ()
 ) -> Callable[[Factory], Factory]:
@@ -76,7 +70,7 @@ def register_loss(
 
     def decorate(factory: Factory) -> Factory:
         name = factory.__name__
-        if name in _REGISTRY and not _same_definition(_REGISTRY[name].factory, factory):
+        if name in _REGISTRY:
             raise RuntimeError(f"loss {name!r} is registered twice")
         keywords = set(inspect.signature(factory).parameters)
         strangers = [p.name for p in search_space if p.name not in keywords]

@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SerializerFunctionWrapHandler,
     ValidationInfo,
     field_validator,
@@ -381,6 +382,31 @@ class CellConfig(ProtocolConfig):
     embedding_size: int
     seed: int
     variant: str = "default"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_record(cls, data: Any, handler: ModelWrapValidatorHandler[CellConfig]) -> CellConfig:
+        """A stored config.json (:meth:`record`) reads back: its ``cell_id`` and ``resolved_loss`` must
+        be what this version computes for the config, else the file was written by another version."""
+        if not isinstance(data, Mapping) or not {"cell_id", "resolved_loss"} & set(data):
+            return handler(data)
+        fields = {key: value for key, value in data.items() if key not in ("cell_id", "resolved_loss")}
+        cell = handler(fields)
+        stored_loss = data.get("resolved_loss", cell.resolved_loss())
+        if stored_loss != cell.resolved_loss():
+            raise ValueError(
+                f"resolved_loss {stored_loss} differs from what this version resolves for loss "
+                f"{cell.loss.name!r} ({cell.resolved_loss()}): the file was written by another version of "
+                "the harness (or of the loss); read it with that version, or re-run the cell"
+            )
+        stored_id = data.get("cell_id", cell.cell_id)
+        if stored_id != cell.cell_id:
+            raise ValueError(
+                f"cell_id {stored_id!r} is not the id this version computes for the config "
+                f"({cell.cell_id!r}): the file was written by another version of the harness (or edited); "
+                "read it with that version, or re-run the cell"
+            )
+        return cell
 
     @functools.cached_property
     def cell_id(self) -> str:

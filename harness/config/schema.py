@@ -193,22 +193,27 @@ class ModelConfig(_Strict):
     backbone: str = "bninception"
     pretrained: bool = True
     weights: str | None = None
-    pooling: Literal["max", "avg"] = "max"
+    pooling: Literal["max", "avg", "token"] = "max"  # token: a timm ViT's class token
     freeze_bn: bool = True
     width: int = Field(32, ge=1)
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from harness.models import BACKBONES
+        from harness.models import check_backbone
 
-        return BACKBONES.check(name)
+        return check_backbone(name)
 
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
         if self.weights is not None and self.backbone == "small_cnn":
             raise ValueError(
                 "weights: small_cnn trains from scratch and would ignore model.weights; remove it"
+            )
+        if self.pooling == "token" and not self.backbone.startswith("timm:"):
+            raise ValueError(
+                f"pooling: 'token' (a ViT's class token) needs a timm backbone; {self.backbone!r} pools "
+                "with 'max' or 'avg'"
             )
         if self.weights is not None and not self.pretrained:
             raise ValueError(

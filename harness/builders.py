@@ -64,6 +64,7 @@ def build_model(cfg: CellConfig, in_channels: int) -> models.EmbeddingModel:
         pooling=cfg.model.pooling,
         in_channels=in_channels,
         width=cfg.model.width,
+        image_size=cfg.data.image_size,
     )
 
 

@@ -26,6 +26,7 @@ from typing import Protocol
 from harness.config import CellConfig
 from harness.distributed import DistContext, broadcast_flag
 from harness.errors import UserError, one_line
+from harness.plugins import load_plugins, loaded_plugins
 from harness.pool import LocalWorkers, Worker, WorkerCommand, stop_workers, usable_cpus
 from harness.records import CellOutcome, CellStatus, FinalRecord, StatusRecord, write_record
 from harness.results import cell_paths, claim_cell, now
@@ -160,15 +161,22 @@ def default_jobs(cells: Sequence[CellConfig]) -> int:
     return max(1, cores // threads)
 
 
-def serve_cells(fd: int) -> int:
+def serve_cells(fd: int, plugins: Sequence[str] = ()) -> int:
     """A cell worker: train the tasks the parent sends over connection ``fd``, one at a time, each cell's
     output in its train.log, until the parent sends None or goes; the exit code (``128 + signal`` after a
     stop).
 
-    A stop signal interrupts the running cell at once: it keeps its checkpoint (its status stays
-    ``running``, so the next run resumes it) and its lock goes with this process.
+    It first imports the parent's ``plugins`` (:func:`harness.plugins.loaded_plugins`), so that their
+    losses, backbones and datasets are registered before any task arrives. A stop signal interrupts the
+    running cell at once: it keeps its checkpoint (its status stays ``running``, so the next run resumes
+    it) and its lock goes with this process.
     """
     conn = multiprocessing.connection.Connection(fd)
+    failed: str | None = None
+    try:
+        load_plugins(plugins)
+    except UserError as err:  # the parent imported them, so this is rare: each task gets the message
+        failed = str(err)
     with StopSignals().installed() as signals:
         watch_parent(signals)  # a parent killed with SIGKILL cannot pass the signal on
         try:
@@ -177,7 +185,7 @@ def serve_cells(fd: int) -> int:
                     task = conn.recv()
                     if task is None:
                         return 0
-                    result = _train_logged(task)
+                    result = _train_logged(task) if failed is None else failed
                 conn.send(result)
         except (EOFError, BrokenPipeError):  # the parent is gone: an orphan trains nothing more
             return 0
@@ -205,9 +213,11 @@ def _train_logged(task: CellTask) -> CellOutcome | str:
 
 
 def _cell_worker(fd: int, gpu: str | None) -> WorkerCommand:
-    """The command of a cell worker serving connection ``fd``; on a GPU machine it sees one GPU."""
+    """The command of a cell worker serving connection ``fd``, importing this process's plugins; on a GPU
+    machine it sees one GPU."""
+    serve = f"launch.serve_cells({fd}, {loaded_plugins()!r})"
     return WorkerCommand(
-        ["-c", f"import sys, harness.launch as launch; sys.exit(launch.serve_cells({fd}))"],
+        ["-c", f"import sys, harness.launch as launch; sys.exit({serve})"],
         {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {},
         (fd,),
     )

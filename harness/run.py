@@ -27,6 +27,7 @@ from harness.errors import EXIT_USER_ERROR, ArgumentParser, UserError, cli_main
 from harness.files import temporaries
 from harness.launch import CellTask, Launcher, default_jobs, final_mtime, make_launcher
 from harness.options import add_set_option
+from harness.plugins import add_import_argument, load_plugins
 from harness.preflight import preflight_report, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    add_import_argument(parser)
     return parser
 
 
@@ -209,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m harness.run``."""
     args = build_parser().parse_args(argv)
     check_launcher_options(args)
+    load_plugins(args.imports)
     experiment = load_experiment(args.experiment, args.sets)
     if not args.check:
         return run_experiment(

@@ -30,7 +30,7 @@ from harness.data import DatasetSplits, LabelledDataset, build_batch_sampler
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
 from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
-from harness.models import EmbeddingModel, freeze_batchnorm_statistics
+from harness.models import EmbeddingModel, batchnorm_layers, freeze_batchnorm_statistics
 from harness.records import CellOutcome, CellStatus, FinalRecord, Metrics, StatusRecord, Timings, write_record
 from harness.results import CellPaths, environment, load_checkpoint, now
 from harness.tracking import Loggers, open_loggers
@@ -53,6 +53,7 @@ TRAIN_LOG_COLUMNS = (
 EVAL_COLUMNS = ("iteration", "split", "metric", "value")
 
 EvalCallback = Callable[[int, dict[str, float]], None]
+NO_BATCHNORM = "; note: model.freeze_bn has no effect, the model has no BatchNorm layer (e.g. a ViT)"
 
 
 class NonFiniteError(RuntimeError):
@@ -428,6 +429,7 @@ class _CellRun:
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
             + (f", autocast {amp}" if amp else "")
             + (f", resuming at iteration {self.start}" if self.start else "")
+            + (NO_BATCHNORM if self.cfg.model.freeze_bn and not batchnorm_layers(self.model) else "")
         )
 
     def step(self, iteration: int, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ jobs by polling with a bounded wait; nothing depends on how long a cell takes.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -216,6 +217,32 @@ def test_a_grid_on_slurm_trains_each_cell_once_with_the_local_metrics(
     assert (exp_dir / "cells.csv").is_file() and (exp_dir / "report.md").is_file()
     assert run.main(slurm_args(exp, slurm, job_name)) == 0  # all finished: nothing is submitted again
     assert "2 already finished (skipped)" in capsys.readouterr().err
+
+
+@needs_slurm
+def test_a_plugin_loss_trains_in_the_slurm_tasks_that_import_it_again(
+    tmp_path: Path, tiny_experiment: WriteExperiment, job_name: str
+) -> None:
+    shutil.copy(ROOT / "docs" / "examples" / "my_loss.py", tmp_path / "my_loss.py")
+    overrides = {"grid.losses": ["my_contrastive"], "grid.seeds": [0, 1], "imports": ["my_loss.py"]}
+    exp = tiny_experiment({**SHORT, **overrides})
+    done = subprocess.run(  # a fresh process: the plugin's loss is registered only where it is imported
+        [sys.executable, "-m", "harness.run", *slurm_args(exp, tmp_path / "results", job_name)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    exp_dir = tmp_path / "results" / "tiny"
+    with open(exp_dir / "cells.csv", newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))  # not expand_cells here: that would import the plugin in pytest
+    cells = {(row["cell_id"], row["loss"], row["loss_label"], row["status"]) for row in rows}
+    assert {cell[1:] for cell in cells} == {("my_contrastive", "MyContrastive", "finished")}
+    assert len(cells) == 2
+    for cell_id, *_ in cells:
+        assert trainings(job_logs(exp_dir, cell_id), cell_id) == 1
+    assert all(float(row["value"]) >= 0 for row in rows if row["metric"] == "recall@1")
 
 
 @needs_slurm

@@ -25,6 +25,7 @@ from harness.cluster.task import SlurmCell, read_job_record, update_job_record
 from harness.config import ClusterConfig, Experiment
 from harness.errors import UserError
 from harness.launch import CellTask
+from harness.plugins import loaded_plugins
 from harness.records import CellOutcome, CellStatus
 from harness.results import cell_paths, claim_cell, folder_lock, now
 from harness.stopping import Interrupted, StopSignals
@@ -147,7 +148,7 @@ class SlurmLauncher:
         if not tasks:
             return {}
         executor = make_executor(self.cluster, exp_dir / SUBMITIT_FOLDER, self.name, len(tasks))
-        jobs = submit_array(executor, SlurmCell(self.cluster.max_requeues), tasks)
+        jobs = submit_array(executor, SlurmCell(self.cluster.max_requeues, loaded_plugins()), tasks)
         submitted = {}
         for task, job in zip(tasks, jobs, strict=True):
             cell_dir = cell_paths(exp_dir, task.cell.cell_id).root

@@ -21,7 +21,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ import submitit
 
 from harness.files import atomic_write_json, read_json_if_exists
 from harness.launch import CellTask, record_failed, train_task
+from harness.plugins import load_plugins
 from harness.records import CellOutcome, CellStatus
 from harness.results import cell_paths, claim_cell, now
 from harness.train import CHECKPOINT_AND_STOP, CheckpointedStop
@@ -118,8 +119,9 @@ class SlurmCell(submitit.helpers.Checkpointable):
     same call again) and requeues the task, after the trainer has saved the cell's checkpoint.
     """
 
-    def __init__(self, max_requeues: int) -> None:
+    def __init__(self, max_requeues: int, plugins: Sequence[str] = ()) -> None:
         self.max_requeues = max_requeues
+        self.plugins = tuple(plugins)  # the submitter's (harness.plugins.loaded_plugins), imported first
 
     def __call__(self, task: CellTask) -> CellOutcome:
         paths = cell_paths(task.exp_dir, task.cell.cell_id)
@@ -139,6 +141,7 @@ class SlurmCell(submitit.helpers.Checkpointable):
             print(f"{task.cell.cell_id}: Slurm job {job_id}, requeued {requeues} times", flush=True)
             if requeues > self.max_requeues:
                 return self._give_up(task, requeues)
+            load_plugins(self.plugins)  # a fresh interpreter: the plugin losses, backbones, datasets
             return self._train(task)
 
     def _train(self, task: CellTask) -> CellOutcome:

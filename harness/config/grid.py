@@ -12,10 +12,18 @@ from pydantic import ValidationError
 from harness.config.loading import load_raw, set_dotted, validation_message
 from harness.config.schema import CellConfig, Experiment
 from harness.errors import UserError
+from harness.plugins import load_plugins
 
 
 def validate_experiment(data: dict[str, Any], source: str) -> Experiment:
-    """Validate a raw experiment mapping (and every cell it expands to); ``source`` names it in errors."""
+    """Validate a raw experiment mapping (and every cell it expands to); ``source`` names it in errors.
+
+    Its ``imports:`` (plugin modules, see :mod:`harness.plugins`) are imported first, so that the
+    losses, backbones and datasets they register are known to the validation.
+    """
+    imports = data.get("imports") or []
+    if isinstance(imports, list):  # anything else is the schema's one-line error
+        load_plugins(imports, where=f"{source}: imports")
     try:
         experiment = Experiment.model_validate(data)
     except ValidationError as err:
@@ -31,7 +39,7 @@ def load_experiment(path: str | Path, sets: list[str] | None = None) -> Experime
 
 def _expand(experiment: Experiment, source: str) -> list[CellConfig]:
     protocol = experiment.model_dump(
-        mode="python", exclude={"name", "description", "grid", "dataset_overrides", "cluster"}
+        mode="python", exclude={"name", "description", "grid", "dataset_overrides", "cluster", "imports"}
     )
     cells: list[CellConfig] = []
     grid = experiment.grid

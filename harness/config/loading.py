@@ -166,6 +166,7 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path in seen:
         raise UserError(f"{path}: base files form a cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     data = _read_yaml(path)
+    _resolve_imports(data, path)
     base = data.pop("base", None)
     if base is None:
         return data
@@ -176,7 +177,24 @@ def _with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise UserError(f"{path}: base: file {base!r} not found next to the experiment file ({base_path})")
     inherited = _with_bases(base_path, (*seen, path))
     inherited.pop("name", None)  # a name is never inherited: each file writes to its own results folder
-    return _deep_merge(inherited, data)
+    merged = _deep_merge(inherited, data)
+    if "imports" in inherited and "imports" in data:  # a base's plugins stay needed: both, base first
+        merged["imports"] = list(dict.fromkeys([*inherited["imports"], *data["imports"]]))
+    return merged
+
+
+def _resolve_imports(data: dict[str, Any], path: Path) -> None:
+    """Make the ``.py`` paths of a file's ``imports:`` absolute, relative to that file (module names stay)."""
+    from harness.plugins import resolve_spec
+
+    imports = data.get("imports")
+    if imports is None:
+        return
+    if not isinstance(imports, list) or not all(isinstance(item, str) and item for item in imports):
+        raise UserError(
+            f"{path}: imports: expected a list of module names or .py files, e.g. [mylab.losses, my_loss.py]"
+        )
+    data["imports"] = [resolve_spec(item, path.parent) for item in imports]
 
 
 def parse_value(text: str) -> Any:

@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ModelWrapValidatorHandler,
     SerializerFunctionWrapHandler,
     StrictFloat,
     ValidationInfo,
@@ -240,22 +241,27 @@ class ModelConfig(_Strict):
     backbone: str = "bninception"
     pretrained: bool = True
     weights: str | None = None
-    pooling: Literal["max", "avg"] = "max"
+    pooling: Literal["max", "avg", "token"] = "max"  # token: a timm ViT's class token
     freeze_bn: bool = True
     width: int = Field(32, ge=1)
 
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, name: str) -> str:
-        from harness.models import BACKBONES
+        from harness.models import check_backbone
 
-        return BACKBONES.check(name)
+        return check_backbone(name)
 
     @model_validator(mode="after")
     def _weights_used(self) -> ModelConfig:
         if self.weights is not None and self.backbone == "small_cnn":
             raise ValueError(
                 "weights: small_cnn trains from scratch and would ignore model.weights; remove it"
+            )
+        if self.pooling == "token" and not self.backbone.startswith("timm:"):
+            raise ValueError(
+                f"pooling: 'token' (a ViT's class token) needs a timm backbone; {self.backbone!r} pools "
+                "with 'max' or 'avg'"
             )
         if self.weights is not None and not self.pretrained:
             raise ValueError(
@@ -505,6 +511,7 @@ class Experiment(ProtocolConfig):
     grid: Grid
     dataset_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)  # Slurm jobs; not part of any cell
+    imports: list[str] = Field(default_factory=list)  # plugin modules, imported before validation
 
     @field_validator("dataset_overrides")
     @classmethod
@@ -578,6 +585,31 @@ class CellConfig(ProtocolConfig):
                 "nothing; lower train.eval_every or set train.select_on: final"
             )
         return self
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _from_record(cls, data: Any, handler: ModelWrapValidatorHandler[CellConfig]) -> CellConfig:
+        """A stored config.json (:meth:`record`) reads back: its ``cell_id`` and ``resolved_loss`` must
+        be what this version computes for the config, else the file was written by another version."""
+        if not isinstance(data, Mapping) or not {"cell_id", "resolved_loss"} & set(data):
+            return handler(data)
+        fields = {key: value for key, value in data.items() if key not in ("cell_id", "resolved_loss")}
+        cell = handler(fields)
+        stored_loss = data.get("resolved_loss", cell.resolved_loss())
+        if stored_loss != cell.resolved_loss():
+            raise ValueError(
+                f"resolved_loss {stored_loss} differs from what this version resolves for loss "
+                f"{cell.loss.name!r} ({cell.resolved_loss()}): the file was written by another version of "
+                "the harness (or of the loss); read it with that version, or re-run the cell"
+            )
+        stored_id = data.get("cell_id", cell.cell_id)
+        if stored_id != cell.cell_id:
+            raise ValueError(
+                f"cell_id {stored_id!r} is not the id this version computes for the config "
+                f"({cell.cell_id!r}): the file was written by another version of the harness (or edited); "
+                "read it with that version, or re-run the cell"
+            )
+        return cell
 
     @functools.cached_property
     def cell_id(self) -> str:

@@ -22,6 +22,7 @@ from harness.fair.studies import (
     study_dir,
     study_state,
 )
+from harness.plugins import load_plugins
 from harness.stopping import Interrupted, StopSignals
 from harness.studies.command import add_study_arguments, require_positive, run_study_command
 from harness.tune.outputs import optuna_verbosity, write_outputs
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     require_positive("--jobs", args.jobs, "a positive number of cells at once")
     if args.jobs is not None and args.launcher == "slurm":
         raise UserError(f"--jobs {args.jobs} with --launcher slurm: each re-run cell is its own Slurm job")
+    load_plugins(args.imports)
     setup = load_fair(args.file, args.sets)
     fair_dir = setup.folder(args.results)
     fair_dir.mkdir(parents=True, exist_ok=True)

@@ -4,9 +4,10 @@
 and ``head`` submodules take separate learning rates. Backbones are registered in :data:`BACKBONES`
 by a decorator next to each factory: ``bninception`` (pretrainedmodels, global max pooling as in the
 official MS code, average pooling as an option), ``resnet50`` (torchvision) and ``small_cnn`` (for the
-embedded glyphs benchmark). Pretrained weights come from ``model.weights`` or the standard file in
-its cache, downloaded and verified once when missing (:mod:`harness.models.weights`); a file that
-cannot be had is one line saying where to put it.
+embedded glyphs benchmark), and every timm model as ``timm:<name>`` (``timm_models``, a backbone
+family). Pretrained weights come from ``model.weights`` or the standard file in its cache, downloaded
+and verified once when missing (:mod:`harness.models.weights`; a ``timm:`` backbone: timm's hub); a
+file that cannot be had is one line saying where to put it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from harness.models import backbones, small_cnn  # noqa: F401  (importing them registers their backbones)
+from harness.models import backbones, small_cnn, timm_models  # noqa: F401  (importing them registers them)
 from harness.models.registry import (
     BACKBONES,
     BackboneEntry,
     BackboneOptions,
     backbone_entry,
+    check_backbone,
     register_backbone,
+    register_backbone_family,
 )
 
 
@@ -48,21 +51,34 @@ def build_model(
     pooling: str = "max",
     in_channels: int = 3,
     width: int = 32,
+    image_size: int | None = None,
 ) -> EmbeddingModel:
     """Build an embedding model; ``weights`` overrides the default local pretrained-weights path."""
     entry = backbone_entry(backbone)
     options = BackboneOptions(
-        pretrained=pretrained, weights=weights, pooling=pooling, in_channels=in_channels, width=width
+        pretrained=pretrained,
+        weights=weights,
+        pooling=pooling,
+        in_channels=in_channels,
+        width=width,
+        image_size=image_size,
     )
     module, features = entry.factory(options)
     return EmbeddingModel(module, features, embedding_size)
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers of ``model``: none in a ViT (its LayerNorms keep no running statistics)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def freeze_batchnorm_statistics(model: nn.Module) -> None:
-    """Put every BatchNorm layer in eval mode (running statistics frozen; affine parameters still train)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+    """Put every BatchNorm layer in eval mode (running statistics frozen; affine parameters still train).
+
+    Only BatchNorm: on a model without it (a ViT) ``model.freeze_bn`` changes nothing.
+    """
+    for module in batchnorm_layers(model):
+        module.eval()
 
 
 __all__ = [
@@ -71,7 +87,10 @@ __all__ = [
     "BackboneOptions",
     "EmbeddingModel",
     "backbone_entry",
+    "batchnorm_layers",
     "build_model",
+    "check_backbone",
     "freeze_batchnorm_statistics",
     "register_backbone",
+    "register_backbone_family",
 ]

@@ -15,6 +15,7 @@ import contextlib
 from pathlib import Path
 
 from harness.errors import ArgumentParser
+from harness.plugins import add_import_argument, load_plugins
 from harness.report.decisions import default_reference
 from harness.report.reading import (
     CELL_GROUP,
@@ -128,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         f"(default: {REFERENCE_ROOT}/<experiment>/ when it exists)",
     )
     reference.add_argument("--no-reference", action="store_true", help="no agreement section")
+    add_import_argument(parser)
     args = parser.parse_args(argv)
+    load_plugins(args.imports)  # loss labels of plugin losses (cells.csv already holds those of the run)
     exp_dir = args.experiment_dir  # a run may be writing into a folder with cells/: wait for its lock
     with folder_lock(exp_dir) if (exp_dir / "cells").is_dir() else contextlib.nullcontext():
         print(

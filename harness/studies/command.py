@@ -25,6 +25,7 @@ from harness.config import ClusterConfig
 from harness.errors import EXIT_USER_ERROR, UserError
 from harness.files import atomic_write_text
 from harness.options import add_set_option
+from harness.plugins import add_import_argument, import_arguments
 from harness.pool import LocalWorkers, WorkerCommand, WorkerStarter, run_workers
 from harness.stopping import Interrupted, StopSignals, watch_parent
 from harness.studies.storage import Heartbeat, open_storage, shown_url
@@ -38,8 +39,9 @@ EXIT_FAILED_WORKER = 1
 def add_study_arguments(
     parser: argparse.ArgumentParser, *, storage_help: str, workers_help: str, set_example: str
 ) -> None:
-    """The options every study command takes: --storage, --workers, --set, --results, --quiet, --launcher
-    (and --worker K, hidden, which makes the process worker K of its parent: see :func:`worker_commands`)."""
+    """The options every study command takes: --storage, --workers, --set, --results, --quiet, --launcher,
+    --import (and --worker K, hidden, which makes the process worker K of its parent: see
+    :func:`worker_commands`)."""
     parser.add_argument("--storage", default=None, metavar="URL", help=storage_help)
     parser.add_argument("--workers", type=int, default=1, metavar="N", help=workers_help)
     add_set_option(parser, set_example)
@@ -47,6 +49,7 @@ def add_study_arguments(
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     add_launcher_argument(parser, "the workers")
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
+    add_import_argument(parser)
 
 
 def require_positive(option: str, value: int | None, expected: str) -> None:
@@ -65,11 +68,13 @@ def storage_for(given: str | None, worker: int | None, storage_env: str, default
 def worker_commands(
     module: str, args: argparse.Namespace, options: list[str], storage_env: str, storage_url: str
 ) -> list[WorkerCommand]:
-    """One command per worker: ``-m module file *options --worker K``, the ``--set`` items, ``--quiet``.
+    """One command per worker: ``-m module file *options --worker K``, the ``--set`` items, ``--quiet``,
+    ``--import`` for each plugin this process loaded (a worker imports them before it reads the file).
 
     The storage URL travels in the environment (``storage_env``), so no password shows in ``ps``.
     """
     tail = [arg for item in args.sets for arg in ("--set", item)] + (["--quiet"] if args.quiet else [])
+    tail += import_arguments()
     return [
         WorkerCommand(
             ["-m", module, args.file, *options, "--results", args.results, "--worker", str(k), *tail],

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from harness.errors import ArgumentParser
+from harness.plugins import load_plugins
 from harness.preflight import require_preflight
 from harness.stopping import Interrupted, StopSignals
 from harness.studies.command import (
@@ -129,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     require_positive("--workers", args.workers, "a positive number of processes")
     require_positive("--trials", args.trials, "the total number of trials, at least 1")
+    load_plugins(args.imports)
     setup = load_tune(args.file, args.sets)
     folder = Path(args.results) / setup.name
     folder.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import shutil
@@ -83,6 +84,37 @@ def test_the_documented_plugin_loss_trains_through_harness_run(
     assert {row["seed"] for row in rows} == {"0", "1"}
     assert {(row["loss"], row["loss_label"]) for row in rows} == {("my_contrastive", "MyContrastive")}
     assert all(float(row["value"]) >= 0 for row in rows if row["metric"] == "recall@1")
+
+
+FLAT_BACKBONE = '''"""A plugin backbone: glyph pixels through one linear layer, named 'flat_linear'."""
+
+from torch import nn
+
+from harness.models import BackboneOptions, register_backbone
+
+
+@register_backbone(convention="grey")
+def flat_linear(options: BackboneOptions) -> tuple[nn.Module, int]:
+    """Flatten a greyscale image, then one linear layer of 24 features."""
+    pixels = options.in_channels * (options.image_size or 32) ** 2
+    return nn.Sequential(nn.Flatten(), nn.Linear(pixels, 24), nn.ReLU()), 24
+'''
+
+
+def test_a_plugin_backbone_trains_in_spawned_workers(
+    tmp_path: Path, tiny_experiment: WriteExperiment
+) -> None:
+    (tmp_path / "flat_linear.py").write_text(FLAT_BACKBONE)
+    exp = tiny_experiment({**SHORT, "model.backbone": "flat_linear", "grid.seeds": [0, 1]})
+    args = [str(exp), "--import", str(tmp_path / "flat_linear.py"), "--results", str(tmp_path / "results")]
+    done = run_cli(*args, "--jobs", "2", "--no-report", "--quiet")
+    assert done.returncode == 0, done.stderr
+    rows = cells_table(tmp_path / "results" / "tiny")
+    assert {(row["seed"], row["status"]) for row in rows} == {("0", "finished"), ("1", "finished")}
+    config = json.loads(next((tmp_path / "results" / "tiny" / "cells").glob("*/config.json")).read_text())
+    assert config["model"]["backbone"] == "flat_linear"
+    without = run_cli(str(exp), "--check")
+    assert without.returncode == 2 and "flat_linear" in without.stderr, without.stderr
 
 
 def test_without_the_plugin_the_loss_is_unknown_in_one_line(tiny_experiment: WriteExperiment) -> None:

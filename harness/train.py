@@ -111,8 +111,10 @@ def embed(
     workers: int,
     amp: torch.dtype | None,
     ctx: DistContext | None = None,
+    channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings (float32, CPU) and labels of a whole dataset, in dataset order; split across ranks."""
+    """Embeddings (float32, CPU) and labels of a whole dataset, in dataset order; split across ranks.
+    ``channels_last``: feed image batches in that memory format (the trainer's models are in it)."""
     net = _unwrap(model)
     was_training = net.training
     net.eval()
@@ -128,7 +130,7 @@ def embed(
     chunks = []
     for images, _ in loader:
         images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
+        if channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp) if amp else nullcontext():
             chunks.append(net(images).float())
@@ -163,6 +165,7 @@ def evaluate_split(
         "workers": cfg.data.workers,
         "amp": amp,
         "ctx": ctx,
+        "channels_last": cfg.train.channels_last,
     }
     ks = list(cfg.evaluate.ks or splits.default_ks)
     metrics = tuple(cfg.evaluate.metrics)
@@ -359,7 +362,7 @@ class _CellRun:
         self.splits = load_splits(cfg) if splits is None else splits
         _check_selection(cfg, self.splits, evaluate_test)
         model = build_model(cfg, in_channels=int(self.splits.train[0][0].shape[0])).to(self.device)
-        if self.device.type == "cuda" and cfg.train.channels_last:
+        if cfg.train.channels_last:  # faster convolutions on GPU and on CPU (oneDNN) alike
             model = model.to(memory_format=torch.channels_last)
         self.model: nn.Module = model
         self.loss_fn = cfg.loss.build().to(self.device)
@@ -436,7 +439,7 @@ class _CellRun:
         """One update on one batch; returns the loss (detached). A non-finite loss or gradient raises."""
         device, amp = self.device, self.amp
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        if device.type == "cuda" and self.cfg.train.channels_last:
+        if self.cfg.train.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         self.model.train()
         if self.cfg.model.freeze_bn:

@@ -234,6 +234,28 @@ def test_train_shift_is_light_and_reproducible(small_splits) -> None:
     assert torch.equal(val[0][0], val[0][0])
 
 
+def _shifted_one_by_one(dataset: glyphs.GlyphDataset, index: int) -> torch.Tensor:
+    """The per-image reference: normalise, pad by repeating the border, crop at a random (dy, dx)."""
+    image = (dataset.images[index].float().unsqueeze(0) - dataset.mean) / dataset.std
+    size, shift = image.shape[-1], dataset.shift
+    dy, dx = torch.randint(0, 2 * shift + 1, (2,)).tolist()
+    padded = torch.nn.functional.pad(image.unsqueeze(0), [shift] * 4, mode="replicate")[0]
+    return padded[:, dy : dy + size, dx : dx + size]
+
+
+def test_a_batch_equals_its_images_one_by_one(small_splits) -> None:
+    train = small_splits.train
+    batch = [5, 0, 3, 3, len(train) - 1, 1]
+    torch.manual_seed(11)
+    expected = [_shifted_one_by_one(train, i) for i in batch]
+    torch.manual_seed(11)
+    got = train.__getitems__(batch)
+    assert [label for _, label in got] == [int(train.labels[i]) for i in batch]
+    assert all(torch.equal(image, want) for (image, _), want in zip(got, expected, strict=True))
+    torch.manual_seed(11)
+    assert all(torch.equal(train[i][0], want) for i, want in zip(batch, expected, strict=True))
+
+
 def test_build_splits_dispatches_glyphs(tmp_path, monkeypatch) -> None:
     from harness.data import build_splits
 

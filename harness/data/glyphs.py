@@ -472,13 +472,22 @@ class GlyphDataset(torch.utils.data.Dataset):
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = (self.images[index].float().unsqueeze(0) - self.mean) / self.std
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
+        """A whole batch at once (the DataLoader calls this): the same images and the same random
+        shifts, drawn in the same order from the same generator, as one :meth:`__getitem__` per index."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        images = (self.images[index].float().unsqueeze(1) - self.mean) / self.std
         if self.shift:
-            size = image.shape[-1]
-            dy, dx = torch.randint(0, 2 * self.shift + 1, (2,)).tolist()
-            padded = F.pad(image.unsqueeze(0), [self.shift] * 4, mode="replicate")[0]
-            image = padded[:, dy : dy + size, dx : dx + size]
-        return image, int(self.labels[index])
+            count, size = len(index), images.shape[-1]
+            offsets = torch.randint(0, 2 * self.shift + 1, (count, 2))  # (dy, dx) per image, in order
+            padded = F.pad(images, [self.shift] * 4, mode="replicate")
+            span = torch.arange(size)
+            rows = (offsets[:, 0, None] + span)[:, :, None]  # count x size x 1
+            cols = (offsets[:, 1, None] + span)[:, None, :]  # count x 1 x size
+            images = padded[torch.arange(count)[:, None, None], 0, rows, cols].unsqueeze(1)
+        return list(zip(images.unbind(0), self.labels[index.numpy()].tolist(), strict=True))
 
 
 def build_glyph_splits(

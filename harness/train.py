@@ -540,22 +540,32 @@ class _CellRun:
         )
         self._write_logs()
 
+    def _evaluated(self, iteration: int, split: str) -> dict[str, float]:
+        """The metrics of ``split`` the selection already measured at ``iteration`` (the same weights and
+        the same evaluation, so the same values), or ``{}``."""
+        return {
+            row["metric"]: row["value"]
+            for row in self.evals
+            if (row["iteration"], row["split"]) == (iteration, split)
+        }
+
     def final_evaluation(self) -> Metrics:
         """Test (and validation) metrics of the final and the selected weights; saves the pair weights (and
         weights)."""
         net, final_state = _unwrap(self.model), _state(self.model)
         names = (["test"] if self.evaluate_test else []) + (["val"] if self.splits.val is not None else [])
 
-        def evaluate_all() -> dict[str, dict[str, float]]:
+        def evaluate_all(iteration: int) -> dict[str, dict[str, float]]:
             return {
-                s: evaluate_split(self.model, self.splits, s, self.cfg, self.device, self.amp, self.ctx)
+                s: self._evaluated(iteration, s)
+                or evaluate_split(self.model, self.splits, s, self.cfg, self.device, self.amp, self.ctx)
                 for s in names
             }
 
-        metrics = {"final": evaluate_all()}
+        metrics = {"final": evaluate_all(self.cfg.train.iterations)}
         if self.best["state"] is not None and self.best["iteration"] != self.cfg.train.iterations:
             net.load_state_dict(self.best["state"])
-            metrics["selected"] = evaluate_all()
+            metrics["selected"] = evaluate_all(self.best["iteration"])
             net.load_state_dict(final_state)
         else:
             metrics["selected"] = metrics["final"]

@@ -93,3 +93,39 @@ def test_a_cell_trains_on_given_splits_and_records_its_resolved_loss(
         "alpha",
         "beta",
     }
+
+
+def test_the_final_evaluation_reuses_what_the_selection_measured(
+    tmp_path: Path, tiny_experiment: WriteExperiment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import harness.train as train
+
+    cell = tiny_cells(
+        tiny_experiment, {"train.iterations": 6, "train.eval_every": 2, "schedule.milestones": [4]}
+    )[0]
+    calls: list[str] = []
+    real = train.evaluate_split
+
+    def counted(model, splits, split, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(split)
+        return real(model, splits, split, *args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate_split", counted)
+    outcome = train_cell(cell, CellPaths(tmp_path / "cell"), progress=False)
+    evals = json.loads((tmp_path / "cell" / "final.json").read_text())
+    assert outcome.status == "finished" and calls.count("val") == 3  # iterations 2, 4, 6: no repeat
+    assert calls.count("test") == (1 if evals["selected_iteration"] == 6 else 2)
+    measured = [row for row in _eval_rows(tmp_path / "cell") if row["split"] == "val"]
+    assert {row["metric"]: row["value"] for row in measured if row["iteration"] == 6} == outcome.metrics[
+        "final"
+    ]["val"]
+
+
+def _eval_rows(cell_dir: Path) -> list[dict[str, object]]:
+    import csv
+
+    with (cell_dir / "evals.csv").open() as handle:
+        return [
+            {**row, "iteration": int(row["iteration"]), "value": float(row["value"])}
+            for row in csv.DictReader(handle)
+        ]

@@ -6,6 +6,12 @@ Throughput is measured over the training iterations only (the harness's own per-
 evaluation excluded), after ``--warmup`` iterations. Prints the ratio harness/bare; the target is an
 overhead of at most 5% (ratio >= 0.95).
 
+It also prints how close a training step comes to the machine's compute limit: the floating-point
+operations of one step (forward + backward of the model, counted by ``torch.utils.flop_counter``) times
+the harness's steps per second, against the FLOP/s of a large float32 matrix product (``--gemm-size``)
+on the same threads in the same run; and the machine class (AVX-512 or AVX2, from /proc/cpuinfo) and
+the load average, which every recorded figure needs.
+
     python benchmarks/train_speed.py                      # glyphs + small_cnn on CPU
     python benchmarks/train_speed.py --backbone bninception --dataset synthetic --image-size 224  # GPU
 """
@@ -13,6 +19,8 @@ overhead of at most 5% (ratio >= 0.95).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import statistics
 import tempfile
 import time
@@ -62,7 +70,12 @@ def make_cell(args: argparse.Namespace) -> CellConfig:
                 "val_fraction": 0.2,
                 "image_size": args.image_size,
             },
-            "model": {"backbone": backbone, "pretrained": False, "freeze_bn": backbone != "small_cnn"},
+            "model": {
+                "backbone": backbone,
+                "pretrained": False,
+                "freeze_bn": backbone != "small_cnn",
+                **({"width": args.width} if backbone == "small_cnn" else {}),
+            },
             "optim": {"lr_backbone": 1e-3, "lr_head": 1e-3},
             "train": {
                 "iterations": args.iterations,
@@ -81,6 +94,8 @@ def bare_loop(cell: CellConfig, splits: DatasetSplits, iterations: int, window: 
     amp = autocast_dtype(cell.train.amp, device)
     seed_everything(cell.seed, cell.train.deterministic, device)
     model = build_model(cell, int(splits.train[0][0].shape[0])).to(device)
+    if cell.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     loss_fn = cell.loss.build().to(device)
     optimizer = build_optimizer(cell, model)
     batches = training_batches(splits, cell, 0, None)
@@ -88,6 +103,8 @@ def bare_loop(cell: CellConfig, splits: DatasetSplits, iterations: int, window: 
     for iteration in range(1, iterations + 1):
         images, labels = next(batches)
         images, labels = images.to(device), labels.to(device)
+        if cell.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         model.train()
         if cell.model.freeze_bn:
             freeze_batchnorm_statistics(model)
@@ -118,11 +135,50 @@ def harness_loop(cell: CellConfig, splits: DatasetSplits) -> list[float]:
             return [float(row["images_per_s"]) for row in csv.DictReader(handle)]
 
 
+def step_flops(cell: CellConfig, splits: DatasetSplits) -> float:
+    """Floating-point operations of one training step's forward and backward pass, per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(cell, int(splits.train[0][0].shape[0])).to(pick_device())
+    images, labels = next(training_batches(splits, cell, 0, None))
+    images = images.to(pick_device())
+    with FlopCounterMode(display=False) as counter:
+        model(images).square().sum().backward()
+    return counter.get_total_flops() / labels.shape[0]
+
+
+def gemm_flops(size: int, repeats: int = 5) -> float:
+    """FLOP/s of a ``size`` x ``size`` float32 matrix product on torch's current threads (best of
+    ``repeats``)."""
+    device = pick_device()
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+    best = math.inf
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def machine_class() -> str:
+    """``AVX-512``, ``AVX2`` or ``other``, from the CPU flags of /proc/cpuinfo."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return "unknown"
+    return "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "other"
+
+
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=["glyphs", "synthetic"], default="glyphs")
     parser.add_argument("--backbone", default="small_cnn")
     parser.add_argument("--loss", default="ms")
+    parser.add_argument("--width", type=int, default=16, help="small_cnn width (16: the main job's)")
     parser.add_argument("--batch", type=int, default=80)
     parser.add_argument("--image-size", type=int, default=None, help="default: 32 for glyphs, 224 otherwise")
     parser.add_argument("--iterations", type=int, default=200)
@@ -131,6 +187,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--gemm-size", type=int, default=2048, help="the reference matrix product's side")
     args = parser.parse_args()
     if args.image_size is None:
         args.image_size = 32 if args.dataset == "glyphs" else 224
@@ -156,7 +213,8 @@ def main() -> None:
         f"date {time.strftime('%Y-%m-%d')}; device: {device}"
         f"{' ' + torch.cuda.get_device_name(device) if device.type == 'cuda' else ''}; "
         f"threads {torch.get_num_threads()}; dataset {args.dataset}; backbone {args.backbone}; "
-        f"batch {args.batch}; loss {args.loss}; {args.iterations} iterations x {args.repeats} repeats"
+        f"batch {args.batch}; width {args.width}; loss {args.loss}; "
+        f"{args.iterations} iterations x {args.repeats} repeats"
     )
     print(
         f"bare loop      : {bare:8.1f} images/s (median of {len(bare_rates)} windows of {args.window} "
@@ -164,6 +222,14 @@ def main() -> None:
     )
     print(f"harness trainer: {ours:8.1f} images/s (median of {len(harness_rates)} windows)")
     print(f"ratio harness/bare = {ours / bare:.3f}  (overhead {100 * (1 - ours / bare):+.1f}%; target <= 5%)")
+    per_image, peak = step_flops(cell, splits), gemm_flops(args.gemm_size)
+    achieved = per_image * ours
+    print(
+        f"training step: {per_image / 1e6:.2f} MFLOP per image -> {achieved / 1e9:.1f} GFLOP/s; "
+        f"{args.gemm_size}^2 float32 matrix product: {peak / 1e9:.1f} GFLOP/s; "
+        f"ratio step/matmul = {achieved / peak:.3f}"
+    )
+    print(f"machine: {machine_class()}, {os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

@@ -97,7 +97,7 @@ class _RescaleAndReorder:
     def __call__(self, image: object) -> torch.Tensor:
         tensor = torch.as_tensor(image)
         if self.bgr:
-            tensor = tensor.flip(0)
+            tensor = tensor.flip(-3)  # the channel axis of CxHxW, and of a NxCxHxW batch
         return tensor * self.value_range
 
 

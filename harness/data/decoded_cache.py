@@ -395,13 +395,8 @@ def cache_splits(
     progress: bool = True,
 ) -> tuple[dict[str, CachedImageDataset], DecodedCache, bool]:
     """One cache over every image of ``datasets`` (the splits of one benchmark), and each split on it."""
-    files: list[str] = []
-    seen: set[str] = set()
-    for dataset in datasets.values():
-        for file in dataset.files:
-            if file not in seen:
-                seen.add(file)
-                files.append(file)
+    # Sorted: the same images give the same cache whichever way the validation split cuts them.
+    files = sorted({file for dataset in datasets.values() for file in dataset.files})
     first = next(iter(datasets.values()))
     cache, built = open_cache(first, files, rule, name=name, cache_dir=cache_dir, progress=progress)
     return {split: CachedImageDataset(d, cache, rule) for split, d in datasets.items()}, cache, built

@@ -333,6 +333,9 @@ class CachedImageDataset(torch.utils.data.Dataset):
         self.pil_steps, self.tensor_steps = split_transform(dataset.transform, rule)
         first = self.pil_steps[0] if self.pil_steps else None
         self.source_crop = first if isinstance(first, v2.RandomResizedCrop) else None
+        # True: batches stop before the tensor steps (uint8 NxCxHxW out, for the consumer to normalise
+        # with :meth:`finish`, e.g. on the GPU); the training loop does not use this yet.
+        self.uint8_batches = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -373,13 +376,16 @@ class CachedImageDataset(torch.utils.data.Dataset):
             ]
         stacked = np.stack(images)
         batch = torch.from_numpy(stacked.reshape(*stacked.shape[:3], -1)).permute(0, 3, 1, 2).contiguous()
-        out: Any = tv_tensors.Image(batch)  # N x C x H x W: what ToImage makes of each image, stacked
-        for step in self.tensor_steps:
-            if isinstance(step, v2.ToImage):
-                continue
-            out = step(out)
-        tensors = torch.as_tensor(out)
+        tensors = batch if self.uint8_batches else self.finish(batch)
         return [(tensors[k], int(self.labels[i])) for k, i in enumerate(indices)]
+
+    def finish(self, batch: torch.Tensor) -> torch.Tensor:
+        """The tensor steps (to float, scale, normalise) on a uint8 NxCxHxW batch, as per image."""
+        out: Any = tv_tensors.Image(batch)  # what ToImage makes of each image, stacked
+        for step in self.tensor_steps:
+            if not isinstance(step, v2.ToImage):
+                out = step(out)
+        return torch.as_tensor(out)
 
     def verify(self, *, decode: bool = False, progress: bool = False) -> None:
         """The underlying files' check (:meth:`ImageDataset.verify`)."""

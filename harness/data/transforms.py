@@ -87,7 +87,7 @@ def get_convention(name: str) -> Convention:
     return CONVENTIONS[name]
 
 
-class _RescaleAndReorder:
+class RescaleAndReorder:
     """Multiply a 0-1 tensor by ``value_range`` and, for BGR, reverse the channel order (picklable)."""
 
     def __init__(self, value_range: float, bgr: bool) -> None:
@@ -111,7 +111,7 @@ def to_normalised_tensor(convention: str) -> list[Transform]:
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.ToPureTensor(),
-        _RescaleAndReorder(spec.value_range, spec.bgr),
+        RescaleAndReorder(spec.value_range, spec.bgr),
         v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
     ]
     return steps

@@ -4,6 +4,7 @@ damaged caches and the ``cache`` command."""
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -210,3 +211,17 @@ def test_loader_batches_come_from_the_cache(tmp_path: Path) -> None:
     images, labels = next(iter(loader))
     assert images.shape == (4, 3, 16, 16) and images.dtype == torch.float32
     assert labels.tolist() == train.labels[:4].tolist()
+
+
+def test_a_pickled_dataset_carries_no_pixels_and_maps_the_files_again(tmp_path: Path) -> None:
+    """What a spawned DataLoader worker receives: the paths, not the memory map's content."""
+    make_cub(tmp_path)
+    write_smooth_images(tmp_path / "CUB_200_2011" / "images")
+    train = splits(tmp_path, True, **OFFICIAL).train
+    pickled = pickle.dumps(train)
+    assert len(pickled) < train.cache.paths.pixels.stat().st_size
+    copy = pickle.loads(pickled)
+    assert copy.cache._pixels is None
+    assert all(
+        torch.equal(a, b) for a, b in zip(seeded(train, [0, 5], 0), seeded(copy, [0, 5], 0), strict=True)
+    )

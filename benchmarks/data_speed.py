@@ -8,12 +8,17 @@ worker process (so the figure is what one worker delivers, inter-process transfe
   (RandomResizedCrop(224, scale 0.08-1) + flip, BN-Inception input), batches from the harness sampler;
 - ``harness official``: the official code's transform (Resize(256) -> RandomResizedCrop(227, scale 0.16-1)
   + flip), batches from the official sampler;
+- ``cache paper`` / ``cache official``: the same two, read from the pre-decoded image cache
+  (``data.decoded_cache: true``; built once before the timing, its build time and size printed);
+- ``cache uint8 paper`` / ``cache uint8 official``: the cache with the workers stopping at uint8 batches
+  (float conversion and normalisation left to the consumer; the training loop does not do this yet);
 - ``torchvision``: the baseline, a plain ``ImageFolder`` over the same files with
   ``RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize``, shuffled batches.
 
 Runs alternate over ``--repeats`` rounds and the fastest round of each counts (the first batch, which
-includes the worker start, is left out). Prints images/s per worker, the ratio harness/torchvision, and
-how many workers a GPU consuming ``--gpu-rate`` images/s needs. Timings on a loaded machine are not
+includes the worker start, is left out). Prints images/s per worker, the ratio against torchvision, and
+how many workers a GPU consuming ``--gpu-rate`` images/s needs, with and without the cache. Timings on a
+loaded machine are not
 meaningful: give the load average (printed) with any figure you record.
 
     python benchmarks/data_speed.py --quick           # a few seconds, while developing
@@ -87,14 +92,21 @@ class Pipeline:
     make: Callable[[], Iterable[object]]
 
 
-def harness_pipeline(root: Path, protocol: str, batches: int) -> Pipeline:
-    """The harness's CUB reader with the paper's or the official code's training transform and sampler."""
+def harness_pipeline(
+    root: Path, protocol: str, batches: int, cache_dir: Path | None = None, uint8: bool = False
+) -> Pipeline:
+    """The harness's CUB reader with the paper's or the official code's training transform and sampler;
+    ``cache_dir``: read from the decoded image cache there; ``uint8``: its workers stop before the
+    float conversion and normalisation (left to the consumer, e.g. the GPU)."""
     if protocol == "official":
         options = {"image_size": 227, "crop_scale": (0.16, 1.0), "resize_size": 256, "train_resize": True}
     else:
         options = {"image_size": 224, "crop_scale": (0.08, 1.0)}
-    splits = build_splits("cub", root, convention="bninception", strict_counts=False, **options)
+    cached = {"decoded_cache": True, "cache_dir": cache_dir} if cache_dir is not None else {}
+    splits = build_splits("cub", root, convention="bninception", strict_counts=False, **cached, **options)
     sampler_name = "official" if protocol == "official" else "proportional"
+    if uint8:
+        splits.train.uint8_batches = True  # type: ignore[attr-defined]  # a CachedImageDataset
 
     def make() -> Iterable[object]:
         sampler = build_batch_sampler(
@@ -104,7 +116,8 @@ def harness_pipeline(root: Path, protocol: str, batches: int) -> Pipeline:
             splits.train, batch_sampler=list(islice(iter(sampler), batches)), num_workers=1
         )
 
-    return Pipeline(f"harness {protocol}", int(options["image_size"]), make)
+    kind = "cache uint8" if uint8 else "cache" if cache_dir else "harness"
+    return Pipeline(f"{kind} {protocol}", int(options["image_size"]), make)
 
 
 def torchvision_pipeline(images: Path) -> Pipeline:
@@ -168,9 +181,24 @@ def main(argv: list[str] | None = None) -> None:
             f"{time.perf_counter() - started:.1f} s; {batches} batches of {batch}; {repeats} round(s); "
             f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
         )
+        cache_dir = Path(tmp) / "cache"
+        started = time.perf_counter()
+        pipelines = [
+            harness_pipeline(Path(tmp), "paper", batches, cache_dir),
+            harness_pipeline(Path(tmp), "official", batches, cache_dir),
+        ]
+        size = sum(path.stat().st_size for path in cache_dir.iterdir())
+        print(
+            f"decoded cache (shorter side 256; the paper's and the official transform share it): built in "
+            f"{time.perf_counter() - started:.1f} s, {size / 2**20:.1f} MiB for {classes * per_class + 2} "
+            "images"
+        )
         pipelines = [
             harness_pipeline(Path(tmp), "paper", batches),
             harness_pipeline(Path(tmp), "official", batches),
+            *pipelines,
+            harness_pipeline(Path(tmp), "paper", batches, cache_dir, uint8=True),
+            harness_pipeline(Path(tmp), "official", batches, cache_dir, uint8=True),
             torchvision_pipeline(images),
         ]
         best = {p.name: 0.0 for p in pipelines}
@@ -190,6 +218,20 @@ def main(argv: list[str] | None = None) -> None:
     print(
         f"workers: DataLoader worker processes a GPU consuming {args.gpu_rate:.0f} images/s needs "
         "(one core each)"
+    )
+    without = max(best["harness paper"], best["harness official"])
+    with_cache = max(best["cache paper"], best["cache official"])
+    print(
+        f"at {args.gpu_rate:.0f} images/s: {math.ceil(args.gpu_rate / without)} workers without the cache, "
+        f"{math.ceil(args.gpu_rate / with_cache)} with it (the faster protocol of each); torchvision "
+        f"{math.ceil(args.gpu_rate / baseline)}; cache vs torchvision per worker: "
+        f"{best['cache paper'] / baseline:.2f}x (paper), {best['cache official'] / baseline:.2f}x (official)"
+    )
+    raw = max(best["cache uint8 paper"], best["cache uint8 official"])
+    print(
+        f"uint8 batches from the cache (normalised by the consumer; not wired into training): "
+        f"{math.ceil(args.gpu_rate / raw)} workers, {best['cache uint8 paper'] / baseline:.2f}x (paper), "
+        f"{best['cache uint8 official'] / baseline:.2f}x (official) vs torchvision per worker"
     )
 
 

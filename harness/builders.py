@@ -47,6 +47,7 @@ def load_splits(cfg: CellConfig) -> DatasetSplits:
             val_folds=cfg.data.val_folds,
             val_fold=cfg.data.val_fold,
             cache_dir=cfg.data.cache_dir,
+            decoded_cache=cfg.data.decoded_cache,
             strict_counts=cfg.data.strict_counts,
             crop_scale=tuple(cfg.data.crop_scale),
             **cfg.data.options,

@@ -172,6 +172,9 @@ class DataConfig(_Strict):
 
     root: str | None = None
     cache_dir: str | None = None
+    decoded_cache: bool = (
+        False  # official benchmarks: read images from a pre-decoded uint8 cache (docs/data.md)
+    )
     image_size: int = Field(224, ge=8)
     crop_scale: tuple[StrictFloat, StrictFloat] = Field((0.08, 1.0), strict=False)  # a YAML list is fine
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)
@@ -232,6 +235,8 @@ class DataConfig(_Strict):
         if not self.val_folds:
             dumped.pop("val_folds", None)
             dumped.pop("val_fold", None)
+        if not self.decoded_cache:  # likewise: cells without the cache keep their ids
+            dumped.pop("decoded_cache", None)
         return dumped
 
 

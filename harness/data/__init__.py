@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from harness.data.catalog import OFFICIAL
+from harness.data.decoded_cache import CachedImageDataset
 from harness.data.images import ImageDataset
 from harness.data.official import DATA_ROOT_ENV
 from harness.data.registry import DATASETS, DatasetEntry, DatasetRequest
@@ -34,6 +35,7 @@ __all__ = [
     "DATA_ROOT_ENV",
     "OFFICIAL",
     "SAMPLERS",
+    "CachedImageDataset",
     "ClassBatchSampler",
     "DatasetEntry",
     "DatasetRequest",
@@ -64,6 +66,7 @@ def build_splits(
     val_folds: int = 0,
     val_fold: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
+    decoded_cache: bool = False,
     strict_counts: bool = True,
     crop_scale: Sequence[float] = (0.08, 1.0),
     **options: Any,
@@ -79,7 +82,9 @@ def build_splits(
     official ones, 32 px greyscale for glyphs). ``options`` (config ``data.options``) are the keys the
     benchmark's registry entry declares: ``resize_size`` and ``train_resize`` for the official ones
     (see :func:`harness.data.transforms.build_transform`), the generator's settings for glyphs, which
-    ignores ``root``, ``strict_counts`` and ``crop_scale`` and renders into ``cache_dir``.
+    ignores ``root``, ``strict_counts``, ``crop_scale`` and ``decoded_cache`` and renders into ``cache_dir``.
+    ``decoded_cache``: read the official benchmarks' images from a pre-decoded cache in ``cache_dir``,
+    built on first use (:mod:`harness.data.decoded_cache`).
     """
     if name not in DATASETS:
         raise UserError(DATASETS.unknown(name))
@@ -94,6 +99,7 @@ def build_splits(
         val_folds=val_folds,
         val_fold=val_fold,
         cache_dir=cache_dir,
+        decoded_cache=decoded_cache,
         strict_counts=strict_counts,
         crop_scale=tuple(crop_scale),
         options=options,
@@ -120,5 +126,5 @@ def verify_images(splits: DatasetSplits, *, decode: bool = False, progress: bool
     naming the first few bad files and how many there are.
     """
     for dataset in (splits.train, splits.val, splits.test, splits.query, splits.gallery):
-        if isinstance(dataset, ImageDataset):
+        if isinstance(dataset, ImageDataset | CachedImageDataset):
             dataset.verify(decode=decode, progress=progress)

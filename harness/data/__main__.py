@@ -1,10 +1,11 @@
 """``python -m harness.data fetch NAME... --root DIR`` installs the benchmarks; ``check`` says what is there.
 
-``fetch`` downloads (or, with ``--from DIR``, takes the files downloaded by hand), verifies, extracts
-and checks each dataset (:mod:`harness.data.fetch`); ``--mirror URL`` (or ``$HARNESS_DATA_MIRROR``)
-is a base URL tried first for every file. ``check`` prints one line per dataset: present, missing or
-wrong (which file, which count). Each failure is one line; the exit code is 2 when any dataset
-could not be installed, or (``check``) is wrong, or was named and is missing.
+``fetch`` downloads (or, with ``--from DIR``, takes the files downloaded by hand), verifies, extracts and
+checks each dataset (:mod:`harness.data.fetch`); ``--mirror URL`` (or ``$HARNESS_DATA_MIRROR``) is a base
+URL tried first for every file. ``check`` prints one line per dataset: present, missing or wrong (which
+file, which count). ``cache NAME`` builds the pre-decoded image cache a run with ``data.decoded_cache:
+true`` reads (:mod:`harness.data.decoded_cache`) and prints its size. Each failure is one line; the exit
+code is 2 when any dataset could not be installed, or (``check``) is wrong, or was named and is missing.
 """
 
 from __future__ import annotations
@@ -51,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="say which datasets are present, missing or wrong")
     check.add_argument("names", nargs="*", metavar="NAME", help=f"datasets to check (default {ALL})")
     check.add_argument("--root", help=f"the data root (default ${DATA_ROOT_ENV})")
+    cache = commands.add_parser("cache", help="build the pre-decoded image cache of a dataset")
+    cache.add_argument("name", metavar="NAME", help=f"the dataset: {', '.join(SOURCES)}")
+    cache.add_argument("--root", help=f"the data root (default ${DATA_ROOT_ENV})")
+    cache.add_argument(
+        "--cache-dir", help="where the cache goes (config data.cache_dir; default $HARNESS_CACHE)"
+    )
+    cache.add_argument("--image-size", type=int, default=224, help="data.image_size (default 224)")
+    cache.add_argument(
+        "--resize-size", type=int, default=None, help="data.options.resize_size (default 256 for 224 px)"
+    )
+    cache.add_argument(
+        "--convention", default="bninception", help="the backbone's input convention (default bninception)"
+    )
+    cache.add_argument(
+        "--no-strict-counts", action="store_true", help="accept a subset (config data.strict_counts: false)"
+    )
     return parser
 
 
@@ -126,9 +143,51 @@ def check_command(args: argparse.Namespace) -> int:
     return EXIT_USER_ERROR if bad else 0
 
 
+def cache_command(args: argparse.Namespace) -> int:
+    """Build (or find) the decoded cache a run with these data settings uses; print its file and size."""
+    import time
+
+    from harness.data import build_splits
+    from harness.data.decoded_cache import cache_splits
+    from harness.data.images import ImageDataset
+    from harness.data.official import cache_rule
+    from harness.data.registry import DatasetRequest
+
+    name = dataset_names([args.name])[0] if args.name != ALL else ""
+    if not name:
+        raise UserError("cache takes one dataset name, not all")
+    options = {} if args.resize_size is None else {"resize_size": args.resize_size}
+    splits = build_splits(
+        name,
+        str(data_root(args.root)),
+        image_size=args.image_size,
+        convention=args.convention,
+        strict_counts=not args.no_strict_counts,
+        **options,
+    )
+    parts = {
+        k: d
+        for k in ("train", "test", "query", "gallery")
+        if isinstance(d := getattr(splits, k), ImageDataset)
+    }
+    request = DatasetRequest(
+        root=args.root, image_size=args.image_size, convention=args.convention, options=options
+    )
+    started = time.perf_counter()
+    _, cache, built = cache_splits(parts, cache_rule(request), name=name, cache_dir=args.cache_dir)
+    how = f"built in {time.perf_counter() - started:.1f} s" if built else "already built"
+    print(
+        f"{name}: decoded cache of {len(cache):,} images, {cache.paths.size_bytes() / 2**30:.2f} GiB "
+        f"({cache.paths.size_bytes():,} bytes), {how}: {cache.paths.pixels}",
+        flush=True,
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return fetch_command(args) if args.command == "fetch" else check_command(args)
+    commands = {"fetch": fetch_command, "check": check_command, "cache": cache_command}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

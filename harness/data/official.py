@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from harness.data.decoded_cache import ResizeRule, cache_splits
 from harness.data.images import ImageDataset
 from harness.data.registry import DATASETS, DatasetEntry, DatasetRequest
 from harness.data.splits import DatasetSplits, relabel, split_classes
-from harness.data.transforms import Transform, build_transform
+from harness.data.transforms import Transform, build_transform, eval_resize_size, get_convention
 from harness.errors import DataError
 
 DATA_ROOT_ENV = "HARNESS_DATA"
@@ -299,8 +300,14 @@ def build_official_splits(
     strict_counts: bool,
     val_folds: int = 0,
     val_fold: int = 0,
+    cache: ResizeRule | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
 ) -> DatasetSplits:
-    """Read, check and assemble one official benchmark (labels 0..C-1 per split; query+gallery share one)."""
+    """Read, check and assemble one official benchmark (labels 0..C-1 per split; query+gallery share one).
+
+    ``cache``: read the images from the pre-decoded cache of that resize rule in ``cache_dir`` (built
+    now when missing; :mod:`harness.data.decoded_cache`).
+    """
     folder = find_dataset_folder(spec, root)
     lists = spec.read(folder)
     check_splits(spec, folder, lists, strict_counts=strict_counts)
@@ -328,11 +335,22 @@ def build_official_splits(
             datasets[split] = dataset(images, eval_transform, shared_classes)
     for built in datasets.values():
         built.verify()
+    if cache is not None:
+        cached, _, _ = cache_splits(datasets, cache, name=spec.name, cache_dir=cache_dir)
+        return DatasetSplits(**cached, eval_mode=spec.eval_mode, default_ks=spec.default_ks)
     return DatasetSplits(**datasets, eval_mode=spec.eval_mode, default_ks=spec.default_ks)
 
 
 OFFICIAL_OPTIONS: dict[str, Any] = {"resize_size": None, "train_resize": False}
 """The ``data.options`` the official benchmarks take (see :func:`harness.data.transforms.build_transform`)."""
+
+
+def cache_rule(request: DatasetRequest) -> ResizeRule:
+    """The decoded cache's resize rule for ``request``: the transforms' ``resize_size`` and interpolation."""
+    spec = get_convention(request.convention)
+    given = {**OFFICIAL_OPTIONS, **request.options}["resize_size"]
+    size = eval_resize_size(request.image_size, spec.crop_pct) if given is None else int(given)
+    return ResizeRule(size, spec.interpolation)
 
 
 def register_official(spec: OfficialDataset) -> DatasetEntry:
@@ -353,6 +371,8 @@ def register_official(spec: OfficialDataset) -> DatasetEntry:
             val_folds=request.val_folds,
             val_fold=request.val_fold,
             strict_counts=request.strict_counts,
+            cache=cache_rule(request) if request.decoded_cache else None,
+            cache_dir=request.cache_dir,
         )
 
     def train_classes(request: DatasetRequest) -> np.ndarray:

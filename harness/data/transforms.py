@@ -87,7 +87,7 @@ def get_convention(name: str) -> Convention:
     return CONVENTIONS[name]
 
 
-class _RescaleAndReorder:
+class RescaleAndReorder:
     """Multiply a 0-1 tensor by ``value_range`` and, for BGR, reverse the channel order (picklable)."""
 
     def __init__(self, value_range: float, bgr: bool) -> None:
@@ -97,7 +97,7 @@ class _RescaleAndReorder:
     def __call__(self, image: object) -> torch.Tensor:
         tensor = torch.as_tensor(image)
         if self.bgr:
-            tensor = tensor.flip(0)
+            tensor = tensor.flip(-3)  # the channel axis of CxHxW, and of a NxCxHxW batch
         return tensor * self.value_range
 
 
@@ -111,7 +111,7 @@ def to_normalised_tensor(convention: str) -> list[Transform]:
         v2.ToImage(),
         v2.ToDtype(torch.float32, scale=True),
         v2.ToPureTensor(),
-        _RescaleAndReorder(spec.value_range, spec.bgr),
+        RescaleAndReorder(spec.value_range, spec.bgr),
         v2.Normalize(mean=list(spec.mean), std=list(spec.std)),
     ]
     return steps

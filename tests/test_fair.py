@@ -20,7 +20,7 @@ import losses
 from harness import train
 from harness.errors import UserError
 from harness.fair import load_fair, main, tuned_vs_default, worker_order
-from harness.fair.studies import study_dir
+from harness.fair.studies import study_dir, study_state
 from harness.files import atomic_write_json
 from harness.results import CellPaths
 from harness.stats import holm, paired_test
@@ -28,7 +28,7 @@ from harness.stopping import Interrupted
 from harness.train import CellOutcome
 from harness.tune import counted_trials, load_tune
 from harness.tune import outputs as tune_outputs
-from harness.tune.schema import declared_space
+from harness.tune.schema import PrunerConfig, declared_space
 from losses.zoo import PRESETS
 
 FAIR = {
@@ -155,8 +155,11 @@ class FakeTrainer:
     """Stands in for ``harness.train.train_cell`` in the studies: a curve from alpha, no data,
     test never seen."""
 
-    def __init__(self, interrupt_call: int | None = None, fold_step: float = 0.0) -> None:
+    def __init__(
+        self, interrupt_call: int | None = None, fold_step: float = 0.0, default_worst: bool = False
+    ) -> None:
         self.interrupt_call = interrupt_call
+        self.default_worst = default_worst  # the value is lowest at alpha 2 (the default) instead of highest
         self.fold_step = fold_step  # added to the value per fold number (class folds give different values)
         self.calls: list[str] = []
         self.data: list[Any] = []  # the data settings of every cell trained
@@ -179,6 +182,7 @@ class FakeTrainer:
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(paths.status, {"status": "running"})
         value = 1.0 / (1.0 + abs(math.log(float(cfg.loss.hparams["alpha"]) / 2.0)))
+        value = 1.0 - value if self.default_worst else value
         value += self.fold_step * cfg.data.val_fold
         for iteration in (2, 4):
             on_eval(iteration, {"recall@1": value * iteration / 4})
@@ -215,6 +219,60 @@ def test_an_interrupted_fair_run_resumes_to_equal_trial_counts(
     setup = load_fair(path)
     for study in setup.studies:
         assert (study_dir(results / setup.name, study) / "summary.md").is_file()
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    """The most aggressive pruner: every trial, at every step."""
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_the_first_trial_trains_the_defaults_and_no_pruner_stops_it(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, results = fair_file(trials=3), tmp_path / "results"
+    monkeypatch.setattr(PrunerConfig, "build", lambda self: AlwaysPrune())
+    monkeypatch.setattr(train, "train_cell", FakeTrainer(default_worst=True))
+    assert main([str(path), "--results", str(results), "--studies-only", "--quiet"]) == 0
+    setup = load_fair(path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{results / setup.name / 'studies.db'}")
+    for study in setup.studies:
+        defaults = study.spec.resolved()["hparams"]
+        trials = sorted(stored_trials(path, results)[study.key], key=lambda t: t.number)
+        first = trials[0]
+        assert first.params == pytest.approx({name: defaults[name] for name in study.setup.study.space})
+        assert first.params == pytest.approx(study.setup.default_params)
+        assert first.state == optuna.trial.TrialState.COMPLETE and first.user_attrs["default"] is True
+        assert [t.state for t in trials[1:]] == [optuna.trial.TrialState.PRUNED] * 2  # the others are pruned
+        state = study_state(study, storage)
+        assert state.best_value is not None and state.default_value == pytest.approx(first.value)
+        assert state.best_value >= state.default_value and state.counts["total"] == 3  # counted in the budget
+
+
+def test_the_best_trial_is_never_worse_than_the_defaults(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, results = fair_file(trials=3), tmp_path / "results"
+    monkeypatch.setattr(train, "train_cell", FakeTrainer())  # the defaults (alpha 2) are the optimum
+    assert main([str(path), "--results", str(results), "--studies-only", "--quiet"]) == 0
+    setup = load_fair(path)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{results / setup.name / 'studies.db'}")
+    for study in setup.studies:
+        state = study_state(study, storage)
+        assert state.best_number == 0 and state.best_value == pytest.approx(1.0)
+        assert state.best_params == pytest.approx(study.setup.default_params)
+
+
+def test_a_range_excluding_a_default_is_one_line(fair_file: Any) -> None:
+    narrow = {"ms": {"alpha": {"low": 3.0, "high": 5.0}}}
+    with pytest.raises(
+        UserError, match=r"fair\.spaces\.ms\.alpha: the range \[3, 5\] excludes .* alpha=2"
+    ) as caught:
+        load_fair(fair_file(spaces=narrow))
+    assert "\n" not in str(caught.value)
+    setup = load_fair(fair_file(spaces=narrow, default_first=False))  # no default trial: the range is free
+    assert setup.studies[0].setup.first_params is None
 
 
 def test_with_folds_a_trial_trains_every_class_fold_and_scores_their_mean(

@@ -101,12 +101,28 @@ def _budget_section(setup: FairSetup, states: list[StudyState]) -> list[str]:
                 c.get("pruned", 0),
                 c.get("fail", 0),
                 f"{c['total']} / {setup.fair.trials}",
+                num(None if state.default_value is None else 100 * state.default_value),
                 num(None if state.best_value is None else 100 * state.best_value),
                 values or "no complete trial: default values kept",
             ]
         )
-    header = ["loss", "complete", "pruned", "failed", "used / budget", "best val R@1", "tuned values"]
-    return ["## Budget and tuned values", "", markdown_table(header, rows), ""]
+    header = [
+        "loss",
+        "complete",
+        "pruned",
+        "failed",
+        "used / budget",
+        "default val R@1",
+        "best val R@1",
+        "tuned values",
+    ]
+    note = (
+        "Each study's first trial trains the loss's default values and is never pruned, so the best "
+        "validation value is never below the default's."
+        if setup.fair.default_first
+        else "fair.default_first is off: no study trained the defaults first."
+    )
+    return ["## Budget and tuned values", "", note, "", markdown_table(header, rows), ""]
 
 
 def _comparison_section(default: pd.DataFrame, tuned: pd.DataFrame, setup: FairSetup) -> list[str]:

@@ -44,6 +44,8 @@ class FairConfig(BaseModel):
     pruner: PrunerConfig
     importance: ImportanceConfig = Field(default_factory=_default_importance)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    # true: each study's first trial trains the loss's default values (never pruned, counted in trials)
+    default_first: bool = True
     # study key -> a space replacing the one the loss declares
     spaces: dict[str, dict[str, Range]] = Field(default_factory=dict)
 
@@ -132,6 +134,7 @@ def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str,
         "importance": fair.importance.resolved(),
         "heartbeat": fair.heartbeat.model_dump(),
         "best_seeds": list(base["grid"]["seeds"]),
+        "default_first": fair.default_first,
     }
     if key in fair.spaces:
         study["space"] = {param: bounds.model_dump() for param, bounds in fair.spaces[key].items()}
@@ -159,7 +162,7 @@ def validate_fair(raw: dict[str, Any], source: str) -> FairSetup:
     studies = []
     for index, (spec, key) in enumerate(zip(experiment.grid.losses, keys, strict=True)):
         study_raw = _study_raw(raw, fair, raw["grid"]["losses"][index], f"{experiment.name}-{key}", key)
-        setup = validate_tune(study_raw, f"{source} (study of {key})")
+        setup = validate_tune(study_raw, f"{source} (study of {key})", space_key=f"fair.spaces.{key}")
         studies.append(LossStudy(index, spec, key, setup))
     return FairSetup(source, experiment, fair, studies)
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from harness.fair.schema import FairSetup, LossStudy
 from harness.stopping import StopSignals
 from harness.studies.storage import sqlite_url
+from harness.tune.study import DEFAULT_ATTR
 from harness.tune.trials import counted_trials, prepare_study, run_worker, study_counts, study_is_full
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ class StudyState:
     best_value: float | None
     best_params: dict[str, float]
     best_number: int | None
+    default_value: float | None = None  # the value of the trial at the loss's defaults, once complete
 
     @property
     def settled(self) -> bool:
@@ -104,7 +106,9 @@ def study_state(study: LossStudy, storage: BaseStorage) -> StudyState:
         return StudyState(study, counts, None, {}, None)
     best = max(complete, key=lambda t: (t.value, -t.number))
     assert best.value is not None  # a complete trial has its value
-    return StudyState(study, counts, float(best.value), dict(best.params), best.number)
+    at_default = [float(t.value) for t in complete if t.user_attrs.get(DEFAULT_ATTR) and t.value is not None]
+    default_value = at_default[0] if at_default else None
+    return StudyState(study, counts, float(best.value), dict(best.params), best.number, default_value)
 
 
 def all_full(setup: FairSetup, storage: BaseStorage) -> bool:

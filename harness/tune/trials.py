@@ -15,7 +15,7 @@ from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
 from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
-from harness.tune.study import open_study, worker_seed
+from harness.tune.study import DEFAULT_ATTR, open_study, worker_seed
 
 if TYPE_CHECKING:
     import optuna
@@ -63,9 +63,10 @@ def retry_interrupted(study: optuna.Study, total: int) -> list[int]:
     free = total - len(counted_trials(trials))
     todo = interrupted_trials(trials)[: max(free, 0)]
     for t in todo:
-        study.enqueue_trial(
-            dict(t.params), user_attrs={"retry_of": t.number, "folder": t.user_attrs["folder"]}
-        )
+        attrs = {"retry_of": t.number, "folder": t.user_attrs["folder"]}
+        if t.user_attrs.get(DEFAULT_ATTR):
+            attrs[DEFAULT_ATTR] = True  # the retry of the default trial is never pruned either
+        study.enqueue_trial(dict(t.params), user_attrs=attrs)
     return [t.number for t in todo]
 
 
@@ -149,23 +150,24 @@ class Objective:
         self.interrupted: Interrupted | None = None
         self.user_error: UserError | None = None
 
-    def _place(self, trial: optuna.Trial) -> tuple[int, Path, set[int]]:
+    def _place(self, trial: optuna.Trial) -> tuple[int, Path, set[int], bool]:
         """How many counted trials precede this one, the folder it trains in (a stale trial's retry resumes
-        that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute) and the steps it
-        already holds (inherited by a stale trial's retry)."""
+        that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute), the steps it
+        already holds (inherited by a stale trial's retry) and whether it trains the loss's defaults."""
         trials = trial.study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
         before = sum(1 for t in counted_trials(trials) if t.number < trial.number)
         origin = me.system_attrs.get("failed_trial")
         folder = me.user_attrs.get("folder", f"trials/{trial.number if origin is None else int(origin)}")
-        return before, self.study_dir / folder, set(me.intermediate_values)
+        is_default = bool(me.user_attrs.get(DEFAULT_ATTR))
+        return before, self.study_dir / folder, set(me.intermediate_values), is_default
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
 
         from harness import train
 
-        before, folder, reported = self._place(trial)
+        before, folder, reported, is_default = self._place(trial)
         if before >= self.total:
             trial.set_user_attr("surplus", True)
             self.surplus = True
@@ -192,7 +194,8 @@ class Objective:
                 running = (sum(values) + metrics[setup.metric]) / (len(values) + 1)
                 if offset + iteration not in reported:
                     trial.report(running, offset + iteration)
-                if offset + iteration < setup.steps and trial.should_prune():  # never once all is trained
+                # never once all is trained, never the defaults' trial (the best is never worse than it)
+                if not is_default and offset + iteration < setup.steps and trial.should_prune():
                     reason = f"pruned at iteration {iteration}: val {setup.metric} {running:.4f}"
                     _mark_pruned(paths, reason)
                     raise optuna.TrialPruned(reason)

@@ -4,6 +4,7 @@ report."""
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import signal
 from pathlib import Path
@@ -43,11 +44,12 @@ FAIR = {
     "sampler": {"name": "tpe", "multivariate": True, "constant_liar": True, "n_startup_trials": 2, "seed": 0},
     "pruner": {"name": "none"},
 }
-# The re-runs: 4 iterations, R@1 only, seeds 0 and 1 (the grid), so both runs take seconds.
+# The re-runs: 4 iterations, R@1 only, seeds 0 and 1 (the grid), so both runs take seconds; the trials train
+# the same protocol (FAIR's trial_set changes nothing but the log interval).
 RERUN = {
     "grid.seeds": [0, 1],
     "train.iterations": 4,
-    "train.eval_every": 4,
+    "train.eval_every": 2,
     "schedule.milestones": [2],
     "evaluate.metrics": ["recall"],
     "evaluate.ks": [1],
@@ -123,7 +125,22 @@ def test_the_fair_file_gives_every_loss_the_same_study_on_the_trial_protocol(fai
         assert study.setup.template.loss == study.spec
     assert setup.studies[0].setup.study.space == declared_space("ms")
     assert list(setup.studies[1].setup.study.space) == ["alpha"]
-    assert setup.experiment.train.eval_every == 4  # the re-runs keep the grid's protocol (trials: 2)
+    assert setup.protocol_changes == [] and all(s.full is None for s in setup.studies)  # the re-runs' protocol
+    assert setup.labels == {"ms": "MS", "binomial": "Binomial"}  # the paper's row labels
+
+
+def test_a_shorter_trial_protocol_is_named_and_gets_a_full_protocol_setup_for_rescoring(fair_file: Any) -> None:
+    short = {**FAIR["trial_set"], "train.iterations": 2, "schedule.milestones": [1]}
+    setup = load_fair(fair_file(trial_set=short))
+    assert setup.protocol_changes == [
+        "schedule.milestones [1] (re-runs [2])",
+        "train.iterations 2 (re-runs 4)",
+    ]
+    for study in setup.studies:
+        assert study.setup.template.train.iterations == 2
+        assert study.full is not None and study.full.template.train.iterations == 4
+        assert study.full.template.schedule.milestones == [2] and study.full.study.pruner.name == "none"
+        assert study.full.study.space == study.setup.study.space
 
 
 @pytest.mark.parametrize(
@@ -134,6 +151,16 @@ def test_the_fair_file_gives_every_loss_the_same_study_on_the_trial_protocol(fai
         ({}, {"spaces": {"triplet": {"lam": {"low": 0.0, "high": 1.0}}}}, "name no loss of the grid"),
         ({}, {"trials": 0}, "fair.trials"),
         ({}, {"spaces": {"ms": {"gamma": {"low": 0.0, "high": 1.0}}}}, "no hyperparameter 'gamma'"),
+        (
+            {},
+            {"pruner": {"name": "hyperband", "min_resource": 2, "max_resource": 2, "reduction_factor": 2}},
+            r"fair.pruner.max_resource: 2, but a trial trains 4 iterations .* set it to 4",
+        ),
+        (
+            {},
+            {"pruner": {"name": "hyperband", "min_resource": 1, "max_resource": 4, "reduction_factor": 2}},
+            r"fair.pruner.min_resource: 1 is not an evaluation point of the trials \(every 2 iterations\)",
+        ),
     ],
 )
 def test_fair_file_mistakes_are_one_line(fair_file: Any, overrides: dict, fair: dict, message: str) -> None:
@@ -156,9 +183,14 @@ class FakeTrainer:
     test never seen."""
 
     def __init__(
-        self, interrupt_call: int | None = None, fold_step: float = 0.0, default_worst: bool = False
+        self,
+        interrupt_call: int | None = None,
+        fold_step: float = 0.0,
+        default_worst: bool = False,
+        short_optimum: float | None = None,
     ) -> None:
         self.interrupt_call = interrupt_call
+        self.short_optimum = short_optimum  # trained under 4 iterations, the value peaks at this alpha instead
         self.default_worst = default_worst  # the value is lowest at alpha 2 (the default) instead of highest
         self.fold_step = fold_step  # added to the value per fold number (class folds give different values)
         self.calls: list[str] = []
@@ -181,10 +213,12 @@ class FakeTrainer:
             raise Interrupted(signal.SIGINT)
         paths.root.mkdir(parents=True, exist_ok=True)
         atomic_write_json(paths.status, {"status": "running"})
-        value = 1.0 / (1.0 + abs(math.log(float(cfg.loss.hparams["alpha"]) / 2.0)))
+        short = self.short_optimum is not None and cfg.train.iterations < 4
+        optimum = self.short_optimum if short and self.short_optimum is not None else 2.0
+        value = 1.0 / (1.0 + abs(math.log(float(cfg.loss.hparams["alpha"]) / optimum)))
         value = 1.0 - value if self.default_worst else value
         value += self.fold_step * cfg.data.val_fold
-        for iteration in (2, 4):
+        for iteration in (2, 4) if on_eval is not None else ():
             on_eval(iteration, {"recall@1": value * iteration / 4})
         return CellOutcome(cfg.cell_id, "finished", None, {"selected": {"val": {"recall@1": value}}})
 
@@ -364,9 +398,18 @@ def test_a_real_fair_run_tunes_reruns_reports_and_resumes_without_new_work(
         assert set(cells["status"]) == {"finished"} and cells["cell_id"].nunique() == 4
         finals[run] = {p: p.stat().st_mtime_ns for p in (fair_dir / run / "cells").glob("*/final.json")}
     report = (fair_dir / "report.md").read_text()
-    for heading in ("Budget and tuned values", "Default and tuned, side by side", "How the ranking moves"):
-        assert heading in report
+    headings = [line for line in report.splitlines() if line.startswith("## ")]
+    assert headings[0].startswith("## Default and tuned: validation (selection), then test")
+    assert headings[1:3] == ["## Budget and convergence", "## Tuned values"] and "How the ranking moves" in report
     assert "1 / 1" in report and "default vs paper Table 2 (2 losses)" in report
+    assert "| MS |" in report and "| Binomial |" in report and "| ms |" not in report  # the paper's labels
+    assert "the trials train the re-runs' protocol (4 iterations" in report
+    assert (fair_dir / "figures" / "convergence.png").is_file() and "figures/convergence.png" in report
+    selection = json.loads((fair_dir / "selection.json").read_text())
+    assert selection["ms"]["trial"] == 0 and selection["ms"]["value"] == pytest.approx(trials["ms"][0].value)
+    assert selection["ms"]["default_value"] == selection["ms"]["value"]  # one trial: the defaults
+    for stored in trials.values():
+        assert stored[0].user_attrs["cpu_seconds"] > 0  # what the trial cost, for the budget
 
     assert main(argv) == 0  # a re-run: no new trial, no cell trained again
     assert {k: len(v) for k, v in stored_trials(path, results).items()} == {"ms": 1, "binomial": 1}

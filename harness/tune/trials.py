@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +22,9 @@ if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
+
+
+CPU_ATTR = "cpu_seconds"  # the user attribute holding a trial's CPU time (its worker process), in seconds
 
 
 class TrialFailed(RuntimeError):
@@ -163,10 +167,6 @@ class Objective:
         return before, self.study_dir / folder, set(me.intermediate_values), is_default
 
     def __call__(self, trial: optuna.Trial) -> float:
-        import optuna
-
-        from harness import train
-
         before, folder, reported, is_default = self._place(trial)
         if before >= self.total:
             trial.set_user_attr("surplus", True)
@@ -178,6 +178,26 @@ class Objective:
         }
         trial.set_user_attr("folder", str(folder.relative_to(self.study_dir)))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        started = time.process_time()
+        try:
+            return self._train(trial, params, folder, reported, is_default)
+        finally:  # what the trial cost, pruned or not: the fair report states each study's budget in it
+            trial.set_user_attr(CPU_ATTR, round(time.process_time() - started, 3))
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, float],
+        folder: Path,
+        reported: set[int],
+        is_default: bool,
+    ) -> float:
+        """Train the trial's runs in turn; the mean of their selected validation values."""
+        import optuna
+
+        from harness import train
+
+        setup = self.setup
         values: list[float] = []
         for index, (seed, fold) in enumerate(setup.runs):
             cell = trial_cell(
@@ -280,3 +300,37 @@ def run_worker(
             raise objective.user_error
         if objective.surplus:
             return
+
+
+def score_params(
+    setup: TuneSetup,
+    params: dict[str, float],
+    folder: Path,
+    *,
+    progress: bool,
+    signals: StopSignals | None = None,
+) -> float | None:
+    """Train ``params`` on ``setup``'s protocol outside any study, every run (seed, class fold) in ``folder``
+    as a trial would, never pruned, never on the test set; the mean selected validation value (None when a
+    run did not finish). A run already finished there is read back, an interrupted one resumes.
+
+    Raises :class:`Interrupted` after a stop signal (the running cell keeps its checkpoint).
+    """
+    from harness import train
+
+    signals = signals or StopSignals()
+    values: list[float] = []
+    for seed, fold in setup.runs:
+        cell = trial_cell(setup.template, params, seed, setup.name, folds=setup.study.folds, fold=fold or 0)
+        paths = CellPaths(folder / setup.run_folder(seed, fold))
+        final = paths.read_final()
+        if final is None or final.status != CellStatus.FINISHED:
+            with signals.armed():
+                outcome = train.train_cell(cell, paths, evaluate_test=False, progress=progress)
+            if outcome.status != CellStatus.FINISHED:
+                return None
+            metrics = outcome.metrics
+        else:
+            metrics = final.metrics
+        values.append(float(metrics["selected"]["val"][setup.metric]))
+    return sum(values) / len(values)

@@ -23,6 +23,7 @@ from harness.errors import UserError
 from harness.fair import load_fair, main, tuned_vs_default, worker_order
 from harness.fair.studies import study_dir, study_state
 from harness.files import atomic_write_json
+from harness.records import CellStatus, FinalRecord, write_record
 from harness.results import CellPaths
 from harness.stats import holm, paired_test
 from harness.stopping import Interrupted
@@ -125,11 +126,15 @@ def test_the_fair_file_gives_every_loss_the_same_study_on_the_trial_protocol(fai
         assert study.setup.template.loss == study.spec
     assert setup.studies[0].setup.study.space == declared_space("ms")
     assert list(setup.studies[1].setup.study.space) == ["alpha"]
-    assert setup.protocol_changes == [] and all(s.full is None for s in setup.studies)  # the re-runs' protocol
+    assert setup.protocol_changes == [] and all(
+        s.full is None for s in setup.studies
+    )  # the re-runs' protocol
     assert setup.labels == {"ms": "MS", "binomial": "Binomial"}  # the paper's row labels
 
 
-def test_a_shorter_trial_protocol_is_named_and_gets_a_full_protocol_setup_for_rescoring(fair_file: Any) -> None:
+def test_a_shorter_trial_protocol_is_named_and_gets_a_full_protocol_setup_for_rescoring(
+    fair_file: Any,
+) -> None:
     short = {**FAIR["trial_set"], "train.iterations": 2, "schedule.milestones": [1]}
     setup = load_fair(fair_file(trial_set=short))
     assert setup.protocol_changes == [
@@ -190,7 +195,9 @@ class FakeTrainer:
         short_optimum: float | None = None,
     ) -> None:
         self.interrupt_call = interrupt_call
-        self.short_optimum = short_optimum  # trained under 4 iterations, the value peaks at this alpha instead
+        self.short_optimum = (
+            short_optimum  # trained under 4 iterations, the value peaks at this alpha instead
+        )
         self.default_worst = default_worst  # the value is lowest at alpha 2 (the default) instead of highest
         self.fold_step = fold_step  # added to the value per fold number (class folds give different values)
         self.calls: list[str] = []
@@ -220,7 +227,11 @@ class FakeTrainer:
         value += self.fold_step * cfg.data.val_fold
         for iteration in (2, 4) if on_eval is not None else ():
             on_eval(iteration, {"recall@1": value * iteration / 4})
-        return CellOutcome(cfg.cell_id, "finished", None, {"selected": {"val": {"recall@1": value}}})
+        metrics = {"selected": {"val": {"recall@1": value}}}
+        write_record(
+            paths.final, FinalRecord(status=CellStatus.FINISHED, cell_id=cfg.cell_id, metrics=metrics)
+        )
+        return CellOutcome(cfg.cell_id, "finished", None, metrics)
 
 
 def stored_trials(fair_path: Path, results: Path) -> dict[str, list[Any]]:
@@ -400,7 +411,10 @@ def test_a_real_fair_run_tunes_reruns_reports_and_resumes_without_new_work(
     report = (fair_dir / "report.md").read_text()
     headings = [line for line in report.splitlines() if line.startswith("## ")]
     assert headings[0].startswith("## Default and tuned: validation (selection), then test")
-    assert headings[1:3] == ["## Budget and convergence", "## Tuned values"] and "How the ranking moves" in report
+    assert (
+        headings[1:3] == ["## Budget and convergence", "## Tuned values"]
+        and "How the ranking moves" in report
+    )
     assert "1 / 1" in report and "default vs paper Table 2 (2 losses)" in report
     assert "| MS |" in report and "| Binomial |" in report and "| ms |" not in report  # the paper's labels
     assert "the trials train the re-runs' protocol (4 iterations" in report
@@ -428,3 +442,113 @@ def test_every_shipped_fair_file_loads(path: Path) -> None:
     )
     for study in setup.studies:
         assert study.setup.template.train.select_on == "val", "studies must never select on the test set"
+
+
+# ------------------------------------------------------------------ selection, budget, --check, --defaults
+
+
+def test_with_a_shorter_trial_protocol_the_candidates_are_rescored_on_the_full_one(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    short = {**FAIR["trial_set"], "train.iterations": 2, "schedule.milestones": [1]}
+    path, results = fair_file(trials=4, rescore=2, trial_set=short), tmp_path / "results"
+    # On the short protocol the value peaks at alpha 5; on the full one at alpha 2 (the defaults).
+    fake = FakeTrainer(short_optimum=5.0)
+    monkeypatch.setattr(train, "train_cell", fake)
+    import harness.fair.cli as fair_cli
+
+    monkeypatch.setattr(fair_cli, "rerun", lambda *args, **kwargs: 0)  # the test re-runs are tested elsewhere
+    monkeypatch.setattr(fair_cli, "write_fair_report", lambda *args, **kwargs: tmp_path / "report.md")
+    assert main([str(path), "--results", str(results), "--quiet"]) == 0
+    selection = json.loads((results / "tinyfair" / "selection.json").read_text())
+    setup = load_fair(path)
+    for study in setup.studies:
+        chosen = selection[study.key]
+        assert chosen["rescored"][0]["number"] is None  # the defaults are always a candidate
+        assert len(chosen["rescored"]) == 3  # and the best 2 other trials
+        assert chosen["trial"] is None and chosen["params"] == {}  # the defaults win on the full protocol
+        assert chosen["value"] == pytest.approx(1.0) == chosen["default_value"]
+        folder = study_dir(results / "tinyfair", study) / "rescore"
+        assert (folder / "default" / "rescore.json").is_file()
+    calls = len(fake.calls)
+    assert main([str(path), "--results", str(results), "--quiet"]) == 0
+    assert len(fake.calls) == calls  # a second run reads the finished re-scores back
+
+
+def test_convergence_is_the_gain_of_the_last_third(fair_file: Any) -> None:
+    from harness.fair.studies import StudyState
+
+    study = load_fair(fair_file(trials=6)).studies[0]
+    history = ((0, 0.40), (1, None), (2, 0.45), (3, 0.44), (4, 0.47), (5, None))
+    state = StudyState(study, {"total": 6}, 0.47, {}, 4, 0.40, history)
+    assert state.best_so_far() == [0.40, 0.40, 0.45, 0.45, 0.47, 0.47]
+    assert state.last_third_gain() == pytest.approx(0.02)  # best after trial 4 of 6: 0.45; at the end: 0.47
+    from harness.fair.report import _convergence_words
+
+    assert _convergence_words(state, 1.0).startswith("budget too small for this loss (+2.00 > 1.0)")
+    assert _convergence_words(state, 2.5).startswith("converged")
+
+
+def test_check_lists_studies_budget_and_reruns_and_trains_nothing(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeTrainer()
+    monkeypatch.setattr(train, "train_cell", fake)
+    path, results = fair_file(trials=3), tmp_path / "results"
+    assert main([str(path), "--results", str(results), "--check"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: tinyfair: 2 studies x 3 trials = 6 trials, each up to 4 iterations")
+    assert "trials: the re-runs' protocol (4 iterations)" in out
+    assert "study tinyfair-ms (MS): alpha [0.5, 10] log" in out and "defaults alpha=2, beta=50" in out
+    assert "default arm 4 cells in" in out and "(0 already finished, reused)" in out
+    assert fake.calls == [] and not results.exists()  # nothing trained, nothing written
+    with pytest.raises(UserError, match=r"fair\.spaces\.ms\.alpha: the range"):
+        main(
+            [
+                str(path),
+                "--check",
+                "--set",
+                "fair.spaces.ms.alpha.low=3.0",
+                "--set",
+                "fair.spaces.ms.alpha.high=4.0",
+            ]
+        )
+
+
+def test_defaults_reuse_a_finished_run_of_the_same_grid(
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.fair.cli import finished_cells
+
+    path, results = fair_file(trials=1), tmp_path / "results"
+    main_job = tmp_path / "main"
+    doc = yaml.safe_load(path.read_text())
+    doc.pop("fair")
+    doc["name"] = "mainjob"
+    grid_file = tmp_path / "mainjob.yaml"
+    grid_file.write_text(yaml.safe_dump(doc))
+    from harness import run
+
+    assert run.main([str(grid_file), "--results", str(main_job), "--quiet", "--jobs", "1"]) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in (main_job / "mainjob" / "cells").glob("*/final.json")}
+    assert len(stamps) == 4
+    argv = [
+        str(path),
+        "--results",
+        str(results),
+        "--quiet",
+        "--jobs",
+        "1",
+        "--defaults",
+        str(main_job / "mainjob"),
+    ]
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # the main job's cells reused, not retrained
+    assert finished_cells(results / "tinyfair" / "default.yaml", main_job / "mainjob") == (4, 4)
+    assert "| MS |" in (results / "tinyfair" / "report.md").read_text()
+    reference = tmp_path / "results" / "reference" / "mainjob"
+    reference.mkdir(parents=True)
+    with pytest.raises(
+        UserError, match=r"--defaults .*reference.*: a committed reference run holds 0 of the 4"
+    ):
+        main([*argv[:-1], str(reference)])

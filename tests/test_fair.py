@@ -274,7 +274,7 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 
 def test_the_first_trial_trains_the_defaults_and_no_pruner_stops_it(
-    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fair_file: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, results = fair_file(trials=3), tmp_path / "results"
     monkeypatch.setattr(PrunerConfig, "build", lambda self: AlwaysPrune())
@@ -293,6 +293,10 @@ def test_the_first_trial_trains_the_defaults_and_no_pruner_stops_it(
         state = study_state(study, storage)
         assert state.best_value is not None and state.default_value == pytest.approx(first.value)
         assert state.best_value >= state.default_value and state.counts["total"] == 3  # counted in the budget
+        costs = [t.user_attrs["cpu_seconds"] for t in trials]  # pruned trials record their cost too
+        assert state.cpu_seconds == pytest.approx(sum(costs)) and state.default_cpu_seconds == costs[0]
+    assert main([str(path), "--results", str(results), "--check"]) == 0
+    assert "stored: 3 of 3" in capsys.readouterr().out
 
 
 def test_the_best_trial_is_never_worse_than_the_defaults(

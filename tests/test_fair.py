@@ -556,3 +556,17 @@ def test_defaults_reuse_a_finished_run_of_the_same_grid(
         UserError, match=r"--defaults .*reference.*: a committed reference run holds 0 of the 4"
     ):
         main([*argv[:-1], str(reference)])
+
+
+def test_the_shipped_glyphs_file_tunes_on_the_main_jobs_protocol_and_reuses_its_cells() -> None:
+    from harness.config import expand_cells, load_experiment, validate_experiment
+    from harness.fair import default_experiment
+
+    root = Path(__file__).resolve().parents[1] / "experiments"
+    setup, main_job = load_fair(root / "fair-glyphs.yaml"), load_experiment(root / "glyphs-ablation.yaml")
+    assert setup.protocol_changes == []  # the trials train what the re-runs train
+    assert setup.fair.default_first and setup.fair.pruner.max_resource == main_job.train.iterations
+    assert setup.fair.pruner.min_resource == main_job.train.eval_every
+    assert not set(setup.fair.seeds) & set(main_job.grid.seeds)  # tuning noise is not paired with a test seed
+    default = validate_experiment(default_experiment(setup, main_job.name), "default.yaml")
+    assert [c.cell_id for c in expand_cells(default)] == [c.cell_id for c in expand_cells(main_job)]

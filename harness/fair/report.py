@@ -39,9 +39,12 @@ def _study_keys(setup: FairSetup, cells: pd.DataFrame) -> list[str | None]:
 
 
 def test_block(exp_dir: Path, setup: FairSetup) -> pd.DataFrame:
-    """Seeds x losses (study keys) of test Recall@1 in percent, selected weights, finished cells only."""
+    """Seeds x losses (study keys) of test Recall@1 in percent, selected weights, finished cells of the grid's
+    seeds only (``exp_dir`` may be a larger run, e.g. the main job's folder given to ``--defaults``)."""
     cells = read_cells(exp_dir)
     keep = (cells["split"] == "test") & (cells["metric"] == METRIC) & (cells["weights"] == WEIGHTS)
+    grid = setup.experiment.grid
+    keep &= cells["seed"].isin(grid.seeds) & (cells["dataset"] == grid.datasets[0])  # a larger run: this grid
     cells = cells[keep & (cells["status"] == CellStatus.FINISHED)]
     cells = cells.assign(key=_study_keys(setup, cells)).dropna(subset=["key"])
     block = cells.pivot_table(index="seed", columns="key", values="value", aggfunc="first")

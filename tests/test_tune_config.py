@@ -158,3 +158,37 @@ def test_null_settings_count_as_unset_so_set_can_switch_the_pruner_off() -> None
     assert validate_tune(raw, "tune.yaml").study.pruner.resolved() == {"name": "none"}
     with pytest.raises(UserError, match=r"pruner 'hyperband' needs max_resource written out"):
         validate_tune(mutate("study.pruner.max_resource", None), "tune.yaml")
+
+
+def test_default_first_enqueues_the_losses_defaults_once_and_fingerprints_them() -> None:
+    import optuna
+
+    from harness.tune.trials import prepare_study
+
+    setup = validate_tune(mutate("study.default_first", True), "tune.yaml")
+    defaults = setup.template.loss.resolved()["hparams"]
+    assert setup.first_params == {name: float(defaults[name]) for name in setup.study.space}
+    storage = optuna.storages.InMemoryStorage()
+    prepare_study(setup, storage, setup.study.trials)
+    prepare_study(setup, storage, setup.study.trials)  # a second run queues no second default trial
+    study = optuna.load_study(study_name=setup.name, storage=storage)
+    (first,) = study.get_trials(deepcopy=False)
+    assert first.state == optuna.trial.TrialState.WAITING and first.user_attrs == {"default": True}
+    assert first.system_attrs["fixed_params"] == setup.first_params
+    assert study.user_attrs["fingerprint"]["default_first"] == setup.first_params
+    off = validate_tune(mutate("study.default_first", False), "tune.yaml")
+    assert off.first_params is None
+    with pytest.raises(UserError, match=r"made with other settings \(default_first\)"):
+        prepare_study(off, storage, off.study.trials)  # a study without the default trial is another study
+
+
+def test_a_range_excluding_the_default_is_one_line_when_default_first() -> None:
+    raw = mutate("study.default_first", True)
+    raw["study"]["space"] = {"beta": {"low": 60.0, "high": 100.0, "log": True}}
+    with pytest.raises(UserError) as caught:
+        validate_tune(raw, "tune.yaml")
+    text = str(caught.value)
+    assert "\n" not in text and text.startswith("tune.yaml: study.space.beta: the range [60, 100] excludes")
+    assert "default beta=" in text and "widen the range" in text
+    raw["study"]["default_first"] = False
+    assert validate_tune(raw, "tune.yaml").first_params is None  # off: any range

@@ -11,7 +11,7 @@ import yaml
 
 from harness.config import validate_experiment
 from harness.fair.schema import FairSetup
-from harness.fair.studies import StudyState
+from harness.fair.select import Selection
 from harness.files import atomic_write_text
 
 DEFAULT, TUNED = "default", "tuned"
@@ -30,17 +30,17 @@ def default_experiment(setup: FairSetup, name: str = DEFAULT) -> dict[str, Any]:
     return doc
 
 
-def tuned_experiment(setup: FairSetup, states: list[StudyState]) -> dict[str, Any]:
-    """The grid with each loss at its study's best values (a loss whose study completed no trial keeps its
-    own)."""
+def tuned_experiment(setup: FairSetup, selections: list[Selection]) -> dict[str, Any]:
+    """The grid with each loss at its selected values (a loss whose study completed no trial, or whose
+    defaults won, keeps its own)."""
     doc = _resolved(setup, TUNED)
     doc["description"] = (
         f"fair run {setup.name}: every loss at the best values of its study "
         f"({setup.fair.trials} trials, val {setup.studies[0].setup.metric}), on the test set"
     )
-    for state in states:
-        entry = doc["grid"]["losses"][state.study.index]
-        entry["hparams"] = {**entry.get("hparams", {}), **state.best_params}
+    for selection in selections:
+        entry = doc["grid"]["losses"][selection.study.index]
+        entry["hparams"] = {**entry.get("hparams", {}), **selection.params}
     return doc
 
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from harness.config import Experiment, LossSpec, load_raw, set_dotted, validate_experiment, validation_message
+from harness.config import (
+    NOT_TRAINING,
+    CellConfig,
+    Experiment,
+    LossSpec,
+    expand_cells,
+    load_raw,
+    set_dotted,
+    validate_experiment,
+    validation_message,
+)
 from harness.errors import UserError
+from harness.results import loss_label
 from harness.tune.schema import (
     HeartbeatConfig,
     ImportanceConfig,
@@ -44,6 +55,14 @@ class FairConfig(BaseModel):
     pruner: PrunerConfig
     importance: ImportanceConfig = Field(default_factory=_default_importance)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    # true: each study's first trial trains the loss's default values (never pruned, counted in trials)
+    default_first: bool = True
+    # with a trial_set that changes what a cell trains: the best N complete trials of each study (and the
+    # defaults) are re-scored on the re-runs' protocol, on validation, before the tuned values are chosen
+    rescore: int = Field(3, ge=1)
+    # the budget converged for a loss when the last third of its trials raised its best validation value
+    # by at most this many points (of the metric, in percent)
+    converged_within: float = Field(1.0, ge=0)
     # study key -> a space replacing the one the loss declares
     spaces: dict[str, dict[str, Range]] = Field(default_factory=dict)
 
@@ -68,12 +87,19 @@ def study_key(spec: LossSpec) -> str:
 
 @dataclass(frozen=True)
 class LossStudy:
-    """One loss of the grid: its position, its spec, its study key and the tune setup of its study."""
+    """One loss of the grid: its position, its spec, its study key, the tune setup of its study and (when
+    the trials train a shorter protocol) the same study on the re-runs' protocol, for re-scoring."""
 
     index: int
     spec: LossSpec
     key: str
     setup: TuneSetup
+    full: TuneSetup | None = None
+
+    @property
+    def label(self) -> str:
+        """The loss's name in the reports: its label, else the paper's row label of the loss."""
+        return self.spec.label or loss_label(self.spec.name)
 
     @property
     def name(self) -> str:
@@ -88,10 +114,19 @@ class FairSetup:
     experiment: Experiment
     fair: FairConfig
     studies: list[LossStudy]
+    # the settings in which the trials' protocol differs from the re-runs' ("train.iterations 300 (re-runs
+    # 800)"); empty when the trials train what the re-runs train
+    protocol_changes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
         return self.experiment.name
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """Study key -> the loss's name in the reports (the paper's label; the key where two share one)."""
+        labels = [s.label for s in self.studies]
+        return {s.key: s.label if labels.count(s.label) == 1 else s.key for s in self.studies}
 
     def folder(self, results: str | Path) -> Path:
         """Where the fair run lives: ``<results>/<name>/``."""
@@ -115,10 +150,13 @@ def _one_of_each(experiment: Experiment, source: str) -> None:
         )
 
 
-def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str, key: str) -> dict[str, Any]:
-    """The tune mapping of one loss's study: the grid narrowed to that loss and the trial seed."""
+def _study_raw(
+    base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str, key: str, *, trial_set: bool = True
+) -> dict[str, Any]:
+    """The tune mapping of one loss's study: the grid narrowed to that loss and the trial seed, on the
+    trials' protocol (``trial_set``) or on the re-runs' one."""
     raw = copy.deepcopy(base)
-    for dotted, value in fair.trial_set.items():
+    for dotted, value in fair.trial_set.items() if trial_set else ():
         set_dotted(raw, dotted, copy.deepcopy(value), where="fair.trial_set")
     raw["grid"]["losses"] = [copy.deepcopy(loss_raw)]
     raw["grid"]["seeds"] = [fair.seeds[0]]
@@ -132,6 +170,7 @@ def _study_raw(base: dict[str, Any], fair: FairConfig, loss_raw: Any, name: str,
         "importance": fair.importance.resolved(),
         "heartbeat": fair.heartbeat.model_dump(),
         "best_seeds": list(base["grid"]["seeds"]),
+        "default_first": fair.default_first,
     }
     if key in fair.spaces:
         study["space"] = {param: bounds.model_dump() for param, bounds in fair.spaces[key].items()}
@@ -157,11 +196,76 @@ def validate_fair(raw: dict[str, Any], source: str) -> FairSetup:
             f"{source}: fair.spaces: {unknown} name no loss of the grid; the study names are {keys}"
         )
     studies = []
+    changes: list[str] = []
+    grid_cells = expand_cells(experiment)
     for index, (spec, key) in enumerate(zip(experiment.grid.losses, keys, strict=True)):
-        study_raw = _study_raw(raw, fair, raw["grid"]["losses"][index], f"{experiment.name}-{key}", key)
-        setup = validate_tune(study_raw, f"{source} (study of {key})")
-        studies.append(LossStudy(index, spec, key, setup))
-    return FairSetup(source, experiment, fair, studies)
+        name, where = f"{experiment.name}-{key}", f"{source} (study of {key})"
+        study_raw = _study_raw(raw, fair, raw["grid"]["losses"][index], name, key)
+        setup = validate_tune(study_raw, where, space_key=f"fair.spaces.{key}")
+        _check_pruner(setup, fair, source)
+        rerun_cell = next(cell for cell in grid_cells if cell.loss == spec)
+        changes = changes or protocol_changes(setup.template, rerun_cell)
+        full = None
+        if changes:
+            full_raw = _study_raw(raw, fair, raw["grid"]["losses"][index], name, key, trial_set=False)
+            full_raw["study"]["pruner"] = {"name": "none"}  # a re-score trains every candidate to the end
+            full = validate_tune(full_raw, where, space_key=f"fair.spaces.{key}")
+        studies.append(LossStudy(index, spec, key, setup, full))
+    return FairSetup(source, experiment, fair, studies, changes)
+
+
+# What a trial may set without changing what its cells train: which metrics it evaluates, how often it logs.
+_NOT_PROTOCOL = {"experiment", "seed", "loss", "evaluate", "tracking"}
+_NOT_PROTOCOL_TRAIN = {"log_every", "threads"}
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}{key}." if isinstance(item, dict) else f"{prefix}{key}"))
+    return out
+
+
+def protocol_changes(trial: CellConfig, rerun: CellConfig) -> list[str]:
+    """The settings in which a trial's cell trains differently from a re-run's cell (``"train.iterations 300
+    (re-runs 800)"``): everything but the loss, the seed, the evaluated metrics, logging and where the data
+    lie."""
+
+    def protocol(cell: CellConfig) -> dict[str, Any]:
+        dump = cell.model_dump(mode="json", exclude=NOT_TRAINING)
+        for key in _NOT_PROTOCOL:
+            dump.pop(key, None)
+        for key in _NOT_PROTOCOL_TRAIN:
+            dump["train"].pop(key, None)
+        return _flat(dump)
+
+    a, b = protocol(trial), protocol(rerun)
+    return [
+        f"{key} {a.get(key)} (re-runs {b.get(key)})"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
+
+
+def _check_pruner(setup: TuneSetup, fair: FairConfig, source: str) -> None:
+    """Hyperband judges trials up to their full length, at the trials' evaluation points."""
+    pruner = fair.pruner
+    if pruner.name == "none":
+        return
+    every = setup.template.train.eval_every
+    if pruner.min_resource is not None and pruner.min_resource % every:
+        raise UserError(
+            f"{source}: fair.pruner.min_resource: {pruner.min_resource} is not an evaluation point of the "
+            f"trials (every {every} iterations); use a multiple of {every}"
+        )
+    if pruner.name == "hyperband" and pruner.max_resource not in ("auto", setup.steps):
+        raise UserError(
+            f"{source}: fair.pruner.max_resource: {pruner.max_resource}, but a trial trains {setup.steps} "
+            f"iterations ({len(setup.runs)} run(s) of {setup.template.train.iterations}); set it to "
+            f"{setup.steps} so the brackets end at the full length"
+        )
 
 
 def load_fair(path: str | Path, sets: list[str] | None = None) -> FairSetup:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
@@ -218,6 +218,9 @@ class StudyConfig(_Strict):
     best_seeds: list[Annotated[int, Field(ge=0)]] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     best_set: dict[str, Any] = Field(default_factory=dict)  # dotted overrides for best.yaml's protocol
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    # true: the study's first trial trains the loss's default values (enqueued when the study is created,
+    # counted, never pruned), so the best trial is never worse than the defaults on the study's objective
+    default_first: bool = False
 
     def resolved(self) -> dict[str, Any]:
         """Every setting in force (those of the chosen pruner and evaluator only), as a YAML mapping."""
@@ -251,10 +254,17 @@ class TuneSetup:
     experiment: Experiment
     template: CellConfig
     study: StudyConfig
+    # the loss's default value of each searched hyperparameter (the template's resolved loss)
+    default_params: dict[str, float] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.study.name or self.experiment.name
+
+    @property
+    def first_params(self) -> dict[str, float] | None:
+        """The parameters of the trial enqueued first (``study.default_first``: the defaults), else None."""
+        return dict(self.default_params) if self.study.default_first else None
 
     @property
     def seeds(self) -> list[int]:
@@ -297,12 +307,42 @@ def declared_space(loss: str) -> dict[str, Range]:
     return {p.name: Range(low=p.low, high=p.high, log=p.log) for p in losses.info(loss).search_space}
 
 
-def _check_space(setup: TuneSetup) -> None:
+def _default_params(template: CellConfig, space: dict[str, Range]) -> dict[str, float]:
+    """The template loss's resolved value of each searched name that has a numeric one."""
+    hparams = template.loss.resolved()["hparams"]
+    return {
+        name: float(hparams[name])
+        for name in space
+        if isinstance(hparams.get(name), int | float) and not isinstance(hparams.get(name), bool)
+    }
+
+
+def _check_defaults(setup: TuneSetup, space_key: str) -> None:
+    """With ``study.default_first``, every searched range holds the loss's default value."""
+    if not setup.study.default_first:
+        return
+    for name, bounds in setup.study.space.items():
+        where = f"{setup.source}: {space_key}.{name}"
+        value = setup.default_params.get(name)
+        if value is None:
+            raise UserError(
+                f"{where}: loss {setup.template.loss.name!r} has no numeric default for {name!r}, so the "
+                "first trial cannot train the defaults; give it in the loss's hparams or set "
+                "study.default_first: false"
+            )
+        if not bounds.low <= value <= bounds.high:
+            raise UserError(
+                f"{where}: the range [{bounds.low:g}, {bounds.high:g}] excludes the loss's default "
+                f"{name}={value:g}, which the first trial trains; widen the range to include it"
+            )
+
+
+def _check_space(setup: TuneSetup, space_key: str = "study.space") -> None:
     """Every searched name is a hyperparameter of the loss, and the loss builds at both ends of its range."""
     spec = setup.template.loss
     accepted = _loss_parameters(spec.name)
     for name, bounds in setup.study.space.items():
-        where = f"{setup.source}: study.space.{name}"
+        where = f"{setup.source}: {space_key}.{name}"
         if name not in accepted:
             raise UserError(
                 f"{where}: loss {spec.name!r} has no hyperparameter {name!r}{did_you_mean(name, accepted)}"
@@ -357,8 +397,9 @@ def pop_section(
     return raw, {key: raw.pop(key)}
 
 
-def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
-    """Validate a raw tune mapping (an experiment plus ``study:``); every mistake is one line."""
+def validate_tune(raw: dict[str, Any], source: str, space_key: str = "study.space") -> TuneSetup:
+    """Validate a raw tune mapping (an experiment plus ``study:``); every mistake is one line (a range
+    mistake named under ``space_key``, the file's key for the space)."""
     raw, section = pop_section(raw, "study", source, "tune")
     experiment = validate_experiment(raw, source)
     try:
@@ -376,9 +417,10 @@ def validate_tune(raw: dict[str, Any], source: str) -> TuneSetup:
         )
     if not study.space:  # no space written: the one the loss declares
         study = study.model_copy(update={"space": declared_space(cells[0].loss.name)})
-    setup = TuneSetup(source, experiment, cells[0], study)
+    setup = TuneSetup(source, experiment, cells[0], study, _default_params(cells[0], study.space))
     _check_protocol(setup)
-    _check_space(setup)
+    _check_space(setup, space_key)
+    _check_defaults(setup, space_key)
     lows = {name: bounds.low for name, bounds in study.space.items()}
     validate_experiment(best_experiment(setup, lows), f"{source} (best.yaml with study.best_set)")
     return setup

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from optuna.storages import BaseStorage
 
 
+DEFAULT_ATTR = "default"  # the user attribute of the trial that trains the loss's default values
+
+
 def default_storage(study_dir: Path) -> str:
     """``sqlite:///<study_dir>/study.db`` (absolute, so worker processes agree on it)."""
     return sqlite_url(study_dir / "study.db")
@@ -31,6 +34,8 @@ def _fingerprint(setup: TuneSetup) -> dict[str, Any]:
         "space": {k: v.model_dump() for k, v in setup.study.space.items()},
         "seeds": setup.seeds,
         **({"folds": setup.study.folds} if setup.study.folds else {}),  # class folds change the objective
+        # the first trial's values (study.default_first): a study without that trial is another study
+        **({"default_first": setup.first_params} if setup.first_params is not None else {}),
     }
 
 
@@ -72,6 +77,8 @@ def open_study(setup: TuneSetup, storage: BaseStorage, sampler_seed: int) -> opt
     if stored is None:
         study.set_user_attr("fingerprint", fingerprint)
         study.set_user_attr("objective", f"val {setup.metric}")
+        if setup.first_params is not None and not study.get_trials(deepcopy=False):
+            study.enqueue_trial(setup.first_params, user_attrs={DEFAULT_ATTR: True})
     elif stored != fingerprint:
         changed = ", ".join(_differences(stored, fingerprint)[:4])
         raise UserError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +16,15 @@ from harness.records import CellStatus, StatusRecord, write_record
 from harness.results import CellPaths, now
 from harness.stopping import Interrupted, StopSignals
 from harness.tune.schema import TuneSetup
-from harness.tune.study import open_study, worker_seed
+from harness.tune.study import DEFAULT_ATTR, open_study, worker_seed
 
 if TYPE_CHECKING:
     import optuna
     from optuna.storages import BaseStorage
     from optuna.trial import FrozenTrial
+
+
+CPU_ATTR = "cpu_seconds"  # the user attribute holding a trial's CPU time (its worker process), in seconds
 
 
 class TrialFailed(RuntimeError):
@@ -63,9 +67,10 @@ def retry_interrupted(study: optuna.Study, total: int) -> list[int]:
     free = total - len(counted_trials(trials))
     todo = interrupted_trials(trials)[: max(free, 0)]
     for t in todo:
-        study.enqueue_trial(
-            dict(t.params), user_attrs={"retry_of": t.number, "folder": t.user_attrs["folder"]}
-        )
+        attrs = {"retry_of": t.number, "folder": t.user_attrs["folder"]}
+        if t.user_attrs.get(DEFAULT_ATTR):
+            attrs[DEFAULT_ATTR] = True  # the retry of the default trial is never pruned either
+        study.enqueue_trial(dict(t.params), user_attrs=attrs)
     return [t.number for t in todo]
 
 
@@ -149,23 +154,20 @@ class Objective:
         self.interrupted: Interrupted | None = None
         self.user_error: UserError | None = None
 
-    def _place(self, trial: optuna.Trial) -> tuple[int, Path, set[int]]:
+    def _place(self, trial: optuna.Trial) -> tuple[int, Path, set[int], bool]:
         """How many counted trials precede this one, the folder it trains in (a stale trial's retry resumes
-        that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute) and the steps it
-        already holds (inherited by a stale trial's retry)."""
+        that trial's folder, an interrupted trial's retry keeps its ``folder`` attribute), the steps it
+        already holds (inherited by a stale trial's retry) and whether it trains the loss's defaults."""
         trials = trial.study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
         before = sum(1 for t in counted_trials(trials) if t.number < trial.number)
         origin = me.system_attrs.get("failed_trial")
         folder = me.user_attrs.get("folder", f"trials/{trial.number if origin is None else int(origin)}")
-        return before, self.study_dir / folder, set(me.intermediate_values)
+        is_default = bool(me.user_attrs.get(DEFAULT_ATTR))
+        return before, self.study_dir / folder, set(me.intermediate_values), is_default
 
     def __call__(self, trial: optuna.Trial) -> float:
-        import optuna
-
-        from harness import train
-
-        before, folder, reported = self._place(trial)
+        before, folder, reported, is_default = self._place(trial)
         if before >= self.total:
             trial.set_user_attr("surplus", True)
             self.surplus = True
@@ -176,6 +178,26 @@ class Objective:
         }
         trial.set_user_attr("folder", str(folder.relative_to(self.study_dir)))
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        started = time.process_time()
+        try:
+            return self._train(trial, params, folder, reported, is_default)
+        finally:  # what the trial cost, pruned or not: the fair report states each study's budget in it
+            trial.set_user_attr(CPU_ATTR, round(time.process_time() - started, 3))
+
+    def _train(
+        self,
+        trial: optuna.Trial,
+        params: dict[str, float],
+        folder: Path,
+        reported: set[int],
+        is_default: bool,
+    ) -> float:
+        """Train the trial's runs in turn; the mean of their selected validation values."""
+        import optuna
+
+        from harness import train
+
+        setup = self.setup
         values: list[float] = []
         for index, (seed, fold) in enumerate(setup.runs):
             cell = trial_cell(
@@ -192,7 +214,8 @@ class Objective:
                 running = (sum(values) + metrics[setup.metric]) / (len(values) + 1)
                 if offset + iteration not in reported:
                     trial.report(running, offset + iteration)
-                if offset + iteration < setup.steps and trial.should_prune():  # never once all is trained
+                # never once all is trained, never the defaults' trial (the best is never worse than it)
+                if not is_default and offset + iteration < setup.steps and trial.should_prune():
                     reason = f"pruned at iteration {iteration}: val {setup.metric} {running:.4f}"
                     _mark_pruned(paths, reason)
                     raise optuna.TrialPruned(reason)
@@ -277,3 +300,37 @@ def run_worker(
             raise objective.user_error
         if objective.surplus:
             return
+
+
+def score_params(
+    setup: TuneSetup,
+    params: dict[str, float],
+    folder: Path,
+    *,
+    progress: bool,
+    signals: StopSignals | None = None,
+) -> float | None:
+    """Train ``params`` on ``setup``'s protocol outside any study, every run (seed, class fold) in ``folder``
+    as a trial would, never pruned, never on the test set; the mean selected validation value (None when a
+    run did not finish). A run already finished there is read back, an interrupted one resumes.
+
+    Raises :class:`Interrupted` after a stop signal (the running cell keeps its checkpoint).
+    """
+    from harness import train
+
+    signals = signals or StopSignals()
+    values: list[float] = []
+    for seed, fold in setup.runs:
+        cell = trial_cell(setup.template, params, seed, setup.name, folds=setup.study.folds, fold=fold or 0)
+        paths = CellPaths(folder / setup.run_folder(seed, fold))
+        final = paths.read_final()
+        if final is None or final.status != CellStatus.FINISHED:
+            with signals.armed():
+                outcome = train.train_cell(cell, paths, evaluate_test=False, progress=progress)
+            if outcome.status != CellStatus.FINISHED:
+                return None
+            metrics = outcome.metrics
+        else:
+            metrics = final.metrics
+        values.append(float(metrics["selected"]["val"][setup.metric]))
+    return sum(values) / len(values)

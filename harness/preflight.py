@@ -15,6 +15,7 @@ installed (MLflow is an optional extra).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -212,6 +213,17 @@ def preflight_report(
                 problems.append(line)
     notes = [m.line() for m in standard_weights.values() if m is not None and m.unreachable is None]
     return problems, notes
+
+
+def print_preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool = False) -> bool:
+    """``--check``'s preflight: print the notes (stdout) and problems (stderr) of :func:`preflight_report`;
+    True when there is no problem."""
+    problems, notes = preflight_report(experiment, cells, decode=decode)
+    for note in notes:
+        print(f"note: {note}")
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return not problems
 
 
 def require_preflight(experiment: Experiment, cells: list[CellConfig], *, decode: bool = False) -> None:

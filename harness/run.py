@@ -28,7 +28,7 @@ from harness.files import temporaries
 from harness.launch import CellTask, Launcher, default_jobs, final_mtime, make_launcher
 from harness.options import add_set_option
 from harness.plugins import add_import_argument, load_plugins
-from harness.preflight import preflight_report, require_preflight
+from harness.preflight import print_preflight, require_preflight
 from harness.records import ENDED, CellOutcome, CellStatus
 from harness.results import (
     aggregate_reference,
@@ -229,12 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     all_cells, cells = grid_cells(experiment, args.shard)
     exp_dir = experiment_dir(args.results, experiment.name)
-    problems, notes = preflight_report(experiment, cells, decode=args.decode)
-    for note in notes:
-        print(f"note: {note}")
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    if problems:
+    if not print_preflight(experiment, cells, decode=args.decode):
         return EXIT_USER_ERROR
     check_cell_records(exp_dir)  # every cell's records read back, not only this grid's or shard's
     print(

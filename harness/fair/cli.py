@@ -259,16 +259,11 @@ def check(setup: FairSetup, fair_dir: Path, args: argparse.Namespace) -> int:
     """``--check``: validate everything that needs no training and print the studies, the budget and the
     re-run cells; the exit code (2 when the preflight finds a problem)."""
     from harness.config import expand_cells, validate_experiment
-    from harness.preflight import preflight_report
+    from harness.preflight import print_preflight
 
     experiment = setup.experiment
     cells = expand_cells(experiment)
-    problems, notes = preflight_report(experiment, cells)
-    for note in notes:
-        print(f"note: {note}")
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
-    if problems:
+    if not print_preflight(experiment, cells):
         return EXIT_USER_ERROR
     fair, first = setup.fair, setup.studies[0].setup
     stored = _stored_counts(setup, fair_dir, args.storage)

@@ -124,15 +124,13 @@ class FairCommand:
     def share(self, storage: BaseStorage, worker: int, progress: bool, signals: StopSignals) -> None:
         fill_studies(self.setup, storage, self.folder, worker=worker, progress=progress, signals=signals)
 
-    def outputs(
-        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
-    ) -> None:
+    def outputs(self, storage: BaseStorage, storage_url: str, stop: Interrupted | None) -> None:
         import optuna
 
         for study in self.setup.studies:
             loaded = optuna.load_study(study_name=study.name, storage=storage)
             folder = study_dir(self.folder, study)
-            write_outputs(study.setup, loaded, folder, storage_url=storage_url, seconds=seconds)
+            write_outputs(study.setup, loaded, folder, storage_url=storage_url)
         if stop is not None:
             print(
                 f"interrupted by {stop.name}: running trials recorded as failed; the next run retries them "

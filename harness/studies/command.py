@@ -13,7 +13,6 @@ import argparse
 import functools
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -141,9 +140,7 @@ class StudyCommand(Protocol):
         """Worker ``worker``'s share of the trials; raises Interrupted after a stop signal."""
         ...
 
-    def outputs(
-        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
-    ) -> None:
+    def outputs(self, storage: BaseStorage, storage_url: str, stop: Interrupted | None) -> None:
         """Write every study's outputs and print the closing lines (``stop``: what interrupted the run)."""
         ...
 
@@ -185,7 +182,6 @@ def _run_parent(
     starter: WorkerStarter,
 ) -> int:
     """The parent's run of :func:`run_study_command`; the exit code."""
-    started = time.perf_counter()
     command.check_data()
     retried = command.prepare(storage)
     name, resolved = command.resolved()
@@ -207,7 +203,7 @@ def _run_parent(
             codes = run_workers(starter, workers, signals)
     except Interrupted as err:
         stop = err
-    command.outputs(storage, storage_url, time.perf_counter() - started, stop)
+    command.outputs(storage, storage_url, stop)
     if stop is not None:
         return stop.exit_code
     for worker, code in enumerate(codes):

@@ -103,13 +103,11 @@ class TuneCommand:
             self.setup, storage, self.folder, self.total, worker=worker, progress=progress, signals=signals
         )
 
-    def outputs(
-        self, storage: BaseStorage, storage_url: str, seconds: float, stop: Interrupted | None
-    ) -> None:
+    def outputs(self, storage: BaseStorage, storage_url: str, stop: Interrupted | None) -> None:
         import optuna
 
         study = optuna.load_study(study_name=self.setup.name, storage=storage)
-        written = write_outputs(self.setup, study, self.folder, storage_url=storage_url, seconds=seconds)
+        written = write_outputs(self.setup, study, self.folder, storage_url=storage_url)
         counts = study_counts(study)
         line = (
             f"{self.setup.name}: {counts.get('complete', 0)} complete, {counts.get('pruned', 0)} pruned, "

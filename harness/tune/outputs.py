@@ -209,6 +209,14 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
+def _wall_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
+    """The study's span from the stored trials (first start to last end, over every run that added trials),
+    so a summary rebuilt from the storage says the same; 0 without a finished trial."""
+    starts = [t.datetime_start for t in trials if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete is not None]
+    return (max(ends) - min(starts)).total_seconds() if starts and ends else 0.0
+
+
 def write_summary(
     setup: TuneSetup,
     study: optuna.Study,
@@ -216,12 +224,12 @@ def write_summary(
     *,
     storage_url: str,
     figures: list[Path],
-    seconds: float,
 ) -> Path:
     """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
     counts = study_counts(study)
     stopped = len(interrupted_trials(study.get_trials(deepcopy=False)))
     names = list(setup.study.space)
+    trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
     lines = [f"# Study {setup.name}", ""]
     lines += [
         f"- Tune file: `{setup.source}`; storage: `{shown_url(storage_url)}`",
@@ -238,8 +246,8 @@ def write_summary(
         + "".join(f", {counts[s]} {s}" for s in ("running", "waiting") if counts.get(s))
         + f" ({counts['total']} in all)"
         + (f"; {stopped} interrupted, not counted: the next run retries them" if stopped else ""),
-        f"- Wall time of this run: {seconds:.0f} s; trial time summed over the study: "
-        f"{sum((t.duration.total_seconds() for t in study.trials if t.duration), 0.0):.0f} s",
+        f"- Wall time, first trial's start to last trial's end: {_wall_seconds(study.trials):.0f} s; trial "
+        f"time summed over the study: {trial_seconds:.0f} s",
     ]
     try:
         best = study.best_trial
@@ -299,12 +307,10 @@ def write_summary(
 
 
 def write_outputs(
-    setup: TuneSetup, study: optuna.Study, study_dir: Path, *, storage_url: str, seconds: float
+    setup: TuneSetup, study: optuna.Study, study_dir: Path, *, storage_url: str
 ) -> dict[str, Any]:
     """best.yaml, the figures and summary.md; returns what was written."""
     best = write_best(setup, study, study_dir)
     figures = write_figures(setup, study, study_dir / "figures")
-    summary = write_summary(
-        setup, study, study_dir, storage_url=storage_url, figures=figures, seconds=seconds
-    )
+    summary = write_summary(setup, study, study_dir, storage_url=storage_url, figures=figures)
     return {"best": best, "figures": figures, "summary": summary}

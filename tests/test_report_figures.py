@@ -4,6 +4,7 @@ the near-threshold marks, and the retrieval examples and embedding maps of a tin
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -284,3 +285,36 @@ def test_damaged_kept_weights_skip_the_examples_with_the_reason(kept, tmp_path):
         assert (
             "weights\\_selected.pt: not a readable weights file (UnpicklingError); delete it" in item.reason
         )
+
+
+# Draws one critical-difference diagram whose crossbars join several losses (no pair is separated).
+_CD_SCRIPT = """
+import sys
+from pathlib import Path
+import matplotlib
+matplotlib.use("Agg")
+import pandas as pd
+from harness.report.comparison_plots import critical_difference
+labels = ["MS", "Binomial", "LiftedStruct*", "BinLifted", "MS weighting", "Binomial_m"]
+ranks = pd.Series([1.5, 2.5, 3.0, 3.5, 4.0, 6.5], index=labels)
+pvalues = pd.DataFrame(1.0, index=labels, columns=labels)
+pvalues.loc["MS", "Binomial_m"] = pvalues.loc["Binomial_m", "MS"] = 0.001
+critical_difference(ranks, pvalues, critical_difference=2.1, styles={}, title="cd", stem=Path(sys.argv[1]))
+"""
+
+
+def test_critical_difference_file_is_the_same_in_every_process(tmp_path):
+    """scikit-posthocs joins a crossbar's losses in set order, which depends on the process's string hashes;
+    the figure must not, or a report rebuilt from the same stored runs would differ."""
+    import subprocess
+    import sys
+
+    svgs = []
+    for seed in ("1", "2", "3"):
+        (tmp_path / seed).mkdir()
+        stem = tmp_path / seed / "critical_difference"  # one name: the svg ids are salted with it
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", _CD_SCRIPT, str(stem)], check=True, env=env, timeout=120)
+        svgs.append(stem.with_suffix(".svg").read_bytes())
+    assert len(svgs[0]) > 1000
+    assert svgs[1] == svgs[0] and svgs[2] == svgs[0]

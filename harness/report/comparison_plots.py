@@ -97,7 +97,7 @@ def critical_difference(
     palette = {label: styles[label]["color"] for label in ranks.index if label in styles}
     with figure_style():
         fig, ax = plt.subplots(figsize=(9.0, 0.32 * len(ranks) + 1.9))
-        scikit_posthocs.critical_difference_diagram(
+        drawn = scikit_posthocs.critical_difference_diagram(
             ranks,
             pvalues,
             ax=ax,
@@ -109,6 +109,12 @@ def critical_difference(
             crossbar_props={"linewidth": 3.0, "color": "black", "alpha": 0.7},
             label_props={"fontsize": 9},
         )
+        # scikit-posthocs draws each crossbar through its losses in the order of a Python set (string hashes
+        # vary between processes); in rank order, the same stored runs give the same file.
+        for lines in drawn["crossbars"]:
+            for line in lines:
+                xs = sorted(line.get_xdata())
+                line.set_data(xs, [line.get_ydata()[0]] * len(xs))
         ax.grid(False)  # grid lines would run through the labels
         if math.isfinite(critical_difference):  # a scale bar of length CD under the diagram, from rank 1
             ends = [1.0, 1.0 + critical_difference]

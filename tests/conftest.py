@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
 from loopback import LoopbackFiles, loopback_server
 
@@ -115,6 +116,20 @@ def loopback() -> Iterator[LoopbackFiles]:
 # Nothing listens on the discard port of 127.0.0.1: a weights download a test does not point at its own
 # server is refused at once (as offline), and no test, nor a subprocess it starts, reaches a real URL.
 NO_WEIGHTS_SERVER = "http://127.0.0.1:9"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_share_of_the_cores() -> Iterator[None]:
+    """Under pytest-xdist, each test process's torch uses its share of the cores, not all of them:
+    N processes each running N threads on N cores would spend their time switching."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -58,6 +58,8 @@ def slurm_missing() -> str | None:
 
 SLURM_MISSING = slurm_missing()
 needs_slurm = pytest.mark.skipif(SLURM_MISSING is not None, reason=SLURM_MISSING or "")
+# One cluster of 2 CPUs for all of them: under pytest-xdist they run one after another on one process.
+pytestmark = pytest.mark.xdist_group("slurm")
 
 
 def wait_until(what: str, done: Callable[[], bool], seconds: float = WAIT_SECONDS) -> None:

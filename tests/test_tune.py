@@ -156,6 +156,9 @@ def test_failed_trial_is_recorded_and_the_study_goes_on_then_outputs_are_written
     summary = (study_dir / "summary.md").read_text()
     assert "PedAnovaImportanceEvaluator(target_quantile=0.1" in summary
     assert "3 complete, 0 pruned, 1 failed" in summary
+    # the storage file by its path from the study folder: no machine's absolute path in a committed summary
+    storage = next(line for line in summary.splitlines() if line.startswith("- Tune file:"))
+    assert storage.endswith("storage: `sqlite:///study.db`"), storage  # the file in this folder
     # the wall time comes from the stored trials, so a summary rebuilt from the storage says the same
     span = max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)
     assert f"- Wall time, first trial's start to last trial's end: {span.total_seconds():.0f} s;" in summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -209,6 +210,17 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
+def storage_from(folder: Path, url: str) -> str:
+    """The storage as the summary names it: a local file (SQLite, journal) by its path from ``folder``, so
+    the summary holds no machine's absolute path and reads the same wherever it is rebuilt; a server by its
+    URL, password hidden."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and url != "sqlite:///:memory:":
+            path = Path(url[len(prefix) :].removeprefix("//"))
+            return prefix + os.path.relpath(path.resolve(), folder.resolve())
+    return shown_url(url)
+
+
 def _wall_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
     """The study's span from the stored trials (first start to last end, over every run that added trials),
     so a summary rebuilt from the storage says the same; 0 without a finished trial."""
@@ -232,7 +244,7 @@ def write_summary(
     trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
     lines = [f"# Study {setup.name}", ""]
     lines += [
-        f"- Tune file: `{setup.source}`; storage: `{shown_url(storage_url)}`",
+        f"- Tune file: `{setup.source}`; storage: `{storage_from(study_dir, storage_url)}`",
         f"- Objective: validation {setup.metric} (maximised; the test set is never looked at), loss "
         f"`{setup.template.loss.name}` on `{setup.template.dataset}`, "
         f"embedding {setup.template.embedding_size}, "

@@ -3,6 +3,7 @@ messages."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -29,8 +30,24 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
 
-def shown_url(url: str) -> str:
-    """A storage URL with its password hidden, for messages and the summary."""
+def local_file(url: str) -> tuple[str, Path] | None:
+    """The scheme prefix and the file of a storage kept in a local file (``journal:FILE``,
+    ``sqlite:///FILE``); None for a server or an in-memory database."""
+    if url.startswith("journal:"):
+        return "journal:", Path(url[len("journal:") :].removeprefix("//"))
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        return "sqlite:///", Path(url[len("sqlite:///") :])
+    return None
+
+
+def shown_url(url: str, relative_to: Path | None = None) -> str:
+    """A storage URL with its password hidden, for messages and the summary. ``relative_to``: a local
+    file is named by its path from that folder, so a committed summary holds no machine's absolute path
+    and reads the same wherever it is rebuilt."""
+    file = local_file(url)
+    if file is not None and relative_to is not None:
+        prefix, path = file
+        return prefix + os.path.relpath(path.resolve(), relative_to.resolve())
     if url.startswith("journal:"):
         return url
     try:
@@ -80,8 +97,9 @@ def open_storage(url: str, heartbeat: Heartbeat) -> BaseStorage:
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    if url.startswith("journal:"):
-        path = Path(url[len("journal:") :].removeprefix("//"))
+    file = local_file(url)
+    if file is not None and file[0] == "journal:":
+        path = file[1]
         if not str(path) or str(path) == ".":
             raise UserError(f"--storage {url!r}: expected journal:FILE, e.g. journal:results/ms/journal.log")
         path.parent.mkdir(parents=True, exist_ok=True)

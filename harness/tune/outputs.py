@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -210,17 +209,6 @@ def _fmt(value: object) -> str:
     return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
 
-def storage_from(folder: Path, url: str) -> str:
-    """The storage as the summary names it: a local file (SQLite, journal) by its path from ``folder``, so
-    the summary holds no machine's absolute path and reads the same wherever it is rebuilt; a server by its
-    URL, password hidden."""
-    for prefix in ("sqlite:///", "journal:"):
-        if url.startswith(prefix) and url != "sqlite:///:memory:":
-            path = Path(url[len(prefix) :].removeprefix("//"))
-            return prefix + os.path.relpath(path.resolve(), folder.resolve())
-    return shown_url(url)
-
-
 def _wall_seconds(trials: list[optuna.trial.FrozenTrial]) -> float:
     """The study's span from the stored trials (first start to last end, over every run that added trials),
     so a summary rebuilt from the storage says the same; 0 without a finished trial."""
@@ -239,12 +227,13 @@ def write_summary(
 ) -> Path:
     """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
     counts = study_counts(study)
-    stopped = len(interrupted_trials(study.get_trials(deepcopy=False)))
+    trials = study.get_trials(deepcopy=False)  # one read of the storage for the whole summary
+    stopped = len(interrupted_trials(trials))
     names = list(setup.study.space)
-    trial_seconds = sum(t.duration.total_seconds() for t in study.trials if t.duration)
+    trial_seconds = sum(t.duration.total_seconds() for t in trials if t.duration)
     lines = [f"# Study {setup.name}", ""]
     lines += [
-        f"- Tune file: `{setup.source}`; storage: `{storage_from(study_dir, storage_url)}`",
+        f"- Tune file: `{setup.source}`; storage: `{shown_url(storage_url, relative_to=study_dir)}`",
         f"- Objective: validation {setup.metric} (maximised; the test set is never looked at), loss "
         f"`{setup.template.loss.name}` on `{setup.template.dataset}`, "
         f"embedding {setup.template.embedding_size}, "
@@ -258,7 +247,7 @@ def write_summary(
         + "".join(f", {counts[s]} {s}" for s in ("running", "waiting") if counts.get(s))
         + f" ({counts['total']} in all)"
         + (f"; {stopped} interrupted, not counted: the next run retries them" if stopped else ""),
-        f"- Wall time, first trial's start to last trial's end: {_wall_seconds(study.trials):.0f} s; trial "
+        f"- Wall time, first trial's start to last trial's end: {_wall_seconds(trials):.0f} s; trial "
         f"time summed over the study: {trial_seconds:.0f} s",
     ]
     try:
@@ -292,8 +281,8 @@ def write_summary(
         "| trial | state | value | " + " | ".join(names) + " | last step | seconds | note |",
         "|" + "---|" * (len(names) + 6),
     ]
-    retried = retried_numbers(study.trials)
-    for t in study.trials:
+    retried = retried_numbers(trials)
+    for t in trials:
         note = (
             "surplus (not counted)"
             if t.user_attrs.get("surplus")

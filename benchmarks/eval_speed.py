@@ -16,6 +16,7 @@ rounding in faiss's BLAS and ours). Prints the time ratio ours/faiss; the target
     python benchmarks/eval_speed.py                  # SOP and In-Shop sizes (minutes on 2 cores)
     python benchmarks/eval_speed.py --data clustered # trained-like embeddings instead of random ones
     python benchmarks/eval_speed.py --only inshop    # one problem only (--only sop: the other)
+    python benchmarks/eval_speed.py --screen never   # without the bfloat16 screen, for comparison
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def worker(args: argparse.Namespace) -> dict:
     if args.worker == "ours":
         import torch
 
-        from harness.evaluate import evaluate, first_correct_rank
+        from harness.evaluate import evaluate, first_correct_rank, screen
 
+        screen.MODE = args.screen
         tensors = [torch.from_numpy(a) for a in arrays]
         gallery = {"gallery": tensors[2], "gallery_labels": tensors[3]} if problem.gallery else {}
         rss_before, peak_reset = _status("VmRSS"), _reset_peak()
@@ -181,7 +183,7 @@ def _average_precision(correct: np.ndarray, relevant: int) -> float:
 
 def run_worker(method: str, problem: Problem, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--problem", problem.name, "--data", args.data]
-    command += ["--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    command += ["--seed", str(args.seed), "--screen", args.screen] + (["--quick"] if args.quick else [])
     root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
     load = os.getloadavg()[0]
@@ -246,6 +248,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=("sop", "inshop"), help="run only this problem (inshop: a few minutes, sop: longer)"
     )
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs of each; the fastest counts")
+    parser.add_argument(
+        "--screen",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="harness.evaluate's bfloat16 screen (query -> gallery): auto (where the CPU has native "
+        "bfloat16), always, never (the float32 engine alone, for comparison)",
+    )
     parser.add_argument("--worker", choices=("ours", "faiss"), help=argparse.SUPPRESS)
     parser.add_argument("--problem", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -253,7 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(worker(args)))
         return 0
     print(f"# eval_speed ({'quick' if args.quick else 'full'}, {args.data} embeddings, seed {args.seed})")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}\n")
+    import torch
+
+    from harness.evaluate.screen import native_bfloat16
+
+    native = "yes" if native_bfloat16(torch.device("cpu")) else "no"
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; python {platform.python_version()}")
+    print(f"bfloat16 screen: {args.screen} (native bfloat16 on this CPU: {native})\n")
     for problem in problems(args.quick):
         if args.only and problem.name != args.only:
             continue

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from harness import evaluate as ev
 from harness.errors import UserError
-from harness.evaluate import inputs, ranking, state
+from harness.evaluate import inputs, ranking, screen, state
 
 KS = (1, 2, 4, 8, 1000)
 
@@ -93,9 +93,13 @@ def small_problems(draw):
     budget=st.sampled_from([1, 7, ranking.STATE_BUDGET]),
     sparse_ratio=st.sampled_from([1, 32, 10**9]),
     pair_elements=st.sampled_from([1, ranking._PAIR_ELEMENTS]),
+    screen_mode=st.sampled_from(["always", "never"]),
 )
-def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, sparse_ratio, pair_elements):
+def test_matches_brute_force_with_ties(
+    problem, block_size, exclude, budget, sparse_ratio, pair_elements, screen_mode
+):
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(screen, "MODE", screen_mode)  # bfloat16 screen in front of the products, or not
         patch.setattr(ranking, "STATE_BUDGET", budget)  # queries in chunks of a few (no symmetric saving)
         patch.setattr(state, "_SPARSE_RATIO", sparse_ratio)
         patch.setattr(ranking, "_PAIR_ELEMENTS", pair_elements)  # 1: every class cut into single rows
@@ -118,11 +122,18 @@ def test_matches_brute_force_with_ties(problem, block_size, exclude, budget, spa
     block_size=st.integers(1, 12),
     columns=st.sampled_from([1, 3, ranking.GALLERY_COLUMNS]),
     hot_ratio=st.sampled_from([1, 2, 10**9]),
+    screen_sparse_ratio=st.sampled_from([0, ranking._SCREEN_SPARSE_RATIO, 10**9]),
+    screen_mode=st.sampled_from(["always", "never"]),
 )
-def test_small_k_settles_queries_early_and_matches_brute_force(problem, ks, block_size, columns, hot_ratio):
+def test_small_k_settles_queries_early_and_matches_brute_force(
+    problem, ks, block_size, columns, hot_ratio, screen_sparse_ratio, screen_mode
+):
     # with small K a query whose count ahead reaches max(K, R) leaves the sweep; rows whose largest
-    # entry is below the threshold are left out of a block (always / by default / never copied out)
+    # entry is below the threshold are left out of a block (always / by default / never copied out);
+    # behind the screen, candidates are computed pair by pair always / by default / as whole rows
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(screen, "MODE", screen_mode)
+        patch.setattr(ranking, "_SCREEN_SPARSE_RATIO", screen_sparse_ratio)
         patch.setattr(ranking, "GALLERY_COLUMNS", columns)
         patch.setattr(state, "_HOT_RATIO", hot_ratio)
         got = ev.evaluate(**problem, ks=ks, block_size=block_size)
@@ -147,8 +158,9 @@ def test_settled_queries_leave_the_gallery_sweep(monkeypatch):
     }
     shapes = []
     product = ranking._product
-    monkeypatch.setattr(ranking, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
+    monkeypatch.setattr(ranking, "_product", lambda *args: shapes.append(args[2].shape) or product(*args))
     monkeypatch.setattr(ranking, "GALLERY_COLUMNS", 50)
+    monkeypatch.setattr(screen, "MODE", "never")  # the exact products themselves are counted
     got = ev.evaluate(**problem, ks=[1, 2], block_size=100)
     assert sum(a * b for a, b in shapes) < 400 * 500 / 2
     assert_same(got, brute_force(**problem, ks=[1, 2]))
@@ -158,18 +170,22 @@ def test_settled_queries_leave_the_gallery_sweep(monkeypatch):
     assert [float(((ranks >= 1) & (ranks <= k)).mean()) for k in (1, 2)] == [got["recall@1"], got["recall@2"]]
 
 
-@pytest.fixture(scope="module", params=["leave_one_out", "query_gallery", "chunked"])
+@pytest.fixture(scope="module", params=["leave_one_out", "query_gallery", "chunked", "float32_gallery"])
 def clustered_problem(request):
     """Clustered data in both modes, from easy (most queries tracked for MAP@R to the end) to hard;
-    the brute-force answer computed once per problem."""
+    the brute-force answer computed once per problem. float32 query -> gallery problems go behind
+    the bfloat16 screen (float64 ones never do)."""
     rng = np.random.default_rng(7)
     problems = []
     for spread in (0.3, 2.0):
         labels = rng.integers(0, 30, 260)
         problem = {"embeddings": clustered(rng, labels, 8, spread), "labels": labels}
-        if request.param == "query_gallery":
+        if request.param in ("query_gallery", "float32_gallery"):
             problem["gallery_labels"] = rng.integers(0, 34, 200)  # some query classes absent
             problem["gallery"] = clustered(rng, problem["gallery_labels"], 8, spread)
+        if request.param == "float32_gallery":
+            problem["embeddings"] = problem["embeddings"].astype(np.float32)
+            problem["gallery"] = problem["gallery"].astype(np.float32)
         problems.append((problem, brute_force(**problem, ks=(1, 3, 10, 100))))
     return request.param, problems
 
@@ -178,6 +194,7 @@ def clustered_problem(request):
 def test_matches_brute_force_on_clustered_data(clustered_problem, sparse_ratio, monkeypatch):
     mode, problems = clustered_problem
     monkeypatch.setattr(state, "_SPARSE_RATIO", sparse_ratio)
+    monkeypatch.setattr(screen, "MODE", "always")
     if mode == "chunked":  # queries in several chunks, no symmetric saving
         monkeypatch.setattr(ranking, "STATE_BUDGET", 500)
     for problem, want in problems:
@@ -196,7 +213,8 @@ def test_blocks_stay_within_block_size_and_follow_classes(leave_one_out, monkeyp
         problem["gallery"] = clustered(rng, problem["gallery_labels"], 8, 1.0)
     shapes = []
     product = ranking._product
-    monkeypatch.setattr(ranking, "_product", lambda q, r, out: shapes.append(out.shape) or product(q, r, out))
+    monkeypatch.setattr(ranking, "_product", lambda *args: shapes.append(args[2].shape) or product(*args))
+    monkeypatch.setattr(screen, "MODE", "never")  # the exact products themselves are counted
     got = ev.evaluate(**problem, ks=[1, 10], block_size=64)
     assert max(max(shape) for shape in shapes) <= 64
     # leave-one-out: the upper triangle, diagonal blocks whole; query -> gallery: each pair once

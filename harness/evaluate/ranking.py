@@ -17,6 +17,14 @@ and a query whose count ahead reached max(K, R) (its metrics can no longer chang
 products. No n x n matrix and no sort of a row; memory is four blocks, a sorted copy of the
 embeddings and O(n * R_max). On the CPU the block products go through numpy's BLAS (OpenBLAS,
 faster than torch's MKL on AMD processors).
+Behind the bfloat16 screen (query -> gallery in float32, where the CPU multiplies bfloat16
+natively; see :mod:`harness.evaluate.screen`) each block is first computed in bfloat16; only the
+entries that may reach their query's threshold under the screen's error bound are then computed
+exactly (pair by pair, or whole rows when many), the rest standing at -inf. A home block first
+gives each tracked query a proven floor on its (R-1)-th largest other-class similarity. The first
+home block is screened on a few rows first, and the screen is given up once the exact work it
+leaves passes 1/WORTH of what it screens. With a screen, every product is torch's (OpenBLAS's
+spinning threads would slow oneDNN's) and torch keeps all its threads.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +40,7 @@ import torch
 
 from harness.errors import UserError
 from harness.evaluate.inputs import ArrayLike, SortedSets, one_thread_on_cpu, sort_by_class
+from harness.evaluate.screen import PAIR_COST, Screen, wanted
 from harness.evaluate.state import QueryState, Workspace
 
 DEFAULT_BLOCK_SIZE = 4096
@@ -44,6 +54,14 @@ GALLERY_COLUMNS = 1024
 # Settled queries stay in a block's product unless fewer than 1/_ALL_ROWS_RATIO of its queries are open.
 _ALL_ROWS_RATIO = 1.1
 ONE_THREAD_GALLERY = True
+# Behind the screen, rows whose candidate entries are at most 1/_ of their block get only those
+# computed exactly (pair by pair); denser ones get the exact block product.
+_SCREEN_SPARSE_RATIO = 16
+# The first screened block is tried on this many rows first: data that the screen cannot thin out
+# (random embeddings) then costs it little.
+_PROBE_ROWS = 256
+# Pairs computed at once from their two rows (bounds that step's memory).
+_PAIRS_AT_ONCE = 4096
 # Same-class similarities computed at once (bounds that step's memory).
 _PAIR_ELEMENTS = 1 << 23
 
@@ -130,6 +148,15 @@ def _mask_same_class(
             block[r0 - rows[0] : r1 - rows[0], c0 - cols[0] : c1 - cols[0]] = -math.inf
 
 
+def _mask_same_class_of(
+    block: torch.Tensor, sets: SortedSets, queries: torch.Tensor, cols: tuple[int, int]
+) -> None:
+    """Set the same-class entries of a block of sorted queries ``queries`` x references ``cols``
+    to -inf."""
+    reference_class = torch.as_tensor(sets.ranges.reference_class[cols[0] : cols[1]], device=block.device)
+    block.masked_fill_(sets.query_class[queries][:, None] == reference_class[None, :], -math.inf)
+
+
 def _row_blocks(sets: SortedSets, first: int, stop: int, size: int) -> list[tuple[int, int]]:
     """Blocks of sorted queries ``first:stop`` of at most ``size``, cut at class boundaries unless a
     class is longer than half a block."""
@@ -156,14 +183,40 @@ def _home(sets: SortedSets, rows: tuple[int, int]) -> tuple[int, int]:
     )
 
 
-def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Workspace) -> None:
+def _sweep(
+    sets: SortedSets,
+    state: QueryState,
+    first: int,
+    size: int,
+    work: Workspace,
+    screen: Screen | None,
+    threads: ExitStack,
+) -> None:
     """Every block of queries x references, each query's class-mates first: the blocks that hold
-    them give its same-class similarities (or they are computed on their own, for huge classes)."""
+    them give its same-class similarities (or they are computed on their own, for huge classes).
+    Query -> gallery without a screen, torch's small steps run on one thread (``threads`` holds
+    that setting; a screen given up mid-sweep enters it)."""
     stop = first + len(state.relevant)
+
+    def one_thread() -> None:
+        if not sets.leave_one_out and ONE_THREAD_GALLERY:  # many small steps between the products
+            threads.enter_context(one_thread_on_cpu(sets.queries.device))
+
+    if screen is not None and screen.given_up:
+        screen = None
+    if screen is None:
+        one_thread()
+    numpy_blas = screen is None  # a screen's few exact products stay off OpenBLAS's spinning threads
+
+    def give_up_if_not_worth_it() -> None:
+        nonlocal screen, numpy_blas
+        if screen is not None and screen.given_up:
+            screen, numpy_blas = None, True
+            one_thread()
 
     def product(rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
         block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
-        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block)
+        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block, numpy_blas)
         return block
 
     def consume(
@@ -179,20 +232,74 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
         if columns_too:
             state.consume(block, slice(cols[0] - first, cols[1] - first), True, work)
 
+    def consume_rows(
+        rows: tuple[int, int], cols: tuple[int, int], positions: torch.Tensor, home: bool = False
+    ) -> None:
+        """The exact product of the queries at ``positions`` within ``rows`` (settled ones, or ones
+        the screen cleared, left out), or of all of ``rows`` when that is nearly all (counts past
+        settled only grow); ``home``: ``cols`` holds their class-mates, masked out."""
+        if _ALL_ROWS_RATIO * len(positions) >= rows[1] - rows[0]:
+            consume(product(rows, cols), rows, cols, False, masked=not home)
+        elif len(positions):
+            block = work.view(work.product, len(positions), cols[1] - cols[0])
+            queries = work.view(work.queries, len(positions), sets.queries.shape[1])
+            torch.index_select(sets.queries[rows[0] : rows[1]], 0, positions, out=queries)
+            _product(queries, sets.references[cols[0] : cols[1]], block, numpy_blas)
+            if home:
+                _mask_same_class_of(block, sets, positions + rows[0], cols)
+            state.consume(block, positions + (rows[0] - first), False, work)
+
+    def consume_screened(
+        rows: tuple[int, int], cols: tuple[int, int], positions: torch.Tensor, home: bool = False
+    ) -> None:
+        """:func:`consume_rows` behind the bfloat16 screen: only rows that may hold an entry at or
+        above their threshold are taken, and when such entries are few only they are computed
+        exactly (the rest of those rows left at -inf, below every threshold). In a ``home`` block
+        the screened (R-1)-th largest other-class entries first give each query a proven floor."""
+        assert screen is not None
+        if home or _ALL_ROWS_RATIO * len(positions) >= rows[1] - rows[0]:
+            positions = torch.arange(rows[1] - rows[0], device=positions.device)
+            block = screen.product(slice(*rows), cols)
+        else:
+            block = screen.product(positions + rows[0], cols)
+        queries, index = positions + rows[0], positions + (rows[0] - first)
+        if home:
+            _mask_same_class(block, sets, rows, cols)
+            if state.top_width:
+                state.raise_floor(index, screen.floors(block, queries, state.slots[index]))
+        limit = screen.limits(queries, state.thresholds(index))
+        reach = screen.may_reach(block, limit)
+        if not len(reach):
+            screen.record(block.numel(), 0)
+            return
+        hot = block if len(reach) == block.shape[0] else torch.index_select(block, 0, reach)
+        flags = hot >= limit[reach][:, None]
+        pairs = int(torch.count_nonzero(flags))
+        if pairs * _SCREEN_SPARSE_RATIO > flags.numel():
+            whole = _ALL_ROWS_RATIO * len(reach) >= rows[1] - rows[0]
+            screen.record(block.numel(), (rows[1] - rows[0] if whole else len(reach)) * (cols[1] - cols[0]))
+            consume_rows(rows, cols, positions[reach], home)
+            return
+        screen.record(block.numel(), pairs * PAIR_COST)
+        pair_row, pair_col = flags.nonzero().unbind(1)
+        exact = work.view(work.product, len(reach), cols[1] - cols[0]).fill_(-math.inf)
+        exact[pair_row, pair_col] = _pair_products(
+            sets.queries, queries[reach][pair_row], sets.references, pair_col + cols[0]
+        )
+        state.consume(exact, index[reach], False, work)
+
     def consume_open(rows: tuple[int, int], cols: tuple[int, int]) -> bool:
         """Only the queries of ``rows`` whose metrics can still change (block without class-mates);
         False when none is left."""
-        local = slice(rows[0] - first, rows[1] - first)
-        open_rows = state.open_rows(local)
-        if _ALL_ROWS_RATIO * len(open_rows) >= rows[1] - rows[0]:  # settled queries' counts only grow
-            consume(product(rows, cols), rows, cols, False)
-        elif len(open_rows):
-            block = work.view(work.product, len(open_rows), cols[1] - cols[0])
-            queries = work.view(work.queries, len(open_rows), sets.queries.shape[1])
-            torch.index_select(sets.queries[rows[0] : rows[1]], 0, open_rows, out=queries)
-            _product(queries, sets.references[cols[0] : cols[1]], block)
-            state.consume(block, open_rows + local.start, False, work)
-        return bool(len(open_rows))
+        open_rows = state.open_rows(slice(rows[0] - first, rows[1] - first))
+        if not len(open_rows):
+            return False
+        if screen is None:
+            consume_rows(rows, cols, open_rows)
+        else:
+            consume_screened(rows, cols, open_rows)
+            give_up_if_not_worth_it()
+        return True
 
     row_blocks = _row_blocks(sets, first, stop, size)
     homes = [_home(sets, rows) for rows in row_blocks]
@@ -215,9 +322,24 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
         if home[1] == home[0]:  # no class-mate anywhere
             others = _bounds(references, size)
         elif home[1] - home[0] <= size:
-            block = product(rows, home)
-            state.set_same(local, _same_class_from_block(sets, block, rows, home))
-            consume(block, rows, home, False, masked=True)
+            if screen is None:
+                block = product(rows, home)
+                state.set_same(local, _same_class_from_block(sets, block, rows, home))
+                consume(block, rows, home, False, masked=True)
+            else:  # same-class similarities by class, the rest of the block screened
+                _same_class_by_class(sets, rows[0], rows[1], state.same[local])
+                state.refresh(local)
+                parts = [rows]
+                if not screen.screened and rows[1] - rows[0] > 2 * _PROBE_ROWS:  # try it on a few first
+                    parts = [(rows[0], rows[0] + _PROBE_ROWS), (rows[0] + _PROBE_ROWS, rows[1])]
+                for part in parts:
+                    if screen is None:
+                        consume(product(part, home), part, home, False)
+                    else:
+                        consume_screened(
+                            part, home, state.open_rows(slice(part[0] - first, part[1] - first)), True
+                        )
+                        give_up_if_not_worth_it()
             width = min(size, GALLERY_COLUMNS)
             others = [(a, b) for a, b in _bounds(home[0], width) if b > a]
             others += [(home[1] + a, home[1] + b) for a, b in _bounds(references - home[1], width) if b > a]
@@ -232,10 +354,22 @@ def _sweep(sets: SortedSets, state: QueryState, first: int, size: int, work: Wor
                 break
 
 
-def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor) -> None:
-    """``out = queries @ references.T``; on the CPU through numpy's BLAS (OpenBLAS, faster than
-    torch's MKL on AMD processors)."""
-    if out.device.type == "cpu":
+def _pair_products(
+    queries: torch.Tensor, query_index: torch.Tensor, references: torch.Tensor, reference_index: torch.Tensor
+) -> torch.Tensor:
+    """The inner products of the given (query, reference) pairs, in bounded memory."""
+    out = torch.empty(len(query_index), dtype=queries.dtype, device=queries.device)
+    for start in range(0, len(out), _PAIRS_AT_ONCE):
+        stop = start + _PAIRS_AT_ONCE
+        pairs = queries[query_index[start:stop]] * references[reference_index[start:stop]]
+        torch.sum(pairs, dim=1, out=out[start:stop])
+    return out
+
+
+def _product(queries: torch.Tensor, references: torch.Tensor, out: torch.Tensor, numpy_blas: bool) -> None:
+    """``out = queries @ references.T``; on the CPU through numpy's BLAS with ``numpy_blas``
+    (OpenBLAS, faster than torch's MKL on AMD processors)."""
+    if out.device.type == "cpu" and numpy_blas:
         np.matmul(queries.numpy(), references.numpy().T, out=out.numpy())
     else:
         torch.mm(queries, references.T, out=out)
@@ -292,6 +426,9 @@ def rank_queries(
 
 def _rank_chunks(sets: SortedSets, track_top: bool, size: int, max_k: int | None) -> Ranking:
     work = Workspace(size, size, sets.queries.shape[1], sets.queries.dtype, sets.queries.device)
+    screen = None
+    if wanted(sets.queries, sets.leave_one_out):
+        screen = Screen(sets.queries, sets.references, size * size)
     parts = []
     for first, stop in _query_chunks(sets):
         relevant = sets.reference_count[sets.query_class[first:stop]] - int(sets.leave_one_out)
@@ -300,11 +437,8 @@ def _rank_chunks(sets: SortedSets, track_top: bool, size: int, max_k: int | None
         else:  # a miss at every K <= max_k, and AP@R = R-Precision = 0 past R
             settled_at = relevant.clamp(min=max_k) if track_top else torch.full_like(relevant, max_k)
         state = QueryState(relevant, track_top, sets.queries.dtype, settled_at)
-        if sets.leave_one_out or not ONE_THREAD_GALLERY:
-            _sweep(sets, state, first, size, work)
-        else:  # many small steps between the products (which keep numpy's BLAS threads)
-            with one_thread_on_cpu(sets.queries.device):
-                _sweep(sets, state, first, size, work)
+        with ExitStack() as threads:
+            _sweep(sets, state, first, size, work, screen, threads)
         extra = state.average_precision_and_r_precision() if track_top else (None, None)
         parts.append((state.wrong_ahead, relevant, *extra))
     return Ranking(

@@ -66,6 +66,8 @@ class QueryState:
         self.slots = (relevant - 1).clamp(min=0)
         self.top_width = int(self.slots.max()) if track_top else 0
         self.top = torch.full((len(relevant), self.top_width), -math.inf, dtype=dtype, device=device)
+        # a proven lower bound on each query's (R-1)-th largest other-class similarity, when known
+        self.floor = torch.full((len(relevant),), -math.inf, dtype=dtype, device=device)
 
     def set_same(self, rows: slice, values: torch.Tensor) -> None:
         """Same-class similarities of queries ``rows``, sorted decreasing (extra columns ignored)."""
@@ -88,6 +90,15 @@ class QueryState:
         """Positions within ``rows`` of the queries whose metrics can still change."""
         return (self.wrong_ahead[rows] < self.settled_at[rows]).nonzero().squeeze(1)
 
+    def raise_floor(self, rows: slice | torch.Tensor, floor: torch.Tensor) -> None:
+        """Take in lower bounds on the (R-1)-th largest other-class similarity of queries ``rows``:
+        entries below them can never enter the top R-1, and are skipped."""
+        self.floor[rows] = torch.maximum(self.floor[rows], floor.to(self.floor.dtype))
+
+    def thresholds(self, rows: slice | torch.Tensor) -> torch.Tensor:
+        """Per query: the similarity from which an entry would change its state now."""
+        return self._thresholds(rows)[0]
+
     def _thresholds(self, rows: slice | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per query: the similarity from which entries matter now, and whether it is tracked."""
         best = self.best[rows]
@@ -96,7 +107,7 @@ class QueryState:
         slots = self.slots[rows]
         tracked = (slots > 0) & (self.wrong_ahead[rows] <= slots)
         kth = self.top[rows].gather(1, (slots - 1).clamp(min=0)[:, None]).squeeze(1)
-        entry = torch.minimum(torch.maximum(self.lowest[rows], kth), best)
+        entry = torch.minimum(torch.maximum(torch.maximum(self.lowest[rows], kth), self.floor[rows]), best)
         return torch.where(tracked, entry, best), tracked
 
     def consume(

@@ -202,21 +202,19 @@ def _sweep(
         if not sets.leave_one_out and ONE_THREAD_GALLERY:  # many small steps between the products
             threads.enter_context(one_thread_on_cpu(sets.queries.device))
 
-    if screen is not None and screen.given_up:
-        screen = None
+    def give_up_if_not_worth_it() -> None:
+        nonlocal screen
+        if screen is not None and screen.given_up:
+            screen = None
+            one_thread()
+
     if screen is None:
         one_thread()
-    numpy_blas = screen is None  # a screen's few exact products stay off OpenBLAS's spinning threads
-
-    def give_up_if_not_worth_it() -> None:
-        nonlocal screen, numpy_blas
-        if screen is not None and screen.given_up:
-            screen, numpy_blas = None, True
-            one_thread()
+    give_up_if_not_worth_it()  # given up in an earlier chunk of queries
 
     def product(rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
         block = work.view(work.product, rows[1] - rows[0], cols[1] - cols[0])
-        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block, numpy_blas)
+        _product(sets.queries[rows[0] : rows[1]], sets.references[cols[0] : cols[1]], block, screen is None)
         return block
 
     def consume(
@@ -234,20 +232,25 @@ def _sweep(
 
     def consume_rows(
         rows: tuple[int, int], cols: tuple[int, int], positions: torch.Tensor, home: bool = False
-    ) -> None:
+    ) -> int:
         """The exact product of the queries at ``positions`` within ``rows`` (settled ones, or ones
         the screen cleared, left out), or of all of ``rows`` when that is nearly all (counts past
-        settled only grow); ``home``: ``cols`` holds their class-mates, masked out."""
+        settled only grow); ``home``: ``cols`` holds their class-mates, masked out. Returns the
+        number of entries computed."""
         if _ALL_ROWS_RATIO * len(positions) >= rows[1] - rows[0]:
-            consume(product(rows, cols), rows, cols, False, masked=not home)
-        elif len(positions):
-            block = work.view(work.product, len(positions), cols[1] - cols[0])
-            queries = work.view(work.queries, len(positions), sets.queries.shape[1])
-            torch.index_select(sets.queries[rows[0] : rows[1]], 0, positions, out=queries)
-            _product(queries, sets.references[cols[0] : cols[1]], block, numpy_blas)
-            if home:
-                _mask_same_class_of(block, sets, positions + rows[0], cols)
-            state.consume(block, positions + (rows[0] - first), False, work)
+            block = product(rows, cols)
+            consume(block, rows, cols, False, masked=not home)
+            return block.numel()
+        if not len(positions):
+            return 0
+        block = work.view(work.product, len(positions), cols[1] - cols[0])
+        queries = work.view(work.queries, len(positions), sets.queries.shape[1])
+        torch.index_select(sets.queries[rows[0] : rows[1]], 0, positions, out=queries)
+        _product(queries, sets.references[cols[0] : cols[1]], block, screen is None)
+        if home:
+            _mask_same_class_of(block, sets, positions + rows[0], cols)
+        state.consume(block, positions + (rows[0] - first), False, work)
+        return block.numel()
 
     def consume_screened(
         rows: tuple[int, int], cols: tuple[int, int], positions: torch.Tensor, home: bool = False
@@ -276,9 +279,7 @@ def _sweep(
         flags = hot >= limit[reach][:, None]
         pairs = int(torch.count_nonzero(flags))
         if pairs * _SCREEN_SPARSE_RATIO > flags.numel():
-            whole = _ALL_ROWS_RATIO * len(reach) >= rows[1] - rows[0]
-            screen.record(block.numel(), (rows[1] - rows[0] if whole else len(reach)) * (cols[1] - cols[0]))
-            consume_rows(rows, cols, positions[reach], home)
+            screen.record(block.numel(), consume_rows(rows, cols, positions[reach], home))
             return
         screen.record(block.numel(), pairs * PAIR_COST)
         pair_row, pair_col = flags.nonzero().unbind(1)

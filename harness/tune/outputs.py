@@ -16,7 +16,7 @@ from harness.config import validate_experiment
 from harness.files import atomic_write_text
 from harness.studies.storage import shown_url
 from harness.tune.schema import TuneSetup, best_experiment
-from harness.tune.trials import interrupted_trials, retried_numbers, study_counts
+from harness.tune.trials import interrupted_trials, retried_numbers, trial_counts
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -226,8 +226,8 @@ def write_summary(
     figures: list[Path],
 ) -> Path:
     """``summary.md``: best value and parameters, trial counts, importances, the trial table, the figures."""
-    counts = study_counts(study)
-    trials = study.get_trials(deepcopy=False)  # one read of the storage for the whole summary
+    trials = study.get_trials(deepcopy=False)  # one read for the counts, the times and the trial table
+    counts = trial_counts(trials)
     stopped = len(interrupted_trials(trials))
     names = list(setup.study.space)
     trial_seconds = sum(t.duration.total_seconds() for t in trials if t.duration)

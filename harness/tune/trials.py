@@ -90,8 +90,13 @@ def prepare_study(setup: TuneSetup, storage: BaseStorage, total: int) -> tuple[i
 
 def study_counts(study: optuna.Study) -> dict[str, int]:
     """Counted trials by state (lower-case names), plus ``total``."""
+    return trial_counts(study.get_trials(deepcopy=False))
+
+
+def trial_counts(trials: list[FrozenTrial]) -> dict[str, int]:
+    """:func:`study_counts` of trials already read from the storage."""
     counts: dict[str, int] = {}
-    for t in counted_trials(study.get_trials(deepcopy=False)):
+    for t in counted_trials(trials):
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     counts["total"] = sum(counts.values())
     return counts

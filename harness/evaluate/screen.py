@@ -15,10 +15,11 @@ in float32). With u = 2^-8 (bfloat16's unit roundoff) and g = d 2^-24 / (1 - d 2
     |q . r - fl32(q . r)| <= g |q| |r|                       (the exact engine's own product)
 
 so fl32(q . r) <= m + u/(1-u) |m| + slack(q) for every entry of a row whose largest screened entry is
-m, with slack(q) the sum of the last three bounds over the references' largest norms (float64,
-rounded up). A row with m + u/(1-u)|m| + slack(q) below its threshold holds no entry that the exact
-product would put at or above it. Subnormal bfloat16 inputs and products (below 2^-126) may be read
-or written as zero by the hardware; the slack keeps an absolute term for them.
+m, with slack(q) the sum of the last three bounds over the references' largest norms (float32
+norms and sums, rounded up past their own rounding). A row with m + u/(1-u)|m| + slack(q) below
+its threshold holds no entry that the exact product would put at or above it. Subnormal bfloat16
+inputs and products (below 2^-126) may be read or written as zero by the hardware; the slack keeps
+an absolute term for them.
 """
 
 from __future__ import annotations
@@ -74,7 +75,6 @@ class Screen:
         self._known = torch.zeros(-(-queries.shape[0] // _CHUNK), dtype=torch.bool)
         self.screened = 0  # entries screened so far
         self.exact = 0  # exact work they still needed, in block-product entries
-        self.given_up = False
 
     def slack(self, query_index: torch.Tensor) -> torch.Tensor:
         """The error slack of sorted queries ``query_index`` (float64, rounded up)."""
@@ -101,12 +101,16 @@ class Screen:
         return slack.double() * _ROUND_UP + flushed
 
     def record(self, screened: int, exact: int) -> None:
-        """Count a block's screened entries and the exact work left after the screen; give up
-        (:attr:`given_up`) once that work passes 1/:data:`WORTH` of the screened entries (data
-        whose entries mostly reach their thresholds, random embeddings say)."""
+        """Count a block's screened entries and the exact work left after the screen."""
         self.screened += screened
         self.exact += exact
-        self.given_up = self.given_up or WORTH * self.exact > self.screened
+
+    @property
+    def given_up(self) -> bool:
+        """Whether the exact work left has passed 1/:data:`WORTH` of the screened entries (data whose
+        entries mostly reach their thresholds, random embeddings say): the sweep then stops screening
+        and records no more."""
+        return WORTH * self.exact > self.screened
 
     def product(self, query_index: torch.Tensor | slice, cols: tuple[int, int]) -> torch.Tensor:
         """The screened block of sorted queries ``query_index`` x references ``cols``."""

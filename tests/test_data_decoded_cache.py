@@ -62,8 +62,10 @@ def test_round_trip_holds_the_resized_decoded_images(tmp_path: Path) -> None:
 
 
 def test_official_transform_gives_the_same_tensors_from_the_same_seed(tmp_path: Path) -> None:
-    """Resize once + the same RandomResizedCrop and flip objects: bit-identical to the JPEG path."""
+    """Resize once + the same RandomResizedCrop and flip objects: bit-identical to the JPEG path (on
+    images larger than the cache, so the crop must be drawn on the resized image, not the source)."""
     make_cub(tmp_path)
+    write_smooth_images(tmp_path / "CUB_200_2011" / "images")
     plain, cached = splits(tmp_path, False, **OFFICIAL), splits(tmp_path, True, **OFFICIAL)
     indices = list(range(len(plain.train)))
     for seed in (0, 1, 2):

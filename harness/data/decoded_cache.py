@@ -332,7 +332,11 @@ class CachedImageDataset(torch.utils.data.Dataset):
         self.source = dataset.source
         self.pil_steps, self.tensor_steps = split_transform(dataset.transform, rule)
         first = self.pil_steps[0] if self.pil_steps else None
-        self.source_crop = first if isinstance(first, v2.RandomResizedCrop) else None
+        # A crop after the transform's own Resize (the official protocol) is drawn on the cached image,
+        # which is that resize; one of the full-size image (the paper's) on the source size.
+        leading = next(iter(getattr(dataset.transform, "transforms", [])), None)
+        of_full_size = isinstance(first, v2.RandomResizedCrop) and not isinstance(leading, v2.Resize)
+        self.source_crop = first if of_full_size else None
         # True: batches stop before the tensor steps (uint8 NxCxHxW out, for the consumer to normalise
         # with :meth:`finish`, e.g. on the GPU); the training loop does not use this yet.
         self.uint8_batches = False

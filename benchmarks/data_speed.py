@@ -11,7 +11,8 @@ worker process (so the figure is what one worker delivers, inter-process transfe
 - ``cache paper`` / ``cache official``: the same two, read from the pre-decoded image cache
   (``data.decoded_cache: true``; built once before the timing, its build time and size printed);
 - ``cache uint8 paper`` / ``cache uint8 official``: the cache with the workers stopping at uint8 batches
-  (float conversion and normalisation left to the consumer; the training loop does not do this yet);
+  (float conversion and normalisation left to the consumer: the trainer does so with fast crops only);
+- ``fast ...``: the same four with ``data.decoded_cache: fast`` (crops resampled by torch's uint8 kernel);
 - ``torchvision``: the baseline, a plain ``ImageFolder`` over the same files with
   ``RandomResizedCrop(224) + RandomHorizontalFlip + ToTensor + Normalize``, shuffled batches.
 
@@ -93,16 +94,22 @@ class Pipeline:
 
 
 def harness_pipeline(
-    root: Path, protocol: str, batches: int, cache_dir: Path | None = None, uint8: bool = False
+    root: Path,
+    protocol: str,
+    batches: int,
+    cache_dir: Path | None = None,
+    uint8: bool = False,
+    fast: bool = False,
 ) -> Pipeline:
     """The harness's CUB reader with the paper's or the official code's training transform and sampler;
-    ``cache_dir``: read from the decoded image cache there; ``uint8``: its workers stop before the
-    float conversion and normalisation (left to the consumer, e.g. the GPU)."""
+    ``cache_dir``: read from the decoded image cache there (``fast``: ``decoded_cache: fast``); ``uint8``:
+    its workers stop before the float conversion and normalisation (left to the consumer, e.g. the GPU)."""
     if protocol == "official":
         options = {"image_size": 227, "crop_scale": (0.16, 1.0), "resize_size": 256, "train_resize": True}
     else:
         options = {"image_size": 224, "crop_scale": (0.08, 1.0)}
-    cached = {"decoded_cache": True, "cache_dir": cache_dir} if cache_dir is not None else {}
+    setting = "fast" if fast else True
+    cached = {"decoded_cache": setting, "cache_dir": cache_dir} if cache_dir is not None else {}
     splits = build_splits("cub", root, convention="bninception", strict_counts=False, **cached, **options)
     sampler_name = "official" if protocol == "official" else "proportional"
     if uint8:
@@ -116,7 +123,7 @@ def harness_pipeline(
             splits.train, batch_sampler=list(islice(iter(sampler), batches)), num_workers=1
         )
 
-    kind = "cache uint8" if uint8 else "cache" if cache_dir else "harness"
+    kind = ("fast" if fast else "cache") + (" uint8" if uint8 else "") if cache_dir else "harness"
     return Pipeline(f"{kind} {protocol}", int(options["image_size"]), make)
 
 
@@ -199,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
             *pipelines,
             harness_pipeline(Path(tmp), "paper", batches, cache_dir, uint8=True),
             harness_pipeline(Path(tmp), "official", batches, cache_dir, uint8=True),
+            *(
+                harness_pipeline(Path(tmp), protocol, batches, cache_dir, uint8=uint8, fast=True)
+                for uint8 in (False, True)
+                for protocol in ("paper", "official")
+            ),
             torchvision_pipeline(images),
         ]
         best = {p.name: 0.0 for p in pipelines}
@@ -207,12 +219,12 @@ def main(argv: list[str] | None = None) -> None:
                 best[pipeline.name] = max(best[pipeline.name], images_per_second(pipeline))
 
     baseline = best["torchvision"]
-    print(f"{'pipeline':<18} {'px':>4} {'images/s per worker':>20} {'vs torchvision':>15} {'workers':>8}")
+    print(f"{'pipeline':<20} {'px':>4} {'images/s per worker':>20} {'vs torchvision':>15} {'workers':>8}")
     for pipeline in pipelines:
         rate = best[pipeline.name]
         workers = math.ceil(args.gpu_rate / rate)
         print(
-            f"{pipeline.name:<18} {pipeline.image_size:>4} {rate:>20.1f} {rate / baseline:>14.2f}x "
+            f"{pipeline.name:<20} {pipeline.image_size:>4} {rate:>20.1f} {rate / baseline:>14.2f}x "
             f"{workers:>8}"
         )
     print(
@@ -229,10 +241,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     raw = max(best["cache uint8 paper"], best["cache uint8 official"])
     print(
-        f"uint8 batches from the cache (normalised by the consumer; not wired into training): "
+        "uint8 batches from the cache (normalised by the consumer; the trainer does so with fast crops "
+        f"only): "
         f"{math.ceil(args.gpu_rate / raw)} workers, {best['cache uint8 paper'] / baseline:.2f}x (paper), "
         f"{best['cache uint8 official'] / baseline:.2f}x (official) vs torchvision per worker"
     )
+
+    for kind, how in (("fast", ""), ("fast uint8", "; uint8 batches, as the trainer on a GPU")):
+        paper, official = best[f"{kind} paper"] / baseline, best[f"{kind} official"] / baseline
+        fastest = max(best[f"{kind} paper"], best[f"{kind} official"])
+        print(
+            f"{kind} (data.decoded_cache: fast{how}): "
+            f"{math.ceil(args.gpu_rate / fastest)} workers, {paper:.2f}x (paper), {official:.2f}x (official) "
+            "vs torchvision per worker"
+        )
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ writes (status.json, env.json, final.json) are those of :mod:`harness.records`.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import sys
@@ -26,7 +27,7 @@ from torch import nn
 
 from harness.builders import build_model, build_optimizer, build_schedule, load_splits
 from harness.config import CellConfig
-from harness.data import DatasetSplits, LabelledDataset, build_batch_sampler
+from harness.data import CachedImageDataset, DatasetSplits, LabelledDataset, build_batch_sampler
 from harness.distributed import DistContext, broadcast_flag, gather_rows, gather_with_grad
 from harness.errors import UserError
 from harness.files import atomic_save_npz, atomic_torch_save, atomic_write_csv, atomic_write_json
@@ -220,12 +221,38 @@ class Progress:
 
 
 def training_batches(
-    splits: DatasetSplits, cfg: CellConfig, start: int, ctx: DistContext | None
+    splits: DatasetSplits,
+    cfg: CellConfig,
+    start: int,
+    ctx: DistContext | None,
+    normalise_on: torch.device | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch."""
+    """Training batches from iteration ``start`` on; under torchrun, this rank's share of each batch.
+
+    ``normalise_on`` (the trainer passes its GPU): a training split that can hand uint8 batches (the
+    decoded cache's fast crops) does so, and they are converted and normalised there, the same values
+    as in the workers; the workers then copy a quarter of the bytes and skip the float work."""
+    train = splits.train
+    if normalise_on is not None and isinstance(train, CachedImageDataset) and train.torch_crop is not None:
+        train = copy.copy(train)
+        train.uint8_batches = True
+        return _normalised(_loader_batches(train, cfg, start, ctx), train, normalise_on)
+    return _loader_batches(train, cfg, start, ctx)
+
+
+def _normalised(
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], train: CachedImageDataset, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for images, labels in batches:
+        yield train.finish(images.to(device, non_blocking=True)), labels
+
+
+def _loader_batches(
+    train: LabelledDataset, cfg: CellConfig, start: int, ctx: DistContext | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     sampler = build_batch_sampler(
         cfg.data.sampler,
-        splits.train.labels,
+        train.labels,
         cfg.data.classes_per_batch,
         cfg.data.samples_per_class,
         seed=cfg.seed,
@@ -239,7 +266,7 @@ def training_batches(
 
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
     loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]] = torch.utils.data.DataLoader(
-        splits.train,  # type: ignore[arg-type]  # torch takes any map-style dataset
+        train,  # type: ignore[arg-type]  # torch takes any map-style dataset
         batch_sampler=_Share(),
         num_workers=cfg.data.workers,
         generator=generator,
@@ -651,7 +678,8 @@ def train_cell(
     run.distribute()
     bar = Progress(cfg.train.iterations, run.start, cfg.cell_id, enabled=progress and run.main)
     bar.message(run.describe())
-    batches = training_batches(run.splits, cfg, run.start, ctx)
+    gpu = run.device if run.device.type == "cuda" else None
+    batches = training_batches(run.splits, cfg, run.start, ctx, normalise_on=gpu)
     run.window_start = time.perf_counter()
     status, reason = CellStatus.FINISHED, None
     try:

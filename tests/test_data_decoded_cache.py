@@ -227,3 +227,114 @@ def test_a_pickled_dataset_carries_no_pixels_and_maps_the_files_again(tmp_path: 
     assert all(
         torch.equal(a, b) for a, b in zip(seeded(train, [0, 5], 0), seeded(copy, [0, 5], 0), strict=True)
     )
+
+
+def fast_splits(root: Path, **options: object):  # type: ignore[no-untyped-def]
+    return build_splits(  # type: ignore[arg-type]
+        "cub", root, strict_counts=False, decoded_cache="fast", cache_dir=root / "cache", **options
+    )
+
+
+def test_fast_crops_of_the_official_transform_are_within_one_level(tmp_path: Path) -> None:
+    """``decoded_cache: fast``: the same draws, the box on whole cached pixels, torch's uint8 kernel: each
+    pixel within one level (of 255) of the JPEG path; batches equal single images."""
+    make_cub(tmp_path)
+    write_smooth_images(tmp_path / "CUB_200_2011" / "images")
+    plain, fast = splits(tmp_path, False, **OFFICIAL), fast_splits(tmp_path, **OFFICIAL)
+    assert fast.train.torch_crop is not None and not fast.train.torch_crop.at_source_scale
+    indices = list(range(len(plain.train)))
+    for seed in (0, 1):
+        jpeg, from_cache = seeded(plain.train, indices, seed), seeded(fast.train, indices, seed)
+        assert max(float((a - b).abs().max()) for a, b in zip(jpeg, from_cache, strict=True)) <= 1.0 + 1e-4
+        torch.manual_seed(seed)
+        batch = [t for t, _ in fast.train.__getitems__(indices)]
+        assert all(torch.equal(a, b) for a, b in zip(from_cache, batch, strict=True))
+    for i in range(len(plain.test)):  # evaluation has no crop to resample: unchanged
+        assert torch.equal(plain.test[i][0], fast.test[i][0])
+
+
+def test_fast_crops_of_the_paper_transform_at_real_size(tmp_path: Path) -> None:
+    """Smooth 500 x 375 images cached at 256 px, 224 px crops of the full-size image: the fast crops'
+    mean difference from the JPEG path stays under 1.5 of 255 (the PIL box under 0.6), against over 20
+    for crops from another seed."""
+    make_cub(tmp_path)
+    write_smooth_images(tmp_path / "CUB_200_2011" / "images", (500, 375))
+    options = {"image_size": 224}
+    plain, pil = splits(tmp_path, False, **options).train, splits(tmp_path, True, **options).train
+    fast = fast_splits(tmp_path, **options).train
+    assert fast.torch_crop is not None and fast.torch_crop.at_source_scale
+    indices = list(range(0, len(plain), 2))
+    jpeg = seeded(plain, indices, 0)
+
+    def mean_differences(other: list[torch.Tensor]) -> list[float]:
+        return [float((a - b).abs().mean()) for a, b in zip(jpeg, other, strict=True)]
+
+    assert max(mean_differences(seeded(pil, indices, 0))) < 0.6
+    assert max(mean_differences(seeded(fast, indices, 0))) < 1.5
+    assert min(mean_differences(seeded(plain, indices, 100))) > 20.0
+
+
+def test_fast_crops_on_an_uncached_size_are_torchvisions_tensor_crops() -> None:
+    """An image cached at its own size: the fast crop is torchvision's RandomResizedCrop + flip on the
+    uint8 tensor (the same kernel on the same whole-pixel box), within one level."""
+    from harness.data.decoded_cache import TorchCrop
+
+    steps = [v2.RandomResizedCrop(12, antialias=True), v2.RandomHorizontalFlip()]
+    crop = TorchCrop.of(steps, at_source_scale=True)
+    assert crop is not None
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    tensor = torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
+    for seed in range(8):
+        torch.manual_seed(seed)
+        expected = v2.Compose(steps)(tensor)
+        torch.manual_seed(seed)
+        got = crop(pixels, (30, 40))[0]
+        assert got.shape == expected.shape == (3, 12, 12)
+        assert int((got.int() - expected.int()).abs().max()) <= 1
+
+
+def test_fast_crops_take_only_a_crop_and_flip_with_a_torch_filter() -> None:
+    from harness.data.decoded_cache import TorchCrop
+
+    crop = v2.RandomResizedCrop(12, antialias=True)
+    assert TorchCrop.of([crop], at_source_scale=False) is not None
+    assert TorchCrop.of([crop, v2.Grayscale()], at_source_scale=False) is None  # greyscale: PIL path
+    lanczos = v2.RandomResizedCrop(12, interpolation=v2.InterpolationMode.LANCZOS, antialias=True)
+    assert TorchCrop.of([lanczos], at_source_scale=False) is None
+    assert TorchCrop.of([v2.CenterCrop(12)], at_source_scale=False) is None
+
+
+def test_fast_cache_setting_is_its_own_cell_setting() -> None:
+    assert DataConfig(decoded_cache="fast").model_dump()["decoded_cache"] == "fast"
+    with pytest.raises(ValueError):
+        DataConfig(decoded_cache="quick")
+
+
+def test_trainer_batches_normalised_on_the_device_equal_the_workers_batches(tmp_path: Path) -> None:
+    """What the trainer does on a GPU (here the CPU stands in): uint8 batches from the fast cache,
+    converted and normalised where the model runs, give the float batches the workers would make."""
+    from itertools import islice
+
+    from harness.config import CellConfig
+    from harness.train import training_batches
+
+    make_cub(tmp_path)
+    write_smooth_images(tmp_path / "CUB_200_2011" / "images")
+    built = fast_splits(tmp_path, **PAPER)
+    cell = CellConfig.model_validate(
+        {
+            "experiment": "fast-cache",
+            "dataset": "cub",
+            "embedding_size": 8,
+            "seed": 0,
+            "data": {"classes_per_batch": 2, "samples_per_class": 2, "workers": 0},
+            "loss": {"name": "ms"},
+        }
+    )
+    torch.manual_seed(0)
+    in_workers = list(islice(training_batches(built, cell, 0, None), 3))
+    torch.manual_seed(0)
+    on_device = list(islice(training_batches(built, cell, 0, None, normalise_on=torch.device("cpu")), 3))
+    assert not built.train.uint8_batches  # the trainer works on a copy
+    for (a, labels_a), (b, labels_b) in zip(in_workers, on_device, strict=True):
+        assert a.dtype == b.dtype == torch.float32 and torch.equal(a, b) and torch.equal(labels_a, labels_b)

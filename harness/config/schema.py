@@ -172,9 +172,9 @@ class DataConfig(_Strict):
 
     root: str | None = None
     cache_dir: str | None = None
-    decoded_cache: bool = (
-        False  # official benchmarks: read images from a pre-decoded uint8 cache (docs/data.md)
-    )
+    # Official benchmarks: read images from a pre-decoded uint8 cache (docs/data.md); "fast": training
+    # crops resampled by torch's uint8 kernel (box corner on the cached pixel grid) instead of PIL.
+    decoded_cache: bool | Literal["fast"] = False
     image_size: int = Field(224, ge=8)
     crop_scale: tuple[StrictFloat, StrictFloat] = Field((0.08, 1.0), strict=False)  # a YAML list is fine
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0)

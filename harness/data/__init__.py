@@ -66,7 +66,7 @@ def build_splits(
     val_folds: int = 0,
     val_fold: int = 0,
     cache_dir: str | os.PathLike[str] | None = None,
-    decoded_cache: bool = False,
+    decoded_cache: bool | str = False,
     strict_counts: bool = True,
     crop_scale: Sequence[float] = (0.08, 1.0),
     **options: Any,
@@ -84,7 +84,8 @@ def build_splits(
     (see :func:`harness.data.transforms.build_transform`), the generator's settings for glyphs, which
     ignores ``root``, ``strict_counts``, ``crop_scale`` and ``decoded_cache`` and renders into ``cache_dir``.
     ``decoded_cache``: read the official benchmarks' images from a pre-decoded cache in ``cache_dir``,
-    built on first use (:mod:`harness.data.decoded_cache`).
+    built on first use (:mod:`harness.data.decoded_cache`); ``"fast"``: its training crops resampled with
+    torch's uint8 kernel instead of PIL.
     """
     if name not in DATASETS:
         raise UserError(DATASETS.unknown(name))

@@ -27,11 +27,19 @@ A transform whose first step is a RandomResizedCrop of the full-size image (the 
 transform, no ``train_resize``) draws its crop on the source image's size (same random numbers, same box
 in source pixels) and cuts that box, scaled, out of the cached image (PIL resize with a fractional box):
 the same region and flip, resampled from the smaller image; docs/data.md states the pixel difference.
+
+``crops="torch"`` (config ``data.decoded_cache: fast``) cuts and resamples a RandomResizedCrop + flip with
+torch's uint8 antialiased kernel (the same filter, SIMD; about 2.5x faster than PIL) straight from the
+memory map into the batch: the box's size is kept exactly, its corner is rounded to the cached pixel grid
+(at most half a cached pixel; exact for the official protocol, whose box is whole cached pixels), and a
+pixel may differ from PIL's by one level (PIL rounds between its two passes). The random draws are the
+same. Other transforms, and ``crops="pil"`` (``decoded_cache: true``), take the PIL path above.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -70,10 +78,13 @@ def cache_folder(cache_dir: str | os.PathLike[str] | None) -> Path:
 
 @dataclass(frozen=True)
 class ResizeRule:
-    """How the cached images are resized: shorter side to ``size`` pixels with ``interpolation``."""
+    """How the cached images are resized: shorter side to ``size`` pixels with ``interpolation``;
+    ``crops`` (not part of the cache's key) resamples training crops with ``"pil"`` (as the JPEG path) or
+    ``"torch"`` (:class:`TorchCrop`)."""
 
     size: int
     interpolation: str = "bilinear"
+    crops: str = "pil"
 
     def resize(self) -> v2.Resize:
         """The torchvision step that applies the rule (as the evaluation and official transforms do)."""
@@ -316,6 +327,55 @@ PIL_FILTERS = {
 }
 """torchvision's interpolation modes as PIL filters (what torchvision itself uses on PIL images)."""
 
+TORCH_AA_RESIZES = {
+    v2.InterpolationMode.BILINEAR: torch.ops.aten._upsample_bilinear2d_aa,
+    v2.InterpolationMode.BICUBIC: torch.ops.aten._upsample_bicubic2d_aa,
+}
+"""The antialiased resizes torch has for uint8 (PIL's filters; output size and scale given separately)."""
+
+
+@dataclass(frozen=True)
+class TorchCrop:
+    """A RandomResizedCrop (drawn on the source size or on the cached image) + optional flip in torch."""
+
+    crop: v2.RandomResizedCrop
+    flip: v2.RandomHorizontalFlip | None
+    at_source_scale: bool
+
+    @classmethod
+    def of(cls, steps: Sequence[Transform], at_source_scale: bool) -> TorchCrop | None:
+        """The crop and flip of ``steps`` when that is all they are and torch has their filter."""
+        crop = steps[0] if steps else None
+        rest = list(steps[1:])
+        flip = rest.pop(0) if rest and type(rest[0]) is v2.RandomHorizontalFlip else None
+        if not isinstance(crop, v2.RandomResizedCrop) or type(crop) is not v2.RandomResizedCrop or rest:
+            return None
+        if v2.InterpolationMode(crop.interpolation) not in TORCH_AA_RESIZES:
+            return None
+        return cls(crop, flip, at_source_scale)
+
+    def __call__(self, pixels: np.ndarray, source: tuple[int, int]) -> torch.Tensor:
+        """The crop of cached ``pixels`` (HxWx3 uint8) as a 1x3xhxw uint8 tensor, drawing what
+        ``crop`` then ``flip`` draw (the crop on ``source``, the image's size before the cache)."""
+        height, width = pixels.shape[:2]
+        drawn_h, drawn_w = source if self.at_source_scale else (height, width)
+        params = self.crop.make_params([torch.empty((1, drawn_h, drawn_w), device="meta")])
+        sy, sx = height / drawn_h, width / drawn_w
+        box_h, box_w = params["height"] * sy, params["width"] * sx
+        top, left = min(round(params["top"] * sy), height - 1), min(round(params["left"] * sx), width - 1)
+        bottom = max(min(math.ceil(top + box_h), height), top + 1)
+        right = max(min(math.ceil(left + box_w), width), left + 1)
+        region = torch.from_numpy(np.array(pixels[top:bottom, left:right]))  # a copy: the map is read-only
+        out_h, out_w = self.crop.size
+        resize = TORCH_AA_RESIZES[v2.InterpolationMode(self.crop.interpolation)]
+        # Scales given (output / box size), so the box keeps its fractional size whatever the slice's.
+        image = resize(
+            region.permute(2, 0, 1).unsqueeze(0), [out_h, out_w], False, out_h / box_h, out_w / box_w
+        )
+        if self.flip is not None and torch.rand(1) < self.flip.p:  # what the flip's forward draws
+            image = image.flip(-1)
+        return image
+
 
 class CachedImageDataset(torch.utils.data.Dataset):
     """An :class:`ImageDataset` read from a :class:`DecodedCache`: same files, labels and transform steps."""
@@ -337,8 +397,10 @@ class CachedImageDataset(torch.utils.data.Dataset):
         leading = next(iter(getattr(dataset.transform, "transforms", [])), None)
         of_full_size = isinstance(first, v2.RandomResizedCrop) and not isinstance(leading, v2.Resize)
         self.source_crop = first if of_full_size else None
+        fast = rule.crops == "torch" and bool(self.tensor_steps)
+        self.torch_crop = TorchCrop.of(self.pil_steps, self.source_crop is not None) if fast else None
         # True: batches stop before the tensor steps (uint8 NxCxHxW out, for the consumer to normalise
-        # with :meth:`finish`, e.g. on the GPU); the training loop does not use this yet.
+        # with :meth:`finish`); the trainer sets it on a copy when it trains on a GPU with fast crops.
         self.uint8_batches = False
 
     def __len__(self) -> int:
@@ -365,13 +427,24 @@ class CachedImageDataset(torch.utils.data.Dataset):
             image = step(image)
         return torch.as_tensor(image)
 
+    def _torch_crop(self, index: int) -> torch.Tensor:
+        row = int(self.rows[index])
+        assert self.torch_crop is not None
+        return self.torch_crop(self.cache.image(row), self.cache.source_size(row))
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        if self.torch_crop is not None:
+            return self.finish(self._torch_crop(index))[0], int(self.labels[index])
         return self._tensor(self._pil(index)), int(self.labels[index])
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, int]]:
         """A batch: the PIL steps image by image, the tensor steps once on the stacked uint8 batch."""
         if not self.tensor_steps:
             return [self[i] for i in indices]
+        if self.torch_crop is not None:
+            batch = torch.cat([self._torch_crop(i) for i in indices])
+            tensors = batch if self.uint8_batches else self.finish(batch)
+            return [(tensors[k], int(self.labels[i])) for k, i in enumerate(indices)]
         images = [np.asarray(self._pil(i)) for i in indices]
         if len({a.shape for a in images}) != 1:  # crops of different sizes (a custom transform)
             return [

@@ -346,11 +346,12 @@ OFFICIAL_OPTIONS: dict[str, Any] = {"resize_size": None, "train_resize": False}
 
 
 def cache_rule(request: DatasetRequest) -> ResizeRule:
-    """The decoded cache's resize rule for ``request``: the transforms' ``resize_size`` and interpolation."""
+    """The decoded cache's resize rule for ``request``: the transforms' ``resize_size`` and interpolation,
+    and torch crops for ``decoded_cache: fast``."""
     spec = get_convention(request.convention)
     given = {**OFFICIAL_OPTIONS, **request.options}["resize_size"]
     size = eval_resize_size(request.image_size, spec.crop_pct) if given is None else int(given)
-    return ResizeRule(size, spec.interpolation)
+    return ResizeRule(size, spec.interpolation, "torch" if request.decoded_cache == "fast" else "pil")
 
 
 def register_official(spec: OfficialDataset) -> DatasetEntry:

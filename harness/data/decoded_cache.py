@@ -296,6 +296,16 @@ def split_transform(transform: Transform, rule: ResizeRule) -> tuple[list[Transf
     return steps[:cut], steps[cut:]
 
 
+def draw_box(
+    crop: v2.RandomResizedCrop, drawn: tuple[int, int], cached: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """``crop``'s random box drawn on a ``drawn`` (height, width) image (``crop.make_params``: the same
+    numbers as on that image), as (top, left, height, width) in the pixels of its ``cached`` copy."""
+    params = crop.make_params([torch.empty((1, *drawn), device="meta")])
+    sy, sx = cached[0] / drawn[0], cached[1] / drawn[1]
+    return params["top"] * sy, params["left"] * sx, params["height"] * sy, params["width"] * sx
+
+
 def crop_at_source_scale(
     crop: v2.RandomResizedCrop, image: Image.Image, source: tuple[int, int]
 ) -> Image.Image:
@@ -305,13 +315,10 @@ def crop_at_source_scale(
     same box as on the full-size image); the box, scaled to ``image``, is resampled to the crop's output
     size in one PIL resize with a fractional box, with the crop's interpolation.
     """
-    height, width = source
-    params = crop.make_params([torch.empty((1, height, width), device="meta")])
-    if image.size == (width, height):
-        return crop.transform(image, params)
-    sx, sy = image.width / width, image.height / height
-    top, left = params["top"] * sy, params["left"] * sx
-    box = (left, top, left + params["width"] * sx, top + params["height"] * sy)
+    if image.size == source[::-1]:
+        return crop(image)
+    top, left, height, width = draw_box(crop, source, (image.height, image.width))
+    box = (left, top, left + width, top + height)
     resample = PIL_FILTERS[crop.interpolation]
     out_height, out_width = crop.size
     return image.resize((out_width, out_height), resample, box=box)
@@ -341,6 +348,7 @@ class TorchCrop:
     crop: v2.RandomResizedCrop
     flip: v2.RandomHorizontalFlip | None
     at_source_scale: bool
+    resize: Any  # the crop's entry of TORCH_AA_RESIZES
 
     @classmethod
     def of(cls, steps: Sequence[Transform], at_source_scale: bool) -> TorchCrop | None:
@@ -350,26 +358,22 @@ class TorchCrop:
         flip = rest.pop(0) if rest and type(rest[0]) is v2.RandomHorizontalFlip else None
         if not isinstance(crop, v2.RandomResizedCrop) or type(crop) is not v2.RandomResizedCrop or rest:
             return None
-        if v2.InterpolationMode(crop.interpolation) not in TORCH_AA_RESIZES:
-            return None
-        return cls(crop, flip, at_source_scale)
+        resize = TORCH_AA_RESIZES.get(v2.InterpolationMode(crop.interpolation))
+        return None if resize is None else cls(crop, flip, at_source_scale, resize)
 
     def __call__(self, pixels: np.ndarray, source: tuple[int, int]) -> torch.Tensor:
         """The crop of cached ``pixels`` (HxWx3 uint8) as a 1x3xhxw uint8 tensor, drawing what
         ``crop`` then ``flip`` draw (the crop on ``source``, the image's size before the cache)."""
         height, width = pixels.shape[:2]
-        drawn_h, drawn_w = source if self.at_source_scale else (height, width)
-        params = self.crop.make_params([torch.empty((1, drawn_h, drawn_w), device="meta")])
-        sy, sx = height / drawn_h, width / drawn_w
-        box_h, box_w = params["height"] * sy, params["width"] * sx
-        top, left = min(round(params["top"] * sy), height - 1), min(round(params["left"] * sx), width - 1)
+        box = draw_box(self.crop, source if self.at_source_scale else (height, width), (height, width))
+        box_top, box_left, box_h, box_w = box
+        top, left = min(round(box_top), height - 1), min(round(box_left), width - 1)
         bottom = max(min(math.ceil(top + box_h), height), top + 1)
         right = max(min(math.ceil(left + box_w), width), left + 1)
         region = torch.from_numpy(np.array(pixels[top:bottom, left:right]))  # a copy: the map is read-only
         out_h, out_w = self.crop.size
-        resize = TORCH_AA_RESIZES[v2.InterpolationMode(self.crop.interpolation)]
         # Scales given (output / box size), so the box keeps its fractional size whatever the slice's.
-        image = resize(
+        image = self.resize(
             region.permute(2, 0, 1).unsqueeze(0), [out_h, out_w], False, out_h / box_h, out_w / box_w
         )
         if self.flip is not None and torch.rand(1) < self.flip.p:  # what the flip's forward draws

@@ -34,9 +34,8 @@ class DatasetRequest:
     val_folds: int = 0
     val_fold: int = 0
     cache_dir: str | os.PathLike[str] | None = None
-    decoded_cache: bool | str = (
-        False  # read the official benchmarks from a pre-decoded cache; "fast": torch crops
-    )
+    # Read the official benchmarks from a pre-decoded image cache; "fast": with torch's crops.
+    decoded_cache: bool | str = False
     strict_counts: bool = True
     crop_scale: tuple[float, ...] = (0.08, 1.0)
     options: Mapping[str, Any] = field(default_factory=dict)  # only those given: defaults are the builder's
